@@ -1,0 +1,73 @@
+"""The exceptions scalekit raises.
+
+Every error is a :class:`ScalekitError`, so ``except ScalekitError`` catches all of
+them. Each child also subclasses the builtin a Python user would already catch for
+that situation, so code written against the standard library keeps working::
+
+    Exception
+     +-- ScalekitError
+          +-- ConfigurationError      (also ValueError)   bad argument or setting
+          +-- NoNodeAvailable         (also LookupError)  nothing to route a key to
+          +-- CapacityError                               a size limit was reached
+          |    +-- ItemTooLarge       (also ValueError)   one item can never fit
+          +-- ClosedError             (also RuntimeError) used after close()
+          +-- BackendError                                a storage backend failed;
+                                                          the cause is ``__cause__``
+
+A cache miss stays a plain :class:`KeyError`. Building blocks add their own
+children under these (for example a full queue is a :class:`CapacityError`).
+Errors raised by a backend library (redis-py, SQLAlchemy, sqlite3) are wrapped in
+:class:`BackendError` with ``raise BackendError(...) from exc``, so the original
+error and its traceback are never lost.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "CapacityError",
+    "ClosedError",
+    "ConfigurationError",
+    "ItemTooLarge",
+    "NoNodeAvailable",
+    "ScalekitError",
+]
+
+
+class ScalekitError(Exception):
+    """The root of every error scalekit raises."""
+
+
+class ConfigurationError(ScalekitError, ValueError):
+    """An argument or setting is invalid (a negative size, a zero TTL, ...).
+
+    Raised before anything is changed, so the object it was raised from is intact.
+    """
+
+
+class NoNodeAvailable(ScalekitError, LookupError):
+    """There is no node, backend or replica to route to."""
+
+
+class CapacityError(ScalekitError):
+    """A size limit was reached (a full queue, a full pool)."""
+
+
+class ItemTooLarge(CapacityError, ValueError):
+    """A single item is larger than the container's whole capacity."""
+
+
+class ClosedError(ScalekitError, RuntimeError):
+    """The object was used after it was closed."""
+
+
+class BackendError(ScalekitError):
+    """A storage backend failed.
+
+    The backend's own exception is chained as ``__cause__``; ``backend`` names the
+    backend that failed (``"redis"``, ``"sqlite"``, ...).
+    """
+
+    def __init__(self, message: str, *, backend: str | None = None) -> None:
+        super().__init__(message)
+        self.backend = backend

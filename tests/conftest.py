@@ -1,0 +1,60 @@
+"""Shared fixtures: hypothesis profiles and the real services some tests need.
+
+Profiles: ``default`` is quick for local runs; ``ci`` (selected when
+``SCALEKIT_REQUIRE_SERVICES=1`` or ``HYPOTHESIS_PROFILE=ci``) runs more examples with
+no deadline, since CI machines are shared and slow.
+
+Service fixtures connect to Redis and PostgreSQL on this machine. Without the
+server a test is skipped with the reason, unless ``SCALEKIT_REQUIRE_SERVICES=1``,
+where it fails instead, so CI can never go green by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from tests.services import POSTGRES_DSN, REDIS_URL, probe_postgres, probe_redis, require_service
+
+settings.register_profile("default", max_examples=60, deadline=None)
+settings.register_profile(
+    "ci",
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+_ci = os.environ.get("SCALEKIT_REQUIRE_SERVICES") == "1"
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if _ci else "default"))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The URL of a reachable Redis server (skips or fails without one)."""
+    require_service("Redis", REDIS_URL, probe_redis)
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[Any]:
+    """A redis-py client on a database emptied before and after the test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """The DSN of a reachable PostgreSQL server (skips or fails without one)."""
+    require_service("PostgreSQL", POSTGRES_DSN, probe_postgres)
+    return POSTGRES_DSN

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scalekit.errors import ConfigurationError
+from scalekit.hashing import DEFAULT_SEED, default_hash, make_murmur3_64, murmur3_32, murmur3_64
+from scalekit.protocols import HashFunction
+
+
+def test_known_values_never_change() -> None:
+    # Placement depends on these numbers; a change would move every key of every user.
+    assert murmur3_32(b"", 0) == 0
+    assert murmur3_32(b"hello", 0) == 613153351  # the reference MurmurHash3_x86_32 vector
+    assert murmur3_64("user:42") == murmur3_64("user:42", DEFAULT_SEED)
+    assert default_hash is murmur3_64
+
+
+@given(st.text())
+def test_str_hashes_as_its_utf8_bytes(text: str) -> None:
+    assert murmur3_64(text) == murmur3_64(text.encode())
+    assert 0 <= murmur3_64(text) < 2**64
+    assert 0 <= murmur3_32(text) < 2**32
+
+
+def test_hash_is_the_same_in_another_process() -> None:
+    code = "from scalekit.hashing import murmur3_64; print(murmur3_64('session:abc'))"
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123"},
+    )
+    assert int(other.stdout) == murmur3_64("session:abc")
+
+
+def test_seeds_give_independent_functions() -> None:
+    a, b = make_murmur3_64(1), make_murmur3_64(2)
+    assert isinstance(a, HashFunction)
+    keys = [f"k{i}" for i in range(1000)]
+    assert sum(a(k) == b(k) for k in keys) == 0
+    assert a("k1") == murmur3_64("k1", 1)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_out_of_range_seed_is_refused(seed: int) -> None:
+    with pytest.raises(ConfigurationError):
+        make_murmur3_64(seed)
+
+
+def test_high_bits_are_uniform() -> None:
+    buckets = Counter(murmur3_64(f"key-{i}") >> 60 for i in range(32_000))
+    assert len(buckets) == 16
+    # 2,000 expected per bucket; a sound hash stays well within +-15%.
+    assert all(1700 < count < 2300 for count in buckets.values()), buckets
