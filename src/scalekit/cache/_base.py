@@ -1,0 +1,715 @@
+"""The shared base of every cache policy: sizes, expiry, stats and listeners.
+
+A policy subclass keeps its eviction order and implements four hooks, called on
+the slow paths only (the hot paths of each policy are written out inline):
+
+- ``_policy_added(key)``: a new key was stored in ``self._data``.
+- ``_policy_read(key)``: an existing key was read (a hit).
+- ``_policy_written(key)``: an existing key was overwritten.
+- ``_policy_removed(key)``: a key was deleted from ``self._data``.
+- ``_policy_victim()``: the key the policy evicts next (the cache is not empty).
+
+Expiry keeps two structures so that both kinds of TTL cost O(1) amortized per
+item on the common path:
+
+- ``_expiry_queue``: keys written with the cache's own ``ttl``, in write order.
+  With a clock that does not go backwards, that is also expiry order, so the
+  expired keys are always a prefix of it.
+- ``_expiry_heap``: keys written with their own ``ttl`` (or while the clock went
+  backwards), as ``(expires_at, seq, key)`` with lazy deletion: an entry counts
+  only while ``_heap_seq[key] == seq``.
+
+``_expires`` maps every key that can expire to its deadline; a key is expired
+once ``timer() >= _expires[key]``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import OrderedDict
+from collections.abc import (
+    Callable,
+    Hashable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    ValuesView,
+)
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Literal, TypeVar
+
+from scalekit.errors import ConfigurationError, ItemTooLarge
+from scalekit.protocols import Clock
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+D = TypeVar("D")
+
+EvictionCause = Literal["size", "expired"]
+EvictionListener = Callable[[Any, Any, EvictionCause], object]
+
+_MISSING: Any = object()
+_INF = math.inf
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """A snapshot of a cache's counters, taken by :meth:`Cache.stats`.
+
+    ``hits`` and ``misses`` count lookups (``cache[key]``, ``get``, ``get_many``);
+    ``evictions`` counts items removed to make room; ``expirations`` counts items
+    removed because their TTL ran out.
+    """
+
+    hits: int
+    misses: int
+    evictions: int
+    expirations: int
+    currsize: float
+    maxsize: float
+
+    @property
+    def lookups(self) -> int:
+        """``hits + misses``."""
+        return self.hits + self.misses
+
+    @property
+    def hit_ratio(self) -> float:
+        """``hits / lookups``, or 0.0 before the first lookup."""
+        lookups = self.hits + self.misses
+        return self.hits / lookups if lookups else 0.0
+
+
+def _check_ttl(ttl: float, what: str = "ttl") -> float:
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, got {type(ttl).__name__}")
+    if not ttl > 0:  # also refuses NaN
+        raise ConfigurationError(f"{what} must be positive, got {ttl!r}")
+    return ttl
+
+
+class Cache(MutableMapping[K, V], Generic[K, V]):
+    """Base class of the cache policies; a bounded :class:`~collections.abc.MutableMapping`.
+
+    Args:
+        maxsize: the capacity, counted in items, or in the units of ``getsizeof``.
+        getsizeof: returns the size of a value (default: every value has size 1).
+        ttl: seconds an item lives after it is written (default: forever).
+        timer: the clock for ``ttl`` (default :func:`time.monotonic`).
+        on_evict: called as ``on_evict(key, value, cause)`` for every item removed
+            to make room (``cause="size"``) or because it expired
+            (``cause="expired"``), after the cache is consistent again.
+
+    Raises:
+        ConfigurationError: ``maxsize`` is negative or ``ttl`` is not positive.
+    """
+
+    _builtin_popitems: ClassVar[set[Any]] = set()
+
+    def __init__(
+        self,
+        maxsize: float,
+        getsizeof: Callable[[V], float] | None = None,
+        *,
+        ttl: float | None = None,
+        timer: Clock = time.monotonic,
+        on_evict: EvictionListener | None = None,
+    ) -> None:
+        if isinstance(maxsize, bool) or not isinstance(maxsize, (int, float)):
+            raise TypeError(f"maxsize must be a number, got {type(maxsize).__name__}")
+        if not maxsize >= 0:
+            raise ConfigurationError(f"maxsize must be non-negative, got {maxsize!r}")
+        if ttl is not None:
+            _check_ttl(ttl)
+        if not callable(timer):
+            raise TypeError("timer must be a zero-argument callable returning seconds")
+        if on_evict is not None and not callable(on_evict):
+            raise TypeError("on_evict must be callable as on_evict(key, value, cause)")
+        if getsizeof is not None:
+            self.getsizeof = getsizeof  # type: ignore[method-assign, assignment]
+        self._maxsize = maxsize
+        # The most unit-sized items that fit: what the inline __setitem__ compares with.
+        self._maxlen = maxsize if maxsize == _INF else int(maxsize)
+        self._ttl: float | None = None if ttl == _INF else ttl
+        self._timer = timer
+        self._on_evict = on_evict
+        self._sized = self.getsizeof is not Cache.getsizeof
+        self._sizes: dict[K, float] = {}
+        self._currsize: float = 0
+        # A subclass that overrides popitem() sees every eviction, as in cachetools.
+        self._evict_via_popitem = type(self).popitem not in Cache._builtin_popitems
+        # The policies' inline __setitem__ serves plain caches; the rest take _store().
+        self._plain = (
+            not self._sized and self._ttl is None and not self._evict_via_popitem and maxsize >= 1
+        )
+        self._expires: dict[K, float] = {}
+        self._expiry_queue: OrderedDict[K, None] = OrderedDict()
+        self._queue_tail = -_INF
+        self._expiry_heap: list[tuple[float, int, K]] = []
+        self._heap_seq: dict[K, int] = {}
+        self._seq = 0
+        self._next_expiry = _INF
+        self._hits = 0
+        self._misses = 0
+        self._evictions = 0
+        self._expirations = 0
+
+    # The storage of the policy. LRU and FIFO keep it in eviction order.
+    _data: dict[K, V]
+
+    # -- policy hooks -------------------------------------------------------
+
+    def _policy_added(self, key: K) -> None:
+        """A new key was stored in ``_data``."""
+
+    def _policy_read(self, key: K) -> None:
+        """An existing key was read (a hit)."""
+
+    def _policy_written(self, key: K) -> None:
+        """An existing key was overwritten."""
+
+    def _policy_removed(self, key: K) -> None:
+        """A key was deleted from ``_data``."""
+
+    def _policy_victim(self) -> K:  # pragma: no cover - every policy overrides it
+        """The key to evict next; the cache is not empty."""
+        raise NotImplementedError
+
+    # -- attributes ---------------------------------------------------------
+
+    @property
+    def maxsize(self) -> float:
+        """The capacity of the cache."""
+        return self._maxsize
+
+    @property
+    def currsize(self) -> float:
+        """The total size of the live items (their count, without ``getsizeof``).
+
+        Runtime complexity: O(1) amortized (expired items are purged first).
+        """
+        if self._next_expiry <= self._timer():
+            self._purge_and_notify(self._timer())
+        return self._currsize if self._sized else len(self._data)
+
+    @property
+    def ttl(self) -> float | None:
+        """The TTL given to items written without their own, or ``None``."""
+        return self._ttl
+
+    @property
+    def timer(self) -> Clock:
+        """The clock the TTLs are measured with."""
+        return self._timer
+
+    @staticmethod
+    def getsizeof(value: Any) -> float:
+        """Return the size of ``value``: 1, unless ``getsizeof=`` was given."""
+        return 1
+
+    # -- reading ------------------------------------------------------------
+
+    def __missing__(self, key: K) -> V:
+        """Called by ``cache[key]`` on a miss; raises :class:`KeyError`.
+
+        Subclasses may override it to compute (and store) the value.
+        """
+        raise KeyError(key)
+
+    def _is_live(self, key: K, now: float) -> bool:
+        expires_at = self._expires.get(key)
+        return expires_at is None or now < expires_at
+
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` is present and not expired; changes no order and no stats.
+
+        Runtime complexity: O(1).
+        """
+        if key not in self._data:
+            return False
+        expires = self._expires
+        return not expires or self._is_live(key, self._timer())
+
+    def peek(self, key: K, default: D = None) -> V | D:  # type: ignore[assignment]
+        """Return the value of ``key`` without counting a use or a hit.
+
+        Runtime complexity: O(1).
+        """
+        if key in self:
+            return self._data[key]
+        return default
+
+    def __len__(self) -> int:
+        """The number of live items. Runtime complexity: O(1) amortized."""
+        if self._next_expiry <= self._timer():
+            self._purge_and_notify(self._timer())
+        return len(self._data)
+
+    def __iter__(self) -> Iterator[K]:
+        """Iterate over a snapshot of the live keys, in eviction order where there is one.
+
+        Reading the cache while iterating is safe (it does not invalidate the
+        iterator). Runtime complexity: O(n).
+        """
+        now = self._timer()
+        if self._next_expiry <= now:
+            self._purge_and_notify(now)
+        return iter(list(self._data))
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{k!r}: {v!r}" for k, v in self.items())
+        return (
+            f"{type(self).__name__}({{{items}}}, maxsize={self._maxsize!r}, "
+            f"currsize={self.currsize!r})"
+        )
+
+    def _live_items(self) -> list[tuple[K, V]]:
+        now = self._timer()
+        if self._next_expiry <= now:
+            self._purge_and_notify(now)
+        return list(self._data.items())
+
+    def items(self) -> ItemsView[K, V]:
+        """A view of the live ``(key, value)`` pairs; reading it counts no use and no hit."""
+        return _ItemsView(self)
+
+    def values(self) -> ValuesView[V]:
+        """A view of the live values; reading it counts no use and no hit."""
+        return _ValuesView(self)
+
+    def get(self, key: K, default: Any = None) -> Any:
+        """Return the value of ``key`` (a use and a hit), or ``default`` (a miss).
+
+        Unlike ``cache[key]``, never calls ``__missing__``. Runtime complexity: O(1).
+        """
+        try:
+            value = self._data[key]
+        except KeyError:
+            self._misses += 1
+            return default
+        expires = self._expires
+        if expires:
+            expires_at = expires.get(key)
+            if expires_at is not None and expires_at <= self._timer():
+                self._expired_miss(key, call_missing=False)
+                return default
+        self._policy_read(key)
+        self._hits += 1
+        return value
+
+    def __getitem__(self, key: K) -> V:
+        """Return the value of ``key`` (a use and a hit); on a miss, ``__missing__(key)``.
+
+        Runtime complexity: O(1).
+        """
+        try:
+            value = self._data[key]
+        except KeyError:
+            self._misses += 1
+            return self.__missing__(key)
+        expires = self._expires
+        if expires:
+            expires_at = expires.get(key)
+            if expires_at is not None and expires_at <= self._timer():
+                return self._expired_miss(key)
+        self._policy_read(key)
+        self._hits += 1
+        return value
+
+    def get_many(self, keys: Iterable[K]) -> dict[K, V]:
+        """Return the live keys among ``keys`` with their values (each a lookup).
+
+        Runtime complexity: O(len(keys)).
+        """
+        found: dict[K, V] = {}
+        for key in keys:
+            value = self.get(key, _MISSING)
+            if value is not _MISSING:
+                found[key] = value
+        return found
+
+    def ttl_of(self, key: K) -> float | None:
+        """Seconds until ``key`` expires, or ``None`` if it never does.
+
+        Raises :class:`KeyError` when ``key`` is missing or expired.
+        Runtime complexity: O(1).
+        """
+        if key not in self._data:
+            raise KeyError(key)
+        expires_at = self._expires.get(key)
+        if expires_at is None:
+            return None
+        remaining = expires_at - self._timer()
+        if remaining <= 0:
+            raise KeyError(key)
+        return remaining
+
+    # -- writing ------------------------------------------------------------
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self._store(key, value, self._ttl)
+
+    def set(self, key: K, value: V, *, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key``, living ``ttl`` seconds (default: the cache's ``ttl``).
+
+        ``ttl=math.inf`` stores an item that never expires, whatever the cache's ``ttl``.
+
+        Raises:
+            ItemTooLarge: the value alone is larger than ``maxsize`` (a ``ValueError``).
+            ValueError: ``getsizeof`` returned a negative size.
+            ConfigurationError: ``ttl`` is not positive.
+
+        Runtime complexity: O(1) amortized; O(log n) with a per-item ``ttl``.
+        """
+        if ttl is None:
+            self._store(key, value, self._ttl)
+        else:
+            _check_ttl(ttl)
+            self._store(key, value, None if ttl == _INF else ttl, own_ttl=True)
+
+    def set_many(self, items: Mapping[K, V], *, ttl: float | None = None) -> None:
+        """Store every item of ``items`` with the same ``ttl``.
+
+        Runtime complexity: O(len(items)).
+        """
+        for key, value in items.items():
+            self.set(key, value, ttl=ttl)
+
+    def _size_of(self, value: V) -> float:
+        if not self._sized:
+            if self._maxsize < 1:
+                raise ItemTooLarge("value too large: the cache has maxsize 0")
+            return 1
+        size = self.getsizeof(value)
+        if size > self._maxsize:
+            raise ItemTooLarge(f"value too large: size {size!r} > maxsize {self._maxsize!r}")
+        if size < 0:
+            raise ValueError(f"value size must be non-negative, got {size!r}")
+        return size
+
+    def _store(self, key: K, value: V, ttl: float | None, own_ttl: bool = False) -> None:
+        """Insert or overwrite ``key``; the slow path every policy shares."""
+        hash(key)  # an unhashable key fails here, before anything changes
+        size = self._size_of(value)
+        now = self._timer() if (ttl is not None or self._expires) else 0.0
+        removed: list[tuple[K, V, EvictionCause]] = []
+        if self._next_expiry <= now:
+            removed.extend(self._purge(now))
+        data = self._data
+        old: float = 0
+        if key in data and self._sized:
+            old = self._sizes[key]
+            while self._currsize - old + size > self._maxsize and key in data:
+                removed.append(self._evict_one())
+        if key in data:
+            data[key] = value
+            if self._sized:
+                self._currsize += size - old
+                self._sizes[key] = size
+            self._policy_written(key)
+        else:
+            while data and self._currsize_raw() + size > self._maxsize:
+                removed.append(self._evict_one())
+            data[key] = value
+            if self._sized:
+                self._currsize += size
+                self._sizes[key] = size
+            self._policy_added(key)
+        self._set_expiry(key, now, ttl, own_ttl)
+        if removed:
+            self._notify(removed)
+
+    def _currsize_raw(self) -> float:
+        return self._currsize if self._sized else len(self._data)
+
+    def _set_expiry(self, key: K, now: float, ttl: float | None, own_ttl: bool) -> None:
+        if key in self._expires:
+            self._forget_expiry(key)
+        if ttl is None:
+            return
+        expires_at = now + ttl
+        self._expires[key] = expires_at
+        if not own_ttl and expires_at >= self._queue_tail:
+            self._expiry_queue[key] = None
+            self._queue_tail = expires_at
+        else:
+            self._seq += 1
+            self._heap_seq[key] = self._seq
+            heapq.heappush(self._expiry_heap, (expires_at, self._seq, key))
+            if len(self._expiry_heap) > 2 * len(self._heap_seq) + 64:
+                self._compact_heap()
+        if expires_at < self._next_expiry:
+            self._next_expiry = expires_at
+
+    def _forget_expiry(self, key: K) -> None:
+        del self._expires[key]
+        if self._expiry_queue.pop(key, _MISSING) is _MISSING:
+            del self._heap_seq[key]
+
+    def _compact_heap(self) -> None:
+        seqs = self._heap_seq
+        self._expiry_heap = [entry for entry in self._expiry_heap if seqs.get(entry[2]) == entry[1]]
+        heapq.heapify(self._expiry_heap)
+
+    # -- removing -----------------------------------------------------------
+
+    def _remove(self, key: K) -> V:
+        """Delete ``key`` from every structure and return its value."""
+        value = self._data.pop(key)
+        self._policy_removed(key)
+        if self._sized:
+            self._currsize -= self._sizes.pop(key)
+        if key in self._expires:
+            self._forget_expiry(key)
+        return value
+
+    def __delitem__(self, key: K) -> None:
+        """Remove ``key``; :class:`KeyError` if it is missing or expired.
+
+        Runtime complexity: O(1) amortized.
+        """
+        if key not in self._data:
+            raise KeyError(key)
+        expires_at = self._expires.get(key)
+        if expires_at is not None and expires_at <= self._timer():
+            value = self._remove(key)
+            self._expirations += 1
+            self._notify([(key, value, "expired")])
+            raise KeyError(key)
+        self._remove(key)
+
+    def delete(self, key: K) -> bool:
+        """Remove ``key`` if present; return whether a live item was removed.
+
+        Runtime complexity: O(1) amortized.
+        """
+        try:
+            del self[key]
+        except KeyError:
+            return False
+        return True
+
+    def pop(self, key: K, default: Any = _MISSING) -> Any:
+        """Remove ``key`` and return its value, or ``default`` (else :class:`KeyError`).
+
+        Runtime complexity: O(1) amortized.
+        """
+        if key in self:
+            value = self._data[key]
+            self._remove(key)
+            return value
+        if default is _MISSING:
+            raise KeyError(key)
+        return default
+
+    def setdefault(self, key: K, default: V = None) -> V:  # type: ignore[assignment]
+        """Return the value of ``key``, storing ``default`` first if it is missing."""
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            self[key] = value = default
+        return value  # type: ignore[no-any-return]
+
+    def popitem(self) -> tuple[K, V]:
+        """Remove and return the item the policy evicts next (expired items first).
+
+        Raises :class:`KeyError` when the cache is empty. Runtime complexity: O(1) amortized.
+        """
+        now = self._timer()
+        if self._next_expiry <= now:
+            self._purge_and_notify(now)
+        if not self._data:
+            raise KeyError(f"{type(self).__name__} is empty")
+        key = self._policy_victim()
+        return key, self._remove(key)
+
+    def clear(self) -> None:
+        """Remove every item; calls no listener and counts no eviction. Runtime complexity: O(n)."""
+        self._data.clear()
+        self._sizes.clear()
+        self._currsize = 0
+        self._expires.clear()
+        self._expiry_queue.clear()
+        self._queue_tail = -_INF
+        self._expiry_heap.clear()
+        self._heap_seq.clear()
+        self._next_expiry = _INF
+        self._policy_cleared()
+
+    def _policy_cleared(self) -> None:
+        """Every key was removed from ``_data``."""
+
+    def _evict_one(self) -> tuple[K, V, EvictionCause]:
+        if self._evict_via_popitem:
+            key, value = self.popitem()
+        else:
+            key = self._policy_victim()
+            value = self._remove(key)
+        self._evictions += 1
+        return key, value, "size"
+
+    # -- expiry -------------------------------------------------------------
+
+    def _purge(self, now: float) -> list[tuple[K, V, EvictionCause]]:
+        """Remove every item expired at ``now``; return them without notifying."""
+        removed: list[tuple[K, V, EvictionCause]] = []
+        expires = self._expires
+        queue = self._expiry_queue
+        while queue:
+            key = next(iter(queue))
+            if expires[key] > now:
+                break
+            removed.append((key, self._remove(key), "expired"))
+        heap = self._expiry_heap
+        seqs = self._heap_seq
+        while heap and heap[0][0] <= now:
+            _, seq, key = heapq.heappop(heap)
+            if seqs.get(key) == seq:
+                removed.append((key, self._remove(key), "expired"))
+        self._expirations += len(removed)
+        head = expires[next(iter(queue))] if queue else _INF
+        if not queue:
+            self._queue_tail = -_INF
+        self._next_expiry = min(head, heap[0][0]) if heap else head
+        return removed
+
+    def _purge_and_notify(self, now: float) -> list[tuple[K, V]]:
+        removed = self._purge(now)
+        if removed:
+            self._notify(removed)
+        return [(key, value) for key, value, _ in removed]
+
+    def expire(self, time: float | None = None) -> list[tuple[K, V]]:
+        """Remove the items expired at ``time`` (default: now) and return them.
+
+        Runtime complexity: O(1) amortized per expired item.
+        """
+        return self._purge_and_notify(self._timer() if time is None else time)
+
+    def _expired_miss(self, key: K, call_missing: bool = True) -> V:
+        """A lookup found ``key`` expired: remove it, count a miss, call ``__missing__``."""
+        value = self._remove(key)
+        self._expirations += 1
+        self._misses += 1
+        self._notify([(key, value, "expired")])
+        return self.__missing__(key) if call_missing else value
+
+    # -- listeners ----------------------------------------------------------
+
+    def _notify(self, removed: list[tuple[K, V, EvictionCause]]) -> None:
+        """Call ``on_evict`` for each removal; re-raise the first error after all ran."""
+        listener = self._on_evict
+        if listener is None:
+            return
+        error: BaseException | None = None
+        for key, value, cause in removed:
+            try:
+                listener(key, value, cause)
+            except Exception as exc:
+                if error is None:
+                    error = exc
+                elif hasattr(error, "add_note"):
+                    error.add_note(f"on_evict also raised {exc!r} for key {key!r}")
+        if error is not None:
+            raise error
+
+    # -- stats --------------------------------------------------------------
+
+    def stats(self) -> CacheStats:
+        """Return a snapshot of the counters. Runtime complexity: O(1)."""
+        return CacheStats(
+            hits=self._hits,
+            misses=self._misses,
+            evictions=self._evictions,
+            expirations=self._expirations,
+            currsize=self._currsize_raw(),
+            maxsize=self._maxsize,
+        )
+
+    def reset_stats(self) -> None:
+        """Set every counter back to zero."""
+        self._hits = self._misses = self._evictions = self._expirations = 0
+
+    # -- copying and pickling -------------------------------------------------
+
+    def __copy__(self) -> Cache[K, V]:
+        cls = type(self)
+        clone = cls.__new__(cls)
+        clone.__dict__.update(self.__dict__)
+        clone._data = self._data.copy()
+        clone._sizes = self._sizes.copy()
+        clone._expires = self._expires.copy()
+        clone._expiry_queue = self._expiry_queue.copy()
+        clone._expiry_heap = self._expiry_heap.copy()
+        clone._heap_seq = self._heap_seq.copy()
+        clone._copy_policy_from(self)
+        return clone
+
+    def copy(self) -> Cache[K, V]:
+        """A shallow copy: new structures, the same keys and values."""
+        return self.__copy__()
+
+    def _copy_policy_from(self, other: Cache[K, V]) -> None:
+        """Give this fresh copy its own policy structures, equal to ``other``'s."""
+
+    # -- invariants -----------------------------------------------------------
+
+    def _check(self) -> None:
+        """Assert the internal invariants; for tests. Runtime complexity: O(n log n)."""
+        data = self._data
+        assert self._maxsize >= 0
+        if self._sized:
+            assert set(self._sizes) == set(data)
+            assert math.isclose(self._currsize, math.fsum(self._sizes.values()), abs_tol=1e-9)
+        else:
+            assert not self._sizes
+        assert self._currsize_raw() <= self._maxsize or not data
+        assert set(self._expires) <= set(data)
+        queued = set(self._expiry_queue)
+        heaped = set(self._heap_seq)
+        assert not queued & heaped
+        assert queued | heaped == set(self._expires)
+        deadlines = [self._expires[k] for k in self._expiry_queue]
+        assert deadlines == sorted(deadlines)
+        live_heap = {k for _, seq, k in self._expiry_heap if self._heap_seq.get(k) == seq}
+        assert live_heap == heaped
+        if self._expires:
+            assert self._next_expiry <= min(self._expires.values())
+        assert min(self._hits, self._misses, self._evictions, self._expirations) >= 0
+        self._check_policy()
+
+    def _check_policy(self) -> None:
+        """Assert the policy's own invariants."""
+
+
+def builtin_popitem(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a policy's own ``popitem`` (a subclass overriding it sees every eviction)."""
+    Cache._builtin_popitems.add(function)
+    return function
+
+
+Cache.popitem = builtin_popitem(Cache.popitem)  # type: ignore[method-assign]
+
+
+class _ItemsView(ItemsView[K, V]):
+    _mapping: Cache[K, V]
+
+    def __iter__(self) -> Iterator[tuple[K, V]]:
+        return iter(self._mapping._live_items())
+
+    def __contains__(self, item: object) -> bool:
+        if not isinstance(item, tuple) or len(item) != 2:
+            return False
+        key, value = item
+        found = self._mapping.peek(key, _MISSING)
+        return found is not _MISSING and (found is value or found == value)
+
+
+class _ValuesView(ValuesView[V]):
+    _mapping: Cache[Any, V]
+
+    def __iter__(self) -> Iterator[V]:
+        return iter([value for _, value in self._mapping._live_items()])

@@ -1,0 +1,341 @@
+"""Memoizing decorators with stampede protection, for functions and coroutines.
+
+When many callers miss on the same key at once, only the first (the leader)
+calls the function; the others wait for its result, or its exception, instead of
+all hitting the database together. Failures are never cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Hashable, MutableMapping
+from contextlib import AbstractContextManager
+from typing import Any, NamedTuple, TypeVar, cast
+
+from scalekit.cache.keys import hashkey, methodkey
+
+__all__ = ["CacheInfo", "cached", "cachedmethod"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_MISSING: Any = object()
+Lock = AbstractContextManager[Any]
+
+
+class CacheInfo(NamedTuple):
+    """What ``wrapper.cache_info()`` returns, as in :func:`functools.lru_cache`.
+
+    ``misses`` counts calls of the wrapped function; ``hits`` counts calls served
+    without one (from the cache, or by waiting for another caller's call).
+    """
+
+    hits: int
+    misses: int
+    maxsize: float | None
+    currsize: float
+
+
+class _Call:
+    """One computation in flight, shared by every caller of its key."""
+
+    __slots__ = ("done", "error", "event", "value", "waiters")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.event: threading.Event | None = None
+        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _Flights:
+    """The calls in flight of one decorated function, and its hit/miss counts.
+
+    ``lock`` guards the cache: a cache hit, the registration of a call and the
+    storing of its result each happen under it, so a caller either finds the
+    result or finds the call in flight, never neither. ``_registry`` guards the
+    shared bookkeeping when different instances use different locks.
+    """
+
+    def __init__(self, lock: Lock | None) -> None:
+        self.lock: Lock = lock if lock is not None else threading.RLock()
+        self._registry = threading.Lock()
+        self.calls: dict[Hashable, _Call] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def begin(
+        self, lock: Lock, cache: MutableMapping[Any, Any], flight_key: Hashable, key: Hashable
+    ) -> tuple[Any, _Call | None, bool]:
+        """Return ``(value, None, False)`` on a hit, else ``(_MISSING, call, leads)``."""
+        with lock:
+            try:
+                value = cache[key]
+            except KeyError:
+                pass
+            else:
+                with self._registry:
+                    self.hits += 1
+                return value, None, False
+            with self._registry:
+                call = self.calls.get(flight_key)
+                if call is not None:
+                    self.hits += 1
+                    return _MISSING, call, False
+                self.misses += 1
+                call = self.calls[flight_key] = _Call()
+                return _MISSING, call, True
+
+    def succeed(
+        self,
+        lock: Lock,
+        cache: MutableMapping[Any, Any],
+        flight_key: Hashable,
+        key: Hashable,
+        call: _Call,
+        value: Any,
+    ) -> None:
+        with lock:
+            try:
+                cache[key] = value
+            except ValueError:
+                pass  # too large to cache: the callers still get it
+            finally:
+                self._finish(flight_key, call, value, None)
+
+    def fail(self, flight_key: Hashable, call: _Call, error: BaseException) -> None:
+        self._finish(flight_key, call, None, error)
+
+    def _finish(
+        self, flight_key: Hashable, call: _Call, value: Any, error: BaseException | None
+    ) -> None:
+        with self._registry:
+            del self.calls[flight_key]
+            call.value = value
+            call.error = error
+            call.done = True
+            if call.event is not None:
+                call.event.set()
+            for loop, future in call.waiters:
+                loop.call_soon_threadsafe(_wake, future)
+
+    def wait(self, call: _Call) -> None:
+        with self._registry:
+            if call.done:
+                return
+            if call.event is None:
+                call.event = threading.Event()
+            event = call.event
+        event.wait()
+
+    async def wait_async(self, call: _Call) -> None:
+        with self._registry:
+            if call.done:
+                return
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[None] = loop.create_future()
+            call.waiters.append((loop, future))
+        await future
+
+    def info(self, lock: Lock, cache: MutableMapping[Any, Any]) -> CacheInfo:
+        with lock:
+            currsize = getattr(cache, "currsize", None)
+            return CacheInfo(
+                self.hits,
+                self.misses,
+                getattr(cache, "maxsize", None),
+                len(cache) if currsize is None else currsize,
+            )
+
+    def clear(self, lock: Lock, cache: MutableMapping[Any, Any]) -> None:
+        with lock:
+            cache.clear()
+            with self._registry:
+                self.hits = self.misses = 0
+
+
+def _outcome(call: _Call) -> Any:
+    if call.error is not None:
+        raise call.error
+    return call.value
+
+
+CacheOf = Callable[[tuple[Any, ...]], MutableMapping[Any, Any]]
+LockOf = Callable[[tuple[Any, ...]], Lock]
+
+
+def _sync_wrapper(
+    func: Callable[..., Any],
+    flights: _Flights,
+    cache_of: CacheOf,
+    lock_of: LockOf,
+    key: Callable[..., Hashable],
+) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        cache = cache_of(args)
+        lock = lock_of(args)
+        k = key(*args, **kwargs)
+        flight_key = (id(cache), k)
+        value, call, leads = flights.begin(lock, cache, flight_key, k)
+        if call is None:
+            return value
+        if not leads:
+            flights.wait(call)
+            return _outcome(call)
+        try:
+            value = func(*args, **kwargs)
+        except BaseException as exc:
+            flights.fail(flight_key, call, exc)
+            raise
+        flights.succeed(lock, cache, flight_key, k, call, value)
+        return value
+
+    return wrapper
+
+
+def _async_wrapper(
+    func: Callable[..., Any],
+    flights: _Flights,
+    cache_of: CacheOf,
+    lock_of: LockOf,
+    key: Callable[..., Hashable],
+) -> Callable[..., Any]:
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        cache = cache_of(args)
+        lock = lock_of(args)
+        k = key(*args, **kwargs)
+        flight_key = (id(cache), k)
+        while True:
+            value, call, leads = flights.begin(lock, cache, flight_key, k)
+            if call is None:
+                return value
+            if leads:
+                break
+            await flights.wait_async(call)
+            if isinstance(call.error, asyncio.CancelledError):
+                continue  # the leader was cancelled, not us: try again, maybe as leader
+            return _outcome(call)
+        try:
+            value = await func(*args, **kwargs)
+        except BaseException as exc:
+            flights.fail(flight_key, call, exc)
+            raise
+        flights.succeed(lock, cache, flight_key, k, call, value)
+        return value
+
+    return wrapper
+
+
+def _decorate(
+    func: F, flights: _Flights, cache_of: CacheOf, lock_of: LockOf, key: Callable[..., Hashable]
+) -> F:
+    make = _async_wrapper if inspect.iscoroutinefunction(func) else _sync_wrapper
+    return cast(F, functools.update_wrapper(make(func, flights, cache_of, lock_of, key), func))
+
+
+def cached(
+    cache: MutableMapping[Any, Any],
+    key: Callable[..., Hashable] = hashkey,
+    lock: Lock | None = None,
+    *,
+    condition: Lock | None = None,
+    info: bool = True,
+) -> Callable[[F], F]:
+    """Memoize a function or coroutine function in ``cache``, with stampede protection.
+
+    Concurrent callers that miss on the same key cause exactly one call of the
+    function; they all get its result, or its exception (failures are not cached).
+    A result too large for the cache is returned but not stored.
+
+    Args:
+        cache: where results are kept (any mutable mapping; a TTL cache makes a
+            query cache whose results go stale after ``ttl``).
+        key: turns the call's arguments into a cache key (default :func:`hashkey`).
+        lock: guards the cache (default: a lock of the decorator's own, so even
+            a plain cache is safe across threads).
+        condition: accepted for cachetools compatibility; used as ``lock``.
+        info: accepted for cachetools compatibility; ``cache_info()`` is always there.
+
+    The wrapper has ``cache_info()``, ``cache_clear()``, and the attributes
+    ``cache``, ``cache_key`` and ``cache_lock``.
+
+    Runtime complexity: one cache lookup per call, plus the call on a miss.
+
+    >>> from scalekit.cache import LRUCache
+    >>> @cached(LRUCache(maxsize=128))
+    ... def square(n):
+    ...     return n * n
+    >>> square(4), square(4)
+    (16, 16)
+    >>> square.cache_info()
+    CacheInfo(hits=1, misses=1, maxsize=128, currsize=1)
+    """
+    if cache is None:
+        raise TypeError("cache must be a mutable mapping, not None")
+    flights = _Flights(lock if lock is not None else condition)
+
+    the_lock = flights.lock
+
+    def decorator(func: F) -> F:
+        wrapper: Any = _decorate(func, flights, lambda args: cache, lambda args: the_lock, key)
+        wrapper.cache = cache
+        wrapper.cache_key = key
+        wrapper.cache_lock = the_lock
+        wrapper.cache_info = lambda: flights.info(the_lock, cache)
+        wrapper.cache_clear = lambda: flights.clear(the_lock, cache)
+        return cast(F, wrapper)
+
+    return decorator
+
+
+def cachedmethod(
+    cache: Callable[[Any], MutableMapping[Any, Any]],
+    key: Callable[..., Hashable] = methodkey,
+    lock: Callable[[Any], Lock] | None = None,
+    *,
+    condition: Callable[[Any], Lock] | None = None,
+    info: bool = True,
+) -> Callable[[F], F]:
+    """Memoize a method in a cache that ``cache(self)`` returns, with stampede protection.
+
+    As in cachetools, ``cache`` and ``lock`` are functions of the instance, so
+    each instance can have its own cache. The default ``key`` ignores ``self``.
+
+    >>> from scalekit.cache import LRUCache
+    >>> class Prices:
+    ...     def __init__(self):
+    ...         self.cache = LRUCache(maxsize=32)
+    ...     @cachedmethod(lambda self: self.cache)
+    ...     def price(self, sku):
+    ...         return len(sku) * 10
+    >>> Prices().price("abc")
+    30
+    """
+    if not callable(cache):
+        raise TypeError("cache must be a function of the instance returning its cache")
+    lock_of = lock if lock is not None else condition
+    flights = _Flights(None)
+    default_lock = flights.lock
+
+    def lock_for(instance: Any) -> Lock:
+        return default_lock if lock_of is None else lock_of(instance)
+
+    def decorator(method: F) -> F:
+        wrapper: Any = _decorate(
+            method, flights, lambda args: cache(args[0]), lambda args: lock_for(args[0]), key
+        )
+        wrapper.cache = cache
+        wrapper.cache_key = key
+        wrapper.cache_lock = lock_of
+        wrapper.cache_info = lambda self: flights.info(lock_for(self), cache(self))
+        wrapper.cache_clear = lambda self: flights.clear(lock_for(self), cache(self))
+        return cast(F, wrapper)
+
+    return decorator
