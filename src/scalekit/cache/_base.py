@@ -9,23 +9,26 @@ the slow paths only (the hot paths of each policy are written out inline):
 - ``_policy_removed(key)``: a key was deleted from ``self._data``.
 - ``_policy_victim()``: the key the policy evicts next (the cache is not empty).
 
-Expiry keeps two structures so that both kinds of TTL cost O(1) amortized per
-item on the common path:
+A key with a deadline is expired once ``timer() >= deadline``. Deadlines live in
+one of two places, so that the expired keys are found without scanning the live
+ones:
 
-- ``_expiry_queue``: keys written with the cache's own ``ttl``, in write order.
-  With a clock that does not go backwards, that is also expiry order, so the
-  expired keys are always a prefix of it.
-- ``_expiry_heap``: keys written with their own ``ttl`` (or while the clock went
-  backwards), as ``(expires_at, seq, key)`` with lazy deletion: an entry counts
-  only while ``_heap_seq[key] == seq``.
-
-``_expires`` maps every key that can expire to its deadline; a key is expired
-once ``timer() >= _expires[key]``.
+- ``_expires``: an ordered dict ``key -> deadline`` of the keys written with the
+  cache's own ``ttl``, in write order. With a clock that does not go backwards
+  that is also deadline order: the expired keys are a prefix, each found and
+  removed in O(1).
+- ``_own_expires``: ``key -> deadline`` for keys given their own ``ttl`` (or
+  written while the clock went backwards), with ``_expiry_heap`` of
+  ``(deadline, seq, key)`` to find them in O(log n). Heap deletion is lazy: an
+  entry counts only while ``_own_expires[key]`` still equals its deadline, and
+  stale entries are dropped at the front or all at once when they outnumber
+  the live ones.
 """
 
 from __future__ import annotations
 
 import heapq
+import inspect
 import math
 import time
 from collections import OrderedDict
@@ -40,7 +43,7 @@ from collections.abc import (
     ValuesView,
 )
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from scalekit.errors import ConfigurationError, ItemTooLarge
 from scalekit.protocols import Clock
@@ -53,6 +56,7 @@ EvictionCause = Literal["size", "expired"]
 EvictionListener = Callable[[Any, Any, EvictionCause], object]
 
 _MISSING: Any = object()
+_DEFAULT_TTL: Any = object()
 _INF = math.inf
 
 
@@ -103,12 +107,29 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         on_evict: called as ``on_evict(key, value, cause)`` for every item removed
             to make room (``cause="size"``) or because it expired
             (``cause="expired"``), after the cache is consistent again.
+        stats: record hits and misses for :meth:`stats` (off by default, as in
+            Caffeine: counting costs every read a little).
+
+    A cache built with none of ``getsizeof``, ``ttl``, ``on_evict`` and ``stats``
+    runs on a leaner private subclass (``_Plain...``) whose reads and writes skip
+    every check those features need; it turns back into its public class the
+    first time an item is given its own TTL. ``isinstance`` is unaffected.
 
     Raises:
         ConfigurationError: ``maxsize`` is negative or ``ttl`` is not positive.
     """
 
     _builtin_popitems: ClassVar[set[Any]] = set()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Cache[K, V]:
+        # Pick the lean twin before __init__ sets any attribute, so that the
+        # interpreter's attribute caches see one class for the object's whole life.
+        variants = cls.__dict__.get("_lean_variants")
+        if variants:
+            lean = _lean_variant(cls, variants, args, kwargs)
+            if lean is not None:
+                return super().__new__(lean)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -118,6 +139,7 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         ttl: float | None = None,
         timer: Clock = time.monotonic,
         on_evict: EvictionListener | None = None,
+        stats: bool = False,
     ) -> None:
         if isinstance(maxsize, bool) or not isinstance(maxsize, (int, float)):
             raise TypeError(f"maxsize must be a number, got {type(maxsize).__name__}")
@@ -142,21 +164,33 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         self._currsize: float = 0
         # A subclass that overrides popitem() sees every eviction, as in cachetools.
         self._evict_via_popitem = type(self).popitem not in Cache._builtin_popitems
-        # The policies' inline __setitem__ serves plain caches; the rest take _store().
-        self._plain = (
-            not self._sized and self._ttl is None and not self._evict_via_popitem and maxsize >= 1
-        )
-        self._expires: dict[K, float] = {}
-        self._expiry_queue: OrderedDict[K, None] = OrderedDict()
-        self._queue_tail = -_INF
+        self._record_stats = bool(stats)
+        # New unit-sized items take the short path of _store().
+        self._fast_store = not self._sized and not self._evict_via_popitem and self._maxlen >= 1
+        self._expires: OrderedDict[K, float] = OrderedDict()
+        self._queue_tail = -_INF  # the deadline of the last key of _expires
+        self._own_expires: dict[K, float] = {}
         self._expiry_heap: list[tuple[float, int, K]] = []
-        self._heap_seq: dict[K, int] = {}
         self._seq = 0
         self._next_expiry = _INF
         self._hits = 0
         self._misses = 0
         self._evictions = 0
         self._expirations = 0
+
+    _lean_variants: ClassVar[dict[str, type[Cache[Any, Any]]]] = {}
+    """Set on each public policy class: its lean twins for caches with no extras,
+    ``"untimed"`` (no ``ttl``) and ``"timed"`` (a ``ttl``)."""
+
+    _is_plain: ClassVar[bool] = False
+    """True on a lean twin that assumes no item ever expires."""
+
+    _general: ClassVar[type[Cache[Any, Any]]]
+    """On a lean twin: the public class it stands in for."""
+
+    _ordered_data: ClassVar[bool] = False
+    """True when ``_data`` itself is in eviction order (LRU, FIFO): the victim is
+    its first key and the policy needs no hook when a key is added or removed."""
 
     # The storage of the policy. LRU and FIFO keep it in eviction order.
     _data: dict[K, V]
@@ -192,7 +226,7 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
 
         Runtime complexity: O(1) amortized (expired items are purged first).
         """
-        if self._next_expiry <= self._timer():
+        if self._next_expiry != _INF and self._next_expiry <= self._timer():
             self._purge_and_notify(self._timer())
         return self._currsize if self._sized else len(self._data)
 
@@ -220,9 +254,12 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         """
         raise KeyError(key)
 
-    def _is_live(self, key: K, now: float) -> bool:
-        expires_at = self._expires.get(key)
-        return expires_at is None or now < expires_at
+    def _deadline(self, key: K) -> float | None:
+        """The deadline of ``key``, or ``None`` if it never expires."""
+        deadline = self._expires.get(key)
+        if deadline is None and self._own_expires:
+            deadline = self._own_expires.get(key)
+        return deadline
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` is present and not expired; changes no order and no stats.
@@ -231,8 +268,10 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         """
         if key not in self._data:
             return False
-        expires = self._expires
-        return not expires or self._is_live(key, self._timer())
+        if self._next_expiry == _INF:
+            return True
+        deadline = self._deadline(key)
+        return deadline is None or self._timer() < deadline
 
     def peek(self, key: K, default: D = None) -> V | D:  # type: ignore[assignment]
         """Return the value of ``key`` without counting a use or a hit.
@@ -245,7 +284,7 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
 
     def __len__(self) -> int:
         """The number of live items. Runtime complexity: O(1) amortized."""
-        if self._next_expiry <= self._timer():
+        if self._next_expiry != _INF and self._next_expiry <= self._timer():
             self._purge_and_notify(self._timer())
         return len(self._data)
 
@@ -260,10 +299,15 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
             self._purge_and_notify(now)
         return iter(list(self._data))
 
+    @classmethod
+    def _public_name(cls) -> str:
+        general: type[Cache[Any, Any]] = cls.__dict__.get("_general", cls)
+        return general.__name__
+
     def __repr__(self) -> str:
         items = ", ".join(f"{k!r}: {v!r}" for k, v in self.items())
         return (
-            f"{type(self).__name__}({{{items}}}, maxsize={self._maxsize!r}, "
+            f"{self._public_name()}({{{items}}}, maxsize={self._maxsize!r}, "
             f"currsize={self.currsize!r})"
         )
 
@@ -292,8 +336,12 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
             self._misses += 1
             return default
         expires = self._expires
-        if expires:
-            expires_at = expires.get(key)
+        if expires or self._own_expires:
+            expires_at: float | None
+            try:
+                expires_at = expires[key]
+            except KeyError:
+                expires_at = self._own_expires.get(key)
             if expires_at is not None and expires_at <= self._timer():
                 self._expired_miss(key, call_missing=False)
                 return default
@@ -312,8 +360,12 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
             self._misses += 1
             return self.__missing__(key)
         expires = self._expires
-        if expires:
-            expires_at = expires.get(key)
+        if expires or self._own_expires:
+            expires_at: float | None
+            try:
+                expires_at = expires[key]
+            except KeyError:
+                expires_at = self._own_expires.get(key)
             if expires_at is not None and expires_at <= self._timer():
                 return self._expired_miss(key)
         self._policy_read(key)
@@ -340,7 +392,7 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         """
         if key not in self._data:
             raise KeyError(key)
-        expires_at = self._expires.get(key)
+        expires_at = self._deadline(key)
         if expires_at is None:
             return None
         remaining = expires_at - self._timer()
@@ -349,9 +401,6 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         return remaining
 
     # -- writing ------------------------------------------------------------
-
-    def __setitem__(self, key: K, value: V) -> None:
-        self._store(key, value, self._ttl)
 
     def set(self, key: K, value: V, *, ttl: float | None = None) -> None:
         """Store ``value`` under ``key``, living ``ttl`` seconds (default: the cache's ``ttl``).
@@ -391,11 +440,63 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
             raise ValueError(f"value size must be non-negative, got {size!r}")
         return size
 
-    def _store(self, key: K, value: V, ttl: float | None, own_ttl: bool = False) -> None:
-        """Insert or overwrite ``key``; the slow path every policy shares."""
+    def _store(
+        self, key: K, value: V, ttl: float | None = _DEFAULT_TTL, own_ttl: bool = False
+    ) -> None:
+        """Insert or overwrite ``key``; the write path every policy shares.
+
+        ``cache[key] = value`` is this method itself (one call fewer on the hot path),
+        with ``ttl`` left at the cache's default.
+        """
+        if ttl is _DEFAULT_TTL:
+            ttl = self._ttl
+        data = self._data
+        if key in data or not self._fast_store:
+            self._store_slow(key, value, ttl, own_ttl)
+            return
+        # The common case, written out: a new unit-sized item.
+        expires = self._expires
+        now = self._timer() if (ttl is not None or self._next_expiry != _INF) else 0.0
+        removed = self._purge(now) if self._next_expiry <= now else None
+        if len(data) >= self._maxlen:
+            if self._ordered_data:
+                old_key, old_value = data.popitem(False)  # type: ignore[call-arg]
+                if expires.pop(old_key, None) is None and self._own_expires:
+                    self._own_expires.pop(old_key, None)
+            else:
+                old_key = self._policy_victim()
+                old_value = self._remove(old_key)
+            self._evictions += 1
+            if self._on_evict is not None:
+                if removed is None:
+                    removed = []
+                removed.append((old_key, old_value, "size"))
+        data[key] = value
+        if not self._ordered_data:
+            self._policy_added(key)
+        if ttl is not None:
+            expires_at = now + ttl
+            if own_ttl or expires_at < self._queue_tail or self._is_plain:
+                self._add_expiry(key, expires_at, own_ttl)
+            else:
+                expires[key] = expires_at
+                self._queue_tail = expires_at
+                if expires_at < self._next_expiry:
+                    self._next_expiry = expires_at
+        if removed and self._on_evict is not None:
+            self._notify(removed)
+
+    if TYPE_CHECKING:
+
+        def __setitem__(self, key: K, value: V) -> None: ...
+
+    else:
+        __setitem__ = _store
+
+    def _store_slow(self, key: K, value: V, ttl: float | None, own_ttl: bool) -> None:
         hash(key)  # an unhashable key fails here, before anything changes
         size = self._size_of(value)
-        now = self._timer() if (ttl is not None or self._expires) else 0.0
+        now = self._timer() if (ttl is not None or self._next_expiry != _INF) else 0.0
         removed: list[tuple[K, V, EvictionCause]] = []
         if self._next_expiry <= now:
             removed.extend(self._purge(now))
@@ -427,32 +528,36 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         return self._currsize if self._sized else len(self._data)
 
     def _set_expiry(self, key: K, now: float, ttl: float | None, own_ttl: bool) -> None:
-        if key in self._expires:
-            self._forget_expiry(key)
-        if ttl is None:
-            return
-        expires_at = now + ttl
-        self._expires[key] = expires_at
+        self._forget_expiry(key)
+        if ttl is not None:
+            self._add_expiry(key, now + ttl, own_ttl)
+
+    def _add_expiry(self, key: K, expires_at: float, own_ttl: bool) -> None:
+        """Record the deadline of ``key``, which has none yet."""
+        if self._is_plain:
+            # Reads of the lean twin do not look for deadlines: become the full class.
+            self.__class__ = self._general
         if not own_ttl and expires_at >= self._queue_tail:
-            self._expiry_queue[key] = None
+            self._expires[key] = expires_at
             self._queue_tail = expires_at
         else:
+            self._own_expires[key] = expires_at
             self._seq += 1
-            self._heap_seq[key] = self._seq
             heapq.heappush(self._expiry_heap, (expires_at, self._seq, key))
-            if len(self._expiry_heap) > 2 * len(self._heap_seq) + 64:
+            if len(self._expiry_heap) > 2 * len(self._own_expires) + 64:
                 self._compact_heap()
         if expires_at < self._next_expiry:
             self._next_expiry = expires_at
 
     def _forget_expiry(self, key: K) -> None:
-        del self._expires[key]
-        if self._expiry_queue.pop(key, _MISSING) is _MISSING:
-            del self._heap_seq[key]
+        """Drop the deadline of ``key`` if it has one (a heap entry goes stale)."""
+        if self._expires.pop(key, None) is None and self._own_expires:
+            self._own_expires.pop(key, None)
 
     def _compact_heap(self) -> None:
-        seqs = self._heap_seq
-        self._expiry_heap = [entry for entry in self._expiry_heap if seqs.get(entry[2]) == entry[1]]
+        """Drop the stale heap entries. Runtime complexity: O(n)."""
+        own = self._own_expires
+        self._expiry_heap = [e for e in self._expiry_heap if own.get(e[2]) == e[0]]
         heapq.heapify(self._expiry_heap)
 
     # -- removing -----------------------------------------------------------
@@ -463,7 +568,7 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         self._policy_removed(key)
         if self._sized:
             self._currsize -= self._sizes.pop(key)
-        if key in self._expires:
+        if self._next_expiry != _INF:
             self._forget_expiry(key)
         return value
 
@@ -474,7 +579,7 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         """
         if key not in self._data:
             raise KeyError(key)
-        expires_at = self._expires.get(key)
+        expires_at = self._deadline(key)
         if expires_at is not None and expires_at <= self._timer():
             value = self._remove(key)
             self._expirations += 1
@@ -532,10 +637,9 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         self._sizes.clear()
         self._currsize = 0
         self._expires.clear()
-        self._expiry_queue.clear()
         self._queue_tail = -_INF
+        self._own_expires.clear()
         self._expiry_heap.clear()
-        self._heap_seq.clear()
         self._next_expiry = _INF
         self._policy_cleared()
 
@@ -557,21 +661,22 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         """Remove every item expired at ``now``; return them without notifying."""
         removed: list[tuple[K, V, EvictionCause]] = []
         expires = self._expires
-        queue = self._expiry_queue
-        while queue:
-            key = next(iter(queue))
-            if expires[key] > now:
+        while expires:
+            key, deadline = next(iter(expires.items()))
+            if deadline > now:
                 break
             removed.append((key, self._remove(key), "expired"))
         heap = self._expiry_heap
-        seqs = self._heap_seq
+        own = self._own_expires
         while heap and heap[0][0] <= now:
-            _, seq, key = heapq.heappop(heap)
-            if seqs.get(key) == seq:
+            deadline, _, key = heapq.heappop(heap)
+            if own.get(key) == deadline:
                 removed.append((key, self._remove(key), "expired"))
         self._expirations += len(removed)
-        head = expires[next(iter(queue))] if queue else _INF
-        if not queue:
+        if expires:
+            head = next(iter(expires.values()))
+        else:
+            head = _INF
             self._queue_tail = -_INF
         self._next_expiry = min(head, heap[0][0]) if heap else head
         return removed
@@ -619,7 +724,15 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
     # -- stats --------------------------------------------------------------
 
     def stats(self) -> CacheStats:
-        """Return a snapshot of the counters. Runtime complexity: O(1)."""
+        """Return a snapshot of the counters. Runtime complexity: O(1).
+
+        Raises:
+            ConfigurationError: the cache was built without ``stats=True``.
+        """
+        if not self._record_stats:
+            raise ConfigurationError(
+                f"{self._public_name()} records no stats: build it with stats=True"
+            )
         return CacheStats(
             hits=self._hits,
             misses=self._misses,
@@ -642,9 +755,8 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         clone._data = self._data.copy()
         clone._sizes = self._sizes.copy()
         clone._expires = self._expires.copy()
-        clone._expiry_queue = self._expiry_queue.copy()
+        clone._own_expires = self._own_expires.copy()
         clone._expiry_heap = self._expiry_heap.copy()
-        clone._heap_seq = self._heap_seq.copy()
         clone._copy_policy_from(self)
         return clone
 
@@ -667,22 +779,57 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         else:
             assert not self._sizes
         assert self._currsize_raw() <= self._maxsize or not data
-        assert set(self._expires) <= set(data)
-        queued = set(self._expiry_queue)
-        heaped = set(self._heap_seq)
-        assert not queued & heaped
-        assert queued | heaped == set(self._expires)
-        deadlines = [self._expires[k] for k in self._expiry_queue]
-        assert deadlines == sorted(deadlines)
-        live_heap = {k for _, seq, k in self._expiry_heap if self._heap_seq.get(k) == seq}
-        assert live_heap == heaped
-        if self._expires:
-            assert self._next_expiry <= min(self._expires.values())
+        queued = set(self._expires)
+        owned = set(self._own_expires)
+        assert queued <= set(data)
+        assert owned <= set(data)
+        assert not queued & owned
+        deadlines = list(self._expires.values())
+        assert deadlines == sorted(deadlines), "default-ttl deadlines follow write order"
+        if deadlines:
+            assert self._queue_tail >= deadlines[-1]
+        live_heap = {k for d, _, k in self._expiry_heap if self._own_expires.get(k) == d}
+        assert live_heap == owned, "every own deadline has a heap entry"
+        assert len(self._expiry_heap) <= 2 * len(owned) + 65
+        if deadlines or owned:
+            assert self._next_expiry <= min([*deadlines, *self._own_expires.values()])
         assert min(self._hits, self._misses, self._evictions, self._expirations) >= 0
         self._check_policy()
 
     def _check_policy(self) -> None:
         """Assert the policy's own invariants."""
+
+
+_SIGNATURES: dict[type[Any], inspect.Signature] = {}
+
+
+def _lean_variant(
+    cls: type[Cache[Any, Any]],
+    variants: dict[str, type[Cache[Any, Any]]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> type[Cache[Any, Any]] | None:
+    """The lean twin of ``cls`` for these constructor arguments, or ``None``."""
+    signature = _SIGNATURES.get(cls)
+    if signature is None:
+        signature = _SIGNATURES[cls] = inspect.signature(cls.__init__)
+    try:
+        bound = signature.bind(None, *args, **kwargs)
+    except TypeError:
+        return None  # __init__ will explain
+    bound.apply_defaults()
+    given = bound.arguments
+    maxsize = given["maxsize"]
+    if (
+        type(maxsize) is not int
+        or maxsize < 1
+        or given["getsizeof"] is not None
+        or given["on_evict"] is not None
+        or given["stats"]
+    ):
+        return None
+    ttl = given["ttl"]
+    return variants.get("untimed" if ttl is None or ttl == _INF else "timed")
 
 
 def builtin_popitem(function: Callable[..., Any]) -> Callable[..., Any]:

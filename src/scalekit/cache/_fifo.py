@@ -32,6 +32,7 @@ class FIFOCache(Cache[K, V]):
     """
 
     _data: OrderedDict[K, V]
+    _ordered_data = True
 
     def __init__(
         self,
@@ -41,55 +42,10 @@ class FIFOCache(Cache[K, V]):
         ttl: float | None = None,
         timer: Clock = time.monotonic,
         on_evict: EvictionListener | None = None,
+        stats: bool = False,
     ) -> None:
-        super().__init__(maxsize, getsizeof, ttl=ttl, timer=timer, on_evict=on_evict)
+        super().__init__(maxsize, getsizeof, ttl=ttl, timer=timer, on_evict=on_evict, stats=stats)
         self._data = OrderedDict()
-
-    def __getitem__(self, key: K) -> V:
-        try:
-            value = self._data[key]
-        except KeyError:
-            self._misses += 1
-            return self.__missing__(key)
-        expires = self._expires
-        if expires:
-            expires_at = expires.get(key)
-            if expires_at is not None and expires_at <= self._timer():
-                return self._expired_miss(key)
-        self._hits += 1
-        return value
-
-    def get(self, key: K, default: Any = None) -> Any:
-        try:
-            value = self._data[key]
-        except KeyError:
-            self._misses += 1
-            return default
-        expires = self._expires
-        if expires:
-            expires_at = expires.get(key)
-            if expires_at is not None and expires_at <= self._timer():
-                self._expired_miss(key, call_missing=False)
-                return default
-        self._hits += 1
-        return value
-
-    def __setitem__(self, key: K, value: V) -> None:
-        if not self._plain or self._expires:
-            self._store(key, value, self._ttl)
-            return
-        data = self._data
-        if key in data:
-            data[key] = value
-            data.move_to_end(key)
-        elif len(data) < self._maxlen:
-            data[key] = value
-        else:
-            old_key, old_value = data.popitem(last=False)
-            data[key] = value
-            self._evictions += 1
-            if self._on_evict is not None:
-                self._notify([(old_key, old_value, "size")])
 
     def _policy_written(self, key: K) -> None:
         self._data.move_to_end(key)
@@ -104,3 +60,32 @@ class FIFOCache(Cache[K, V]):
         Raises :class:`KeyError` when empty. Runtime complexity: O(1) amortized.
         """
         return super().popitem()
+
+
+class _PlainFIFOCache(FIFOCache[K, V]):
+    """The lean twin of :class:`FIFOCache`: no sizes, TTLs, listener or stats to check."""
+
+    _is_plain = True
+    _general = FIFOCache
+
+    def __getitem__(self, key: K) -> V:
+        try:
+            return self._data[key]
+        except KeyError:
+            return self.__missing__(key)
+
+    def get(self, key: K, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+    def __setitem__(self, key: K, value: V) -> None:
+        data = self._data
+        if key in data:
+            data[key] = value
+            data.move_to_end(key)
+            return
+        if len(data) >= self._maxlen:
+            data.popitem(False)
+        data[key] = value
+
+
+FIFOCache._lean_variants = {"untimed": _PlainFIFOCache}

@@ -1,9 +1,15 @@
-"""Least frequently used: evicts the item with the fewest uses."""
+"""Least frequently used: evicts the item with the fewest uses.
+
+The structure is the O(1) LFU of Shah, Mitra and Matani (2010): a ring of
+buckets ordered by use count, each holding a ring of key nodes, least recently
+used first. A use moves a key's node from its bucket to the tail of the next
+one (made if missing); the victim is the first node of the first bucket. Every
+step is a handful of pointer writes, with no hashing beyond the key lookup.
+"""
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -13,26 +19,50 @@ from scalekit.protocols import Clock
 __all__ = ["LFUCache"]
 
 
-class _Bucket:
-    """The keys used ``count`` times, least recently used first; a node of a ring."""
+class _Node:
+    """A key in its bucket's ring; a bucket's sentinel ``head`` is a node too."""
 
-    __slots__ = ("count", "keys", "next", "prev")
+    __slots__ = ("bucket", "key", "next", "prev", "value")
+
+    key: Any
+    value: Any
+    bucket: _Bucket
+    prev: _Node
+    next: _Node
+
+
+class _Bucket:
+    """The keys used ``count`` times; a node of the ring of buckets."""
+
+    __slots__ = ("count", "head", "next", "prev")
 
     def __init__(self, count: int) -> None:
         self.count = count
-        self.keys: OrderedDict[Any, None] = OrderedDict()
+        head = _Node()
+        head.prev = head.next = head
+        self.head = head
         self.prev: _Bucket = self
         self.next: _Bucket = self
 
     def insert_after(self, other: _Bucket) -> None:
+        following = other.next
         self.prev = other
-        self.next = other.next
-        other.next.prev = self
+        self.next = following
+        following.prev = self
         other.next = self
 
     def unlink(self) -> None:
         self.prev.next = self.next
         self.next.prev = self.prev
+
+    def append(self, node: _Node) -> None:
+        head = self.head
+        last = head.prev
+        last.next = node
+        node.prev = last
+        node.next = head
+        head.prev = node
+        node.bucket = self
 
 
 class LFUCache(Cache[K, V]):
@@ -42,8 +72,7 @@ class LFUCache(Cache[K, V]):
     one more. Among items with equally few uses, the least recently used goes
     first. A drop-in for :class:`cachetools.LFUCache`.
 
-    Runtime complexity: O(1) for every read and write, eviction included (keys
-    sit in buckets of equal use count, kept in a ring ordered by count).
+    Runtime complexity: O(1) for every read and write, eviction included.
 
     >>> cache = LFUCache(maxsize=2)
     >>> cache["a"] = 1
@@ -63,101 +92,32 @@ class LFUCache(Cache[K, V]):
         ttl: float | None = None,
         timer: Clock = time.monotonic,
         on_evict: EvictionListener | None = None,
+        stats: bool = False,
     ) -> None:
-        super().__init__(maxsize, getsizeof, ttl=ttl, timer=timer, on_evict=on_evict)
+        super().__init__(maxsize, getsizeof, ttl=ttl, timer=timer, on_evict=on_evict, stats=stats)
         self._data = {}
-        self._root = _Bucket(0)  # sentinel: root.next has the fewest uses
-        self._links: dict[K, _Bucket] = {}
+        self._root = _Bucket(0)  # sentinel: root.next holds the fewest uses
+        self._nodes: dict[K, _Node] = {}
 
     def _use(self, key: K) -> None:
-        """Count one more use of ``key``: move it to the next bucket up."""
-        bucket = self._links[key]
+        """Count one more use of ``key``: move it to the tail of the next bucket up."""
+        node = self._nodes[key]
+        bucket = node.bucket
         count = bucket.count + 1
         higher = bucket.next
+        before = node.prev
+        after = node.next
         if higher.count != count:
-            if len(bucket.keys) == 1:
+            if before is after:  # the only key of its bucket: relabel the bucket
                 bucket.count = count
                 return
             higher = _Bucket(count)
             higher.insert_after(bucket)
-        del bucket.keys[key]
-        higher.keys[key] = None
-        self._links[key] = higher
-        if not bucket.keys:
+        before.next = after
+        after.prev = before
+        if before is after:  # the bucket is empty now
             bucket.unlink()
-
-    def __getitem__(self, key: K) -> V:
-        try:
-            value = self._data[key]
-        except KeyError:
-            self._misses += 1
-            return self.__missing__(key)
-        expires = self._expires
-        if expires:
-            expires_at = expires.get(key)
-            if expires_at is not None and expires_at <= self._timer():
-                return self._expired_miss(key)
-        # _use(key), written out: this is the hot path.
-        links = self._links
-        bucket = links[key]
-        count = bucket.count + 1
-        higher = bucket.next
-        if higher.count != count:
-            if len(bucket.keys) == 1:
-                bucket.count = count
-                self._hits += 1
-                return value
-            higher = _Bucket(count)
-            higher.insert_after(bucket)
-        keys = bucket.keys
-        del keys[key]
-        higher.keys[key] = None
-        links[key] = higher
-        if not keys:
-            bucket.unlink()
-        self._hits += 1
-        return value
-
-    def get(self, key: K, default: Any = None) -> Any:
-        try:
-            value = self._data[key]
-        except KeyError:
-            self._misses += 1
-            return default
-        expires = self._expires
-        if expires:
-            expires_at = expires.get(key)
-            if expires_at is not None and expires_at <= self._timer():
-                self._expired_miss(key, call_missing=False)
-                return default
-        self._use(key)
-        self._hits += 1
-        return value
-
-    def __setitem__(self, key: K, value: V) -> None:
-        data = self._data
-        if not self._plain or self._expires or key in data:
-            self._store(key, value, self._ttl)
-            return
-        evicted = None
-        root = self._root
-        if len(data) >= self._maxlen:
-            lowest = root.next
-            old_key = lowest.keys.popitem(last=False)[0]
-            if not lowest.keys:
-                lowest.unlink()
-            del self._links[old_key]
-            evicted = (old_key, data.pop(old_key))
-            self._evictions += 1
-        data[key] = value
-        ones = root.next
-        if ones.count != 1:
-            ones = _Bucket(1)
-            ones.insert_after(root)
-        ones.keys[key] = None
-        self._links[key] = ones
-        if evicted is not None and self._on_evict is not None:
-            self._notify([(evicted[0], evicted[1], "size")])
+        higher.append(node)
 
     def _policy_added(self, key: K) -> None:
         root = self._root
@@ -165,25 +125,34 @@ class LFUCache(Cache[K, V]):
         if ones.count != 1:
             ones = _Bucket(1)
             ones.insert_after(root)
-        ones.keys[key] = None
-        self._links[key] = ones
+        node = _Node()
+        node.key = key
+        node.value = self._data[key]
+        ones.append(node)
+        self._nodes[key] = node
 
     _policy_read = _use
-    _policy_written = _use
+
+    def _policy_written(self, key: K) -> None:
+        self._nodes[key].value = self._data[key]
+        self._use(key)
 
     def _policy_removed(self, key: K) -> None:
-        bucket = self._links.pop(key)
-        del bucket.keys[key]
-        if not bucket.keys:
-            bucket.unlink()
+        node = self._nodes.pop(key)
+        before = node.prev
+        after = node.next
+        before.next = after
+        after.prev = before
+        if before is after:
+            node.bucket.unlink()
 
     def _policy_victim(self) -> K:
-        key: K = next(iter(self._root.next.keys))
+        key: K = self._root.next.head.next.key
         return key
 
     def _policy_cleared(self) -> None:
         self._root = _Bucket(0)
-        self._links.clear()
+        self._nodes.clear()
 
     @builtin_popitem
     def popitem(self) -> tuple[K, V]:
@@ -200,24 +169,34 @@ class LFUCache(Cache[K, V]):
         """
         if key not in self:
             raise KeyError(key)
-        return self._links[key].count
+        return self._nodes[key].bucket.count
 
     def _buckets(self) -> list[tuple[int, list[K]]]:
+        """The buckets from the fewest uses up, each with its keys, least recent first."""
         buckets = []
         bucket = self._root.next
         while bucket is not self._root:
-            buckets.append((bucket.count, list(bucket.keys)))
+            keys = []
+            node = bucket.head.next
+            while node is not bucket.head:
+                keys.append(node.key)
+                node = node.next
+            buckets.append((bucket.count, keys))
             bucket = bucket.next
         return buckets
 
     def _rebuild(self, buckets: list[tuple[int, list[K]]]) -> None:
         self._root = root = _Bucket(0)
-        self._links = {}
+        self._nodes = nodes = {}
         for count, keys in buckets:
             bucket = _Bucket(count)
-            bucket.keys = OrderedDict.fromkeys(keys)
             bucket.insert_after(root.prev)
-            self._links.update(dict.fromkeys(keys, bucket))
+            for key in keys:
+                node = _Node()
+                node.key = key
+                node.value = self._data[key]
+                bucket.append(node)
+                nodes[key] = node
 
     def _copy_policy_from(self, other: Cache[K, V]) -> None:
         assert isinstance(other, LFUCache)
@@ -225,7 +204,7 @@ class LFUCache(Cache[K, V]):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_root"], state["_links"]
+        del state["_root"], state["_nodes"]
         state["_lfu_buckets"] = self._buckets()
         return state
 
@@ -235,17 +214,113 @@ class LFUCache(Cache[K, V]):
         self._rebuild(buckets)
 
     def _check_policy(self) -> None:
-        assert set(self._links) == set(self._data)
+        assert set(self._nodes) == set(self._data)
         seen = 0
         previous = 0
         bucket = self._root.next
         while bucket is not self._root:
             assert bucket.count > previous, "bucket counts must increase along the ring"
-            assert bucket.keys, "no empty bucket stays in the ring"
+            assert bucket.head.next is not bucket.head, "no empty bucket stays in the ring"
             assert bucket.next.prev is bucket
-            for key in bucket.keys:
-                assert self._links[key] is bucket
-            seen += len(bucket.keys)
+            node = bucket.head.next
+            while node is not bucket.head:
+                assert node.next.prev is node
+                assert node.bucket is bucket
+                assert self._nodes[node.key] is node
+                assert node.value is self._data[node.key]
+                seen += 1
+                node = node.next
             previous = bucket.count
             bucket = bucket.next
         assert seen == len(self._data)
+
+
+class _PlainLFUCache(LFUCache[K, V]):
+    """The lean twin of :class:`LFUCache`: no sizes, TTLs, listener or stats to check."""
+
+    _is_plain = True
+    _general = LFUCache
+
+    def __getitem__(self, key: K) -> V:
+        try:
+            node = self._nodes[key]
+        except KeyError:
+            return self.__missing__(key)
+        value: V = node.value
+        # LFUCache._use(key), written out: this is the hot path.
+        bucket = node.bucket
+        count = bucket.count + 1
+        higher = bucket.next
+        before = node.prev
+        after = node.next
+        if higher.count != count:
+            if before is after:
+                bucket.count = count
+                return value
+            higher = _Bucket(count)
+            higher.insert_after(bucket)
+        before.next = after
+        after.prev = before
+        if before is after:
+            bucket.unlink()
+        head = higher.head
+        last = head.prev
+        last.next = node
+        node.prev = last
+        node.next = head
+        head.prev = node
+        node.bucket = higher
+        return value
+
+    def get(self, key: K, default: Any = None) -> Any:
+        if key in self._nodes:
+            return self[key]
+        return default
+
+    def __setitem__(self, key: K, value: V) -> None:
+        data = self._data
+        if key in data:
+            data[key] = value
+            self._nodes[key].value = value
+            self._use(key)
+            return
+        nodes = self._nodes
+        root = self._root
+        if len(data) >= self._maxlen:
+            # Evict the first key of the first bucket, and reuse its node.
+            lowest = root.next
+            node = lowest.head.next
+            old_key = node.key
+            after = node.next
+            lowest.head.next = after
+            after.prev = lowest.head
+            del data[old_key], nodes[old_key]
+            if after is lowest.head:
+                if lowest.count == 1:
+                    node.key = key
+                    node.value = value
+                    lowest.append(node)
+                    data[key] = value
+                    nodes[key] = node
+                    return
+                lowest.unlink()
+        else:
+            node = _Node()
+        node.key = key
+        node.value = value
+        ones = root.next
+        if ones.count != 1:
+            ones = _Bucket(1)
+            ones.insert_after(root)
+        head = ones.head
+        last = head.prev
+        last.next = node
+        node.prev = last
+        node.next = head
+        head.prev = node
+        node.bucket = ones
+        data[key] = value
+        nodes[key] = node
+
+
+LFUCache._lean_variants = {"untimed": _PlainLFUCache}

@@ -33,6 +33,7 @@ class LRUCache(Cache[K, V]):
     """
 
     _data: OrderedDict[K, V]
+    _ordered_data = True
 
     def __init__(
         self,
@@ -42,8 +43,9 @@ class LRUCache(Cache[K, V]):
         ttl: float | None = None,
         timer: Clock = time.monotonic,
         on_evict: EvictionListener | None = None,
+        stats: bool = False,
     ) -> None:
-        super().__init__(maxsize, getsizeof, ttl=ttl, timer=timer, on_evict=on_evict)
+        super().__init__(maxsize, getsizeof, ttl=ttl, timer=timer, on_evict=on_evict, stats=stats)
         self._data = OrderedDict()
 
     def __getitem__(self, key: K) -> V:
@@ -53,8 +55,12 @@ class LRUCache(Cache[K, V]):
             self._misses += 1
             return self.__missing__(key)
         expires = self._expires
-        if expires:
-            expires_at = expires.get(key)
+        if expires or self._own_expires:
+            expires_at: float | None
+            try:
+                expires_at = expires[key]
+            except KeyError:
+                expires_at = self._own_expires.get(key)
             if expires_at is not None and expires_at <= self._timer():
                 return self._expired_miss(key)
         self._data.move_to_end(key)
@@ -68,31 +74,18 @@ class LRUCache(Cache[K, V]):
             self._misses += 1
             return default
         expires = self._expires
-        if expires:
-            expires_at = expires.get(key)
+        if expires or self._own_expires:
+            expires_at: float | None
+            try:
+                expires_at = expires[key]
+            except KeyError:
+                expires_at = self._own_expires.get(key)
             if expires_at is not None and expires_at <= self._timer():
                 self._expired_miss(key, call_missing=False)
                 return default
         self._data.move_to_end(key)
         self._hits += 1
         return value
-
-    def __setitem__(self, key: K, value: V) -> None:
-        if not self._plain or self._expires:
-            self._store(key, value, self._ttl)
-            return
-        data = self._data
-        if key in data:
-            data[key] = value
-            data.move_to_end(key)
-        elif len(data) < self._maxlen:
-            data[key] = value
-        else:
-            old_key, old_value = data.popitem(last=False)
-            data[key] = value
-            self._evictions += 1
-            if self._on_evict is not None:
-                self._notify([(old_key, old_value, "size")])
 
     def _policy_read(self, key: K) -> None:
         self._data.move_to_end(key)
@@ -109,3 +102,108 @@ class LRUCache(Cache[K, V]):
         Raises :class:`KeyError` when empty. Runtime complexity: O(1) amortized.
         """
         return super().popitem()
+
+
+class _PlainLRUCache(LRUCache[K, V]):
+    """The lean twin of :class:`LRUCache`: no sizes, TTLs, listener or stats to check."""
+
+    _is_plain = True
+    _general = LRUCache
+
+    def __getitem__(self, key: K) -> V:
+        try:
+            value = self._data[key]
+        except KeyError:
+            return self.__missing__(key)
+        self._data.move_to_end(key)
+        return value
+
+    def get(self, key: K, default: Any = None) -> Any:
+        try:
+            value = self._data[key]
+        except KeyError:
+            return default
+        self._data.move_to_end(key)
+        return value
+
+    def __setitem__(self, key: K, value: V) -> None:
+        data = self._data
+        if key in data:
+            data[key] = value
+            data.move_to_end(key)
+            return
+        if len(data) >= self._maxlen:
+            data.popitem(False)
+        data[key] = value
+
+
+class _LeanTimedLRU(LRUCache[K, V]):
+    """Reads and writes of an LRU cache with a ``ttl`` and no sizes, listener or stats.
+
+    Keys written with the cache's ``ttl`` take these paths; the rest (overwrites,
+    per-item TTLs, purges) take the general ones.
+    """
+
+    def __getitem__(self, key: K) -> V:
+        try:
+            value = self._data[key]
+        except KeyError:
+            return self.__missing__(key)
+        expires_at: float | None
+        try:
+            expires_at = self._expires[key]
+        except KeyError:
+            expires_at = self._own_expires.get(key)
+        if expires_at is not None and expires_at <= self._timer():
+            return self._expired_miss(key)
+        self._data.move_to_end(key)
+        return value
+
+    def get(self, key: K, default: Any = None) -> Any:
+        try:
+            value = self._data[key]
+        except KeyError:
+            return default
+        expires_at: float | None
+        try:
+            expires_at = self._expires[key]
+        except KeyError:
+            expires_at = self._own_expires.get(key)
+        if expires_at is not None and expires_at <= self._timer():
+            self._expired_miss(key, call_missing=False)
+            return default
+        self._data.move_to_end(key)
+        return value
+
+    def __setitem__(self, key: K, value: V) -> None:
+        data = self._data
+        if key in data:
+            self._store(key, value)
+            return
+        now = self._timer()
+        if self._next_expiry <= now:
+            self._store(key, value)  # the general path purges first
+            return
+        expires = self._expires
+        if len(data) >= self._maxlen:
+            old_key = data.popitem(False)[0]
+            if expires.pop(old_key, None) is None and self._own_expires:
+                self._own_expires.pop(old_key, None)
+        data[key] = value
+        expires_at = now + self._ttl  # type: ignore[operator]
+        if expires_at < self._queue_tail:
+            self._add_expiry(key, expires_at, False)  # the clock went backwards
+            return
+        expires[key] = expires_at
+        self._queue_tail = expires_at
+        if expires_at < self._next_expiry:
+            self._next_expiry = expires_at
+
+
+class _PlainTimedLRUCache(_LeanTimedLRU[K, V]):
+    """The lean twin of ``LRUCache(maxsize, ttl=...)``."""
+
+    _general = LRUCache
+
+
+LRUCache._lean_variants = {"untimed": _PlainLRUCache, "timed": _PlainTimedLRUCache}

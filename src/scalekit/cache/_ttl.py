@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 from scalekit.cache._base import EvictionListener, K, V
-from scalekit.cache._lru import LRUCache
+from scalekit.cache._lru import LRUCache, _LeanTimedLRU
 from scalekit.protocols import Clock
 
 __all__ = ["TTLCache"]
@@ -44,5 +44,15 @@ class TTLCache(LRUCache[K, V]):
         getsizeof: Callable[[V], float] | None = None,
         *,
         on_evict: EvictionListener | None = None,
+        stats: bool = False,
     ) -> None:
-        super().__init__(maxsize, getsizeof, ttl=ttl, timer=timer, on_evict=on_evict)
+        super().__init__(maxsize, getsizeof, ttl=ttl, timer=timer, on_evict=on_evict, stats=stats)
+
+
+class _PlainTTLCache(_LeanTimedLRU[K, V], TTLCache[K, V]):
+    """The lean twin of :class:`TTLCache`: no sizes, listener or stats to check."""
+
+    _general = TTLCache
+
+
+TTLCache._lean_variants = {"timed": _PlainTTLCache}

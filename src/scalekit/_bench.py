@@ -1,0 +1,131 @@
+"""Workloads shared by ``benchmarks/`` and ``scalekit bench``: scalekit against its rivals.
+
+Each workload is a zero-argument function doing ``BATCH`` operations, built for
+one library's cache; the same workload is built for the rival so the two can be
+timed side by side and compared as a ratio.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import timeit
+from collections.abc import Callable, Iterator, MutableMapping
+from itertools import cycle
+from typing import Any
+
+__all__ = [
+    "BATCH",
+    "CACHE_SIZE",
+    "POLICIES",
+    "cache_factories",
+    "get_hit_workload",
+    "getitem_hit_workload",
+    "measure",
+    "set_evict_workload",
+]
+
+CACHE_SIZE = 1_000
+BATCH = 10_000
+POLICIES = ("LRU", "LFU", "FIFO", "TTL")
+TTL = 3_600.0
+
+_rng = random.Random(20261125)
+HOT_KEYS = [f"user:{i}:profile" for i in range(CACHE_SIZE)]
+READS = [_rng.choice(HOT_KEYS) for _ in range(BATCH)]
+NEW_KEYS = [f"item:{i}" for i in range(20 * BATCH)]
+
+Factory = Callable[[], MutableMapping[str, Any]]
+
+
+def cache_factories(library: str) -> dict[str, Factory]:
+    """``policy -> factory`` of a 1,000-entry cache of ``library`` (scalekit or cachetools)."""
+    module: Any
+    if library == "scalekit":
+        import scalekit.cache as module
+    elif library == "cachetools":
+        import cachetools as module
+    else:
+        raise ValueError(f"unknown library {library!r}")
+    return {
+        "LRU": lambda: module.LRUCache(CACHE_SIZE),
+        "LFU": lambda: module.LFUCache(CACHE_SIZE),
+        "FIFO": lambda: module.FIFOCache(CACHE_SIZE),
+        "TTL": lambda: module.TTLCache(CACHE_SIZE, TTL),
+    }
+
+
+def _filled(factory: Factory) -> MutableMapping[str, Any]:
+    cache = factory()
+    for key in HOT_KEYS:
+        cache[key] = key
+    return cache
+
+
+def getitem_hit_workload(factory: Factory) -> Callable[[], object]:
+    """``BATCH`` reads ``cache[key]`` of keys that are all present."""
+    cache = _filled(factory)
+
+    def run() -> object:
+        for key in READS:
+            cache[key]
+        return cache
+
+    return run
+
+
+def get_hit_workload(factory: Factory) -> Callable[[], object]:
+    """``BATCH`` reads ``cache.get(key)`` of keys that are all present."""
+    cache = _filled(factory)
+    get = cache.get
+
+    def run() -> object:
+        for key in READS:
+            get(key)
+        return cache
+
+    return run
+
+
+def set_evict_workload(factory: Factory) -> Callable[[], object]:
+    """``BATCH`` writes of keys not in the full cache: each write evicts one item."""
+    cache = _filled(factory)
+    stream: Iterator[list[str]] = cycle(
+        [NEW_KEYS[i : i + BATCH] for i in range(0, len(NEW_KEYS), BATCH)]
+    )
+
+    def run() -> object:
+        for key in next(stream):
+            cache[key] = key
+        return cache
+
+    return run
+
+
+WORKLOADS: dict[str, Callable[[Factory], Callable[[], object]]] = {
+    "cache[key] hit": getitem_hit_workload,
+    "get(key) hit": get_hit_workload,
+    "set with eviction": set_evict_workload,
+}
+
+
+def measure(run: Callable[[], object], *, repeat: int = 7, number: int = 5) -> float:
+    """Best time of one ``run()`` in seconds (the minimum is the least noisy estimate)."""
+    run()
+    return min(timeit.repeat(run, timer=time.perf_counter, repeat=repeat, number=number)) / number
+
+
+def compare_caches(repeat: int = 7) -> list[tuple[str, str, float, float]]:
+    """Time every workload on scalekit and cachetools, interleaved in one run.
+
+    Returns ``(policy, workload, scalekit seconds per op, cachetools seconds per op)``.
+    """
+    ours = cache_factories("scalekit")
+    theirs = cache_factories("cachetools")
+    rows = []
+    for policy in POLICIES:
+        for name, workload in WORKLOADS.items():
+            a = measure(workload(ours[policy]), repeat=repeat) / BATCH
+            b = measure(workload(theirs[policy]), repeat=repeat) / BATCH
+            rows.append((policy, name, a, b))
+    return rows
