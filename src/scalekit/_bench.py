@@ -129,3 +129,64 @@ def compare_caches(repeat: int = 7) -> list[tuple[str, str, float, float]]:
             b = measure(workload(theirs[policy]), repeat=repeat) / BATCH
             rows.append((policy, name, a, b))
     return rows
+
+
+def zipf_trace(
+    *,
+    keys: int = 100_000,
+    length: int = 200_000,
+    skew: float = 0.9,
+    scan_every: int = 20_000,
+    scan_length: int = 5_000,
+    drift: int = 0,
+    seed: int = 7,
+) -> list[str]:
+    """Requests for ``keys`` Zipf-distributed keys, with a scan of one-off keys
+    (``scan_length`` keys never seen again) after every ``scan_every`` requests.
+
+    With ``drift``, the popular keys change after each scan: every rank moves to
+    a key ``drift`` further on, as when yesterday's news gives way to today's.
+    """
+    import bisect
+    import itertools
+
+    rng = random.Random(seed)
+    weights = [1.0 / (rank**skew) for rank in range(1, keys + 1)]
+    cumulative = list(itertools.accumulate(weights))
+    total = cumulative[-1]
+    trace: list[str] = []
+    scans = 0
+    while len(trace) < length:
+        for _ in range(scan_every):
+            rank = bisect.bisect_left(cumulative, rng.random() * total)
+            trace.append(f"k{(rank + scans * drift) % keys}")
+        trace.extend(f"scan{scans}:{i}" for i in range(scan_length))
+        scans += 1
+    return trace[:length]
+
+
+def hit_ratio(cache: MutableMapping[str, Any], trace: list[str]) -> float:
+    """Replay ``trace`` as a read-through cache: look up, and store on a miss."""
+    hits = 0
+    missing = object()
+    get = cache.get
+    for key in trace:
+        if get(key, missing) is missing:
+            cache[key] = key
+        else:
+            hits += 1
+    return hits / len(trace)
+
+
+def compare_hit_ratios(maxsize: int = 1_000, **trace_options: Any) -> dict[str, float]:
+    """Hit ratio of each scalekit policy on one Zipf trace with scans."""
+    import scalekit.cache as sk
+
+    trace = zipf_trace(**trace_options)
+    caches: dict[str, MutableMapping[str, Any]] = {
+        "TinyLFU": sk.TinyLFUCache(maxsize),
+        "LFU": sk.LFUCache(maxsize),
+        "LRU": sk.LRUCache(maxsize),
+        "FIFO": sk.FIFOCache(maxsize),
+    }
+    return {name: hit_ratio(cache, trace) for name, cache in caches.items()}

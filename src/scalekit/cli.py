@@ -20,6 +20,48 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Handler]]] = 
 """name -> (one-line help, function that adds its arguments and returns its handler)."""
 
 
+def _demo(parser: argparse.ArgumentParser) -> Handler:
+    def handle(args: argparse.Namespace) -> int:
+        from scalekit._demo import run
+
+        return run()
+
+    return handle
+
+
+def _bench(parser: argparse.ArgumentParser) -> Handler:
+    parser.add_argument(
+        "module", nargs="?", default="cache", choices=["cache"], help="what to measure"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=7, help="timing rounds per workload (the best counts)"
+    )
+
+    def handle(args: argparse.Namespace) -> int:
+        from scalekit._bench import BATCH, CACHE_SIZE, compare_caches
+
+        try:
+            rows = compare_caches(repeat=args.repeat)
+        except ImportError as exc:
+            print(f"scalekit bench needs the rival library installed: {exc}", file=sys.stderr)
+            print("install it with: pip install 'scalekit[test]'", file=sys.stderr)
+            return 1
+        print(f"{CACHE_SIZE:,}-entry caches, string keys, best of {args.repeat} x {BATCH:,} ops")
+        print(f"{'policy':6} {'operation':20} {'scalekit':>10} {'cachetools':>11} {'ratio':>6}")
+        for policy, workload, ours, theirs in rows:
+            print(
+                f"{policy:6} {workload:20} {ours * 1e9:8.0f}ns {theirs * 1e9:9.0f}ns "
+                f"{ours / theirs:6.2f}"
+            )
+        return 0
+
+    return handle
+
+
+COMMANDS["demo"] = ("show the building blocks at work", _demo)
+COMMANDS["bench"] = ("time scalekit against the library you would otherwise use", _bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``scalekit`` command."""
     parser = argparse.ArgumentParser(

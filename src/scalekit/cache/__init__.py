@@ -15,6 +15,7 @@ from scalekit.cache._fifo import FIFOCache
 from scalekit.cache._lfu import LFUCache
 from scalekit.cache._lru import LRUCache
 from scalekit.cache._threadsafe import ThreadSafeCache
+from scalekit.cache._tinylfu import FrequencySketch, TinyLFUCache
 from scalekit.cache._ttl import TTLCache
 
 __all__ = [
@@ -24,10 +25,12 @@ __all__ = [
     "EvictionCause",
     "EvictionListener",
     "FIFOCache",
+    "FrequencySketch",
     "LFUCache",
     "LRUCache",
     "TTLCache",
     "ThreadSafeCache",
+    "TinyLFUCache",
     "cached",
     "cachedmethod",
     "keys",

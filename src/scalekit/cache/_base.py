@@ -73,8 +73,6 @@ class CacheStats:
     misses: int
     evictions: int
     expirations: int
-    currsize: float
-    maxsize: float
 
     @property
     def lookups(self) -> int:
@@ -165,6 +163,7 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         # A subclass that overrides popitem() sees every eviction, as in cachetools.
         self._evict_via_popitem = type(self).popitem not in Cache._builtin_popitems
         self._record_stats = bool(stats)
+        self._deferred_errors: list[Exception] | None = None
         # New unit-sized items take the short path of _store().
         self._fast_store = not self._sized and not self._evict_via_popitem and self._maxlen >= 1
         self._expires: OrderedDict[K, float] = OrderedDict()
@@ -378,10 +377,11 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         Runtime complexity: O(len(keys)).
         """
         found: dict[K, V] = {}
-        for key in keys:
-            value = self.get(key, _MISSING)
-            if value is not _MISSING:
-                found[key] = value
+        with _ListenerErrorsDeferred(self):
+            for key in keys:
+                value = self.get(key, _MISSING)
+                if value is not _MISSING:
+                    found[key] = value
         return found
 
     def ttl_of(self, key: K) -> float | None:
@@ -423,10 +423,19 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
     def set_many(self, items: Mapping[K, V], *, ttl: float | None = None) -> None:
         """Store every item of ``items`` with the same ``ttl``.
 
+        Every item is checked first (size, hashability, ``ttl``), so a bad item
+        stores nothing; an error of ``on_evict`` is raised after all are stored.
+
         Runtime complexity: O(len(items)).
         """
+        if ttl is not None:
+            _check_ttl(ttl)
         for key, value in items.items():
-            self.set(key, value, ttl=ttl)
+            hash(key)
+            self._size_of(value)
+        with _ListenerErrorsDeferred(self):
+            for key, value in items.items():
+                self.set(key, value, ttl=ttl)
 
     def _size_of(self, value: V) -> float:
         if not self._sized:
@@ -436,8 +445,8 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         size = self.getsizeof(value)
         if size > self._maxsize:
             raise ItemTooLarge(f"value too large: size {size!r} > maxsize {self._maxsize!r}")
-        if size < 0:
-            raise ValueError(f"value size must be non-negative, got {size!r}")
+        if not size >= 0:  # also refuses NaN, which would disable every size check
+            raise ValueError(f"value size must be a non-negative number, got {size!r}")
         return size
 
     def _store(
@@ -496,6 +505,11 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
     def _store_slow(self, key: K, value: V, ttl: float | None, own_ttl: bool) -> None:
         hash(key)  # an unhashable key fails here, before anything changes
         size = self._size_of(value)
+        # A popitem() overridden by a subclass may notify mid-way: finish first.
+        with _ListenerErrorsDeferred(self):
+            self._store_sized(key, value, size, ttl, own_ttl)
+
+    def _store_sized(self, key: K, value: V, size: float, ttl: float | None, own_ttl: bool) -> None:
         now = self._timer() if (ttl is not None or self._next_expiry != _INF) else 0.0
         removed: list[tuple[K, V, EvictionCause]] = []
         if self._next_expiry <= now:
@@ -613,9 +627,10 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
 
     def setdefault(self, key: K, default: V = None) -> V:  # type: ignore[assignment]
         """Return the value of ``key``, storing ``default`` first if it is missing."""
-        value = self.get(key, _MISSING)
-        if value is _MISSING:
-            self[key] = value = default
+        with _ListenerErrorsDeferred(self):
+            value = self.get(key, _MISSING)
+            if value is _MISSING:
+                self[key] = value = default
         return value  # type: ignore[no-any-return]
 
     def popitem(self) -> tuple[K, V]:
@@ -623,13 +638,14 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
 
         Raises :class:`KeyError` when the cache is empty. Runtime complexity: O(1) amortized.
         """
-        now = self._timer()
-        if self._next_expiry <= now:
-            self._purge_and_notify(now)
-        if not self._data:
-            raise KeyError(f"{type(self).__name__} is empty")
-        key = self._policy_victim()
-        return key, self._remove(key)
+        with _ListenerErrorsDeferred(self):
+            now = self._timer()
+            if self._next_expiry <= now:
+                self._purge_and_notify(now)
+            if not self._data:
+                raise KeyError(f"{self._public_name()} is empty")
+            key = self._policy_victim()
+            return key, self._remove(key)
 
     def clear(self) -> None:
         """Remove every item; calls no listener and counts no eviction. Runtime complexity: O(n)."""
@@ -709,17 +725,17 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         listener = self._on_evict
         if listener is None:
             return
-        error: BaseException | None = None
+        errors: list[Exception] = []
         for key, value, cause in removed:
             try:
                 listener(key, value, cause)
             except Exception as exc:
-                if error is None:
-                    error = exc
-                elif hasattr(error, "add_note"):
-                    error.add_note(f"on_evict also raised {exc!r} for key {key!r}")
-        if error is not None:
-            raise error
+                errors.append(exc)
+        if errors:
+            if self._deferred_errors is not None:
+                self._deferred_errors.extend(errors)  # an outer operation raises them
+            else:
+                _raise_first(errors)
 
     # -- stats --------------------------------------------------------------
 
@@ -738,8 +754,6 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
             misses=self._misses,
             evictions=self._evictions,
             expirations=self._expirations,
-            currsize=self._currsize_raw(),
-            maxsize=self._maxsize,
         )
 
     def reset_stats(self) -> None:
@@ -830,6 +844,43 @@ def _lean_variant(
         return None
     ttl = given["ttl"]
     return variants.get("untimed" if ttl is None or ttl == _INF else "timed")
+
+
+def _raise_first(errors: list[Exception]) -> None:
+    error = errors[0]
+    for other in errors[1:]:
+        if hasattr(error, "add_note"):
+            error.add_note(f"on_evict also raised {other!r}")
+    raise error
+
+
+class _ListenerErrorsDeferred:
+    """Within an operation made of several steps, hold back the errors of
+    ``on_evict`` until every step has run; then raise the first."""
+
+    __slots__ = ("_cache", "_owner")
+
+    def __init__(self, cache: Cache[Any, Any]) -> None:
+        self._cache = cache
+        self._owner = False
+
+    def __enter__(self) -> None:
+        if self._cache._deferred_errors is None:
+            self._cache._deferred_errors = []
+            self._owner = True
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        if not self._owner:
+            return
+        errors = self._cache._deferred_errors or []
+        self._cache._deferred_errors = None
+        if not errors:
+            return
+        if kind is None:
+            _raise_first(errors)
+        if isinstance(error, BaseException) and hasattr(error, "add_note"):
+            for other in errors:
+                error.add_note(f"on_evict also raised {other!r}")
 
 
 def builtin_popitem(function: Callable[..., Any]) -> Callable[..., Any]:

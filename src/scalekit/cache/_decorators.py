@@ -8,11 +8,14 @@ all hitting the database together. Failures are never cached.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import threading
+import weakref
 from collections.abc import Callable, Hashable, MutableMapping
 from contextlib import AbstractContextManager
+from types import TracebackType
 from typing import Any, NamedTuple, TypeVar, cast
 
 from scalekit.cache.keys import hashkey, methodkey
@@ -40,12 +43,13 @@ class CacheInfo(NamedTuple):
 class _Call:
     """One computation in flight, shared by every caller of its key."""
 
-    __slots__ = ("done", "error", "event", "value", "waiters")
+    __slots__ = ("done", "error", "event", "traceback", "value", "waiters")
 
     def __init__(self) -> None:
         self.done = False
         self.value: Any = None
         self.error: BaseException | None = None
+        self.traceback: TracebackType | None = None
         self.event: threading.Event | None = None
         self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
@@ -68,30 +72,51 @@ class _Flights:
         self.lock: Lock = lock if lock is not None else threading.RLock()
         self._registry = threading.Lock()
         self.calls: dict[Hashable, _Call] = {}
-        self.hits = 0
-        self.misses = 0
+        # id(owner) -> [hits, misses]; the owner is the cache of @cached, the
+        # instance of @cachedmethod. Counts die with their owner.
+        self._counts: dict[int, list[int]] = {}
+
+    def count(self, owner: object, *, hit: bool) -> None:
+        """Count one call of the wrapper for ``owner``: served without a call, or with one."""
+        with self._registry:
+            counts = self._counts.get(id(owner))
+            if counts is None:
+                counts = self._counts[id(owner)] = [0, 0]
+                # An owner that is not weakly referenceable (a plain dict, a class
+                # with __slots__) keeps its counts until cache_clear(), and a later
+                # object that reuses its id would inherit them.
+                with contextlib.suppress(TypeError):
+                    weakref.finalize(owner, self._counts.pop, id(owner), None)
+            counts[0 if hit else 1] += 1
 
     def begin(
-        self, lock: Lock, cache: MutableMapping[Any, Any], flight_key: Hashable, key: Hashable
+        self,
+        lock: Lock,
+        cache: MutableMapping[Any, Any],
+        owner: object,
+        flight_key: Hashable,
+        key: Hashable,
     ) -> tuple[Any, _Call | None, bool]:
-        """Return ``(value, None, False)`` on a hit, else ``(_MISSING, call, leads)``."""
+        """Return ``(value, None, False)`` on a hit, else ``(_MISSING, call, leads)``.
+
+        Counts the hits and the calls that lead; a follower is counted when it
+        gets the leader's outcome, so a retry is never counted twice.
+        """
         with lock:
             try:
                 value = cache[key]
             except KeyError:
                 pass
             else:
-                with self._registry:
-                    self.hits += 1
+                self.count(owner, hit=True)
                 return value, None, False
             with self._registry:
                 call = self.calls.get(flight_key)
                 if call is not None:
-                    self.hits += 1
                     return _MISSING, call, False
-                self.misses += 1
                 call = self.calls[flight_key] = _Call()
-                return _MISSING, call, True
+            self.count(owner, hit=False)
+            return _MISSING, call, True
 
     def succeed(
         self,
@@ -120,11 +145,14 @@ class _Flights:
             del self.calls[flight_key]
             call.value = value
             call.error = error
+            call.traceback = None if error is None else error.__traceback__
             call.done = True
             if call.event is not None:
                 call.event.set()
             for loop, future in call.waiters:
-                loop.call_soon_threadsafe(_wake, future)
+                # RuntimeError: that waiter's event loop is closed, no one is left to wake.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_wake, future)
 
     def wait(self, call: _Call) -> None:
         with self._registry:
@@ -144,51 +172,70 @@ class _Flights:
             call.waiters.append((loop, future))
         await future
 
-    def info(self, lock: Lock, cache: MutableMapping[Any, Any]) -> CacheInfo:
+    def info(self, lock: Lock, cache: MutableMapping[Any, Any], owner: object) -> CacheInfo:
         with lock:
             currsize = getattr(cache, "currsize", None)
+            with self._registry:
+                hits, misses = self._counts.get(id(owner), (0, 0))
             return CacheInfo(
-                self.hits,
-                self.misses,
+                hits,
+                misses,
                 getattr(cache, "maxsize", None),
                 len(cache) if currsize is None else currsize,
             )
 
-    def clear(self, lock: Lock, cache: MutableMapping[Any, Any]) -> None:
+    def clear(self, lock: Lock, cache: MutableMapping[Any, Any], owner: object) -> None:
         with lock:
             cache.clear()
             with self._registry:
-                self.hits = self.misses = 0
+                counts = self._counts.get(id(owner))
+                if counts is not None:
+                    counts[:] = [0, 0]
 
 
-def _outcome(call: _Call) -> Any:
+def _outcome(flights: _Flights, owner: object, call: _Call) -> Any:
+    """Count a follower's call and hand it the leader's result or exception."""
+    flights.count(owner, hit=True)
     if call.error is not None:
-        raise call.error
+        # Each follower raises the error with the leader's traceback, so that
+        # tracebacks do not grow with every caller that re-raises it.
+        raise call.error.with_traceback(call.traceback)
     return call.value
 
 
 CacheOf = Callable[[tuple[Any, ...]], MutableMapping[Any, Any]]
 LockOf = Callable[[tuple[Any, ...]], Lock]
+OwnerOf = Callable[[tuple[Any, ...], MutableMapping[Any, Any]], object]
+
+
+def _cache_owns(args: tuple[Any, ...], cache: MutableMapping[Any, Any]) -> object:
+    return cache
+
+
+def _instance_owns(args: tuple[Any, ...], cache: MutableMapping[Any, Any]) -> object:
+    return args[0]
 
 
 def _sync_wrapper(
     func: Callable[..., Any],
     flights: _Flights,
     cache_of: CacheOf,
+    owner_of: OwnerOf,
     lock_of: LockOf,
     key: Callable[..., Hashable],
 ) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         cache = cache_of(args)
+        owner = owner_of(args, cache)
         lock = lock_of(args)
         k = key(*args, **kwargs)
         flight_key = (id(cache), k)
-        value, call, leads = flights.begin(lock, cache, flight_key, k)
+        value, call, leads = flights.begin(lock, cache, owner, flight_key, k)
         if call is None:
             return value
         if not leads:
             flights.wait(call)
-            return _outcome(call)
+            return _outcome(flights, owner, call)
         try:
             value = func(*args, **kwargs)
         except BaseException as exc:
@@ -204,16 +251,18 @@ def _async_wrapper(
     func: Callable[..., Any],
     flights: _Flights,
     cache_of: CacheOf,
+    owner_of: OwnerOf,
     lock_of: LockOf,
     key: Callable[..., Hashable],
 ) -> Callable[..., Any]:
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         cache = cache_of(args)
+        owner = owner_of(args, cache)
         lock = lock_of(args)
         k = key(*args, **kwargs)
         flight_key = (id(cache), k)
         while True:
-            value, call, leads = flights.begin(lock, cache, flight_key, k)
+            value, call, leads = flights.begin(lock, cache, owner, flight_key, k)
             if call is None:
                 return value
             if leads:
@@ -221,7 +270,7 @@ def _async_wrapper(
             await flights.wait_async(call)
             if isinstance(call.error, asyncio.CancelledError):
                 continue  # the leader was cancelled, not us: try again, maybe as leader
-            return _outcome(call)
+            return _outcome(flights, owner, call)
         try:
             value = await func(*args, **kwargs)
         except BaseException as exc:
@@ -234,10 +283,16 @@ def _async_wrapper(
 
 
 def _decorate(
-    func: F, flights: _Flights, cache_of: CacheOf, lock_of: LockOf, key: Callable[..., Hashable]
+    func: F,
+    flights: _Flights,
+    cache_of: CacheOf,
+    owner_of: OwnerOf,
+    lock_of: LockOf,
+    key: Callable[..., Hashable],
 ) -> F:
     make = _async_wrapper if inspect.iscoroutinefunction(func) else _sync_wrapper
-    return cast(F, functools.update_wrapper(make(func, flights, cache_of, lock_of, key), func))
+    wrapper = make(func, flights, cache_of, owner_of, lock_of, key)
+    return cast(F, functools.update_wrapper(wrapper, func))
 
 
 def cached(
@@ -284,12 +339,14 @@ def cached(
     the_lock = flights.lock
 
     def decorator(func: F) -> F:
-        wrapper: Any = _decorate(func, flights, lambda args: cache, lambda args: the_lock, key)
+        wrapper: Any = _decorate(
+            func, flights, lambda args: cache, _cache_owns, lambda args: the_lock, key
+        )
         wrapper.cache = cache
         wrapper.cache_key = key
         wrapper.cache_lock = the_lock
-        wrapper.cache_info = lambda: flights.info(the_lock, cache)
-        wrapper.cache_clear = lambda: flights.clear(the_lock, cache)
+        wrapper.cache_info = lambda: flights.info(the_lock, cache, cache)
+        wrapper.cache_clear = lambda: flights.clear(the_lock, cache, cache)
         return cast(F, wrapper)
 
     return decorator
@@ -329,13 +386,18 @@ def cachedmethod(
 
     def decorator(method: F) -> F:
         wrapper: Any = _decorate(
-            method, flights, lambda args: cache(args[0]), lambda args: lock_for(args[0]), key
+            method,
+            flights,
+            lambda args: cache(args[0]),
+            _instance_owns,
+            lambda args: lock_for(args[0]),
+            key,
         )
         wrapper.cache = cache
         wrapper.cache_key = key
         wrapper.cache_lock = lock_of
-        wrapper.cache_info = lambda self: flights.info(lock_for(self), cache(self))
-        wrapper.cache_clear = lambda self: flights.clear(lock_for(self), cache(self))
+        wrapper.cache_info = lambda self: flights.info(lock_for(self), cache(self), self)
+        wrapper.cache_clear = lambda self: flights.clear(lock_for(self), cache(self), self)
         return cast(F, wrapper)
 
     return decorator
