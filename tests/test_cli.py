@@ -34,3 +34,21 @@ def test_python_dash_m_runs_the_same_command() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.strip() == f"scalekit {scalekit.__version__}"
+
+
+def test_demo_runs_and_shows_the_cache_at_work(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "the database saw 1 query" in out
+    assert "LFU kept ['home', 'pricing']" in out
+
+
+def test_bench_prints_a_ratio_for_every_policy_and_operation(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["bench", "cache", "--repeat", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines[2:]]
+    assert len(rows) == 12
+    assert {row[0] for row in rows} == {"LRU", "LFU", "FIFO", "TTL"}
+    assert all(float(row[-1]) > 0 for row in rows)

@@ -18,11 +18,16 @@ __all__ = [
     "BATCH",
     "CACHE_SIZE",
     "POLICIES",
+    "WORKLOADS",
     "cache_factories",
+    "compare_caches",
+    "compare_hit_ratios",
     "get_hit_workload",
     "getitem_hit_workload",
+    "hit_ratio",
     "measure",
     "set_evict_workload",
+    "zipf_trace",
 ]
 
 CACHE_SIZE = 1_000

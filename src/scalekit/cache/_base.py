@@ -260,6 +260,11 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
             deadline = self._own_expires.get(key)
         return deadline
 
+    def _expired(self, key: K) -> bool:
+        """Whether ``key`` (present) has a deadline that has passed."""
+        deadline = self._deadline(key)
+        return deadline is not None and deadline <= self._timer()
+
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` is present and not expired; changes no order and no stats.
 

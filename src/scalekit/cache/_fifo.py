@@ -47,6 +47,29 @@ class FIFOCache(Cache[K, V]):
         super().__init__(maxsize, getsizeof, ttl=ttl, timer=timer, on_evict=on_evict, stats=stats)
         self._data = OrderedDict()
 
+    def __getitem__(self, key: K) -> V:
+        try:
+            value = self._data[key]
+        except KeyError:
+            self._misses += 1
+            return self.__missing__(key)
+        if (self._expires or self._own_expires) and self._expired(key):
+            return self._expired_miss(key)
+        self._hits += 1
+        return value
+
+    def get(self, key: K, default: Any = None) -> Any:
+        try:
+            value = self._data[key]
+        except KeyError:
+            self._misses += 1
+            return default
+        if (self._expires or self._own_expires) and self._expired(key):
+            self._expired_miss(key, call_missing=False)
+            return default
+        self._hits += 1
+        return value
+
     def _policy_written(self, key: K) -> None:
         self._data.move_to_end(key)
 

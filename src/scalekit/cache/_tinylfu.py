@@ -26,7 +26,7 @@ from scalekit.protocols import Clock
 __all__ = ["FrequencySketch", "TinyLFUCache"]
 
 _MASK64 = (1 << 64) - 1
-_MIX = 0x9E3779B97F4A7C15F39CC0605CEDC835  # an odd 128-bit constant (golden ratio bits)
+_MIX = 0x9E3779B97F4A7C15  # an odd 64-bit constant (the golden ratio's bits)
 
 
 class FrequencySketch:
@@ -56,41 +56,43 @@ class FrequencySketch:
         self._sample_size = max(10 * capacity, 16)
         self._additions = 0
 
-    def _indexes(self, key: Any) -> tuple[int, int, int, int]:
-        mixed = (hash(key) * _MIX) >> 64 & _MASK64
-        mask = self._mask
-        return (
-            mixed & mask,
-            (mixed >> 16) & mask,
-            (mixed >> 32) & mask,
-            (mixed >> 48 | mixed << 16) & mask,
-        )
-
     def increment(self, key: Any) -> None:
         """Count one more sighting of ``key``."""
-        a, b, c, d = self._indexes(key)
-        rows = self._rows
-        row = rows[0]
-        if row[a] < 15:
-            row[a] += 1
-        row = rows[1]
-        if row[b] < 15:
-            row[b] += 1
-        row = rows[2]
-        if row[c] < 15:
-            row[c] += 1
-        row = rows[3]
-        if row[d] < 15:
-            row[d] += 1
+        # One multiply mixes the key's hash (ints hash to themselves); each row
+        # reads a different 16-bit slice of the result.
+        mixed = hash(key) * _MIX & _MASK64
+        mask = self._mask
+        row0, row1, row2, row3 = self._rows
+        index = mixed & mask
+        if row0[index] < 15:
+            row0[index] += 1
+        index = (mixed >> 16) & mask
+        if row1[index] < 15:
+            row1[index] += 1
+        index = (mixed >> 32) & mask
+        if row2[index] < 15:
+            row2[index] += 1
+        index = (mixed >> 48 ^ mixed) & mask
+        if row3[index] < 15:
+            row3[index] += 1
         self._additions += 1
         if self._additions >= self._sample_size:
             self._halve()
 
     def frequency(self, key: Any) -> int:
         """The estimated number of recent sightings of ``key`` (at most 15)."""
-        a, b, c, d = self._indexes(key)
-        rows = self._rows
-        return min(rows[0][a], rows[1][b], rows[2][c], rows[3][d])
+        mixed = hash(key) * _MIX & _MASK64
+        mask = self._mask
+        row0, row1, row2, row3 = self._rows
+        count = row0[mixed & mask]
+        other = row1[(mixed >> 16) & mask]
+        if other < count:
+            count = other
+        other = row2[(mixed >> 32) & mask]
+        if other < count:
+            count = other
+        other = row3[(mixed >> 48 ^ mixed) & mask]
+        return other if other < count else count
 
     def _halve(self) -> None:
         self._rows = [bytearray(count >> 1 for count in row) for row in self._rows]
@@ -137,21 +139,24 @@ class TinyLFUCache(Cache[K, V]):
         self._window: OrderedDict[K, None] = OrderedDict()
         self._probation: OrderedDict[K, None] = OrderedDict()
         self._protected: OrderedDict[K, None] = OrderedDict()
+        self._where: dict[K, OrderedDict[K, None]] = {}  # key -> the segment it is in
         self._sketch = FrequencySketch(max(capacity, 1))
 
     # A read: count it, and move the key up its segment.
     def _policy_read(self, key: K) -> None:
         self._sketch.increment(key)
-        if key in self._window:
-            self._window.move_to_end(key)
-        elif key in self._probation:
-            del self._probation[key]
-            self._protected[key] = None
-            if len(self._protected) > self._protected_max:
-                demoted, _ = self._protected.popitem(False)
-                self._probation[demoted] = None
-        else:
-            self._protected.move_to_end(key)
+        segment = self._where[key]
+        if segment is not self._probation:
+            segment.move_to_end(key)
+            return
+        del segment[key]
+        protected = self._protected
+        protected[key] = None
+        self._where[key] = protected
+        if len(protected) > self._protected_max:
+            demoted, _ = protected.popitem(False)
+            segment[demoted] = None
+            self._where[demoted] = segment
 
     _policy_written = _policy_read
 
@@ -159,14 +164,14 @@ class TinyLFUCache(Cache[K, V]):
         self._sketch.increment(key)
         window = self._window
         window[key] = None
+        self._where[key] = window
         while len(window) > self._window_max:
             moved, _ = window.popitem(False)
             self._probation[moved] = None
+            self._where[moved] = self._probation
 
     def _policy_removed(self, key: K) -> None:
-        for segment in (self._window, self._probation, self._protected):
-            if segment.pop(key, 0) is None:
-                return
+        del self._where.pop(key)[key]
 
     def _policy_victim(self) -> K:
         """Choose what leaves so that a new item fits in the window.
@@ -185,6 +190,7 @@ class TinyLFUCache(Cache[K, V]):
         if sketch.frequency(candidate) > sketch.frequency(main_victim):
             del window[candidate]
             self._probation[candidate] = None
+            self._where[candidate] = self._probation
             return main_victim
         return candidate
 
@@ -196,6 +202,7 @@ class TinyLFUCache(Cache[K, V]):
         return None
 
     def _policy_cleared(self) -> None:
+        self._where.clear()
         self._window.clear()
         self._probation.clear()
         self._protected.clear()
@@ -213,6 +220,9 @@ class TinyLFUCache(Cache[K, V]):
         self._window = other._window.copy()
         self._probation = other._probation.copy()
         self._protected = other._protected.copy()
+        self._where = {}
+        for segment in (self._window, self._probation, self._protected):
+            self._where.update(dict.fromkeys(segment, segment))
         sketch = FrequencySketch.__new__(FrequencySketch)
         sketch._mask = other._sketch._mask
         sketch._rows = [bytearray(row) for row in other._sketch._rows]
@@ -246,5 +256,9 @@ class TinyLFUCache(Cache[K, V]):
         keys = [key for segment in segments for key in segment]
         assert len(keys) == len(set(keys)), "a key sits in two segments"
         assert set(keys) == set(self._data)
+        for segment in segments:
+            for key in segment:
+                assert self._where[key] is segment
+        assert len(self._where) == len(keys)
         assert len(self._window) <= self._window_max
         assert len(self._protected) <= self._protected_max
