@@ -8,9 +8,11 @@ from scalekit.errors import (
     CapacityError,
     ClosedError,
     ConfigurationError,
+    DuplicateNode,
     ItemTooLarge,
     NoNodeAvailable,
     ScalekitError,
+    UnknownNode,
 )
 
 
@@ -21,6 +23,8 @@ from scalekit.errors import (
         (NoNodeAvailable, LookupError),
         (ItemTooLarge, ValueError),
         (ClosedError, RuntimeError),
+        (UnknownNode, KeyError),
+        (DuplicateNode, ValueError),
     ],
 )
 def test_errors_are_also_the_builtin_users_catch(

@@ -7,7 +7,9 @@ that situation, so code written against the standard library keeps working::
     Exception
      +-- ScalekitError
           +-- ConfigurationError      (also ValueError)   bad argument or setting
+          |    +-- DuplicateNode                          the node is already there
           +-- NoNodeAvailable         (also LookupError)  nothing to route a key to
+          +-- UnknownNode             (also KeyError)     no such node to remove
           +-- CapacityError                               a size limit was reached
           |    +-- ItemTooLarge       (also ValueError)   one item can never fit
           +-- ClosedError             (also RuntimeError) used after close()
@@ -28,9 +30,11 @@ __all__ = [
     "CapacityError",
     "ClosedError",
     "ConfigurationError",
+    "DuplicateNode",
     "ItemTooLarge",
     "NoNodeAvailable",
     "ScalekitError",
+    "UnknownNode",
 ]
 
 
@@ -45,8 +49,19 @@ class ConfigurationError(ScalekitError, ValueError):
     """
 
 
+class DuplicateNode(ConfigurationError):
+    """A node, backend or replica was added twice."""
+
+
 class NoNodeAvailable(ScalekitError, LookupError):
     """There is no node, backend or replica to route to."""
+
+
+class UnknownNode(ScalekitError, KeyError):
+    """A node, backend or replica that is not there was named (to remove it, say)."""
+
+    def __str__(self) -> str:  # KeyError would print repr(message)
+        return str(self.args[0]) if self.args else ""
 
 
 class CapacityError(ScalekitError):

@@ -1,0 +1,281 @@
+"""The ``Sharder`` protocol and the copy-on-write base every scheme shares.
+
+A scheme keeps its lookup structure in an immutable *state*, rebuilt whole on
+each change and published with one attribute store. A lookup reads
+``self._state`` once and works on that snapshot, so lookups need no lock and
+never see a half-built structure, while writers (``add``/``remove``) take a lock
+among themselves. Plans are made by building the next state without publishing
+it, so ``plan_add`` and ``add`` always agree.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Hashable, Iterable, Mapping
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+
+from scalekit.errors import ConfigurationError, DuplicateNode, NoNodeAvailable, UnknownNode
+
+__all__ = ["Key", "Sharder", "ShardingScheme"]
+
+N = TypeVar("N", bound=Hashable)
+S = TypeVar("S")
+Key = str | bytes
+
+
+@runtime_checkable
+class Sharder(Protocol[N]):
+    """Maps keys to nodes, and says what moves when the nodes change."""
+
+    def node_for(self, key: Key) -> N:
+        """The node that owns ``key``."""
+        ...
+
+    def nodes_for(self, key: Key, n: int) -> list[N]:
+        """``n`` distinct nodes for ``key``, the owner first: a replica preference list."""
+        ...
+
+    def add(self, node: N, weight: float = 1) -> None:
+        """Add ``node`` with a relative ``weight``."""
+        ...
+
+    def remove(self, node: N) -> None:
+        """Remove ``node``."""
+        ...
+
+    @property
+    def nodes(self) -> tuple[N, ...]:
+        """The nodes, in the order they were added."""
+        ...
+
+    def weight_of(self, node: N) -> float:
+        """The weight ``node`` was added with."""
+        ...
+
+    def plan_add(self, node: N, weight: float = 1) -> Any:
+        """The ``ReshardPlan`` of ``add(node, weight)``, without doing it."""
+        ...
+
+    def plan_remove(self, node: N) -> Any:
+        """The ``ReshardPlan`` of ``remove(node)``, without doing it."""
+        ...
+
+    def copy(self) -> Sharder[N]:
+        """An independent sharder with the same nodes and placement."""
+        ...
+
+
+def key_bytes(key: Key) -> bytes:
+    """``key`` as bytes (``str`` as UTF-8); a clear error for anything else."""
+    if isinstance(key, bytes):
+        return key
+    if isinstance(key, str):
+        return key.encode()
+    raise TypeError(f"a shard key is str or bytes, not {type(key).__name__}")
+
+
+def check_key(key: object) -> None:
+    """Raise :class:`TypeError` unless ``key`` is ``str`` or ``bytes``."""
+    if not isinstance(key, (str, bytes)):
+        raise TypeError(f"a shard key is str or bytes, not {type(key).__name__}")
+
+
+def check_weight(weight: float) -> float:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise TypeError(f"weight must be a number, got {type(weight).__name__}")
+    if not (weight > 0 and math.isfinite(weight)):
+        raise ConfigurationError(f"weight must be positive and finite, got {weight!r}")
+    return weight
+
+
+class ShardingScheme(Generic[N, S]):
+    """Base of the schemes: node bookkeeping, validation, snapshots and plans.
+
+    A subclass implements ``_build(weights) -> state`` (any immutable object),
+    ``_owner(state, key_bytes) -> node`` and ``_owners(state, key_bytes, n)``,
+    and may override ``_moves(old, new)`` to describe a plan structurally.
+    """
+
+    def __init__(self, nodes: Iterable[N] | Mapping[N, float] = ()) -> None:
+        self._lock = threading.Lock()
+        weights: dict[N, float] = {}
+        items = nodes.items() if isinstance(nodes, Mapping) else ((node, 1) for node in nodes)
+        for node, weight in items:
+            self._check_new(weights, node)
+            weights[node] = check_weight(weight)
+        self._weights = weights
+        self._state: S = self._build(weights)
+
+    # -- what a scheme provides ---------------------------------------------
+
+    def _build(self, weights: dict[N, float]) -> S:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _owner(self, state: S, key: bytes) -> N:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _owners(self, state: S, key: bytes, n: int) -> list[N]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _check_new(self, weights: dict[N, float], node: N) -> None:
+        """Refuse ``node`` before it is added (a duplicate, an unstable name)."""
+        hash(node)
+        if node in weights:
+            raise DuplicateNode(f"{node!r} is already a node")
+
+    # -- lookups --------------------------------------------------------------
+
+    def node_for(self, key: Key) -> N:
+        """The node that owns ``key``.
+
+        Raises :class:`~scalekit.errors.NoNodeAvailable` when there is no node.
+        """
+        if not self._weights:
+            raise NoNodeAvailable("the sharder has no nodes")
+        return self._owner(self._state, key_bytes(key))
+
+    def nodes_for(self, key: Key, n: int) -> list[N]:
+        """``n`` distinct nodes for ``key``, the owner first (a replica preference list).
+
+        Raises :class:`~scalekit.errors.NoNodeAvailable` when ``n`` exceeds the node count.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigurationError(f"n must be a non-negative int, got {n!r}")
+        if n > len(self._weights):
+            raise NoNodeAvailable(f"{n} nodes asked for, {len(self._weights)} there")
+        if n == 0:
+            return []
+        return self._owners(self._state, key_bytes(key), n)
+
+    @property
+    def nodes(self) -> tuple[N, ...]:
+        """The nodes, in the order they were added."""
+        return tuple(self._weights)
+
+    def weight_of(self, node: N) -> float:
+        """The weight of ``node``; :class:`~scalekit.errors.UnknownNode` if absent."""
+        try:
+            return self._weights[node]
+        except KeyError:
+            raise UnknownNode(f"{node!r} is not a node") from None
+
+    def __len__(self) -> int:
+        return len(self._weights)
+
+    def __contains__(self, node: object) -> bool:
+        return node in self._weights
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self._weights)!r})"
+
+    # -- changes --------------------------------------------------------------
+
+    def _with_added(self, node: N, weight: float) -> dict[N, float]:
+        self._check_new(self._weights, node)
+        weights = dict(self._weights)
+        weights[node] = check_weight(weight)
+        return weights
+
+    def _without(self, node: N) -> dict[N, float]:
+        if node not in self._weights:
+            raise UnknownNode(f"{node!r} is not a node")
+        weights = dict(self._weights)
+        del weights[node]
+        return weights
+
+    def _publish(self, weights: dict[N, float]) -> None:
+        state = self._build(weights)
+        self._weights, self._state = weights, state
+
+    def add(self, node: N, weight: float = 1) -> None:
+        """Add ``node`` with a relative ``weight`` (default 1).
+
+        Raises :class:`~scalekit.errors.DuplicateNode` or
+        :class:`~scalekit.errors.ConfigurationError` (a weight that is not
+        positive) and changes nothing.
+        """
+        with self._lock:
+            self._publish(self._with_added(node, weight))
+
+    def remove(self, node: N) -> None:
+        """Remove ``node``; :class:`~scalekit.errors.UnknownNode` if it is not there."""
+        with self._lock:
+            self._publish(self._without(node))
+
+    def set_weight(self, node: N, weight: float) -> None:
+        """Change the weight of ``node``."""
+        with self._lock:
+            if node not in self._weights:
+                raise UnknownNode(f"{node!r} is not a node")
+            weights = dict(self._weights)
+            weights[node] = check_weight(weight)
+            self._publish(weights)
+
+    # -- plans and copies -----------------------------------------------------
+
+    def _snapshot(self, weights: dict[N, float]) -> ShardingScheme[N, S]:
+        twin = self._empty_twin()
+        twin._weights = weights
+        twin._state = self._build(weights) if weights is not self._weights else self._state
+        return twin
+
+    def _empty_twin(self) -> ShardingScheme[N, S]:
+        """A new instance of this scheme with the same settings and no nodes."""
+        twin = type(self).__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        twin._lock = threading.Lock()
+        return twin
+
+    def copy(self) -> ShardingScheme[N, S]:
+        """An independent sharder with the same nodes, settings and placement.
+
+        Runtime complexity: O(1) (the immutable state is shared).
+        """
+        return self._snapshot(self._weights)
+
+    def __copy__(self) -> ShardingScheme[N, S]:
+        return self.copy()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"], state["_state"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._state = self._build(self._weights)
+
+    def plan_add(self, node: N, weight: float = 1) -> Any:
+        """What ``add(node, weight)`` would move, exactly, without doing it."""
+        from scalekit.sharding._plan import ReshardPlan
+
+        after = self._snapshot(self._with_added(node, weight))
+        return ReshardPlan.between(self.copy(), after)
+
+    def plan_remove(self, node: N) -> Any:
+        """What ``remove(node)`` would move, exactly, without doing it."""
+        from scalekit.sharding._plan import ReshardPlan
+
+        after = self._snapshot(self._without(node))
+        return ReshardPlan.between(self.copy(), after)
+
+    def plan_weight(self, node: N, weight: float) -> Any:
+        """What ``set_weight(node, weight)`` would move, exactly, without doing it."""
+        from scalekit.sharding._plan import ReshardPlan
+
+        if node not in self._weights:
+            raise UnknownNode(f"{node!r} is not a node")
+        weights = dict(self._weights)
+        weights[node] = check_weight(weight)
+        return ReshardPlan.between(self.copy(), self._snapshot(weights))
+
+    def _moves(self, old: S, new: S) -> list[Any] | None:
+        """The moves from ``old`` to ``new`` as :class:`Move` objects, or ``None``
+        when the scheme has no structural description (the plan then samples)."""
+        return None
+
+    def _shares(self, state: S) -> dict[N, float] | None:
+        """Each node's exact share of the key space, when the structure tells it."""
+        return None

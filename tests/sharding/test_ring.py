@@ -1,0 +1,104 @@
+"""HashRing: balance, minimal moves, exact range plans, cost of weights."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scalekit.errors import ConfigurationError
+from scalekit.hashing import make_murmur3_64
+from scalekit.sharding import HashRing, report
+from tests.contracts.sharder_contract import SharderFactory, churn_while_looking_up
+
+RNG = random.Random(11)
+KEYS = [f"user:{RNG.getrandbits(64)}" for _ in range(200_000)]
+
+
+def _in_range(point: int, start: int, end: int) -> bool:
+    return start < point <= end if start < end else point > start or point <= end
+
+
+def test_balance_at_10_nodes() -> None:
+    ring = HashRing([f"node-{i}" for i in range(10)])
+    assert report(ring, KEYS).max_over_mean <= 1.10
+
+
+def test_structural_balance_at_100_nodes() -> None:
+    ring = HashRing([f"node-{i}" for i in range(100)])
+    result = report(ring, KEYS[:1000])
+    assert result.share_max_over_mean is not None
+    assert result.share_max_over_mean <= 1.15
+    assert sum(result.shares.values()) == pytest.approx(1.0)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("weights", [[1] * 10, [1, 2, 3, 1, 2, 3, 1, 2, 3, 5]])
+def test_adding_one_node_moves_little_more_than_the_ideal(weights: list[int]) -> None:
+    ring = HashRing({f"node-{i}": w for i, w in enumerate(weights)})
+    plan = ring.plan_add("node-new", 2)
+    assert plan.moved_fraction <= 1.15 * plan.ideal_fraction
+    assert plan.targets == {"node-new"}
+
+
+def test_plan_ranges_say_exactly_which_keys_move() -> None:
+    ring = HashRing([f"node-{i}" for i in range(10)])
+    for plan in (ring.plan_add("node-new"), ring.plan_remove("node-3")):
+        for key in KEYS[:20_000]:
+            point = ring.hash_of(key)
+            holding = [m for m in plan.moves if any(_in_range(point, *r) for r in m.ranges)]
+            expected = plan.move_for(key)
+            if expected is None:
+                assert holding == []
+            else:
+                assert [(m.source, m.target) for m in holding] == [expected]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    weights=st.lists(st.integers(1, 5), min_size=2, max_size=8),
+    new_weight=st.integers(1, 5),
+)
+def test_no_key_moves_between_surviving_nodes(weights: list[int], new_weight: int) -> None:
+    ring = HashRing({f"n{i}": w for i, w in enumerate(weights)}, vnodes=32)
+    before = {key: ring.node_for(key) for key in KEYS[:2000]}
+    ring.add("new", new_weight)
+    for key, owner in before.items():
+        assert ring.node_for(key) in (owner, "new")
+    ring.remove("n0")
+    ring.set_weight("n1", weights[1] + 1)
+
+
+def test_plan_for_one_more_node_at_100_is_fast() -> None:
+    ring = HashRing([f"node-{i}" for i in range(100)])
+    started = time.perf_counter()
+    ring.plan_add("node-new")
+    assert time.perf_counter() - started < 0.25  # 27 ms measured; slack for busy CI
+
+
+def test_heavy_weights_cost_no_more_than_light_ones() -> None:
+    started = time.perf_counter()
+    ring = HashRing({f"node-{i}": 1000 for i in range(10)})
+    assert time.perf_counter() - started < 0.25  # milliseconds, not seconds
+    assert ring.points_of("node-0") == ring.vnodes
+    assert HashRing({"a": 1000, "b": 3000}).points_of("b") == 3 * 512
+
+
+@pytest.mark.parametrize("vnodes", [0, -3, 2.5, True])
+def test_bad_vnodes(vnodes: object) -> None:
+    with pytest.raises(ConfigurationError):
+        HashRing(["a"], vnodes=vnodes)  # type: ignore[arg-type]
+
+
+def test_a_custom_hash_places_keys_differently() -> None:
+    nodes = [f"node-{i}" for i in range(10)]
+    default, seeded = HashRing(nodes), HashRing(nodes, hash=make_murmur3_64(99))
+    differ = sum(default.node_for(k) != seeded.node_for(k) for k in KEYS[:2000])
+    assert differ > 1000
+
+
+def test_five_seconds_of_lookups_while_nodes_change() -> None:
+    """The issue's thread-safety run: 4 lookup threads, one changing nodes, 5 s."""
+    churn_while_looking_up(SharderFactory(HashRing), seconds=5.0)
