@@ -83,7 +83,8 @@ def test_heavy_weights_cost_no_more_than_light_ones() -> None:
     ring = HashRing({f"node-{i}": 1000 for i in range(10)})
     assert time.perf_counter() - started < 0.25  # milliseconds, not seconds
     assert ring.points_of("node-0") == ring.vnodes
-    assert HashRing({"a": 1000, "b": 3000}).points_of("b") == 3 * 512
+    heavy = HashRing({"a": 1000, "b": 3000})
+    assert heavy.points_of("b") == 3 * heavy.vnodes
 
 
 @pytest.mark.parametrize("vnodes", [0, -3, 2.5, True])
@@ -102,3 +103,43 @@ def test_a_custom_hash_places_keys_differently() -> None:
 def test_five_seconds_of_lookups_while_nodes_change() -> None:
     """The issue's thread-safety run: 4 lookup threads, one changing nodes, 5 s."""
     churn_while_looking_up(SharderFactory(HashRing), seconds=5.0)
+
+
+def _tiny_hash(data: bytes | str) -> int:
+    """Few distinct positions, so that nodes share points (contested points)."""
+    from scalekit.hashing import murmur3_64
+
+    return murmur3_64(data) % 512
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["add", "remove", "weight"]), st.integers(0, 7), st.integers(1, 3)
+        ),
+        max_size=25,
+    ),
+    tiny=st.booleans(),
+)
+def test_a_ring_built_step_by_step_equals_one_built_at_once(
+    steps: list[tuple[str, int, int]], tiny: bool
+) -> None:
+    """The incremental rebuild (used by add/remove) gives exactly the full build."""
+    options = {"vnodes": 8, "hash": _tiny_hash if tiny else None}
+    ring: HashRing[str] = HashRing(**options)  # type: ignore[arg-type]
+    for action, index, weight in steps:
+        node = f"n{index}"
+        if action == "add" and node not in ring:
+            ring.add(node, weight)
+        elif action == "remove" and node in ring:
+            ring.remove(node)
+        elif action == "weight" and node in ring:
+            ring.set_weight(node, weight)
+        fresh: HashRing[str] = HashRing(
+            {n: ring.weight_of(n) for n in ring.nodes},
+            weight_unit=ring.weight_unit,
+            **options,  # type: ignore[arg-type]
+        )
+        assert ring._state.points == fresh._state.points
+        assert ring._state.owners == fresh._state.owners

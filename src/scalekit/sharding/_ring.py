@@ -6,36 +6,43 @@ from bisect import bisect_left
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
+import mmh3
+
 from scalekit.errors import ConfigurationError
-from scalekit.hashing import murmur3_64
+from scalekit.hashing import DEFAULT_SEED, murmur3_32
 from scalekit.protocols import HashFunction
-from scalekit.sharding._base import Key, ShardingScheme, check_key, key_bytes
+from scalekit.sharding._base import Key, ShardingScheme, check_key, check_weight, key_bytes
 from scalekit.sharding._plan import Move
 
 __all__ = ["DEFAULT_VNODES", "HashRing"]
 
 N = TypeVar("N", bound=Hashable)
 
-DEFAULT_VNODES = 512
+DEFAULT_VNODES = 1024
 """Points per unit of weight; measured to keep max/mean load under 1.10 at 10 nodes
 and each node's share of the ring under 1.15 x the mean at 100 (docs/performance.md)."""
 
-_SPACE = 1 << 64
+_mmh3_32 = mmh3.hash
 
 
 class _Ring(NamedTuple):
     points: list[int]  # sorted hash points
     owners: list[Any]  # owners[i] owns the arc (points[i-1], points[i]]
+    lookup: list[Any]  # [table or None, shift]: built on the first lookup (_bucket_table)
+    weights: dict[Any, float]  # the nodes and weights this ring was built from
+    contested: frozenset[int]  # points that two nodes hash to (the lower name holds them)
 
 
 class HashRing(ShardingScheme[N, _Ring]):
     """A consistent-hash ring: each node owns the arcs that end at its points.
 
     A key belongs to the first point at or after its hash, wrapping around.
-    Each node gets ``vnodes * weight / unit`` points, where ``unit`` is the first
-    weight the ring saw (so weights are relative, and 10 nodes of weight 1,000
-    cost as much as 10 of weight 1). A node's points depend only on its own name
-    and weight, so adding or removing a node moves keys only to or from it.
+    Each node gets ``vnodes * weight / weight_unit`` points. ``weight_unit``
+    defaults to the first weight the ring sees, so weights are relative and 10
+    nodes of weight 1,000 cost as much as 10 of weight 1; pass it explicitly when
+    rings built by different processes, in different orders, must agree. A node's
+    points depend only on its own name and weight, so adding or removing a node
+    moves keys only to or from it.
 
     Runtime complexity: ``node_for`` O(log P) for P points; ``add``/``remove``
     O(P log P) (the lookup arrays are rebuilt and published at once).
@@ -54,14 +61,24 @@ class HashRing(ShardingScheme[N, _Ring]):
         *,
         vnodes: int = DEFAULT_VNODES,
         hash: HashFunction | None = None,
+        weight_unit: float | None = None,
     ) -> None:
         if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
             raise ConfigurationError(f"vnodes must be a positive int, got {vnodes!r}")
         self._vnodes = vnodes
-        self._hash: HashFunction = murmur3_64 if hash is None else hash
-        self._unit: float | None = None
+        # The default places points and keys with 32-bit MurmurHash3, one C call
+        # (as ketama does, on a 2**32 circle); a custom hash gives 64-bit positions.
+        self._hash: HashFunction = murmur3_32 if hash is None else hash
+        self._space = 1 << 32 if hash is None else 1 << 64
+        self._default_hash = hash is None
+        self._unit: float | None = None if weight_unit is None else check_weight(weight_unit)
         self._points_of: dict[tuple[str, int], list[int]] = {}
         super().__init__(nodes)
+
+    @property
+    def weight_unit(self) -> float | None:
+        """The weight that gets ``vnodes`` points (``None`` until the first node)."""
+        return self._unit
 
     @property
     def vnodes(self) -> int:
@@ -88,16 +105,45 @@ class HashRing(ShardingScheme[N, _Ring]):
         return cached
 
     def _build(self, weights: dict[N, float]) -> _Ring:
-        holders: dict[int, Any] = {}
-        for node, weight in weights.items():
+        """The ring of ``weights``: from the current ring when only whole nodes were
+        added or removed (the common case, O(P) in C), else from scratch."""
+        current: _Ring | None = getattr(self, "_state", None)
+        holders: dict[int, Any]
+        contested: set[int]
+        if current is not None and self._incremental(current, weights):
+            holders = dict(zip(current.points, current.owners, strict=True))
+            contested = set(current.contested)
+            for node in current.weights.keys() - weights.keys():
+                for point in self._node_points(node, current.weights[node]):
+                    if holders.get(point) == node:
+                        del holders[point]
+            adding = {node: weights[node] for node in weights.keys() - current.weights.keys()}
+        else:
+            holders, contested, adding = {}, set(), dict(weights)
+        for node, weight in adding.items():
             name = str(node)
             for point in self._node_points(node, weight):
                 # Two nodes on one point: the lower name wins, so order does not matter.
                 holder = holders.get(point)
+                if holder is not None:
+                    contested.add(point)
                 if holder is None or name < str(holder):
                     holders[point] = node
-        points = sorted(holders)
-        return _Ring(points, [holders[point] for point in points])
+        points = sorted(holders)  # two sorted runs when incremental: linear in timsort
+        owners = [holders[point] for point in points]
+        return _Ring(points, owners, [None, 0], dict(weights), frozenset(contested))
+
+    def _incremental(self, current: _Ring, weights: dict[N, float]) -> bool:
+        """Whether ``weights`` only adds or removes whole nodes, none on a contested point."""
+        kept = current.weights.keys() & weights.keys()
+        if any(current.weights[node] != weights[node] for node in kept):
+            return False
+        if not current.contested:
+            return True
+        for node in current.weights.keys() - weights.keys():
+            if not current.contested.isdisjoint(self._node_points(node, current.weights[node])):
+                return False  # a removed point may uncover another node's point
+        return True
 
     def _owner(self, state: _Ring, key: bytes) -> N:
         points = state.points
@@ -108,15 +154,24 @@ class HashRing(ShardingScheme[N, _Ring]):
     def node_for(self, key: Key) -> N:
         """The node whose point comes first at or after the hash of ``key``.
 
-        Runtime complexity: O(log P).
+        Runtime complexity: O(1) expected (a bucket table answers most keys at
+        once; the rest take a binary search, O(log P)).
         """
-        state = self._state  # one read: a concurrent add() publishes a new state
-        points = state.points
+        points, owners, lookup, _, _ = self._state  # one read: add() publishes a new one
         if not points:
             return super().node_for(key)  # raises NoNodeAvailable
-        check_key(key)
-        index = bisect_left(points, self._hash(key))
-        owner: N = state.owners[index if index < len(points) else 0]
+        if self._default_hash:
+            position = _mmh3_32(key, DEFAULT_SEED, False)  # TypeError for a bad key
+        else:
+            check_key(key)
+            position = self._hash(key)
+        table, shift = lookup
+        if table is None:
+            table, shift = lookup[:] = _bucket_table(points, owners, self._space)
+        owner: N = table[position >> shift]
+        if owner is _SPLIT:
+            index = bisect_left(points, position)
+            owner = owners[index if index < len(points) else 0]
         return owner
 
     def _owners(self, state: _Ring, key: bytes, n: int) -> list[N]:
@@ -131,6 +186,11 @@ class HashRing(ShardingScheme[N, _Ring]):
                     break
         return found
 
+    @property
+    def space(self) -> int:
+        """The size of the circle: 2**32 with the default hash, 2**64 with a custom one."""
+        return self._space
+
     def hash_of(self, key: Key) -> int:
         """The position of ``key`` on the ring (what the ranges of a plan refer to)."""
         return self._hash(key_bytes(key))
@@ -141,15 +201,22 @@ class HashRing(ShardingScheme[N, _Ring]):
         Only an arc that ends at a point of one ring but not the other, or at a
         point whose holder changed, can change owner: O(D log P) for D such points.
         """
-        old_holder = dict(zip(old.points, old.owners, strict=True))
-        new_holder = dict(zip(new.points, new.owners, strict=True))
-        ends = {p for p in old_holder if new_holder.get(p, _NONE) != old_holder[p]}
-        ends.update(p for p in new_holder if p not in old_holder)
         if not old.points or not new.points:
             return []
+        ends: set[int] = set()
+        for node in old.weights.keys() | new.weights.keys():
+            before, after = old.weights.get(node), new.weights.get(node)
+            if before != after:  # only the points of changed nodes can change hands
+                for weight in (before, after):
+                    if weight is not None:
+                        ends.update(self._node_points(node, weight))
         flows: dict[tuple[Any, Any], list[tuple[int, int]]] = {}
         for end in sorted(ends):
-            start = max(_before(old.points, end), _before(new.points, end), key=_distance_to(end))
+            start = max(
+                _before(old.points, end),
+                _before(new.points, end),
+                key=_distance_to(end, self._space),
+            )
             before = old.owners[bisect_left(old.points, end) % len(old.points)]
             after = new.owners[bisect_left(new.points, end) % len(new.points)]
             if before == after:
@@ -160,7 +227,12 @@ class HashRing(ShardingScheme[N, _Ring]):
             else:
                 ranges.append((start, end))
         return [
-            Move(source, target, sum(_arc_length(s, e) for s, e in ranges) / _SPACE, tuple(ranges))
+            Move(
+                source,
+                target,
+                sum(_arc_length(s, e, self._space) for s, e in ranges) / self._space,
+                tuple(ranges),
+            )
             for (source, target), ranges in flows.items()
         ]
 
@@ -168,12 +240,33 @@ class HashRing(ShardingScheme[N, _Ring]):
         shares: dict[N, float] = {}
         points, owners = state.points, state.owners
         for index, point in enumerate(points):
-            length = _arc_length(points[index - 1], point)
-            shares[owners[index]] = shares.get(owners[index], 0.0) + length / _SPACE
+            length = _arc_length(points[index - 1], point, self._space)
+            shares[owners[index]] = shares.get(owners[index], 0.0) + length / self._space
         return shares
 
 
-_NONE: Any = object()
+_SPLIT: Any = object()  # a bucket that holds a point: its keys need the binary search
+
+
+def _bucket_table(points: list[int], owners: list[Any], space: int) -> tuple[list[Any], int]:
+    """Split the circle into 2**k equal buckets (about 8 per point); for each bucket
+    with no point inside, the one owner of all its keys, else ``_SPLIT``.
+
+    Built with one slice assignment per point: O(P + buckets).
+    """
+    bits = max(10, min(20, (8 * len(points)).bit_length()))
+    size = 1 << bits
+    shift = space.bit_length() - 1 - bits
+    table: list[Any] = [_SPLIT] * size
+    previous = -1  # the last bucket that holds a point
+    for index, point in enumerate(points):
+        bucket = point >> shift
+        if bucket > previous + 1:
+            table[previous + 1 : bucket] = [owners[index]] * (bucket - previous - 1)
+        previous = bucket
+    if previous + 1 < size:
+        table[previous + 1 :] = [owners[0]] * (size - previous - 1)  # wraps to the first
+    return table, shift
 
 
 def _before(points: list[int], end: int) -> int:
@@ -181,11 +274,11 @@ def _before(points: list[int], end: int) -> int:
     return points[bisect_left(points, end) - 1]
 
 
-def _distance_to(end: int) -> Any:
+def _distance_to(end: int, space: int) -> Any:
     """Sort key: how far a point lies before ``end``, going backwards (0 is ``end``)."""
-    return lambda point: -((end - point) % _SPACE or _SPACE)
+    return lambda point: -((end - point) % space or space)
 
 
-def _arc_length(start: int, end: int) -> int:
+def _arc_length(start: int, end: int, space: int) -> int:
     """The length of the arc ``(start, end]``; equal ends mean the whole circle."""
-    return (end - start) % _SPACE or _SPACE
+    return (end - start) % space or space
