@@ -6,6 +6,7 @@ Every scheme implements the :class:`Sharder` protocol; changes are planned as a
 """
 
 from scalekit.sharding._base import Key, Sharder, ShardingScheme
+from scalekit.sharding._migration import Migration, MigrationProgress
 from scalekit.sharding._plan import Move, ReshardPlan
 from scalekit.sharding._report import ShardingReport, report
 from scalekit.sharding._ring import DEFAULT_VNODES, HashRing
@@ -14,6 +15,8 @@ __all__ = [
     "DEFAULT_VNODES",
     "HashRing",
     "Key",
+    "Migration",
+    "MigrationProgress",
     "Move",
     "ReshardPlan",
     "Sharder",
