@@ -7,12 +7,29 @@ from __future__ import annotations
 
 import pytest
 
-from scalekit.sharding import HashRing
+from scalekit.sharding import (
+    HashRing,
+    JumpHash,
+    KetamaRing,
+    MaglevHash,
+    RendezvousHash,
+    SlotMap,
+)
 from tests.contracts.sharder_contract import SharderContract, SharderFactory
 
 SCHEMES = [
     pytest.param(SharderFactory(HashRing), id="HashRing"),
     pytest.param(SharderFactory(HashRing, kwargs={"vnodes": 16}), id="HashRing-16"),
+    # Ketama is monotone with equal weights only (the contract's changes use weight 1).
+    pytest.param(SharderFactory(KetamaRing), id="KetamaRing"),
+    pytest.param(SharderFactory(SlotMap), id="SlotMap"),
+    pytest.param(SharderFactory(SlotMap.redis_cluster), id="SlotMap-redis"),
+    pytest.param(SharderFactory(JumpHash, weighted=False, removes_any=False), id="JumpHash"),
+    pytest.param(SharderFactory(RendezvousHash), id="RendezvousHash"),
+    pytest.param(SharderFactory(MaglevHash, monotone=False), id="MaglevHash"),
+    pytest.param(
+        SharderFactory(MaglevHash, monotone=False, kwargs={"table_size": 251}), id="Maglev-251"
+    ),
 ]
 
 

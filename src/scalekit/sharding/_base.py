@@ -106,6 +106,7 @@ class ShardingScheme(Generic[N, S]):
             weights[node] = check_weight(weight)
         self._weights = weights
         self._state: S = self._build(weights)
+        self._published = (weights, self._state)
 
     # -- what a scheme provides ---------------------------------------------
 
@@ -131,9 +132,10 @@ class ShardingScheme(Generic[N, S]):
 
         Raises :class:`~scalekit.errors.NoNodeAvailable` when there is no node.
         """
-        if not self._weights:
+        weights, state = self._published  # one read: nodes and structure that match
+        if not weights:
             raise NoNodeAvailable("the sharder has no nodes")
-        return self._owner(self._state, key_bytes(key))
+        return self._owner(state, key_bytes(key))
 
     def nodes_for(self, key: Key, n: int) -> list[N]:
         """``n`` distinct nodes for ``key``, the owner first (a replica preference list).
@@ -142,11 +144,12 @@ class ShardingScheme(Generic[N, S]):
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ConfigurationError(f"n must be a non-negative int, got {n!r}")
-        if n > len(self._weights):
-            raise NoNodeAvailable(f"{n} nodes asked for, {len(self._weights)} there")
+        weights, state = self._published  # one read: nodes and structure that match
+        if n > len(weights):
+            raise NoNodeAvailable(f"{n} nodes asked for, {len(weights)} there")
         if n == 0:
             return []
-        return self._owners(self._state, key_bytes(key), n)
+        return self._owners(state, key_bytes(key), n)
 
     @property
     def nodes(self) -> tuple[N, ...]:
@@ -187,6 +190,7 @@ class ShardingScheme(Generic[N, S]):
     def _publish(self, weights: dict[N, float]) -> None:
         state = self._build(weights)
         self._weights, self._state = weights, state
+        self._published = (weights, state)  # what lookups read, in one attribute store
 
     def add(self, node: N, weight: float = 1) -> None:
         """Add ``node`` with a relative ``weight`` (default 1).
@@ -218,6 +222,7 @@ class ShardingScheme(Generic[N, S]):
         twin = self._empty_twin()
         twin._weights = weights
         twin._state = self._build(weights) if weights is not self._weights else self._state
+        twin._published = (weights, twin._state)
         return twin
 
     def _empty_twin(self) -> ShardingScheme[N, S]:
@@ -239,41 +244,46 @@ class ShardingScheme(Generic[N, S]):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        del state["_lock"], state["_state"]
+        del state["_lock"], state["_state"], state["_published"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
         self._state = self._build(self._weights)
+        self._published = (self._weights, self._state)
 
     def plan_add(self, node: N, weight: float = 1) -> Any:
         """What ``add(node, weight)`` would move, exactly, without doing it."""
         from scalekit.sharding._plan import ReshardPlan
 
-        after = self._snapshot(self._with_added(node, weight))
-        return ReshardPlan.between(self.copy(), after)
+        with self._lock:  # before and after from the same moment
+            after = self._snapshot(self._with_added(node, weight))
+            return ReshardPlan.between(self.copy(), after)
 
     def plan_remove(self, node: N) -> Any:
         """What ``remove(node)`` would move, exactly, without doing it."""
         from scalekit.sharding._plan import ReshardPlan
 
-        after = self._snapshot(self._without(node))
-        return ReshardPlan.between(self.copy(), after)
+        with self._lock:  # before and after from the same moment
+            after = self._snapshot(self._without(node))
+            return ReshardPlan.between(self.copy(), after)
 
     def plan_weight(self, node: N, weight: float) -> Any:
         """What ``set_weight(node, weight)`` would move, exactly, without doing it."""
         from scalekit.sharding._plan import ReshardPlan
 
-        if node not in self._weights:
-            raise UnknownNode(f"{node!r} is not a node")
-        weights = dict(self._weights)
-        weights[node] = check_weight(weight)
-        return ReshardPlan.between(self.copy(), self._snapshot(weights))
+        with self._lock:  # before and after from the same moment
+            if node not in self._weights:
+                raise UnknownNode(f"{node!r} is not a node")
+            weights = dict(self._weights)
+            weights[node] = check_weight(weight)
+            return ReshardPlan.between(self.copy(), self._snapshot(weights))
 
     def _moves(self, old: S, new: S) -> list[Any] | None:
         """The moves from ``old`` to ``new`` as :class:`Move` objects, or ``None``
-        when the scheme has no structural description (the plan then samples)."""
+        when the scheme cannot describe them (the plan then lists no moves, while
+        ``move_for`` stays exact)."""
         return None
 
     def _shares(self, state: S) -> dict[N, float] | None:

@@ -19,9 +19,10 @@ class Move(Generic[N]):
 
     ``fraction`` is the share of the whole key space that flows (exact for rings,
     slot maps and Maglev, whose structure says it; the expected share for jump
-    and rendezvous hashing). A ring move lists its ``ranges`` of the 64-bit hash
-    space, as half-open intervals ``(start, end]`` (``start > end`` wraps around);
-    a slot move lists its ``slots``.
+    and rendezvous hashing). A ring move lists its ``ranges`` of the ring's hash
+    space (``ring.space``: 2**32 for the default hash and for ketama), as half-open
+    intervals ``(start, end]`` (``start > end`` wraps around); a slot move lists its
+    ``slots`` (table entries, for Maglev).
     """
 
     source: N

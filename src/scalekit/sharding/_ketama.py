@@ -1,0 +1,337 @@
+"""Ketama: the consistent-hash ring of libketama, placed exactly as libketama places it.
+
+libketama (Last.fm, 2007) is the ring most memcached clients implement. A
+scalekit :class:`KetamaRing` and a libketama-based client given the same servers
+and weights send every key to the same server, so the two can share a pool.
+
+How libketama places a server (``ketama_create_continuum`` in ``ketama.c``)::
+
+    pct = (float)memory / (float)total_memory;         /* single precision */
+    ks  = floorf(pct * 40.0 * (float)numservers);      /* hashes of the server */
+    for k in 0 .. ks-1:
+        digest = md5("%s-%d" % (address, k))
+        4 points: bytes 4i..4i+3 of digest, little-endian, i = 0..3
+
+and finds a key's server (``ketama_get_server``): the first point at or after
+the little-endian first 4 bytes of ``md5(key)``, wrapping to the first point.
+Here a node's address is ``str(node)`` and its memory is its weight.
+
+Details that decide placement, and that other ports get wrong:
+
+* ``ks`` is computed in single precision, so it is sometimes one less than the
+  exact ``40 * n * weight / total``: 61 servers of equal weight get 39 hashes
+  each, not 40, and weights ``21, 10, 9`` give the first server 62, not 63.
+  :func:`hash_count` reproduces the C arithmetic bit for bit.
+* A key whose hash equals a point belongs to that point (libketama's binary
+  search returns the first point ``>= hash``; ``bisect_right`` would skip it).
+* Two servers on one point: libketama ``qsort``-s the points, so the tie goes to
+  whichever comes first after the sort. glibc's ``qsort`` (a merge sort; checked
+  on glibc 2.36) keeps equal points in server order, so the server listed first
+  wins; scalekit gives the point to the node added first. (Ties are rare: about
+  3 in 10,000 rings of 10 servers have one.)
+
+Keys are hashed whole; libketama hashes C strings, which end at a NUL byte.
+
+uhashring's ``hash_fn='ketama'`` mode agrees with all this except these three
+points: it computes ``ks`` in exact integers, looks up with ``bisect_right``, and
+gives a shared point to the server listed last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import math
+import struct
+from bisect import bisect_left
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any, NamedTuple, TypeVar
+
+from scalekit.errors import ConfigurationError, DuplicateNode
+from scalekit.sharding._base import Key, ShardingScheme, key_bytes
+from scalekit.sharding._plan import Move
+
+__all__ = ["HASHES_PER_SERVER", "KetamaRing", "hash_count", "ketama_hash"]
+
+N = TypeVar("N", bound=Hashable)
+
+HASHES_PER_SERVER = 40
+"""libketama's hashes per server of average weight (4 points each: 160 points)."""
+
+_SPACE = 1 << 32  # the ketama circle: points and key hashes are unsigned 32-bit
+
+
+def _find_md5() -> Callable[[bytes], Any]:
+    """CPython's built-in MD5 (about twice as fast as OpenSSL's on short keys, and
+    allowed under FIPS), else :func:`hashlib.md5`."""
+    try:
+        md5: Callable[[bytes], Any] = importlib.import_module("_md5").md5
+    except (ImportError, AttributeError):  # pragma: no cover - a build without it
+        return hashlib.md5
+    return md5
+
+
+_md5 = _find_md5()
+_first_u32 = struct.Struct("<I").unpack_from
+_four_u32 = struct.Struct("<4I").unpack
+_FLOAT32 = struct.Struct("f")
+
+
+def ketama_hash(key: Key) -> int:
+    """libketama's ``ketama_hashi``: the first 4 bytes of ``md5(key)``, little-endian.
+
+    Runtime complexity: O(len(key)).
+
+    >>> ketama_hash("test")  # the vector of libketama's python binding tests
+    3446378249
+    """
+    value: int = _first_u32(_md5(key_bytes(key)).digest())[0]
+    return value
+
+
+def _float32(value: float) -> float:
+    """``value`` rounded to single precision, as a C ``float`` would hold it."""
+    try:
+        rounded: float = _FLOAT32.unpack(_FLOAT32.pack(value))[0]
+    except OverflowError:
+        return math.inf
+    return rounded
+
+
+def hash_count(weight: float, total: float, servers: int) -> int:
+    """How many md5 hashes (4 points each) libketama gives a server.
+
+    ``floorf(pct * 40.0 * (float)numservers)`` with ``float pct = (float)weight /
+    (float)total``: the product is taken in double precision and rounded back to
+    single precision by ``floorf``'s parameter, so the result can be one less than
+    the exact quotient.
+
+    Runtime complexity: O(1).
+
+    >>> hash_count(1, 3, 3), hash_count(1, 61, 61), hash_count(21, 40, 3)
+    (40, 39, 62)
+    """
+    pct = _float32(_float32(weight) / _float32(total))
+    return math.floor(_float32(pct * HASHES_PER_SERVER * _float32(servers)))
+
+
+def _server_points(name: str, hashes: int, start: int = 0) -> list[int]:
+    """The points of hashes ``start .. hashes-1`` of the server called ``name``."""
+    points: list[int] = []
+    for k in range(start, hashes):
+        points.extend(_four_u32(_md5(f"{name}-{k}".encode()).digest()))
+    return points
+
+
+class _Continuum(NamedTuple):
+    points: list[int]  # sorted, distinct
+    owners: list[Any]  # owners[i] holds points[i]; one more entry, owners[0], for the wrap
+    nodes: tuple[Any, ...]  # every node in order, also those too light to get a point
+
+
+class KetamaRing(ShardingScheme[N, _Continuum]):
+    """A consistent-hash ring that places keys exactly as libketama does.
+
+    Each node ``x`` of weight ``w`` gets ``hash_count(w, W, n)`` md5 digests of
+    ``f"{x}-{k}"`` (about ``40 * n * w / W`` for ``n`` nodes of total weight
+    ``W``), 4 points per digest, on a circle of ``2**32``; a key belongs to the
+    first point at or after ``ketama_hash(key)``. Use the server addresses
+    (``"10.0.1.1:11211"``) as nodes to agree with libketama clients; libketama
+    keeps addresses in 22-byte buffers, so it handles names of up to 21 bytes.
+
+    Ketama's point counts depend on the node count and the total weight, so with
+    unequal weights (or when libketama's rounding drops a hash) adding a node
+    also moves some keys between other nodes; plans show exactly which.
+    A node too light to get a single point owns no key, and comes last in
+    :meth:`nodes_for`. Plans' ranges are arcs ``(start, end]`` of the 32-bit
+    ketama circle (see :meth:`hash_of`).
+
+    Runtime complexity: ``node_for`` O(log P) for P (about 160 n) points;
+    ``add``/``remove`` O(P log P) (the continuum is rebuilt, point lists cached).
+
+    >>> ring = KetamaRing({"127.0.0.1:11211": 600, "127.0.0.1:11212": 400})
+    >>> ring.node_for("test")  # libketama's python binding test agrees
+    '127.0.0.1:11211'
+    >>> ring.points_of("127.0.0.1:11211"), ring.points_of("127.0.0.1:11212")
+    (192, 128)
+    >>> ring = KetamaRing(["10.0.1.1:11211", "10.0.1.2:11211", "10.0.1.3:11211"])
+    >>> ring.plan_add("10.0.1.4:11211").targets
+    frozenset({'10.0.1.4:11211'})
+    """
+
+    def __init__(self, nodes: Iterable[N] | Mapping[N, float] = ()) -> None:
+        self._points_by_name: dict[str, list[int]] = {}
+        super().__init__(nodes)
+
+    # -- the continuum ----------------------------------------------------------
+
+    def _check_new(self, weights: dict[N, float], node: N) -> None:
+        super()._check_new(weights, node)
+        name = str(node)
+        for other in weights:
+            if str(other) == name:
+                raise DuplicateNode(
+                    f"{node!r} has the same name as {other!r}; ketama places a node by str(node)"
+                )
+
+    def _hashes(self, weights: dict[N, float]) -> dict[N, int]:
+        total = _float32(math.fsum(weights.values()))
+        if not 0 < total < math.inf:
+            raise ConfigurationError(
+                "ketama computes weight shares in single precision: the total weight "
+                f"must lie within (1e-38, 3e38), got {math.fsum(weights.values())!r}"
+            )
+        count = len(weights)
+        return {node: hash_count(weight, total, count) for node, weight in weights.items()}
+
+    def _points_of_name(self, name: str, hashes: int) -> list[int]:
+        cache = self._points_by_name
+        points = cache.get(name)
+        if points is None or len(points) < 4 * hashes:
+            known = [] if points is None else points
+            points = known + _server_points(name, hashes, len(known) // 4)
+            cache[name] = points
+        return points[: 4 * hashes]
+
+    def _build(self, weights: dict[N, float]) -> _Continuum:
+        holders: dict[int, Any] = {}
+        if weights:
+            for node, hashes in self._hashes(weights).items():
+                for point in self._points_of_name(str(node), hashes):
+                    holders.setdefault(point, node)  # a tie: the node added first keeps it
+            if len(self._points_by_name) > 2 * len(weights) + 64:  # forget removed nodes
+                names = {str(node) for node in weights}
+                cache = self._points_by_name
+                self._points_by_name = {n: p for n, p in cache.items() if n in names}
+        points = sorted(holders)
+        owners = [holders[point] for point in points]
+        owners += owners[:1]
+        return _Continuum(points, owners, tuple(weights))
+
+    def points_of(self, node: N) -> int:
+        """How many points ``node`` has on the continuum (4 per md5 hash).
+
+        Runtime complexity: O(n) for n nodes.
+
+        >>> KetamaRing(["a", "b", "c"]).points_of("b")
+        160
+        """
+        weight = self.weight_of(node)
+        total = _float32(math.fsum(self._weights.values()))
+        return 4 * hash_count(weight, total, len(self._weights))
+
+    def hash_of(self, key: Key) -> int:
+        """The position of ``key`` on the circle (what the ranges of a plan refer to).
+
+        Runtime complexity: O(len(key)).
+        """
+        return ketama_hash(key)
+
+    # -- lookups ------------------------------------------------------------------
+
+    def _owner(self, state: _Continuum, key: bytes) -> N:
+        owner: N = state.owners[bisect_left(state.points, _first_u32(_md5(key).digest())[0])]
+        return owner
+
+    def node_for(self, key: Key) -> N:
+        """The node of the first point at or after ``ketama_hash(key)``, wrapping around.
+
+        Raises :class:`~scalekit.errors.NoNodeAvailable` when there is no node.
+
+        Runtime complexity: O(log P).
+        """
+        state = self._state  # one read: a concurrent add() publishes a new state
+        owners = state.owners
+        if not owners:
+            return super().node_for(key)  # raises NoNodeAvailable
+        if type(key) is str:
+            data = key.encode()
+        elif type(key) is bytes:
+            data = key
+        else:
+            data = key_bytes(key)  # a str or bytes subclass, or a TypeError
+        owner: N = owners[bisect_left(state.points, _first_u32(_md5(data).digest())[0])]
+        return owner
+
+    def _owners(self, state: _Continuum, key: bytes, n: int) -> list[N]:
+        points, owners = state.points, state.owners
+        start = bisect_left(points, _first_u32(_md5(key).digest())[0])
+        found: list[N] = []
+        count = len(points)
+        for step in range(count):
+            node = owners[(start + step) % count]
+            if node not in found:
+                found.append(node)
+                if len(found) == n:
+                    return found
+        found += [node for node in state.nodes if node not in found]  # nodes with no point
+        return found[:n]
+
+    # -- plans and shares ---------------------------------------------------------
+
+    def _moves(self, old: _Continuum, new: _Continuum) -> list[Move[N]]:
+        """The arcs whose owner differs, merged into ranges per (source, target).
+
+        Only an arc that ends at a point of one continuum but not the other, or at
+        a point whose holder changed, can change owner: O(D log P) for D such points.
+        """
+        if not old.points or not new.points:
+            return []
+        old_holder = dict(zip(old.points, old.owners, strict=False))
+        new_holder = dict(zip(new.points, new.owners, strict=False))
+        ends = {p for p, node in old_holder.items() if new_holder.get(p, _NONE) != node}
+        ends.update(p for p in new_holder if p not in old_holder)
+        flows: dict[tuple[Any, Any], list[tuple[int, int]]] = {}
+        for end in sorted(ends):
+            old_index = bisect_left(old.points, end)
+            new_index = bisect_left(new.points, end)
+            before, after = old.owners[old_index], new.owners[new_index]
+            if before == after:
+                continue
+            # The arc ends at ``end`` and starts at the nearest point of either
+            # continuum before it (index -1 wraps to the last point).
+            start = min(
+                old.points[old_index - 1], new.points[new_index - 1], key=_distance_back(end)
+            )
+            ranges = flows.setdefault((before, after), [])
+            if ranges and ranges[-1][1] == start:
+                ranges[-1] = (ranges[-1][0], end)  # extend the previous range
+            else:
+                ranges.append((start, end))
+        return [
+            Move(source, target, sum(_arc_length(s, e) for s, e in ranges) / _SPACE, tuple(ranges))
+            for (source, target), ranges in flows.items()
+        ]
+
+    def _check(self) -> None:
+        """Assert the invariants: sorted distinct points, the wrap entry, every
+        point held by a node that has it, and a continuum a fresh build agrees with."""
+        state = self._state
+        assert state.nodes == tuple(self._weights)
+        assert state.points == sorted(set(state.points))
+        assert len(state.owners) == len(state.points) + (1 if state.points else 0)
+        assert bool(state.points) == bool(self._weights)
+        if state.points:
+            assert state.owners[-1] == state.owners[0]
+        assert len(state.points) <= sum(self.points_of(node) for node in self._weights)
+        assert self._build(self._weights) == state
+
+    def _shares(self, state: _Continuum) -> dict[N, float]:
+        shares: dict[N, float] = dict.fromkeys(state.nodes, 0.0)
+        points, owners = state.points, state.owners
+        for index, point in enumerate(points):
+            shares[owners[index]] += _arc_length(points[index - 1], point) / _SPACE
+        return shares
+
+
+_NONE: Any = object()
+
+
+def _distance_back(end: int) -> Callable[[int], int]:
+    """Sort key: how far a point lies before ``end`` on the circle (``end`` itself: a turn)."""
+    return lambda point: (end - point) % _SPACE or _SPACE
+
+
+def _arc_length(start: int, end: int) -> int:
+    """The length of the arc ``(start, end]``; equal ends mean the whole circle."""
+    return (end - start) % _SPACE or _SPACE

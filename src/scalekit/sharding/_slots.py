@@ -1,0 +1,362 @@
+"""Slot maps: a fixed space of slots, each owned by one node, as in Redis Cluster.
+
+Keys map to slots by a hash that never changes; nodes own slots. A change of
+nodes reassigns as few slots as possible, so the assignment depends on history:
+two slot maps with the same nodes may own different slots (as two Redis
+Clusters do), and the table itself is the state that is published, planned,
+copied and pickled.
+"""
+
+from __future__ import annotations
+
+import binascii
+import math
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Hashable, Iterable, Mapping
+from fractions import Fraction
+from typing import Any, NamedTuple, TypeVar
+
+from scalekit.errors import ConfigurationError, UnknownNode
+from scalekit.hashing import murmur3_64
+from scalekit.protocols import HashFunction
+from scalekit.sharding._base import Key, ShardingScheme, check_key, key_bytes
+from scalekit.sharding._plan import Move
+
+__all__ = ["REDIS_CLUSTER_SLOTS", "SlotMap", "crc16_xmodem", "redis_key_slot"]
+
+N = TypeVar("N", bound=Hashable)
+
+REDIS_CLUSTER_SLOTS = 16384
+"""The slot count of Redis Cluster (``CLUSTER KEYSLOT`` answers 0..16383)."""
+
+
+def _crc16_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC16_TABLE = _crc16_table()
+
+
+def crc16_xmodem(data: bytes) -> int:
+    """CRC16-XMODEM (polynomial 0x1021, initial value 0, no reflection), by table.
+
+    The CRC Redis Cluster hashes keys with. :func:`redis_key_slot` computes the
+    same CRC with :func:`binascii.crc_hqx`, the C implementation in the standard
+    library, which is about 20 times faster; this one is its readable reference.
+
+    Runtime complexity: O(len(data)).
+
+    >>> hex(crc16_xmodem(b"123456789"))  # the check value of CRC-16/XMODEM
+    '0x31c3'
+    """
+    crc = 0
+    table = _CRC16_TABLE
+    for byte in data:
+        crc = ((crc << 8) & 0xFF00) ^ table[(crc >> 8) ^ byte]
+    return crc
+
+
+def redis_key_slot(key: Key) -> int:
+    """The Redis Cluster slot of ``key`` (0..16383), as ``CLUSTER KEYSLOT`` answers.
+
+    The CRC16 of the key mod 16384, except that if the key has a ``{`` and, after
+    it, a ``}`` with at least one byte between the first ``{`` and the first ``}``
+    after it, only those bytes are hashed (a hash tag), so ``{user1000}.following``
+    and ``{user1000}.followers`` share a slot (Redis' ``keyHashSlot``).
+
+    Runtime complexity: O(len(key)).
+
+    >>> redis_key_slot("foo"), redis_key_slot("{user1000}.following")
+    (12182, 3443)
+    """
+    data = key_bytes(key)
+    start = data.find(b"{")
+    if start >= 0:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1 : end]
+    return binascii.crc_hqx(data, 0) & 0x3FFF
+
+
+class _SlotTable(NamedTuple):
+    table: tuple[Any, ...]  # table[slot] is the slot's owner; () when there is no node
+    nodes: tuple[Any, ...]  # every node in order, also those with no slot
+    run_starts: list[int]  # the first slot of each run of slots with one owner
+    run_owners: list[Any]  # the owner of each run
+
+
+class SlotMap(ShardingScheme[N, _SlotTable]):
+    """A fixed number of slots, shared among the nodes in proportion to their weights.
+
+    A key belongs to slot ``hash(key) % slots`` (MurmurHash3 by default; see
+    :meth:`redis_cluster` for Redis Cluster's CRC16), and a slot to one node.
+
+    Each node's quota is its exact share ``slots * weight / total`` rounded down
+    or up, so equal weights differ by at most one slot. The slots left over after
+    rounding down go first to nodes that already hold the rounded-up count
+    (keeping a slot is free), then to nodes under quota anyway, then by largest
+    remainder, then by the lower ``str(node)``. A change then moves only the
+    slots over a node's quota (its highest-numbered ones, and all of a removed
+    node's) to the nodes under quota (in node order, lowest slots first): no
+    slot moves between two nodes that both stay within quota, and no placement
+    with quotas rounded this way moves fewer slots.
+
+    So when adding or removing a node changes every other node's exact share by
+    a slot or more, slots move only to the added node or from the removed one.
+    A smaller change can also shift one slot between two other nodes whose
+    rounding flips (a node whose share is 0.6 slot owns 0 or 1). A node whose
+    share rounds to 0 owns no slot and comes last in :meth:`nodes_for`.
+
+    The first table gives the nodes contiguous ranges, in node order; later
+    tables depend on history, like a Redis Cluster's.
+
+    Runtime complexity: ``node_for`` O(1) after hashing the key;
+    ``add``/``remove``/``set_weight`` O(S + n log n) for S slots and n nodes.
+
+    >>> slots = SlotMap(["a", "b", "c"], slots=12)
+    >>> [sorted(slots.slots_of(node)) for node in slots.nodes]
+    [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    >>> plan = slots.plan_add("d")
+    >>> [(m.source, m.target, m.slots) for m in plan.moves]
+    [('a', 'd', (3,)), ('b', 'd', (7,)), ('c', 'd', (11,))]
+    >>> slots.add("d")
+    >>> sorted(slots.slots_of("d"))
+    [3, 7, 11]
+    """
+
+    def __init__(
+        self,
+        nodes: Iterable[N] | Mapping[N, float] = (),
+        *,
+        slots: int = REDIS_CLUSTER_SLOTS,
+        hash: HashFunction | None = None,
+    ) -> None:
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise ConfigurationError(f"slots must be a positive int, got {slots!r}")
+        self._slot_count = slots
+        self._hash: HashFunction = murmur3_64 if hash is None else hash
+        super().__init__(nodes)
+
+    @classmethod
+    def redis_cluster(cls, nodes: Iterable[N] | Mapping[N, float] = ()) -> SlotMap[N]:
+        """A slot map that maps keys to slots exactly as Redis Cluster does.
+
+        16384 slots; a key's slot is the CRC16 of the key (or of its hash tag)
+        mod 16384, what ``CLUSTER KEYSLOT`` answers (see :func:`redis_key_slot`).
+        Which node owns a slot is this map's own assignment, not a cluster's.
+
+        Runtime complexity: O(S + n log n).
+
+        >>> cluster = SlotMap.redis_cluster(["m1", "m2", "m3"])
+        >>> cluster.slot_of("{user1000}.following") == cluster.slot_of("{user1000}.followers")
+        True
+        >>> cluster.slot_of("foo"), cluster.node_for("foo")
+        (12182, 'm3')
+        """
+        return cls(nodes, slots=REDIS_CLUSTER_SLOTS, hash=redis_key_slot)
+
+    # -- slots --------------------------------------------------------------------
+
+    @property
+    def slots(self) -> int:
+        """How many slots there are."""
+        return self._slot_count
+
+    def slot_of(self, key: Key) -> int:
+        """The slot of ``key``.
+
+        Runtime complexity: O(len(key)).
+        """
+        check_key(key)
+        return self._hash(key) % self._slot_count
+
+    def slots_of(self, node: N) -> frozenset[int]:
+        """The slots ``node`` owns; :class:`~scalekit.errors.UnknownNode` if absent.
+
+        Runtime complexity: O(S).
+        """
+        state = self._state  # one read: nodes and table that match
+        if node not in state.nodes:
+            raise UnknownNode(f"{node!r} is not a node")
+        return frozenset(slot for slot, owner in enumerate(state.table) if owner == node)
+
+    def node_for(self, key: Key) -> N:
+        """The owner of the slot of ``key``.
+
+        Raises :class:`~scalekit.errors.NoNodeAvailable` when there is no node.
+
+        Runtime complexity: O(1) after hashing ``key``.
+        """
+        table = self._state.table  # one read: a concurrent add() publishes a new state
+        if not table:
+            return super().node_for(key)  # raises NoNodeAvailable
+        check_key(key)
+        owner: N = table[self._hash(key) % self._slot_count]
+        return owner
+
+    def _owner(self, state: _SlotTable, key: bytes) -> N:
+        owner: N = state.table[self._hash(key) % self._slot_count]
+        return owner
+
+    def _owners(self, state: _SlotTable, key: bytes, n: int) -> list[N]:
+        """The owner, then the owners of the following slots, then nodes without a slot."""
+        starts, owners = state.run_starts, state.run_owners
+        start = bisect_right(starts, self._hash(key) % self._slot_count) - 1
+        found: list[N] = []
+        for step in range(len(owners)):
+            node = owners[(start + step) % len(owners)]
+            if node not in found:
+                found.append(node)
+                if len(found) == n:
+                    return found
+        found += [node for node in state.nodes if node not in found]
+        return found[:n]
+
+    # -- the table ----------------------------------------------------------------
+
+    def quotas(self) -> dict[N, int]:
+        """How many slots each node owns, in node order.
+
+        Runtime complexity: O(S).
+        """
+        state = self._state  # one read: nodes and table that match
+        counts = Counter(state.table)
+        return {node: counts.get(node, 0) for node in state.nodes}
+
+    def _targets(self, weights: dict[N, float], held: Mapping[N, int]) -> dict[N, int]:
+        """Each node's quota: its exact share rounded down or up, ``slots`` in all.
+
+        The slots left after rounding down go first to nodes that already hold
+        the rounded-up count (keeping a slot is free, giving one to another node
+        is a move), then to nodes under their rounded-down count (they receive
+        slots anyway), then by largest remainder, then by ``str(node)``.
+        """
+        slots = self._slot_count
+        total = sum(Fraction(weight) for weight in weights.values())
+        exact = {node: Fraction(weight) * slots / total for node, weight in weights.items()}
+        targets = {node: math.floor(share) for node, share in exact.items()}
+        spare = slots - sum(targets.values())
+        candidates = sorted(
+            (node for node in weights if exact[node] != targets[node]),
+            key=lambda node: (
+                _tier(held.get(node, 0), targets[node]),
+                targets[node] - exact[node],  # the largest remainder first
+                str(node),
+            ),
+        )
+        for node in candidates[:spare]:
+            targets[node] += 1
+        return targets
+
+    def _build(self, weights: dict[N, float]) -> _SlotTable:
+        if not weights:
+            return _SlotTable((), (), [], [])
+        restoring = self.__dict__.get("_restoring")
+        if restoring is not None:
+            return self._state_of(restoring, tuple(weights))
+        current = self.__dict__.get("_state")  # absent while __init__ builds the first
+        old: tuple[Any, ...] = () if current is None else current.table
+        if not old:
+            targets = self._targets(weights, {})
+            table: list[Any] = []
+            for node, count in targets.items():
+                table += [node] * count
+            return self._state_of(tuple(table), tuple(weights))
+        held = Counter(owner for owner in old if owner in weights)
+        targets = self._targets(weights, held)
+        kept = dict.fromkeys(weights, 0)
+        released: list[int] = []  # ascending: a node over quota keeps its lowest slots
+        for slot, owner in enumerate(old):
+            holding = kept.get(owner)
+            if holding is not None and holding < targets[owner]:
+                kept[owner] = holding + 1
+            else:
+                released.append(slot)
+        table = list(old)
+        position = 0
+        for node, target in targets.items():
+            need = target - kept[node]
+            for slot in released[position : position + need]:
+                table[slot] = node
+            position += need
+        return self._state_of(tuple(table), tuple(weights))
+
+    @staticmethod
+    def _state_of(table: tuple[Any, ...], nodes: tuple[Any, ...]) -> _SlotTable:
+        starts: list[int] = []
+        owners: list[Any] = []
+        previous: Any = _NONE
+        for slot, owner in enumerate(table):
+            if owner is not previous:
+                starts.append(slot)
+                owners.append(owner)
+                previous = owner
+        return _SlotTable(table, nodes, starts, owners)
+
+    # -- plans, shares, pickles -----------------------------------------------------
+
+    def _moves(self, old: _SlotTable, new: _SlotTable) -> list[Move[N]]:
+        """One move per (source, target), listing its slots. O(S)."""
+        if not old.table or not new.table:
+            return []
+        flows: dict[tuple[Any, Any], list[int]] = {}
+        for slot, (before, after) in enumerate(zip(old.table, new.table, strict=True)):
+            if before != after:
+                flows.setdefault((before, after), []).append(slot)
+        slots = self._slot_count
+        return [
+            Move(source, target, len(moved) / slots, slots=tuple(moved))
+            for (source, target), moved in flows.items()
+        ]
+
+    def _shares(self, state: _SlotTable) -> dict[N, float]:
+        counts = Counter(state.table)
+        return {node: counts.get(node, 0) / self._slot_count for node in state.nodes}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_table"] = self._state.table  # the assignment depends on history: keep it
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self._restoring = state.pop("_table")  # what _build returns while unpickling
+        try:
+            super().__setstate__(state)
+        finally:
+            del self._restoring
+
+    def _check(self) -> None:
+        """Assert the invariants: every slot owned by a node, quotas within one slot."""
+        state = self._state
+        assert state.nodes == tuple(self._weights)
+        if not self._weights:
+            assert state.table == ()
+            return
+        assert len(state.table) == self._slot_count
+        counts = Counter(state.table)
+        assert set(counts) <= set(self._weights)
+        total = sum(Fraction(weight) for weight in self._weights.values())
+        for node, weight in self._weights.items():
+            share = Fraction(weight) * self._slot_count / total
+            assert math.floor(share) <= counts.get(node, 0) <= math.ceil(share)
+        assert self._state_of(state.table, state.nodes) == state
+
+
+_NONE: Any = object()
+
+
+def _tier(held: int, floor: int) -> int:
+    """Who gets a spare slot first: 0, a node holding more than its rounded-down
+    quota (it keeps a slot: no move); 1, a node under it (it receives slots
+    anyway); 2, a node holding exactly it (the slot makes it a receiver)."""
+    if held > floor:
+        return 0
+    return 1 if held < floor else 2
