@@ -1,7 +1,8 @@
 """scalekit.sharding lookups against uhashring, on the same 10 nodes and keys.
 
 Each round looks up 10,000 string keys. ``pytest benchmarks --benchmark-only``
-prints scalekit and the rival side by side in each group.
+prints each scheme beside uhashring (in ketama mode beside KetamaRing).
+``scalekit bench sharding`` prints the ratios, and balance and moves at 1M keys.
 """
 
 from __future__ import annotations
@@ -11,27 +12,36 @@ from typing import Any
 import pytest
 from uhashring import HashRing as UHashRing
 
-from scalekit.sharding import HashRing
+import scalekit.sharding as sh
 
 NODES = [f"node-{i}" for i in range(10)]
 KEYS = [f"user:{i}:profile" for i in range(10_000)]
 
 LOOKUPS = {
-    "scalekit HashRing": HashRing(NODES).node_for,
-    "uhashring": UHashRing(nodes=NODES).get_node,
+    "HashRing": (sh.HashRing(NODES).node_for, UHashRing(nodes=NODES).get_node),
+    "KetamaRing": (
+        sh.KetamaRing(NODES).node_for,
+        UHashRing(nodes=NODES, hash_fn="ketama").get_node,
+    ),
+    "SlotMap": (sh.SlotMap(NODES).node_for, UHashRing(nodes=NODES).get_node),
+    "JumpHash": (sh.JumpHash(NODES).node_for, UHashRing(nodes=NODES).get_node),
+    "RendezvousHash": (sh.RendezvousHash(NODES).node_for, UHashRing(nodes=NODES).get_node),
+    "MaglevHash": (sh.MaglevHash(NODES).node_for, UHashRing(nodes=NODES).get_node),
 }
 
 
-@pytest.mark.parametrize("name", list(LOOKUPS))
-def test_ring_lookup(benchmark: Any, name: str) -> None:
-    benchmark.group = "ring node_for (10 nodes, 10,000 keys)"
-    lookup = LOOKUPS[name]
+@pytest.mark.parametrize("library", ["scalekit", "uhashring"])
+@pytest.mark.parametrize("scheme", list(LOOKUPS))
+def test_lookup(benchmark: Any, scheme: str, library: str) -> None:
+    benchmark.group = f"{scheme} node_for (10 nodes, 10,000 keys)"
+    lookup = LOOKUPS[scheme][0 if library == "scalekit" else 1]
     owners = benchmark(lambda: [lookup(key) for key in KEYS])
     assert set(owners) == set(NODES)
 
 
-def test_plan_one_more_node_at_100(benchmark: Any) -> None:
+@pytest.mark.parametrize("scheme", ["HashRing", "SlotMap", "MaglevHash"])
+def test_plan_one_more_node_at_100(benchmark: Any, scheme: str) -> None:
     benchmark.group = "plan_add at 100 nodes"
-    ring = HashRing([f"node-{i}" for i in range(100)])
-    plan = benchmark(ring.plan_add, "node-new")
-    assert plan.targets == {"node-new"}
+    sharder = getattr(sh, scheme)([f"node-{i}" for i in range(100)])
+    plan = benchmark(sharder.plan_add, "node-new")
+    assert "node-new" in plan.targets

@@ -22,11 +22,13 @@ __all__ = [
     "cache_factories",
     "compare_caches",
     "compare_hit_ratios",
+    "compare_lookups",
     "get_hit_workload",
     "getitem_hit_workload",
     "hit_ratio",
     "measure",
     "set_evict_workload",
+    "sharding_quality",
     "zipf_trace",
 ]
 
@@ -195,3 +197,53 @@ def compare_hit_ratios(maxsize: int = 1_000, **trace_options: Any) -> dict[str, 
         "FIFO": sk.FIFOCache(maxsize),
     }
     return {name: hit_ratio(cache, trace) for name, cache in caches.items()}
+
+
+def sharding_quality(keys: int = 1_000_000, nodes: int = 10) -> list[tuple[str, float, float]]:
+    """Per scheme: max/mean keys per node over ``keys`` random keys at ``nodes`` nodes,
+    and the share of keys that move when one node is added, over the ideal."""
+    import scalekit.sharding as sh
+
+    names = [f"node-{i}" for i in range(nodes)]
+    rng = random.Random(5)
+    sample = [f"key:{rng.getrandbits(64)}" for _ in range(keys)]
+    schemes: dict[str, Any] = {
+        "SlotMap": sh.SlotMap(names),
+        "JumpHash": sh.JumpHash(names),
+        "RendezvousHash": sh.RendezvousHash(names),
+        "MaglevHash": sh.MaglevHash(names),
+        "HashRing": sh.HashRing(names),
+        "KetamaRing": sh.KetamaRing(names),
+    }
+    rows = []
+    for name, sharder in schemes.items():
+        balance = sh.report(sharder, sample).max_over_mean
+        plan = sharder.plan_add("node-new")
+        moved = sum(plan.move_for(key) is not None for key in sample[:200_000]) / 200_000
+        rows.append((name, balance, moved / plan.ideal_fraction))
+    return rows
+
+
+def compare_lookups(repeat: int = 5) -> list[tuple[str, float, float]]:
+    """Seconds per ``node_for`` at 10 nodes: each scheme, and uhashring in the matching mode."""
+    import uhashring  # type: ignore[import-untyped]
+
+    import scalekit.sharding as sh
+
+    names = [f"node-{i}" for i in range(10)]
+    keys = [f"user:{i}:profile" for i in range(10_000)]
+    plain = uhashring.HashRing(nodes=names).get_node
+    ketama = uhashring.HashRing(nodes=names, hash_fn="ketama").get_node
+    pairs = [
+        ("HashRing", sh.HashRing(names).node_for, plain),
+        ("KetamaRing", sh.KetamaRing(names).node_for, ketama),
+        ("SlotMap", sh.SlotMap(names).node_for, plain),
+        ("JumpHash", sh.JumpHash(names).node_for, plain),
+        ("RendezvousHash", sh.RendezvousHash(names).node_for, plain),
+        ("MaglevHash", sh.MaglevHash(names).node_for, plain),
+    ]
+
+    def timed(lookup: Callable[[str], Any]) -> float:
+        return measure(lambda: [lookup(key) for key in keys], repeat=repeat, number=3) / len(keys)
+
+    return [(name, timed(ours), timed(theirs)) for name, ours, theirs in pairs]

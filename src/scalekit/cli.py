@@ -31,7 +31,7 @@ def _demo(parser: argparse.ArgumentParser) -> Handler:
 
 def _bench(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument(
-        "module", nargs="?", default="cache", choices=["cache"], help="what to measure"
+        "module", nargs="?", default="cache", choices=["cache", "sharding"], help="what to measure"
     )
     parser.add_argument(
         "--repeat", type=int, default=7, help="timing rounds per workload (the best counts)"
@@ -40,6 +40,8 @@ def _bench(parser: argparse.ArgumentParser) -> Handler:
     def handle(args: argparse.Namespace) -> int:
         from scalekit._bench import BATCH, CACHE_SIZE, compare_caches
 
+        if args.module == "sharding":
+            return _bench_sharding(args.repeat)
         try:
             rows = compare_caches(repeat=args.repeat)
         except ImportError as exc:
@@ -56,6 +58,25 @@ def _bench(parser: argparse.ArgumentParser) -> Handler:
         return 0
 
     return handle
+
+
+def _bench_sharding(repeat: int) -> int:
+    from scalekit._bench import compare_lookups, sharding_quality
+
+    try:
+        lookups = compare_lookups(repeat=repeat)
+    except ImportError as exc:
+        print(f"scalekit bench needs the rival library installed: {exc}", file=sys.stderr)
+        return 1
+    print("node_for at 10 nodes, 10,000 keys (uhashring: ketama mode against KetamaRing)")
+    print(f"{'scheme':15} {'scalekit':>9} {'uhashring':>10} {'ratio':>6}")
+    for name, ours, theirs in lookups:
+        print(f"{name:15} {ours * 1e9:7.0f}ns {theirs * 1e9:8.0f}ns {ours / theirs:6.2f}")
+    print()
+    print("1,000,000 keys at 10 nodes: max/mean keys per node; one node added: moved / ideal")
+    for name, balance, moved in sharding_quality():
+        print(f"{name:15} balance {balance:.3f}  moved {moved:.3f} x ideal")
+    return 0
 
 
 COMMANDS["demo"] = ("show the building blocks at work", _demo)
