@@ -13,6 +13,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 EXPECTED = {
     "quickstart.py": "refused: time cannot go backwards",
     "cache_query.py": "100 concurrent requests for product 7: 1 query",
+    "sharding_resharding.py": "every key sits at its new owner",
 }
 
 

@@ -37,6 +37,15 @@ class MigrationProgress:
     moved: int
     sources_done: int
     sources: int
+    total: int = 0
+    """Keys on the source nodes to examine in all (0 until the first batch lists them)."""
+
+    @property
+    def fraction(self) -> float:
+        """The share of the keys examined so far, from 0.0 to 1.0."""
+        if self.sources_done == self.sources:
+            return 1.0
+        return self.examined / self.total if self.total else 0.0
 
     @property
     def done(self) -> bool:
@@ -121,6 +130,7 @@ class Migration(Generic[N]):
         self._sources_done = 0
         self._examined = 0
         self._moved = 0
+        self._total = 0
         self._callback = self._progress_callback(progress)
 
     # -- routing while it runs --------------------------------------------------
@@ -191,6 +201,7 @@ class Migration(Generic[N]):
                 keys = list(self._keys_of(store.store)) if self._keys_of else store.keys()
                 pending.append((source, keys))
             self._pending = pending
+            self._total = self._examined + sum(len(keys) for _, keys in pending)
         budget = self._batch_size
         while self._pending and budget:
             source, keys = self._pending[0]
@@ -230,6 +241,7 @@ class Migration(Generic[N]):
             moved=self._moved,
             sources_done=self._sources_done,
             sources=len(self._sources),
+            total=self._total,
         )
 
     @property
@@ -250,6 +262,7 @@ class Migration(Generic[N]):
             seen = [0]
 
             def update(report: MigrationProgress) -> None:
+                bar.total = report.total
                 bar.update(report.examined - seen[0])
                 seen[0] = report.examined
                 if report.done:
