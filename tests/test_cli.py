@@ -41,6 +41,9 @@ def test_demo_runs_and_shows_the_cache_at_work(capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert "the database saw 1 query" in out
     assert "LFU kept ['home', 'pricing']" in out
+    assert "every key at its new owner: True" in out
+    assert "slot of '{user1000}.following': 3443" in out  # as Redis' CLUSTER KEYSLOT
+    assert "hot key among 20,000 requests: user:celebrity" in out
 
 
 def test_bench_prints_a_ratio_for_every_policy_and_operation(

@@ -71,7 +71,33 @@ def demo_cache(out: Callable[[str], None] = print) -> None:
     out(f"LFU kept {sorted(lfu)}; evicted {evicted}: the page read least")
 
 
+def demo_sharding(out: Callable[[str], None] = print) -> None:
+    """Place keys on shards, plan and carry out a resharding, find a hot key."""
+    from scalekit.sharding import HashRing, HotKeyDetector, Migration, SlotMap
+
+    _section("scalekit.sharding: growing from 4 to 5 shards", out)
+    ring: HashRing[str] = HashRing([f"shard-{i}" for i in range(4)])
+    stores: dict[str, dict[str, int]] = {f"shard-{i}": {} for i in range(5)}
+    for i in range(10_000):
+        stores[ring.node_for(f"user:{i}")][f"user:{i}"] = i
+    plan = ring.plan_add("shard-4")
+    out(plan.summary().splitlines()[0])
+    report = Migration(plan, stores).run()
+    ring.add("shard-4")
+    placed = all(ring.node_for(key) == name for name, store in stores.items() for key in store)
+    out(f"migrated {report.moved:,} keys; every key at its new owner: {placed}")
+    slot = SlotMap.redis_cluster().slot_of("{user1000}.following")
+    out(f"Redis Cluster slot of '{{user1000}}.following': {slot}")
+
+    detector: HotKeyDetector[str] = HotKeyDetector(k=50)
+    for i in range(20_000):
+        detector.add("user:celebrity" if i % 4 == 0 else f"user:{i}")
+    key, count = detector.top(1)[0]
+    out(f"hot key among 20,000 requests: {key} (~{count:,} requests)")
+
+
 def run(out: Callable[[str], None] = print) -> int:
     """Run every demo; return the exit status."""
     demo_cache(out)
+    demo_sharding(out)
     return 0
