@@ -9,6 +9,7 @@ that situation, so code written against the standard library keeps working::
           +-- ConfigurationError      (also ValueError)   bad argument or setting
           |    +-- DuplicateNode                          the node is already there
           +-- NoNodeAvailable         (also LookupError)  nothing to route a key to
+          |    +-- NoBackendAvailable                     every backend is down or ejected
           +-- UnknownNode             (also KeyError)     no such node to remove
           +-- CapacityError                               a size limit was reached
           |    +-- ItemTooLarge       (also ValueError)   one item can never fit
@@ -32,6 +33,7 @@ __all__ = [
     "ConfigurationError",
     "DuplicateNode",
     "ItemTooLarge",
+    "NoBackendAvailable",
     "NoNodeAvailable",
     "ScalekitError",
     "UnknownNode",
@@ -55,6 +57,10 @@ class DuplicateNode(ConfigurationError):
 
 class NoNodeAvailable(ScalekitError, LookupError):
     """There is no node, backend or replica to route to."""
+
+
+class NoBackendAvailable(NoNodeAvailable):
+    """A balancer has no backend to pick; the message says why (none, all down...)."""
 
 
 class UnknownNode(ScalekitError, KeyError):

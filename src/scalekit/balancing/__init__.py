@@ -1,0 +1,21 @@
+"""Client-side load balancers: spread requests over backends, route around failures.
+
+:class:`RoundRobin` (smooth weighted, nginx's algorithm) and
+:class:`LeastConnections` (exact, or power of two choices) implement the
+:class:`Balancer` protocol: ``pick()``, ``lease()`` (sync and async), ``report()``,
+health marks and passive outlier ejection (:class:`OutlierEjection`).
+"""
+
+from scalekit.balancing._base import BackendStats, Balancer, BalancerStats, Lease, OutlierEjection
+from scalekit.balancing._least_connections import LeastConnections
+from scalekit.balancing._round_robin import RoundRobin
+
+__all__ = [
+    "BackendStats",
+    "Balancer",
+    "BalancerStats",
+    "Lease",
+    "LeastConnections",
+    "OutlierEjection",
+    "RoundRobin",
+]

@@ -1,0 +1,466 @@
+"""The ``Balancer`` protocol and the bookkeeping every balancer shares.
+
+A balancer keeps one :class:`_Backend` record per backend: weight, requests in
+flight, health marks and outlier-ejection state. A lease holds on to the record
+it counted on, so releasing after the backend was removed (or re-added) still
+decrements the right counter, and no counter ever goes negative.
+
+Subclasses choose among the eligible backends (:meth:`Balancer._choose`) and are
+told when a backend's load or eligibility changes (:meth:`Balancer._changed`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+
+from scalekit.errors import ConfigurationError, DuplicateNode, NoBackendAvailable, UnknownNode
+from scalekit.protocols import Clock
+
+__all__ = ["BackendStats", "Balancer", "BalancerStats", "Lease", "OutlierEjection"]
+
+B = TypeVar("B", bound=Hashable)
+
+
+@runtime_checkable
+class Balancer(Protocol[B]):
+    """Spreads requests over backends and routes around the ones that fail."""
+
+    def pick(self, key: Any = None) -> B:
+        """Choose a backend for one request (without counting it in flight)."""
+        ...
+
+    def lease(self, key: Any = None) -> Lease[B]:
+        """Choose a backend and count the request in flight until the block ends."""
+        ...
+
+    def report(self, backend: B, ok: bool, latency: float | None = None) -> None:
+        """Record the outcome of a request sent to ``backend`` without a lease."""
+        ...
+
+    def add(self, backend: B, weight: float = 1) -> None:
+        """Add ``backend`` with a relative ``weight``."""
+        ...
+
+    def remove(self, backend: B) -> None:
+        """Remove ``backend``; requests in flight on it finish normally."""
+        ...
+
+    def set_weight(self, backend: B, weight: float) -> None:
+        """Change the weight of ``backend``."""
+        ...
+
+    def mark_down(self, backend: B) -> None:
+        """Take ``backend`` out of rotation until :meth:`mark_up`."""
+        ...
+
+    def mark_up(self, backend: B) -> None:
+        """Put ``backend`` back into rotation."""
+        ...
+
+    @property
+    def backends(self) -> tuple[B, ...]:
+        """Every backend, healthy or not, in the order added."""
+        ...
+
+    def healthy(self) -> tuple[B, ...]:
+        """The backends a pick can choose now."""
+        ...
+
+    def stats(self) -> BalancerStats[B]:
+        """A snapshot of the counters."""
+        ...
+
+
+@dataclass(frozen=True)
+class OutlierEjection:
+    """Passive health checking, as in Envoy's outlier detection.
+
+    After ``consecutive_failures`` failures in a row a backend is ejected from the
+    very next pick, for ``base_ejection`` seconds times the number of times it
+    has been ejected (at most ``max_ejection`` seconds), then re-admitted. At most
+    ``max_ejection_percent`` of the backends are ejected at once, but one always may be.
+    """
+
+    consecutive_failures: int = 5
+    base_ejection: float = 30.0
+    max_ejection: float = 300.0
+    max_ejection_percent: float = 50.0
+
+    def __post_init__(self) -> None:
+        if self.consecutive_failures < 1:
+            raise ConfigurationError("consecutive_failures must be at least 1")
+        if not (self.base_ejection > 0 and self.max_ejection >= self.base_ejection):
+            raise ConfigurationError("need 0 < base_ejection <= max_ejection")
+        if not 0 <= self.max_ejection_percent <= 100:
+            raise ConfigurationError("max_ejection_percent must be within [0, 100]")
+
+
+@dataclass(frozen=True)
+class BackendStats:
+    """One backend's counters in a :class:`BalancerStats` snapshot."""
+
+    weight: float
+    in_flight: int
+    picks: int
+    successes: int
+    failures: int
+    ejections: int
+    down: bool
+    ejected: bool
+    latency: float | None
+    """Exponentially weighted moving average of the reported latencies (alpha 0.2)."""
+
+
+@dataclass(frozen=True)
+class BalancerStats(Generic[B]):
+    """A snapshot of a balancer's counters, per backend and in all."""
+
+    backends: dict[B, BackendStats]
+    no_backend: int  # picks that found nothing to choose
+
+    @property
+    def in_flight(self) -> int:
+        """Requests in flight on every backend together."""
+        return sum(b.in_flight for b in self.backends.values())
+
+    @property
+    def picks(self) -> int:
+        """Picks made, in all."""
+        return sum(b.picks for b in self.backends.values())
+
+
+class _Backend:
+    """Everything a balancer knows about one backend."""
+
+    __slots__ = (
+        "backend",
+        "consecutive_failures",
+        "down",
+        "ejected_until",
+        "ejections",
+        "failures",
+        "in_flight",
+        "latency",
+        "picks",
+        "present",
+        "successes",
+        "weight",
+    )
+
+    def __init__(self, backend: Any, weight: float) -> None:
+        self.backend = backend
+        self.weight = weight
+        self.in_flight = 0
+        self.latency: float | None = None  # moving average of reported latencies
+        self.picks = 0
+        self.successes = 0
+        self.failures = 0
+        self.consecutive_failures = 0
+        self.ejections = 0
+        self.ejected_until = -math.inf
+        self.down = False
+        self.present = True
+
+
+def _check_weight(weight: float) -> float:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise TypeError(f"weight must be a number, got {type(weight).__name__}")
+    if not (weight > 0 and math.isfinite(weight)):
+        raise ConfigurationError(f"weight must be positive and finite, got {weight!r}")
+    return weight
+
+
+class Lease(Generic[B]):
+    """One request in flight on a backend; a context manager, sync or async.
+
+    On exit it records a success, or a failure if the block raised (a cancelled
+    asyncio task counts as neither), with the latency, and releases the backend.
+    Releasing twice is a no-op.
+    """
+
+    __slots__ = ("_balancer", "_record", "_started", "backend")
+
+    def __init__(self, balancer: BalancerBase[B], record: _Backend, started: float) -> None:
+        self._balancer = balancer
+        self._record: _Backend | None = record
+        self._started = started
+        self.backend: B = record.backend
+
+    def release(self, ok: bool | None = True) -> None:
+        """Stop counting the request; ``ok=None`` records no outcome."""
+        record, self._record = self._record, None
+        if record is not None:
+            self._balancer._release(record, ok, self._balancer._clock() - self._started)
+
+    def __enter__(self) -> B:
+        return self.backend
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release(_outcome(kind))
+
+    async def __aenter__(self) -> B:
+        return self.backend
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release(_outcome(kind))
+
+
+def _outcome(kind: type[BaseException] | None) -> bool | None:
+    if kind is None:
+        return True
+    if issubclass(kind, Exception):
+        return False
+    return None  # cancelled, interrupted: not the backend's fault
+
+
+class BalancerBase(Generic[B]):
+    """Backends, health, ejection, leases and stats; subclasses choose."""
+
+    def __init__(
+        self,
+        backends: Iterable[B] = (),
+        weights: Mapping[B, float] | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        ejection: OutlierEjection | None = None,
+    ) -> None:
+        self._lock = threading.RLock()
+        self._clock = clock
+        self._ejection = OutlierEjection() if ejection is None else ejection
+        self._records: dict[B, _Backend] = {}
+        self._no_backend = 0
+        self._eligible_cache: list[_Backend] | None = None
+        self._next_readmission = math.inf  # the earliest end of a running ejection
+        weights = dict(weights or {})
+        for backend in backends:
+            self._insert(backend, weights.pop(backend, 1))
+        if weights:
+            raise UnknownNode(f"weights given for backends not listed: {list(weights)!r}")
+
+    # -- what a balancer chooses ------------------------------------------------
+
+    def _choose(self, eligible: list[_Backend], key: Any) -> _Backend:  # pragma: no cover
+        raise NotImplementedError
+
+    def _changed(self) -> None:
+        """The set of backends, a weight or an eligibility changed."""
+
+    # -- backends ---------------------------------------------------------------
+
+    def _insert(self, backend: B, weight: float) -> None:
+        hash(backend)
+        if backend in self._records:
+            raise DuplicateNode(f"{backend!r} is already a backend")
+        self._records[backend] = _Backend(backend, _check_weight(weight))
+
+    def _record_of(self, backend: B) -> _Backend:
+        try:
+            return self._records[backend]
+        except KeyError:
+            raise UnknownNode(f"{backend!r} is not a backend") from None
+
+    def add(self, backend: B, weight: float = 1) -> None:
+        """Add ``backend`` with a relative ``weight`` (default 1)."""
+        with self._lock:
+            self._insert(backend, weight)
+            self._invalidate()
+
+    def remove(self, backend: B) -> None:
+        """Remove ``backend``; its requests in flight finish and release normally."""
+        with self._lock:
+            self._record_of(backend).present = False
+            del self._records[backend]
+            self._invalidate()
+
+    def set_weight(self, backend: B, weight: float) -> None:
+        """Change the weight of ``backend``."""
+        with self._lock:
+            record = self._record_of(backend)
+            record.weight = _check_weight(weight)
+            self._invalidate()
+
+    def mark_down(self, backend: B) -> None:
+        """Take ``backend`` out of rotation until :meth:`mark_up`."""
+        with self._lock:
+            self._record_of(backend).down = True
+            self._invalidate()
+
+    def mark_up(self, backend: B) -> None:
+        """Put ``backend`` back into rotation (also ends an ejection)."""
+        with self._lock:
+            record = self._record_of(backend)
+            record.down = False
+            record.ejected_until = -math.inf
+            record.consecutive_failures = 0
+            self._invalidate()
+
+    @property
+    def backends(self) -> tuple[B, ...]:
+        """Every backend, healthy or not, in the order added."""
+        return tuple(self._records)
+
+    def weight_of(self, backend: B) -> float:
+        """The weight of ``backend``."""
+        return self._record_of(backend).weight
+
+    def in_flight(self, backend: B) -> int:
+        """Requests in flight on ``backend``."""
+        return self._record_of(backend).in_flight
+
+    def healthy(self) -> tuple[B, ...]:
+        """The backends a pick can choose now (not down, not ejected)."""
+        with self._lock:
+            return tuple(r.backend for r in self._eligible(self._clock()))
+
+    def _eligible(self, now: float) -> list[_Backend]:
+        """The backends that can be picked: cached until something changes or an
+        ejection runs out, so a pick is O(1) amortized, not a scan."""
+        cached = self._eligible_cache
+        if cached is not None and now < self._next_readmission:
+            return cached
+        eligible = []
+        next_readmission = math.inf
+        readmitted = False
+        for record in self._records.values():
+            if record.down:
+                continue
+            if record.ejected_until > now:
+                next_readmission = min(next_readmission, record.ejected_until)
+                continue
+            if record.ejected_until != -math.inf:
+                record.ejected_until = -math.inf  # the ejection ran out: re-admitted
+                readmitted = True
+            eligible.append(record)
+        if readmitted:
+            self._changed()
+        self._eligible_cache = eligible
+        self._next_readmission = next_readmission
+        return eligible
+
+    def _invalidate(self) -> None:
+        self._eligible_cache = None
+        self._changed()
+
+    # -- picking ----------------------------------------------------------------
+
+    def _pick_record(self, key: Any) -> _Backend:
+        eligible = self._eligible(self._clock())
+        if not eligible:
+            self._no_backend += 1
+            if not self._records:
+                raise NoBackendAvailable("the balancer has no backends")
+            raise NoBackendAvailable(
+                f"all {len(self._records)} backends are down or ejected: "
+                f"{sorted(map(str, self._records))}"
+            )
+        record = self._choose(eligible, key)
+        record.picks += 1
+        return record
+
+    def pick(self, key: Any = None) -> B:
+        """Choose a backend for one request, without counting it in flight.
+
+        Raises :class:`~scalekit.errors.NoBackendAvailable` when none can be chosen.
+        """
+        with self._lock:
+            backend: B = self._pick_record(key).backend
+            return backend
+
+    def lease(self, key: Any = None) -> Lease[B]:
+        """Choose a backend and count the request in flight: ``with b.lease() as backend``.
+
+        Works as ``async with`` too. The outcome (success, or failure if the block
+        raised) and the latency are recorded when the block ends.
+        """
+        with self._lock:
+            record = self._pick_record(key)
+            record.in_flight += 1
+            self._loaded(record)
+            return Lease(self, record, self._clock())
+
+    def _loaded(self, record: _Backend) -> None:
+        """``record.in_flight`` changed."""
+
+    def _release(self, record: _Backend, ok: bool | None, latency: float) -> None:
+        with self._lock:
+            if record.in_flight > 0:
+                record.in_flight -= 1
+            if record.present:
+                self._loaded(record)
+                if ok is not None:
+                    self._outcome(record, ok, latency)
+
+    def report(self, backend: B, ok: bool, latency: float | None = None) -> None:
+        """Record the outcome of a request sent to ``backend`` without a lease."""
+        with self._lock:
+            self._outcome(self._record_of(backend), ok, latency)
+
+    def _outcome(self, record: _Backend, ok: bool, latency: float | None) -> None:
+        if latency is not None:
+            previous = record.latency
+            record.latency = latency if previous is None else previous + 0.2 * (latency - previous)
+        if ok:
+            record.successes += 1
+            record.consecutive_failures = 0
+            return
+        record.failures += 1
+        now = self._clock()
+        if record.ejected_until > now:
+            return  # failures of requests sent before the ejection do not count twice
+        record.consecutive_failures += 1
+        policy = self._ejection
+        if record.consecutive_failures < policy.consecutive_failures:
+            return
+        ejected = sum(1 for r in self._records.values() if r.ejected_until > now)
+        limit = max(1, math.floor(len(self._records) * policy.max_ejection_percent / 100))
+        if ejected >= limit:
+            return
+        record.ejections += 1
+        record.consecutive_failures = 0
+        record.ejected_until = now + min(
+            policy.base_ejection * record.ejections, policy.max_ejection
+        )
+        self._invalidate()
+
+    # -- stats ------------------------------------------------------------------
+
+    def stats(self) -> BalancerStats[B]:
+        """A snapshot of the counters, per backend."""
+        with self._lock:
+            now = self._clock()
+            return BalancerStats(
+                backends={
+                    r.backend: BackendStats(
+                        weight=r.weight,
+                        in_flight=r.in_flight,
+                        picks=r.picks,
+                        successes=r.successes,
+                        failures=r.failures,
+                        ejections=r.ejections,
+                        down=r.down,
+                        ejected=r.ejected_until > now,
+                        latency=r.latency,
+                    )
+                    for r in self._records.values()
+                },
+                no_backend=self._no_backend,
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self._records)!r})"
