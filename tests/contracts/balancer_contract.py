@@ -400,7 +400,7 @@ class BalancerContract:
     def test_consecutive_failures_eject_until_the_deadline(self, make: BalancerFactory) -> None:
         clock = FakeClock(100.0)
         ejection = OutlierEjection(consecutive_failures=3, base_ejection=10.0)
-        balancer = make(["a", "b", "c", "d"], clock=clock, ejection=ejection)
+        balancer = make(["a", "b", "c", "d"], clock=clock, ejection=ejection, panic_threshold=0)
         balancer.report("a", False)
         balancer.report("a", False)
         assert "a" in balancer.healthy()
@@ -421,7 +421,7 @@ class BalancerContract:
     def test_failed_leases_eject_from_the_very_next_pick(self, make: BalancerFactory) -> None:
         clock = FakeClock()
         ejection = OutlierEjection(consecutive_failures=2, base_ejection=5.0)
-        balancer = make(["a", "b"], clock=clock, ejection=ejection)
+        balancer = make(["a", "b"], clock=clock, ejection=ejection, panic_threshold=0)
         failures = 0
         for _ in range(100):
             try:
@@ -440,7 +440,9 @@ class BalancerContract:
         assert "a" in picks(balancer, 20)
 
     def test_a_success_resets_the_count_of_failures(self, make: BalancerFactory) -> None:
-        balancer = make(["a", "b"], clock=FakeClock(), ejection=OutlierEjection(3))
+        balancer = make(
+            ["a", "b"], clock=FakeClock(), ejection=OutlierEjection(3), panic_threshold=0
+        )
         for _ in range(5):
             balancer.report("a", False)
             balancer.report("a", False)
@@ -462,7 +464,7 @@ class BalancerContract:
     def test_each_ejection_lasts_longer_up_to_the_maximum(self, make: BalancerFactory) -> None:
         clock = FakeClock()
         ejection = OutlierEjection(consecutive_failures=1, base_ejection=10.0, max_ejection=35.0)
-        balancer = make(["a", "b"], clock=clock, ejection=ejection)
+        balancer = make(["a", "b"], clock=clock, ejection=ejection, panic_threshold=0)
         for k, seconds in enumerate([10.0, 20.0, 30.0, 35.0, 35.0], start=1):
             deadline = clock.advance(7.0) + seconds
             balancer.report("a", False)
@@ -479,7 +481,7 @@ class BalancerContract:
     def test_at_most_the_percentage_is_ejected_at_once(self, make: BalancerFactory) -> None:
         clock = FakeClock()
         ejection = OutlierEjection(consecutive_failures=1, base_ejection=10.0)  # 50 %
-        balancer = make(["a", "b", "c", "d"], clock=clock, ejection=ejection)
+        balancer = make(["a", "b", "c", "d"], clock=clock, ejection=ejection, panic_threshold=0)
         balancer.report("a", False)
         clock.advance(1.0)
         for backend in "bcd":
@@ -496,7 +498,9 @@ class BalancerContract:
 
     def test_one_backend_may_always_be_ejected(self, make: BalancerFactory) -> None:
         clock = FakeClock()
-        balancer = make(["a"], clock=clock, ejection=OutlierEjection(2, base_ejection=1.0))
+        balancer = make(
+            ["a"], clock=clock, ejection=OutlierEjection(2, base_ejection=1.0), panic_threshold=0
+        )
         balancer.report("a", False)
         balancer.report("a", False)
         with pytest.raises(NoBackendAvailable, match="down or ejected"):
@@ -505,14 +509,14 @@ class BalancerContract:
         clock.advance(1.0)
         assert balancer.pick() == "a"
         none_allowed = OutlierEjection(1, max_ejection_percent=0.0)
-        balancer = make(["a", "b", "c"], clock=clock, ejection=none_allowed)
+        balancer = make(["a", "b", "c"], clock=clock, ejection=none_allowed, panic_threshold=0)
         for backend in "abc":
             balancer.report(backend, False)
         assert balancer.healthy() == ("b", "c")
 
     def test_mark_up_ends_an_ejection(self, make: BalancerFactory) -> None:
         clock = FakeClock()
-        balancer = make(["a", "b"], clock=clock, ejection=OutlierEjection(1))
+        balancer = make(["a", "b"], clock=clock, ejection=OutlierEjection(1), panic_threshold=0)
         balancer.report("a", False)
         assert balancer.healthy() == ("b",)
         balancer.mark_up("a")
@@ -522,7 +526,7 @@ class BalancerContract:
 
     def test_ejected_and_down_together_raise(self, make: BalancerFactory) -> None:
         clock = FakeClock()
-        balancer = make(["a", "b"], clock=clock, ejection=OutlierEjection(1))
+        balancer = make(["a", "b"], clock=clock, ejection=OutlierEjection(1), panic_threshold=0)
         balancer.report("a", False)
         balancer.mark_down("b")
         with pytest.raises(NoBackendAvailable, match="down or ejected"):

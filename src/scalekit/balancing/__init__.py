@@ -7,6 +7,7 @@ health marks and passive outlier ejection (:class:`OutlierEjection`).
 """
 
 from scalekit.balancing._base import BackendStats, Balancer, BalancerStats, Lease, OutlierEjection
+from scalekit.balancing._health import HealthChecker
 from scalekit.balancing._least_connections import LeastConnections
 from scalekit.balancing._round_robin import RoundRobin
 
@@ -14,6 +15,7 @@ __all__ = [
     "BackendStats",
     "Balancer",
     "BalancerStats",
+    "HealthChecker",
     "Lease",
     "LeastConnections",
     "OutlierEjection",

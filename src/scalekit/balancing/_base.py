@@ -123,6 +123,8 @@ class BalancerStats(Generic[B]):
 
     backends: dict[B, BackendStats]
     no_backend: int  # picks that found nothing to choose
+    panic_picks: int  # picks made in panic mode, among all backends
+    panicking: bool  # whether the last pick was in panic mode
 
     @property
     def in_flight(self) -> int:
@@ -239,7 +241,13 @@ class BalancerBase(Generic[B]):
         *,
         clock: Clock = time.monotonic,
         ejection: OutlierEjection | None = None,
+        panic_threshold: float = 50.0,
     ) -> None:
+        if not 0 <= panic_threshold <= 100:
+            raise ConfigurationError(f"panic_threshold is a percentage, got {panic_threshold!r}")
+        self._panic_threshold = panic_threshold / 100
+        self._panicking = False
+        self._panic_picks = 0
         self._lock = threading.RLock()
         self._clock = clock
         self._ejection = OutlierEjection() if ejection is None else ejection
@@ -361,6 +369,16 @@ class BalancerBase(Generic[B]):
 
     def _pick_record(self, key: Any) -> _Backend:
         eligible = self._eligible(self._clock())
+        panicking = len(eligible) < self._panic_threshold * len(self._records)
+        if panicking != self._panicking:
+            self._panicking = panicking
+            self._changed()  # the candidates change: subclasses start afresh
+        if panicking:
+            # Envoy's panic mode: too few healthy backends would drown; spread over
+            # every backend not taken down by hand, ejected ones included.
+            eligible = [r for r in self._records.values() if not r.down]
+            if eligible:
+                self._panic_picks += 1
         if not eligible:
             self._no_backend += 1
             if not self._records:
@@ -460,6 +478,8 @@ class BalancerBase(Generic[B]):
                     for r in self._records.values()
                 },
                 no_backend=self._no_backend,
+                panic_picks=self._panic_picks,
+                panicking=self._panicking,
             )
 
     def __repr__(self) -> str:
