@@ -7,6 +7,7 @@ health marks and passive outlier ejection (:class:`OutlierEjection`).
 """
 
 from scalekit.balancing._base import BackendStats, Balancer, BalancerStats, Lease, OutlierEjection
+from scalekit.balancing._failover import FailoverGroups, FailoverStats
 from scalekit.balancing._health import HealthChecker
 from scalekit.balancing._least_connections import LeastConnections
 from scalekit.balancing._round_robin import RoundRobin
@@ -15,6 +16,8 @@ __all__ = [
     "BackendStats",
     "Balancer",
     "BalancerStats",
+    "FailoverGroups",
+    "FailoverStats",
     "HealthChecker",
     "Lease",
     "LeastConnections",
