@@ -50,6 +50,7 @@ from typing import Any, NamedTuple, TypeVar
 from scalekit.errors import ConfigurationError, DuplicateNode
 from scalekit.sharding._base import Key, ShardingScheme, key_bytes
 from scalekit.sharding._plan import Move
+from scalekit.sharding._ring import _arc_length, arc_moves
 
 __all__ = ["HASHES_PER_SERVER", "KetamaRing", "hash_count", "ketama_hash"]
 
@@ -281,27 +282,7 @@ class KetamaRing(ShardingScheme[N, _Continuum]):
         new_holder = dict(zip(new.points, new.owners, strict=False))
         ends = {p for p, node in old_holder.items() if new_holder.get(p, _NONE) != node}
         ends.update(p for p in new_holder if p not in old_holder)
-        flows: dict[tuple[Any, Any], list[tuple[int, int]]] = {}
-        for end in sorted(ends):
-            old_index = bisect_left(old.points, end)
-            new_index = bisect_left(new.points, end)
-            before, after = old.owners[old_index], new.owners[new_index]
-            if before == after:
-                continue
-            # The arc ends at ``end`` and starts at the nearest point of either
-            # continuum before it (index -1 wraps to the last point).
-            start = min(
-                old.points[old_index - 1], new.points[new_index - 1], key=_distance_back(end)
-            )
-            ranges = flows.setdefault((before, after), [])
-            if ranges and ranges[-1][1] == start:
-                ranges[-1] = (ranges[-1][0], end)  # extend the previous range
-            else:
-                ranges.append((start, end))
-        return [
-            Move(source, target, sum(_arc_length(s, e) for s, e in ranges) / _SPACE, tuple(ranges))
-            for (source, target), ranges in flows.items()
-        ]
+        return arc_moves(old.points, old.owners, new.points, new.owners, ends, _SPACE)
 
     def _check(self) -> None:
         """Assert the invariants: sorted distinct points, the wrap entry, every
@@ -320,18 +301,8 @@ class KetamaRing(ShardingScheme[N, _Continuum]):
         shares: dict[N, float] = dict.fromkeys(state.nodes, 0.0)
         points, owners = state.points, state.owners
         for index, point in enumerate(points):
-            shares[owners[index]] += _arc_length(points[index - 1], point) / _SPACE
+            shares[owners[index]] += _arc_length(points[index - 1], point, _SPACE) / _SPACE
         return shares
 
 
 _NONE: Any = object()
-
-
-def _distance_back(end: int) -> Callable[[int], int]:
-    """Sort key: how far a point lies before ``end`` on the circle (``end`` itself: a turn)."""
-    return lambda point: (end - point) % _SPACE or _SPACE
-
-
-def _arc_length(start: int, end: int) -> int:
-    """The length of the arc ``(start, end]``; equal ends mean the whole circle."""
-    return (end - start) % _SPACE or _SPACE

@@ -210,31 +210,7 @@ class HashRing(ShardingScheme[N, _Ring]):
                 for weight in (before, after):
                     if weight is not None:
                         ends.update(self._node_points(node, weight))
-        flows: dict[tuple[Any, Any], list[tuple[int, int]]] = {}
-        for end in sorted(ends):
-            start = max(
-                _before(old.points, end),
-                _before(new.points, end),
-                key=_distance_to(end, self._space),
-            )
-            before = old.owners[bisect_left(old.points, end) % len(old.points)]
-            after = new.owners[bisect_left(new.points, end) % len(new.points)]
-            if before == after:
-                continue
-            ranges = flows.setdefault((before, after), [])
-            if ranges and ranges[-1][1] == start:
-                ranges[-1] = (ranges[-1][0], end)  # extend the previous range
-            else:
-                ranges.append((start, end))
-        return [
-            Move(
-                source,
-                target,
-                sum(_arc_length(s, e, self._space) for s, e in ranges) / self._space,
-                tuple(ranges),
-            )
-            for (source, target), ranges in flows.items()
-        ]
+        return arc_moves(old.points, old.owners, new.points, new.owners, ends, self._space)
 
     def _shares(self, state: _Ring) -> dict[N, float]:
         shares: dict[N, float] = {}
@@ -269,14 +245,46 @@ def _bucket_table(points: list[int], owners: list[Any], space: int) -> tuple[lis
     return table, shift
 
 
-def _before(points: list[int], end: int) -> int:
-    """The point of ``points`` just before ``end`` on the circle."""
-    return points[bisect_left(points, end) - 1]
+def arc_moves(
+    old_points: list[int],
+    old_owners: list[Any],
+    new_points: list[int],
+    new_owners: list[Any],
+    ends: Iterable[int],
+    space: int,
+) -> list[Move[Any]]:
+    """The moves between two rings on a circle of ``space``, merged into ranges per
+    (source, target), looking only at the arcs that end at ``ends``.
 
-
-def _distance_to(end: int, space: int) -> Any:
-    """Sort key: how far a point lies before ``end``, going backwards (0 is ``end``)."""
-    return lambda point: -((end - point) % space or space)
+    ``ends`` must hold every point where the rings differ (a point of one ring but
+    not the other, or held by another node); elsewhere both rings agree. Each such
+    arc starts at the nearest point of either ring before it, and its owner in
+    each ring is that of the first point at or after its end. O(D log P).
+    """
+    flows: dict[tuple[Any, Any], list[tuple[int, int]]] = {}
+    for end in sorted(ends):
+        old_index = bisect_left(old_points, end)
+        new_index = bisect_left(new_points, end)
+        before = old_owners[old_index % len(old_points)]
+        after = new_owners[new_index % len(new_points)]
+        if before == after:
+            continue
+        start = min(  # index -1 wraps to the last point
+            old_points[old_index - 1],
+            new_points[new_index - 1],
+            key=lambda point: (end - point) % space or space,
+        )
+        ranges = flows.setdefault((before, after), [])
+        if ranges and ranges[-1][1] == start:
+            ranges[-1] = (ranges[-1][0], end)  # extend the previous range
+        else:
+            ranges.append((start, end))
+    return [
+        Move(
+            source, target, sum(_arc_length(s, e, space) for s, e in ranges) / space, tuple(ranges)
+        )
+        for (source, target), ranges in flows.items()
+    ]
 
 
 def _arc_length(start: int, end: int, space: int) -> int:
