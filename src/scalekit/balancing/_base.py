@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
+from scalekit._validate import check_weight
 from scalekit.errors import ConfigurationError, DuplicateNode, NoBackendAvailable, UnknownNode
 from scalekit.protocols import Clock
 
@@ -170,14 +171,6 @@ class _Backend:
         self.present = True
 
 
-def _check_weight(weight: float) -> float:
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-        raise TypeError(f"weight must be a number, got {type(weight).__name__}")
-    if not (weight > 0 and math.isfinite(weight)):
-        raise ConfigurationError(f"weight must be positive and finite, got {weight!r}")
-    return weight
-
-
 class Lease(Generic[B]):
     """One request in flight on a backend; a context manager, sync or async.
 
@@ -275,7 +268,7 @@ class BalancerBase(Generic[B]):
         hash(backend)
         if backend in self._records:
             raise DuplicateNode(f"{backend!r} is already a backend")
-        self._records[backend] = _Backend(backend, _check_weight(weight))
+        self._records[backend] = _Backend(backend, check_weight(weight))
 
     def _record_of(self, backend: B) -> _Backend:
         try:
@@ -300,7 +293,7 @@ class BalancerBase(Generic[B]):
         """Change the weight of ``backend``."""
         with self._lock:
             record = self._record_of(backend)
-            record.weight = _check_weight(weight)
+            record.weight = check_weight(weight)
             self._invalidate()
 
     def mark_down(self, backend: B) -> None:

@@ -10,11 +10,11 @@ it, so ``plan_add`` and ``add`` always agree.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
+from scalekit._validate import check_weight
 from scalekit.errors import ConfigurationError, DuplicateNode, NoNodeAvailable, UnknownNode
 
 __all__ = ["Key", "Sharder", "ShardingScheme"]
@@ -79,14 +79,6 @@ def check_key(key: object) -> None:
     """Raise :class:`TypeError` unless ``key`` is ``str`` or ``bytes``."""
     if not isinstance(key, (str, bytes)):
         raise TypeError(f"a shard key is str or bytes, not {type(key).__name__}")
-
-
-def check_weight(weight: float) -> float:
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-        raise TypeError(f"weight must be a number, got {type(weight).__name__}")
-    if not (weight > 0 and math.isfinite(weight)):
-        raise ConfigurationError(f"weight must be positive and finite, got {weight!r}")
-    return weight
 
 
 class ShardingScheme(Generic[N, S]):

@@ -61,9 +61,7 @@ class _StoreAdapter:
         self.mapping = isinstance(store, MutableMapping)
 
     def get(self, key: Key) -> Any:
-        if self.mapping:
-            return self.store.get(key, _MISSING)
-        return self.store.get(key, _MISSING)
+        return self.store.get(key, _MISSING)  # a mapping and a Store both take a default
 
     def has(self, key: Key) -> bool:
         if self.mapping:

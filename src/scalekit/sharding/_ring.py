@@ -8,10 +8,11 @@ from typing import Any, NamedTuple, TypeVar
 
 import mmh3
 
+from scalekit._validate import check_weight
 from scalekit.errors import ConfigurationError
 from scalekit.hashing import DEFAULT_SEED, murmur3_32
 from scalekit.protocols import HashFunction
-from scalekit.sharding._base import Key, ShardingScheme, check_key, check_weight, key_bytes
+from scalekit.sharding._base import Key, ShardingScheme, check_key, key_bytes
 from scalekit.sharding._plan import Move
 
 __all__ = ["DEFAULT_VNODES", "HashRing"]
