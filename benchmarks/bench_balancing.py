@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from scalekit.balancing import LeastConnections, RoundRobin
+from scalekit.balancing import LeastConnections, PeakEwma, RoundRobin
 
 SIZES = [10, 100, 1000]
 ROUNDS = 1_000
@@ -39,6 +39,8 @@ def _balancer(kind: str, size: int) -> Any:
         return LeastConnections(backends)
     if kind == "LeastConnections choices=2":
         return LeastConnections(backends, choices=2)
+    if kind == "PeakEwma":
+        return PeakEwma(backends)
     return NaiveLeastConnections(backends)
 
 
@@ -47,6 +49,7 @@ KINDS = [
     "RoundRobin weighted",
     "LeastConnections",
     "LeastConnections choices=2",
+    "PeakEwma",
     "naive min()",
 ]
 
@@ -73,7 +76,7 @@ def test_lease(benchmark: Any, kind: str, size: int) -> None:
 
 
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("kind", ["RoundRobin", "LeastConnections", "LeastConnections choices=2"])
+@pytest.mark.parametrize("kind", KINDS[:-1])
 def test_pick(benchmark: Any, kind: str, size: int) -> None:
     benchmark.group = f"{ROUNDS:,} picks, {kind}"
     balancer = _balancer(kind, size)

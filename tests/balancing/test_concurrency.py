@@ -16,6 +16,7 @@ import pytest
 
 from scalekit.balancing import OutlierEjection
 from scalekit.errors import NoBackendAvailable, UnknownNode
+from scalekit.testing import FakeClock
 from tests.balancing.test_contract import BALANCERS
 from tests.contracts.balancer_contract import NO_EJECTION, BalancerFactory
 
@@ -135,7 +136,9 @@ def test_threads_hammering_keep_every_count_exact(make: BalancerFactory) -> None
 
 
 def test_threads_eject_the_failing_backend_once(make: BalancerFactory) -> None:
-    balancer = make(BACKENDS, ejection=OutlierEjection(consecutive_failures=5))
+    # A clock that stands still: every latency is 0, so a latency-aware balancer
+    # does not steer away from "c" before it has failed 5 times.
+    balancer = make(BACKENDS, ejection=OutlierEjection(consecutive_failures=5), clock=FakeClock())
 
     def worker(i: int) -> None:
         for _ in range(200):

@@ -11,7 +11,7 @@ import random
 import pytest
 
 import scalekit.balancing
-from scalekit.balancing import LeastConnections, OutlierEjection, RoundRobin
+from scalekit.balancing import LeastConnections, OutlierEjection, PeakEwma, RoundRobin
 from scalekit.errors import (
     ConfigurationError,
     NoBackendAvailable,
@@ -30,6 +30,10 @@ BALANCERS = [
             exact=False,
         ),
         id="LeastConnections-2",
+    ),
+    pytest.param(
+        BalancerFactory(PeakEwma, defaults=lambda: {"rng": random.Random(20261125)}, exact=False),
+        id="PeakEwma",
     ),
 ]
 

@@ -536,3 +536,58 @@ class BalancerContract:
         assert balancer.stats().no_backend == 2
         clock.advance(30.0)
         assert balancer.pick() == "a"
+
+    # -- slow start ---------------------------------------------------------
+
+    def test_an_added_backend_ramps_up_over_slow_start(self, make: BalancerFactory) -> None:
+        clock = FakeClock()
+        balancer = make(["a"], clock=clock, slow_start=10.0, ejection=NO_EJECTION)
+        assert balancer.stats().backends["a"].share == 1  # the first backends start at full
+        balancer.add("b", weight=2)
+        shares = []
+        for _ in range(11):
+            held = [balancer.lease() for _ in range(330)]
+            counts = Counter(lease.backend for lease in held)
+            share = balancer.stats().backends["b"].share
+            shares.append(share)
+            # held leases split by share: b's count / a's count is share / 1
+            assert counts["b"] == pytest.approx(330 * share / (1 + share), abs=2)
+            for lease in held:
+                lease.release()
+            clock.advance(1.0)
+        assert shares == pytest.approx([0.2, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0])
+        assert balancer.weight_of("b") == 2
+        assert balancer.stats().backends["b"].weight == 2
+
+    def test_a_readmitted_backend_ramps_up_again(self, make: BalancerFactory) -> None:
+        clock = FakeClock()
+        balancer = make(
+            ["a", "b"],
+            clock=clock,
+            slow_start=20.0,
+            ejection=OutlierEjection(1, base_ejection=30.0),
+            panic_threshold=0,
+        )
+        balancer.report("a", False)
+        assert balancer.healthy() == ("b",)
+        clock.advance(40.0)  # re-admitted at 30 s, 10 s into its ramp
+        assert balancer.healthy() == ("a", "b")
+        assert balancer.stats().backends["a"].share == pytest.approx(0.5)
+        balancer.mark_down("b")
+        clock.advance(20.0)
+        assert balancer.stats().backends["a"].share == 1
+        balancer.mark_up("b")
+        assert balancer.stats().backends["b"].share == pytest.approx(0.1)
+        balancer.mark_up("b")  # already up: no new ramp
+        clock.advance(19.0)
+        assert balancer.stats().backends["b"].share == pytest.approx(0.9)
+        clock.advance(1.0)
+        assert balancer.stats().backends["b"].share == 1
+
+    def test_slow_start_off_by_default_and_validated(self, make: BalancerFactory) -> None:
+        balancer = make(["a"])
+        balancer.add("b", weight=3)
+        assert balancer.stats().backends["b"].share == 3
+        for bad in (-1.0, math.inf, math.nan):
+            with pytest.raises(ConfigurationError, match="slow_start"):
+                make(["a"], slow_start=bad)

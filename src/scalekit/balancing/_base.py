@@ -12,9 +12,10 @@ told when a backend's load or eligibility changes (:meth:`Balancer._changed`).
 from __future__ import annotations
 
 import math
+import random
 import threading
 import time
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
@@ -107,6 +108,8 @@ class BackendStats:
     """One backend's counters in a :class:`BalancerStats` snapshot."""
 
     weight: float
+    share: float
+    """The weight picks use now: lower than ``weight`` while slow start ramps it up."""
     in_flight: int
     picks: int
     successes: int
@@ -152,6 +155,8 @@ class _Backend:
         "latency",
         "picks",
         "present",
+        "ramp_from",
+        "share",
         "successes",
         "weight",
     )
@@ -159,6 +164,8 @@ class _Backend:
     def __init__(self, backend: Any, weight: float) -> None:
         self.backend = backend
         self.weight = weight
+        self.share = weight  # the weight picks use: ``weight`` scaled down by slow start
+        self.ramp_from: float | None = None  # when slow start began, while it runs
         self.in_flight = 0
         self.latency: float | None = None  # moving average of reported latencies
         self.picks = 0
@@ -216,6 +223,17 @@ class Lease(Generic[B]):
         self.release(_outcome(kind))
 
 
+def _two_choices(
+    eligible: list[_Backend], rng: random.Random, load: Callable[[_Backend], float]
+) -> _Backend:
+    """The power of two choices: two distinct random backends, the less loaded wins
+    (the first drawn on a tie). O(1)."""
+    if len(eligible) == 1:
+        return eligible[0]
+    first, second = rng.sample(eligible, 2)
+    return second if load(second) < load(first) else first
+
+
 def _outcome(kind: type[BaseException] | None) -> bool | None:
     if kind is None:
         return True
@@ -235,9 +253,13 @@ class BalancerBase(Generic[B]):
         clock: Clock = time.monotonic,
         ejection: OutlierEjection | None = None,
         panic_threshold: float = 50.0,
+        slow_start: float = 0.0,
     ) -> None:
         if not 0 <= panic_threshold <= 100:
             raise ConfigurationError(f"panic_threshold is a percentage, got {panic_threshold!r}")
+        if not 0 <= slow_start < math.inf:
+            raise ConfigurationError(f"slow_start is seconds >= 0, got {slow_start!r}")
+        self._slow_start = slow_start
         self._panic_threshold = panic_threshold / 100
         self._panicking = False
         self._panic_picks = 0
@@ -247,7 +269,7 @@ class BalancerBase(Generic[B]):
         self._records: dict[B, _Backend] = {}
         self._no_backend = 0
         self._eligible_cache: list[_Backend] | None = None
-        self._next_readmission = math.inf  # the earliest end of a running ejection
+        self._next_refresh = math.inf  # an ejection runs out or a slow start steps up
         weights = dict(weights or {})
         for backend in backends:
             self._insert(backend, weights.pop(backend, 1))
@@ -276,10 +298,16 @@ class BalancerBase(Generic[B]):
         except KeyError:
             raise UnknownNode(f"{backend!r} is not a backend") from None
 
+    def _ramp(self, record: _Backend, since: float) -> None:
+        if self._slow_start > 0:
+            record.ramp_from = since
+
     def add(self, backend: B, weight: float = 1) -> None:
-        """Add ``backend`` with a relative ``weight`` (default 1)."""
+        """Add ``backend`` with a relative ``weight`` (default 1); with ``slow_start``,
+        its share ramps up from 10% of it."""
         with self._lock:
             self._insert(backend, weight)
+            self._ramp(self._records[backend], self._clock())
             self._invalidate()
 
     def remove(self, backend: B) -> None:
@@ -293,7 +321,7 @@ class BalancerBase(Generic[B]):
         """Change the weight of ``backend``."""
         with self._lock:
             record = self._record_of(backend)
-            record.weight = check_weight(weight)
+            record.weight = record.share = check_weight(weight)
             self._invalidate()
 
     def mark_down(self, backend: B) -> None:
@@ -303,9 +331,12 @@ class BalancerBase(Generic[B]):
             self._invalidate()
 
     def mark_up(self, backend: B) -> None:
-        """Put ``backend`` back into rotation (also ends an ejection)."""
+        """Put ``backend`` back into rotation (also ends an ejection); with
+        ``slow_start``, a backend that was out ramps up again."""
         with self._lock:
             record = self._record_of(backend)
+            if record.down or record.ejected_until != -math.inf:
+                self._ramp(record, self._clock())
             record.down = False
             record.ejected_until = -math.inf
             record.consecutive_failures = 0
@@ -330,29 +361,56 @@ class BalancerBase(Generic[B]):
             return tuple(r.backend for r in self._eligible(self._clock()))
 
     def _eligible(self, now: float) -> list[_Backend]:
-        """The backends that can be picked: cached until something changes or an
-        ejection runs out, so a pick is O(1) amortized, not a scan."""
+        """The backends that can be picked: cached until something changes, an
+        ejection runs out or a slow start steps up, so a pick is O(1) amortized."""
         cached = self._eligible_cache
-        if cached is not None and now < self._next_readmission:
+        if cached is not None and now < self._next_refresh:
             return cached
         eligible = []
-        next_readmission = math.inf
-        readmitted = False
+        next_refresh = math.inf
+        changed = False
         for record in self._records.values():
             if record.down:
                 continue
             if record.ejected_until > now:
-                next_readmission = min(next_readmission, record.ejected_until)
+                next_refresh = min(next_refresh, record.ejected_until)
                 continue
             if record.ejected_until != -math.inf:
+                self._ramp(record, record.ejected_until)
                 record.ejected_until = -math.inf  # the ejection ran out: re-admitted
-                readmitted = True
+                changed = True
+            if record.ramp_from is not None:
+                changed |= self._step_up(record, now)
+                if record.ramp_from is not None:
+                    next_refresh = min(next_refresh, self._next_step(record, now))
             eligible.append(record)
-        if readmitted:
+        if changed:
             self._changed()
         self._eligible_cache = eligible
-        self._next_readmission = next_readmission
+        self._next_refresh = next_refresh
         return eligible
+
+    # Slow start (Envoy's, linear): a share of 10%, 20%, ... of the weight, one step
+    # per tenth of the window, so the algorithms rebuild 10 times, not every pick.
+    _RAMP_STEPS = 10
+
+    def _step_up(self, record: _Backend, now: float) -> bool:
+        assert record.ramp_from is not None
+        done = math.floor((now - record.ramp_from) / self._slow_start * self._RAMP_STEPS)
+        if done >= self._RAMP_STEPS:
+            record.ramp_from = None
+            share = record.weight
+        else:
+            share = record.weight * max(1, done) / self._RAMP_STEPS
+        if share == record.share:
+            return False
+        record.share = share
+        return True
+
+    def _next_step(self, record: _Backend, now: float) -> float:
+        assert record.ramp_from is not None
+        done = math.floor((now - record.ramp_from) / self._slow_start * self._RAMP_STEPS)
+        return record.ramp_from + (done + 1) * self._slow_start / self._RAMP_STEPS
 
     def _invalidate(self) -> None:
         self._eligible_cache = None
@@ -455,10 +513,12 @@ class BalancerBase(Generic[B]):
         """A snapshot of the counters, per backend."""
         with self._lock:
             now = self._clock()
+            self._eligible(now)  # brings ejections and slow starts up to date
             return BalancerStats(
                 backends={
                     r.backend: BackendStats(
                         weight=r.weight,
+                        share=r.share,
                         in_flight=r.in_flight,
                         picks=r.picks,
                         successes=r.successes,

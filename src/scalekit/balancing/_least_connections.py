@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
-from scalekit.balancing._base import BalancerBase, _Backend
+from scalekit.balancing._base import BalancerBase, _Backend, _two_choices
 from scalekit.errors import ConfigurationError
 
 __all__ = ["LeastConnections"]
@@ -59,7 +59,7 @@ class LeastConnections(BalancerBase[B]):
 
     @staticmethod
     def _load(record: _Backend) -> float:
-        return record.in_flight / record.weight
+        return record.in_flight / record.share
 
     def _key(self, record: _Backend) -> tuple[float, int, int, _Backend]:
         return (self._load(record), next(self._turns), id(record), record)
@@ -83,10 +83,7 @@ class LeastConnections(BalancerBase[B]):
 
     def _choose(self, eligible: list[_Backend], key: Any) -> _Backend:
         if self._choices == 2:
-            if len(eligible) == 1:
-                return eligible[0]
-            first, second = self._rng.sample(eligible, 2)
-            return second if self._load(second) < self._load(first) else first
+            return _two_choices(eligible, self._rng, self._load)
         order = self._order
         if order is None:
             order = self._rebuild(eligible)

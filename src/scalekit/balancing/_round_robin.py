@@ -12,19 +12,40 @@ __all__ = ["RoundRobin"]
 B = TypeVar("B", bound=Hashable)
 
 
+class _WeightClass:
+    """The eligible backends of one weight, in list order.
+
+    Under nginx's rule they are picked in turn: the next one (``members[turn]``)
+    has been picked ``rounds`` times, the ones before it once more.
+    """
+
+    __slots__ = ("members", "positions", "rounds", "turn", "weight")
+
+    def __init__(self, weight: float) -> None:
+        self.weight = weight
+        self.members: list[_Backend] = []
+        self.positions: list[int] = []
+        self.turn = 0
+        self.rounds = 0
+
+
 class RoundRobin(BalancerBase[B]):
     """Smooth weighted round robin (nginx): heavier backends get more picks, spread out.
 
-    Each pick adds every eligible backend's weight to its running score, picks the
-    highest score (the first on a tie) and subtracts the total weight from it. For
-    weights ``{a: 5, b: 1, c: 1}`` the picks run ``a a b a c a a``. With up to three
-    backends, after any N picks every backend's count is within 1 of ``N * w / W``;
-    with more, nginx's algorithm can stray slightly further (1.06 for six backends
-    weighted 1, 1, 1, 5, 5, 5). When the eligible backends or their weights change,
-    the scores start again from zero.
+    nginx's rule: each pick adds every eligible backend's weight to its score, picks
+    the highest score (the first in list order on a tie) and subtracts the total
+    weight from it. For weights ``{a: 5, b: 1, c: 1}`` the picks run
+    ``a a b a c a a``. With up to three backends, after any N picks every
+    backend's count is within 1 of ``N * w / W``; with more, nginx's rule can
+    stray slightly further (19/18 for six backends weighted 1, 1, 1, 5, 5, 5).
+    When the eligible backends or their weights change, the scores start again
+    from zero.
 
-    Runtime complexity: ``pick`` O(1) when the eligible backends share one weight
-    (a rotation, which is what smooth round robin reduces to), O(n) otherwise.
+    The picks are nginx's exactly, but computed without its scan: backends of one
+    weight are picked in turn, so a score is only needed per distinct weight.
+
+    Runtime complexity: ``pick`` O(k) for k distinct weights among the eligible
+    backends (O(1) when they share one weight), whatever their number.
 
     >>> rr = RoundRobin(["a", "b", "c"], weights={"a": 5})
     >>> "".join(rr.pick() for _ in range(7))
@@ -32,35 +53,48 @@ class RoundRobin(BalancerBase[B]):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._scores: dict[_Backend, float] = {}
-        self._turn = 0
-        self._uniform: bool | None = None
+        self._classes: list[_WeightClass] | None = None
+        self._step = 0
+        self._total = 0.0
         super().__init__(*args, **kwargs)
 
     def _changed(self) -> None:
-        self._scores = {}
-        self._turn = 0
-        self._uniform = None
+        self._classes = None
+
+    def _start(self, eligible: list[_Backend]) -> list[_WeightClass]:
+        by_weight: dict[float, _WeightClass] = {}
+        for position, record in enumerate(eligible):
+            group = by_weight.get(record.share)
+            if group is None:
+                group = by_weight[record.share] = _WeightClass(record.share)
+            group.members.append(record)
+            group.positions.append(position)
+        self._step = 0
+        self._total = sum(record.share for record in eligible)
+        classes = self._classes = list(by_weight.values())
+        return classes
 
     def _choose(self, eligible: list[_Backend], key: Any) -> _Backend:
-        uniform = self._uniform
-        if uniform is None:
-            first = eligible[0].weight
-            uniform = self._uniform = all(r.weight == first for r in eligible)
-        if uniform:
-            record = eligible[self._turn % len(eligible)]
-            self._turn += 1
-            return record
-        scores = self._scores
-        total = 0.0
-        best: _Backend | None = None
-        best_score = 0.0
-        for record in eligible:
-            score = scores.get(record, 0.0) + record.weight
-            scores[record] = score
-            total += record.weight
-            if best is None or score > best_score:
-                best, best_score = record, score
-        assert best is not None
-        scores[best] = best_score - total
-        return best
+        classes = self._classes
+        if classes is None:
+            classes = self._start(eligible)
+        if len(classes) == 1:
+            group = classes[0]
+        else:
+            # After s steps a backend of weight w picked x times scores s*w - W*x.
+            step = self._step = self._step + 1
+            total = self._total
+            group = classes[0]
+            best = step * group.weight - total * group.rounds
+            for other in classes:
+                score = step * other.weight - total * other.rounds
+                if score > best or (
+                    score == best and other.positions[other.turn] < group.positions[group.turn]
+                ):
+                    group, best = other, score
+        record = group.members[group.turn]
+        group.turn += 1
+        if group.turn == len(group.members):
+            group.turn = 0
+            group.rounds += 1
+        return record
