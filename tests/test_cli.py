@@ -44,6 +44,10 @@ def test_demo_runs_and_shows_the_cache_at_work(capsys: pytest.CaptureFixture[str
     assert "every key at its new owner: True" in out
     assert "slot of '{user1000}.following': 3443" in out  # as Redis' CLUSTER KEYSLOT
     assert "hot key among 20,000 requests: user:celebrity" in out
+    assert "weights 5, 1, 1: web-1 web-1 web-2 web-1 web-3 web-1 web-1" in out
+    assert "healthy now: web-1, web-3" in out
+    assert "4 of 10 eu backends down: traffic eu, us = 84%, 16%" in out
+    assert "10 of 10 eu backends down: traffic eu, us = 0%, 100%" in out
 
 
 def test_bench_prints_a_ratio_for_every_policy_and_operation(
@@ -55,3 +59,18 @@ def test_bench_prints_a_ratio_for_every_policy_and_operation(
     assert len(rows) == 12
     assert {row[0] for row in rows} == {"LRU", "LFU", "FIFO", "TTL"}
     assert all(float(row[-1]) > 0 for row in rows)
+
+
+def test_bench_balancing_prints_every_balancer_at_every_size(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from scalekit._bench import BALANCER_KINDS
+
+    assert main(["bench", "balancing", "--repeat", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = lines[2:]
+    assert len(rows) == len(BALANCER_KINDS)
+    for kind, row in zip(BALANCER_KINDS, rows, strict=True):
+        assert row.startswith(kind)
+        assert row[len(kind) :].count("ns") == 3
+        assert float(row.split()[-1]) > 0

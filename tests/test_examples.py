@@ -14,6 +14,7 @@ EXPECTED = {
     "quickstart.py": "refused: time cannot go backwards",
     "cache_query.py": "100 concurrent requests for product 7: 1 query",
     "sharding_resharding.py": "every key sits at its new owner",
+    "balancing_failover.py": "300 of 300 requests answered, 0 lost",
 }
 
 

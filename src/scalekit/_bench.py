@@ -15,10 +15,14 @@ from itertools import cycle
 from typing import Any
 
 __all__ = [
+    "BALANCER_KINDS",
+    "BALANCER_SIZES",
     "BATCH",
     "CACHE_SIZE",
     "POLICIES",
     "WORKLOADS",
+    "NaiveLeastConnections",
+    "balancer_costs",
     "cache_factories",
     "compare_caches",
     "compare_hit_ratios",
@@ -26,6 +30,8 @@ __all__ = [
     "get_hit_workload",
     "getitem_hit_workload",
     "hit_ratio",
+    "lease_workload",
+    "make_balancer",
     "measure",
     "set_evict_workload",
     "sharding_quality",
@@ -247,3 +253,75 @@ def compare_lookups(repeat: int = 5) -> list[tuple[str, float, float]]:
         return measure(lambda: [lookup(key) for key in keys], repeat=repeat, number=3) / len(keys)
 
     return [(name, timed(ours), timed(theirs)) for name, ours, theirs in pairs]
+
+
+BALANCER_SIZES = (10, 100, 1_000)
+BALANCER_KINDS = (
+    "RoundRobin",
+    "RoundRobin weighted",
+    "LeastConnections",
+    "LeastConnections choices=2",
+    "PeakEwma",
+    "naive min()",
+)
+
+
+class NaiveLeastConnections:
+    """What a balancer written in an afternoon does: scan for the least loaded."""
+
+    def __init__(self, backends: list[str]) -> None:
+        self.in_flight = dict.fromkeys(backends, 0)
+
+    def lease_and_release(self) -> str:
+        backend = min(self.in_flight, key=self.in_flight.__getitem__)
+        self.in_flight[backend] += 1
+        self.in_flight[backend] -= 1
+        return backend
+
+
+def make_balancer(kind: str, size: int) -> Any:
+    """A balancer of ``kind`` (one of :data:`BALANCER_KINDS`) over ``size`` backends;
+    weighted means weights 1, 2, 3 in turn."""
+    from scalekit.balancing import LeastConnections, PeakEwma, RoundRobin
+
+    backends = [f"10.0.{i // 250}.{i % 250}:8080" for i in range(size)]
+    if kind == "RoundRobin":
+        return RoundRobin(backends)
+    if kind == "RoundRobin weighted":
+        return RoundRobin(backends, weights={b: 1 + i % 3 for i, b in enumerate(backends)})
+    if kind == "LeastConnections":
+        return LeastConnections(backends)
+    if kind == "LeastConnections choices=2":
+        return LeastConnections(backends, choices=2)
+    if kind == "PeakEwma":
+        return PeakEwma(backends)
+    if kind == "naive min()":
+        return NaiveLeastConnections(backends)
+    raise ValueError(f"unknown balancer kind {kind!r}")
+
+
+def lease_workload(balancer: Any, rounds: int) -> Callable[[], list[Any]]:
+    """``rounds`` leases, each picked, counted in flight and released."""
+    if isinstance(balancer, NaiveLeastConnections):
+        return lambda: [balancer.lease_and_release() for _ in range(rounds)]
+
+    def run() -> list[Any]:
+        chosen = []
+        for _ in range(rounds):
+            with balancer.lease() as backend:
+                chosen.append(backend)
+        return chosen
+
+    return run
+
+
+def balancer_costs(repeat: int = 5, rounds: int = 1_000) -> dict[str, list[float]]:
+    """Seconds per lease for every kind at every size in :data:`BALANCER_SIZES`."""
+    return {
+        kind: [
+            measure(lease_workload(make_balancer(kind, size), rounds), repeat=repeat, number=1)
+            / rounds
+            for size in BALANCER_SIZES
+        ]
+        for kind in BALANCER_KINDS
+    }

@@ -96,8 +96,41 @@ def demo_sharding(out: Callable[[str], None] = print) -> None:
     out(f"hot key among 20,000 requests: {key} (~{count:,} requests)")
 
 
+def demo_balancing(out: Callable[[str], None] = print) -> None:
+    """Spread requests by weight, eject a failing backend, fail over to a standby."""
+    from scalekit.balancing import FailoverGroups, OutlierEjection, RoundRobin
+    from scalekit.testing import FakeClock
+
+    _section("scalekit.balancing: weights, a failing backend, a standby datacenter", out)
+    clock = FakeClock()
+    web: RoundRobin[str] = RoundRobin(
+        ["web-1", "web-2", "web-3"],
+        weights={"web-1": 5},
+        clock=clock,
+        ejection=OutlierEjection(consecutive_failures=3),
+    )
+    out("weights 5, 1, 1: " + " ".join(web.pick() for _ in range(7)))
+    for _ in range(3):
+        web.report("web-2", False)
+    out(f"web-2 failed 3 times in a row; healthy now: {', '.join(web.healthy())}")
+    clock.advance(30)
+    out(f"30 s later it is tried again: {', '.join(web.healthy())}")
+
+    primary: RoundRobin[str] = RoundRobin([f"eu-{i}" for i in range(10)])
+    standby: RoundRobin[str] = RoundRobin([f"us-{i}" for i in range(10)])
+    groups = FailoverGroups([primary, standby])
+    for down in (0, 4, 8, 10):
+        for i in range(down):
+            primary.mark_down(f"eu-{i}")
+        shares = ", ".join(f"{share:.0%}" for share in groups.shares())
+        out(f"{down:2} of 10 eu backends down: traffic eu, us = {shares}")
+        for i in range(down):
+            primary.mark_up(f"eu-{i}")
+
+
 def run(out: Callable[[str], None] = print) -> int:
     """Run every demo; return the exit status."""
     demo_cache(out)
     demo_sharding(out)
+    demo_balancing(out)
     return 0

@@ -31,7 +31,11 @@ def _demo(parser: argparse.ArgumentParser) -> Handler:
 
 def _bench(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument(
-        "module", nargs="?", default="cache", choices=["cache", "sharding"], help="what to measure"
+        "module",
+        nargs="?",
+        default="cache",
+        choices=["cache", "sharding", "balancing"],
+        help="what to measure",
     )
     parser.add_argument(
         "--repeat", type=int, default=7, help="timing rounds per workload (the best counts)"
@@ -42,6 +46,8 @@ def _bench(parser: argparse.ArgumentParser) -> Handler:
 
         if args.module == "sharding":
             return _bench_sharding(args.repeat)
+        if args.module == "balancing":
+            return _bench_balancing(args.repeat)
         try:
             rows = compare_caches(repeat=args.repeat)
         except ImportError as exc:
@@ -58,6 +64,17 @@ def _bench(parser: argparse.ArgumentParser) -> Handler:
         return 0
 
     return handle
+
+
+def _bench_balancing(repeat: int) -> int:
+    from scalekit._bench import BALANCER_SIZES, balancer_costs
+
+    print("one lease (pick, count in flight, release), by pool size; last column: 1,000 / 10")
+    print(f"{'balancer':28}" + "".join(f"{size:>10,}" for size in BALANCER_SIZES) + "   ratio")
+    for kind, costs in balancer_costs(repeat=repeat).items():
+        cells = "".join(f"{cost * 1e9:8.0f}ns" for cost in costs)
+        print(f"{kind:28}{cells}  {costs[-1] / costs[0]:6.2f}")
+    return 0
 
 
 def _bench_sharding(repeat: int) -> int:
