@@ -13,9 +13,13 @@ that situation, so code written against the standard library keeps working::
           +-- UnknownNode             (also KeyError)     no such node to remove
           +-- CapacityError                               a size limit was reached
           |    +-- ItemTooLarge       (also ValueError)   one item can never fit
+          |    +-- QueueFull                              a bounded queue stayed full
           +-- ClosedError             (also RuntimeError) used after close()
+          +-- DeliveryExpired                             a message delivery was
+          |                                               settled or timed out before
           +-- BackendError                                a storage backend failed;
-                                                          the cause is ``__cause__``
+               |                                          the cause is ``__cause__``
+               +-- IncompatibleStore                      not a store of ours, or damaged
 
 A cache miss stays a plain :class:`KeyError`. Building blocks add their own
 children under these (for example a full queue is a :class:`CapacityError`).
@@ -31,10 +35,13 @@ __all__ = [
     "CapacityError",
     "ClosedError",
     "ConfigurationError",
+    "DeliveryExpired",
     "DuplicateNode",
+    "IncompatibleStore",
     "ItemTooLarge",
     "NoBackendAvailable",
     "NoNodeAvailable",
+    "QueueFull",
     "ScalekitError",
     "UnknownNode",
 ]
@@ -78,8 +85,21 @@ class ItemTooLarge(CapacityError, ValueError):
     """A single item is larger than the container's whole capacity."""
 
 
+class QueueFull(CapacityError):
+    """A bounded queue had no room for the message within the timeout (backpressure)."""
+
+
 class ClosedError(ScalekitError, RuntimeError):
     """The object was used after it was closed."""
+
+
+class DeliveryExpired(ScalekitError):
+    """A message delivery can no longer be acked, nacked or extended.
+
+    Its visibility timeout ran out (the message is, or will be, delivered again) or
+    it was already settled by ``nack``/``reject``. The work may have been done twice:
+    at-least-once delivery means handlers must be idempotent.
+    """
 
 
 class BackendError(ScalekitError):
@@ -92,3 +112,8 @@ class BackendError(ScalekitError):
     def __init__(self, message: str, *, backend: str | None = None) -> None:
         super().__init__(message)
         self.backend = backend
+
+
+class IncompatibleStore(BackendError):
+    """The database or file is not a scalekit store of this kind, is from an
+    incompatible version, or is damaged. Nothing was changed in it."""

@@ -1,0 +1,614 @@
+"""The memory backend: queues in this process, the fastest, gone when it exits."""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import math
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from itertools import count
+from typing import Any
+
+from scalekit.errors import ConfigurationError, DeliveryExpired, QueueFull
+from scalekit.mq._body import Body
+from scalekit.mq._queue import (
+    Delivery,
+    MessageId,
+    Outgoing,
+    Queue,
+    QueueOptions,
+    QueueStats,
+    Wakeups,
+    check_timeout,
+    expiry_reason,
+    nack_reason,
+)
+from scalekit.protocols import Clock
+
+__all__ = ["MemoryBackend"]
+
+_MISSING: Any = object()
+
+
+def _peek(counter: count[int]) -> int:
+    """The next value ``counter`` would give, without taking it."""
+    return next(copy.copy(counter))
+
+
+def _settle_failed(delivery: Delivery, action: str) -> None:
+    """``action`` found ``delivery`` no longer in flight: say why (ack twice is fine)."""
+    state = delivery._settled
+    if state == "acked" and action == "ack":
+        return
+    queue = delivery._queue
+    why = f"was {state} already" if state else "timed out and is delivered again"
+    raise DeliveryExpired(
+        f"cannot {action} delivery {delivery.attempt} of message {delivery.id!r} in "
+        f"{queue.name!r}: it {why}"
+    )
+
+
+class _MemoryDelivery(Delivery):
+    __slots__ = ()
+
+    def ack(self) -> None:
+        queue: _MemoryQueue = self._queue  # type: ignore[assignment]
+        if queue._inflight.pop(self, _MISSING) is _MISSING:
+            _settle_failed(self, "ack")
+            return
+        self._settled = "acked"
+        next(queue._acked)
+        if queue._putters.sleepers:
+            queue._putters.wake()
+
+
+class _MemoryQueue(Queue):
+    """One queue of a :class:`MemoryBackend`.
+
+    Ready messages of priority 0 wait in a deque; other priorities in a heap;
+    delayed ones in a heap by due time. In-flight deliveries are a dict (a
+    delivery object is its own receipt: acking pops exactly it, atomically, so
+    the common put/get/ack path needs no lock). Deadlines are a deque in delivery
+    order, plus a heap for extended ones; they are checked, with everything else
+    that happens in time, only once the earliest of them is due (``_due``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        options: QueueOptions,
+        clock: Clock,
+        dead_letters: _MemoryQueue | None,
+        ids: count[int],
+    ) -> None:
+        super().__init__(name, options, clock, dead_letters)
+        self._lock = threading.Lock()
+        self._getters = Wakeups(self._lock)
+        self._putters = Wakeups(self._lock)
+        self._ids = ids
+        self._vt = options.visibility_timeout
+        self._bounded = options.maxsize is not None
+        self._ready: deque[_MemoryDelivery] = deque()
+        self._ranked: list[tuple[int, MessageId, _MemoryDelivery]] = []  # (-priority, id, d)
+        self._delayed: list[tuple[float, MessageId, _MemoryDelivery]] = []
+        self._inflight: dict[_MemoryDelivery, None] = {}
+        self._expiry: deque[tuple[float, _MemoryDelivery]] = deque()
+        self._late: list[tuple[float, int, _MemoryDelivery]] = []  # extended deadlines
+        self._late_order = count()
+        self._due = math.inf  # the earliest delayed message or deadline
+        self._prune_at = 4096
+        self._dedup: dict[str, tuple[MessageId, float]] = {}
+        self._dedup_order: deque[tuple[float, str]] = deque()
+        self._delivered = count()
+        self._redelivered = count()
+        self._acked = count()
+        self._dead_lettered = 0
+
+    # -- producing ------------------------------------------------------------
+
+    def put(
+        self,
+        body: Body,
+        *,
+        delay: float = 0.0,
+        priority: int = 0,
+        dedup_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> MessageId:
+        kind = type(body)
+        if (
+            (kind is bytes or kind is str)
+            and not (delay or priority or headers or self._bounded or self._closed)
+            and dedup_key is None
+            and timeout is None
+        ):
+            message_id = next(self._ids)
+            self._ready.append(_MemoryDelivery(self, message_id, body, None, 0, self._clock(), 1))
+            if self._getters.sleepers:
+                self._getters.wake()
+            return message_id
+        return super().put(
+            body,
+            delay=delay,
+            priority=priority,
+            dedup_key=dedup_key,
+            headers=headers,
+            timeout=timeout,
+        )
+
+    def _put(
+        self, outgoing: list[Outgoing], dedup_key: str | None, timeout: float | None
+    ) -> list[MessageId]:
+        self._check_open()
+        if not self._bounded:
+            ids = self._store(outgoing, dedup_key)
+        else:
+            got = self._store_if_room(outgoing, dedup_key)
+            if got is None and timeout != 0:
+                got = self._putters.wait(
+                    lambda: self._store_if_room(outgoing, dedup_key),
+                    timeout,
+                    lambda: None,
+                    give_up=lambda: self._closed,
+                )
+            if got is None:
+                self._check_open()
+                raise QueueFull(
+                    f"queue {self.name!r} is full ({self.maxsize} messages ready, delayed "
+                    f"or in flight) and stayed full for {timeout or 0:g} s"
+                )
+            ids = got
+        self._getters.wake()
+        return ids
+
+    def _store_if_room(
+        self, outgoing: list[Outgoing], dedup_key: str | None
+    ) -> list[MessageId] | None:
+        if self._closed:
+            return None
+        with self._lock:
+            size = len(self._ready) + len(self._ranked) + len(self._delayed) + len(self._inflight)
+            assert self.maxsize is not None
+            if size + len(outgoing) > self.maxsize:
+                return None
+            return self._store_locked(outgoing, dedup_key)
+
+    def _store(self, outgoing: list[Outgoing], dedup_key: str | None) -> list[MessageId]:
+        with self._lock:
+            return self._store_locked(outgoing, dedup_key)
+
+    def _store_locked(self, outgoing: list[Outgoing], dedup_key: str | None) -> list[MessageId]:
+        now = self._clock()
+        if dedup_key is not None:
+            order = self._dedup_order
+            while order and order[0][0] <= now:
+                _, old = order.popleft()
+                if self._dedup.get(old, (None, math.inf))[1] <= now:
+                    del self._dedup[old]
+            seen = self._dedup.get(dedup_key)
+            if seen is not None:
+                return [seen[0]]
+        ids: list[MessageId] = []
+        for stored, headers, priority, delay in outgoing:
+            message_id = next(self._ids)
+            ids.append(message_id)
+            delivery = _MemoryDelivery(self, message_id, stored, headers, priority, now, 1)
+            if delay > 0:
+                self._delay(delivery, now + delay)
+            else:
+                self._make_ready(delivery, front=False)
+        if dedup_key is not None and self.options.dedup_window > 0:
+            expires = now + self.options.dedup_window
+            self._dedup[dedup_key] = (ids[0], expires)
+            self._dedup_order.append((expires, dedup_key))
+        return ids
+
+    def _make_ready(self, delivery: _MemoryDelivery, *, front: bool) -> None:
+        if delivery.priority:
+            heapq.heappush(self._ranked, (-delivery.priority, delivery.id, delivery))
+        elif front:
+            self._ready.appendleft(delivery)
+        else:
+            self._ready.append(delivery)
+
+    def _delay(self, delivery: _MemoryDelivery, when: float) -> None:
+        heapq.heappush(self._delayed, (when, delivery.id, delivery))
+        if when < self._due:
+            self._due = when
+
+    # -- consuming ------------------------------------------------------------
+
+    def get(self, timeout: float | None = None) -> Delivery | None:
+        if timeout is not None and timeout != 0:
+            check_timeout(timeout)
+        now = self._clock()
+        if self._ranked or now >= self._due or len(self._expiry) > self._prune_at:
+            got = self._take_now(1, now)
+            delivery = got[0] if got else None
+        else:
+            try:
+                delivery = self._ready.popleft()
+            except IndexError:
+                delivery = None
+            else:
+                deadline = delivery._deadline = now + self._vt
+                self._inflight[delivery] = None
+                self._expiry.append((deadline, delivery))
+                if deadline < self._due:
+                    self._due = deadline
+                next(self._delivered)
+                if delivery.attempt != 1:
+                    next(self._redelivered)
+                return delivery
+        if delivery is not None or timeout == 0:
+            return delivery
+        return super().get(timeout)
+
+    def _take(
+        self, n: int, timeout: float | None, stop: Callable[[], bool] | None = None
+    ) -> list[Delivery]:
+        got = self._take_now(n, self._clock())
+        if got or timeout == 0:
+            return got
+        give_up = self._gave_up if stop is None else lambda: self._closed or stop()
+        return self._getters.wait(self._attempt(n), timeout, self._due_in, give_up) or []
+
+    async def _take_async(self, n: int, timeout: float | None) -> list[Delivery]:
+        got = self._take_now(n, self._clock())
+        if got or timeout == 0:
+            return got
+        waited = await self._getters.wait_async(
+            self._attempt(n), timeout, self._due_in, self._gave_up
+        )
+        return waited or []
+
+    def _attempt(self, n: int) -> Any:
+        return lambda: self._take_now(n, self._clock()) or None
+
+    def _gave_up(self) -> bool:
+        return self._closed
+
+    def _due_in(self) -> float | None:
+        due = self._due
+        return None if due == math.inf else due - self._clock()
+
+    def _take_now(self, n: int, now: float) -> list[Delivery]:
+        wake_putters = False
+        with self._lock:
+            if now >= self._due or len(self._expiry) > self._prune_at:
+                wake_putters = self._maintain(now)
+            taken: list[Delivery] = []
+            ready, ranked = self._ready, self._ranked
+            while len(taken) < n:
+                if ranked and (ranked[0][0] < 0 or not ready):
+                    delivery = heapq.heappop(ranked)[2]
+                elif ready:
+                    delivery = ready.popleft()
+                else:
+                    break
+                deadline = delivery._deadline = now + self._vt
+                self._inflight[delivery] = None
+                self._expiry.append((deadline, delivery))
+                if deadline < self._due:
+                    self._due = deadline
+                next(self._delivered)
+                if delivery.attempt != 1:
+                    next(self._redelivered)
+                taken.append(delivery)
+        self._wake_after(wake_putters)
+        return taken
+
+    def _maintain(self, now: float) -> bool:
+        """Under the lock: release due delayed messages, time out expired deliveries,
+        drop settled ones from the deadline queue; recompute ``_due``. Returns
+        whether messages left the queue (room for blocked putters)."""
+        left = False
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            self._make_ready(heapq.heappop(delayed)[2], front=False)
+        expiry, late, inflight = self._expiry, self._late, self._inflight
+        while expiry and expiry[0][0] <= now:
+            deadline, delivery = expiry.popleft()
+            if delivery._deadline == deadline and delivery in inflight:
+                left |= self._time_out(delivery)
+        while late and late[0][0] <= now:
+            deadline, _, delivery = heapq.heappop(late)
+            if delivery._deadline == deadline and delivery in inflight:
+                left |= self._time_out(delivery)
+        if len(expiry) > self._prune_at:
+            kept = deque(
+                entry for entry in expiry if entry[1] in inflight and entry[1]._deadline == entry[0]
+            )
+            self._expiry = expiry = kept
+            self._prune_at = 2 * len(kept) + 4096
+        self._due = min(
+            delayed[0][0] if delayed else math.inf,
+            expiry[0][0] if expiry else math.inf,
+            late[0][0] if late else math.inf,
+        )
+        return left
+
+    def _time_out(self, delivery: _MemoryDelivery) -> bool:
+        del self._inflight[delivery]
+        delivery._settled = "timed out"
+        if self._exhausted(delivery.attempt):
+            self._bury(delivery, expiry_reason(delivery.attempt))
+            return True
+        self._make_ready(self._again(delivery), front=True)
+        return False
+
+    def _again(self, delivery: _MemoryDelivery) -> _MemoryDelivery:
+        return _MemoryDelivery(
+            self,
+            delivery.id,
+            delivery._stored,
+            delivery._headers,
+            delivery.priority,
+            delivery.enqueued_at,
+            delivery.attempt + 1,
+        )
+
+    def _bury(self, delivery: _MemoryDelivery, reason: str) -> None:
+        """Under the lock: move the message to the dead letters."""
+        dead = self._dead_letters
+        assert isinstance(dead, _MemoryQueue)
+        headers = self._dead_letter_headers(delivery._headers, reason, delivery.attempt)
+        buried = _MemoryDelivery(
+            dead, delivery.id, delivery._stored, headers, delivery.priority, delivery.enqueued_at, 1
+        )
+        with dead._lock:
+            dead._make_ready(buried, front=False)
+        self._dead_lettered += 1
+        dead._getters_to_wake = True  # woken by _wake_after, once the locks are released
+
+    # -- settling -------------------------------------------------------------
+
+    def _ack(self, delivery: Delivery) -> None:  # pragma: no cover - _MemoryDelivery.ack
+        delivery.ack()
+
+    def _settle(self, delivery: Delivery, action: str) -> bool:
+        """Under the lock: take ``delivery`` out of flight; False if it was not in it."""
+        if self._inflight.pop(delivery, _MISSING) is _MISSING:  # type: ignore[call-overload]
+            return False
+        delivery._settled = action
+        return True
+
+    def _nack(self, delivery: Delivery, delay: float, reason: str | None) -> None:
+        assert isinstance(delivery, _MemoryDelivery)
+        with self._lock:
+            settled = self._settle(delivery, "nacked")
+            if settled:
+                if self._exhausted(delivery.attempt):
+                    self._bury(delivery, nack_reason(reason, delivery.attempt))
+                    buried = True
+                else:
+                    buried = False
+                    again = self._again(delivery)
+                    if delay > 0:
+                        self._delay(again, self._clock() + delay)
+                    else:
+                        self._make_ready(again, front=True)
+        if not settled:
+            _settle_failed(delivery, "nack")
+            return
+        self._after_move(buried)
+
+    def _reject(self, delivery: Delivery, reason: str) -> None:
+        assert isinstance(delivery, _MemoryDelivery)
+        with self._lock:
+            settled = self._settle(delivery, "rejected")
+            if settled:
+                if self._dead_letters is None:
+                    pass  # a dead-letter queue: rejecting from it deletes
+                else:
+                    self._bury(delivery, reason)
+        if not settled:
+            _settle_failed(delivery, "reject")
+            return
+        self._after_move(True)
+
+    def _after_move(self, left: bool) -> None:
+        """A message went back to ready or left: wake getters, and more (no lock held)."""
+        self._getters.wake()
+        self._wake_after(left)
+
+    _getters_to_wake = False
+
+    def _wake_after(self, left: bool) -> None:
+        """Wake the dead letters' getters if messages were buried, and blocked putters
+        if messages left the queue (call without holding a lock)."""
+        dead = self._dead_letters
+        if isinstance(dead, _MemoryQueue) and dead._getters_to_wake:
+            dead._getters_to_wake = False
+            dead._getters.wake()
+        if left and self._putters.sleepers:
+            self._putters.wake(everyone=True)
+
+    def _extend(self, delivery: Delivery, seconds: float) -> None:
+        with self._lock:
+            if delivery in self._inflight:
+                deadline = delivery._deadline = self._clock() + seconds
+                heapq.heappush(self._late, (deadline, next(self._late_order), delivery))
+                if deadline < self._due:
+                    self._due = deadline
+                return
+        _settle_failed(delivery, "extend")
+
+    _blocking_io = False
+
+    def _wake_all(self) -> None:
+        self._getters.wake(everyone=True)
+        self._putters.wake(everyone=True)
+
+    # -- housekeeping -----------------------------------------------------------
+
+    def _counts(self) -> tuple[int, int, int, float | None]:
+        """Under the lock: ready, delayed, in flight, oldest put time."""
+        oldest = min(
+            (
+                d.enqueued_at
+                for d in (
+                    *self._ready,
+                    *(entry[2] for entry in self._ranked),
+                    *(entry[2] for entry in self._delayed),
+                    *self._inflight,
+                )
+            ),
+            default=None,
+        )
+        return (
+            len(self._ready) + len(self._ranked),
+            len(self._delayed),
+            len(self._inflight),
+            oldest,
+        )
+
+    def stats(self) -> QueueStats:
+        now = self._clock()
+        with self._lock:
+            left = self._maintain(now)
+            ready, delayed, in_flight, oldest = self._counts()
+            counters = (
+                _peek(self._delivered),
+                _peek(self._redelivered),
+                _peek(self._acked),
+                self._dead_lettered,
+            )
+        self._wake_after(left)
+        dead = 0
+        if isinstance(self._dead_letters, _MemoryQueue):
+            dlq = self._dead_letters
+            with dlq._lock:
+                dead = len(dlq._ready) + len(dlq._ranked) + len(dlq._delayed) + len(dlq._inflight)
+        return QueueStats(
+            name=self.name,
+            ready=ready,
+            delayed=delayed,
+            in_flight=in_flight,
+            dead_letters=dead,
+            oldest_age=None if oldest is None else max(0.0, now - oldest),
+            delivered=counters[0],
+            redelivered=counters[1],
+            acked=counters[2],
+            dead_lettered=counters[3],
+        )
+
+    def purge(self) -> int:
+        with self._lock:
+            purged = len(self._ready) + len(self._ranked) + len(self._delayed)
+            self._ready.clear()
+            self._ranked.clear()
+            self._delayed.clear()
+            self._maintain(self._clock())
+        self._after_move(True)
+        return purged
+
+    def redrive(self, limit: int | None = None) -> int:
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
+            raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
+        dead = self.dead_letters
+        assert isinstance(dead, _MemoryQueue)
+        self._check_open()
+        with dead._lock:
+            dead._maintain(dead._clock())
+            waiting = sorted(
+                [
+                    *dead._ready,
+                    *(entry[2] for entry in dead._ranked),
+                    *(e[2] for e in dead._delayed),
+                ],
+                key=lambda d: d.id,
+            )
+            moving = waiting if limit is None else waiting[:limit]
+            gone = {id(d) for d in moving}
+            dead._ready = deque(d for d in dead._ready if id(d) not in gone)
+            dead._ranked = [e for e in dead._ranked if id(e[2]) not in gone]
+            heapq.heapify(dead._ranked)
+            dead._delayed = [e for e in dead._delayed if id(e[2]) not in gone]
+            heapq.heapify(dead._delayed)
+            dead._maintain(dead._clock())
+        with self._lock:
+            for d in moving:
+                headers = {
+                    k: v
+                    for k, v in (d._headers or {}).items()
+                    if not k.startswith("x-dead-letter-")
+                }
+                self._make_ready(
+                    _MemoryDelivery(
+                        self, d.id, d._stored, headers or None, d.priority, d.enqueued_at, 1
+                    ),
+                    front=False,
+                )
+        if moving:
+            self._getters.wake(everyone=True)
+        return len(moving)
+
+
+class MemoryBackend:
+    """Queues in this process's memory: the fastest backend, and the default.
+
+    Messages are lost when the process exits; use :class:`SqliteBackend` to keep
+    them. One backend holds any number of queues and topics; every thread and
+    event loop of the process may use them.
+    """
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queues: dict[str, _MemoryQueue] = {}
+        self._subscriptions: dict[str, list[str]] = {}
+
+    def open_queue(self, name: str, options: QueueOptions | None, clock: Clock) -> Queue:
+        """The queue ``name`` (created on first use) with its dead-letter queue."""
+        with self._lock:
+            queue = self._queues.get(name)
+            if options is None:
+                if queue is not None:
+                    return queue
+                options = QueueOptions()
+            if queue is not None:
+                if queue.options != options or queue._clock is not clock:
+                    raise ConfigurationError(
+                        f"queue {name!r} is already open with {queue.options}; "
+                        "open it with the same options and clock"
+                    )
+                return queue
+            ids = count(1)
+            dead = _MemoryQueue(
+                f"{name}.dlq",
+                QueueOptions(options.visibility_timeout, None, None, options.dedup_window),
+                clock,
+                None,
+                ids,
+            )
+            queue = self._queues[name] = _MemoryQueue(name, options, clock, dead, ids)
+            return queue
+
+    def subscribe(self, topic: str, group: str) -> None:
+        with self._lock:
+            groups = self._subscriptions.setdefault(topic, [])
+            if group not in groups:
+                groups.append(group)
+
+    def unsubscribe(self, topic: str, group: str) -> None:
+        with self._lock:
+            groups = self._subscriptions.get(topic, [])
+            if group in groups:
+                groups.remove(group)
+
+    def subscribers(self, topic: str) -> list[str]:
+        with self._lock:
+            return list(self._subscriptions.get(topic, []))
+
+    def close(self) -> None:
+        with self._lock:
+            queues = list(self._queues.values())
+        for queue in queues:
+            queue.close()

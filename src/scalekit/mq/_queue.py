@@ -1,0 +1,560 @@
+"""What every queue shares: the public ``Queue`` API, ``Delivery``, ``QueueStats``,
+argument checks, and the wake-ups of blocked getters and putters.
+
+A backend subclasses :class:`Queue` and implements the storage operations
+(``_put``, ``_take``, ``_ack``, ``_nack``, ``_reject``, ``_extend``, ``stats``,
+``purge``, ``redrive``, ``_next_due``). The one contract suite in
+``tests/contracts/queue_contract.py`` holds every backend to the same semantics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TypeAlias, TypeVar
+
+from scalekit.errors import ClosedError, ConfigurationError
+from scalekit.mq._body import Body, check_headers, decode, encode
+from scalekit.protocols import Clock
+
+__all__ = [
+    "DEAD_LETTER_ATTEMPTS",
+    "DEAD_LETTER_QUEUE",
+    "DEAD_LETTER_REASON",
+    "Delivery",
+    "MessageId",
+    "Outgoing",
+    "Queue",
+    "QueueOptions",
+    "QueueStats",
+    "Wakeups",
+]
+
+MessageId: TypeAlias = int | str
+"""A message's id: an int on the memory and SQLite backends, a str on Redis."""
+
+DEAD_LETTER_REASON = "x-dead-letter-reason"
+DEAD_LETTER_QUEUE = "x-dead-letter-queue"
+DEAD_LETTER_ATTEMPTS = "x-dead-letter-attempts"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    """The settings of one queue handle (see :meth:`Broker.queue`)."""
+
+    visibility_timeout: float = 30.0
+    max_deliveries: int | None = 5
+    maxsize: int | None = None
+    dedup_window: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not (0 < self.visibility_timeout < math.inf):
+            raise ConfigurationError(
+                f"visibility_timeout is seconds > 0, got {self.visibility_timeout!r}"
+            )
+        if self.max_deliveries is not None and (
+            isinstance(self.max_deliveries, bool)
+            or not isinstance(self.max_deliveries, int)
+            or self.max_deliveries < 1
+        ):
+            raise ConfigurationError(
+                f"max_deliveries is an int >= 1 or None, got {self.max_deliveries!r}"
+            )
+        if self.maxsize is not None and (
+            isinstance(self.maxsize, bool) or not isinstance(self.maxsize, int) or self.maxsize < 1
+        ):
+            raise ConfigurationError(f"maxsize is an int >= 1 or None, got {self.maxsize!r}")
+        if not (0 <= self.dedup_window < math.inf):
+            raise ConfigurationError(f"dedup_window is seconds >= 0, got {self.dedup_window!r}")
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """A snapshot of one queue.
+
+    ``ready`` is the queue depth, the number to scale consumers on: messages that
+    could be delivered now and wait for a consumer. Counters (``delivered``...)
+    count since the queue was created (on durable backends, across restarts).
+    """
+
+    name: str
+    ready: int
+    delayed: int
+    in_flight: int
+    dead_letters: int
+    oldest_age: float | None
+    """Seconds since the oldest message still in the queue (ready, delayed or in
+    flight) was put; None when there is none."""
+    delivered: int
+    redelivered: int
+    acked: int
+    dead_lettered: int
+
+    @property
+    def depth(self) -> int:
+        """Messages ready for delivery now (``ready``)."""
+        return self.ready
+
+    @property
+    def total(self) -> int:
+        """Messages in the queue: ready, delayed and in flight."""
+        return self.ready + self.delayed + self.in_flight
+
+
+Outgoing = tuple[bytes | str, dict[str, str] | None, int, float]
+"""A message about to be stored: (stored body, headers, priority, delay in seconds)."""
+
+
+def check_timeout(timeout: float | None, what: str = "timeout") -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds or None, got {timeout!r}")
+    if not timeout >= 0 or math.isnan(timeout):
+        raise ValueError(f"{what} must be >= 0 seconds or None, got {timeout!r}")
+    return float(timeout)
+
+
+def check_delay(delay: float, what: str = "delay") -> float:
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, got {delay!r}")
+    if not (0 <= delay < math.inf):
+        raise ValueError(f"{what} must be finite seconds >= 0, got {delay!r}")
+    return float(delay)
+
+
+def check_priority(priority: int) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f"priority must be an int, got {priority!r}")
+    return priority
+
+
+class Delivery:
+    """One delivery of a message to a consumer.
+
+    Settle it with :meth:`ack` (done: the message is deleted), :meth:`nack` (give it
+    back, for another attempt, after ``delay``), or :meth:`reject` (poison: straight
+    to the dead letters). A delivery left unsettled past its visibility deadline
+    is delivered again; settling it after that raises
+    :class:`~scalekit.errors.DeliveryExpired`. ``ack`` twice is a no-op.
+    """
+
+    __slots__ = (
+        "_deadline",
+        "_headers",
+        "_queue",
+        "_settled",
+        "_stored",
+        "attempt",
+        "enqueued_at",
+        "id",
+        "priority",
+    )
+
+    def __init__(
+        self,
+        queue: Queue,
+        message_id: MessageId,
+        stored: bytes | str,
+        headers: dict[str, str] | None,
+        priority: int,
+        enqueued_at: float,
+        attempt: int,
+    ) -> None:
+        self._queue = queue
+        self.id = message_id
+        self._stored = stored
+        self._headers = headers
+        self.priority = priority
+        self.enqueued_at = enqueued_at
+        self.attempt = attempt  # 1 on the first delivery
+        self._deadline = 0.0
+        self._settled: str | None = None
+
+    @property
+    def body(self) -> Body:
+        """The body as it was put: bytes, str or a (fresh) JSON value."""
+        return decode(self._stored)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """A copy of the message's headers."""
+        return dict(self._headers) if self._headers else {}
+
+    @property
+    def queue(self) -> Queue:
+        """The queue this delivery came from."""
+        return self._queue
+
+    @property
+    def deadline(self) -> float:
+        """When the delivery times out and the message is delivered again (clock time)."""
+        return self._deadline
+
+    @property
+    def dead_letter_reason(self) -> str | None:
+        """Why the message was dead-lettered, for a delivery from a dead-letter queue."""
+        return self._headers.get(DEAD_LETTER_REASON) if self._headers else None
+
+    def ack(self) -> None:
+        """The message is done with: delete it."""
+        self._queue._ack(self)
+
+    def nack(self, delay: float = 0.0, *, reason: str | None = None) -> None:
+        """Give the message back for another attempt, visible again after ``delay``
+        seconds; on its last allowed attempt it goes to the dead letters instead."""
+        self._queue._nack(self, check_delay(delay), reason)
+
+    def reject(self, reason: str = "rejected") -> None:
+        """Send the message to the dead letters now, whatever its attempts."""
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, got {reason!r}")
+        self._queue._reject(self, reason)
+
+    def extend(self, seconds: float) -> None:
+        """Keep the message invisible to others for ``seconds`` from now (a long task
+        calls this before its deadline, as a heartbeat)."""
+        self._queue._extend(self, check_delay(seconds, "seconds"))
+
+    def __repr__(self) -> str:
+        return (
+            f"<Delivery {self.id!r} of {self._queue.name!r}, attempt {self.attempt}"
+            f"{', ' + self._settled if self._settled else ''}>"
+        )
+
+
+class Wakeups:
+    """Blocked threads and asyncio tasks waiting for one kind of event (a message
+    ready, or room in a bounded queue), woken by events rather than polling.
+
+    ``sleepers`` is read without the lock by the side that makes the event, after
+    it has made it: a waiter counts itself in before it checks, so one of the two
+    always sees the other (no lost wake-up).
+    """
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._cond = threading.Condition(lock)
+        self.sleepers = 0
+        self._generation = 0
+        self._tasks: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
+
+    def wake(self, everyone: bool = False) -> None:
+        """Wake one blocked thread (or all) and every waiting task."""
+        with self._cond:
+            self._generation += 1
+            if everyone:
+                self._cond.notify_all()
+            else:
+                self._cond.notify()
+            tasks = list(self._tasks)
+        for loop, future in tasks:
+            with contextlib.suppress(RuntimeError):  # a closed loop: its waiter is gone
+                loop.call_soon_threadsafe(_resolve, future)
+
+    def wait(
+        self,
+        attempt: Callable[[], T | None],
+        timeout: float | None,
+        until: Callable[[], float | None],
+        give_up: Callable[[], bool] = lambda: False,
+    ) -> T | None:
+        """Call ``attempt`` until it returns something, waiting between tries for
+        a wake-up, ``timeout`` (None: no limit) or the seconds ``until()`` returns
+        (when something becomes due: None, nothing). None once timed out or
+        once ``give_up()`` is true."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cond = self._cond
+        with cond:
+            self.sleepers += 1
+        try:
+            while True:
+                generation = self._generation
+                got = attempt()
+                if got is not None or give_up():
+                    return got
+                wait = _seconds_left(deadline, until())
+                if wait is not None and wait <= 0:
+                    return None
+                with cond:
+                    if self._generation == generation and cond.wait(wait) and give_up():
+                        cond.notify()  # woken but leaving: pass the wake-up on
+        finally:
+            with cond:
+                self.sleepers -= 1
+
+    async def wait_async(
+        self,
+        attempt: Callable[[], T | None],
+        timeout: float | None,
+        until: Callable[[], float | None],
+        give_up: Callable[[], bool] = lambda: False,
+    ) -> T | None:
+        """:meth:`wait` for a coroutine: the task sleeps on a future, not a thread."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            future: asyncio.Future[None] = loop.create_future()
+            entry = (loop, future)
+            with self._cond:
+                self.sleepers += 1
+                self._tasks.add(entry)
+            try:
+                got = attempt()
+                if got is not None or give_up():
+                    return got
+                wait = _seconds_left(deadline, until())
+                if wait is not None and wait <= 0:
+                    return None
+                try:
+                    await asyncio.wait_for(future, wait)
+                except asyncio.TimeoutError:
+                    pass
+                except asyncio.CancelledError:
+                    if future.done() and not future.cancelled():
+                        self.wake()  # woken but cancelled: pass the wake-up on
+                    raise
+            finally:
+                with self._cond:
+                    self.sleepers -= 1
+                    self._tasks.discard(entry)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _seconds_left(deadline: float | None, due_in: float | None) -> float | None:
+    """How long to sleep: until the deadline or until something is due, whichever
+    comes first (at least a millisecond when something is due, never a busy loop)."""
+    wait = None if deadline is None else deadline - time.monotonic()
+    if due_in is not None:
+        due_in = max(due_in, 0.001)
+        wait = due_in if wait is None else min(wait, due_in)
+    return wait
+
+
+class Queue(ABC):
+    """A named queue of messages with acks, redelivery, dead letters and delays.
+
+    Get one from :meth:`Broker.queue`. Delivery is at least once: a message is
+    deleted only when a consumer acks it, and delivered again when a consumer
+    does not settle it within ``visibility_timeout`` seconds. After
+    ``max_deliveries`` deliveries it moves to :attr:`dead_letters` with the reason.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        options: QueueOptions,
+        clock: Clock,
+        dead_letters: Queue | None,
+    ) -> None:
+        self.name = name
+        self.options = options
+        self.visibility_timeout = options.visibility_timeout
+        self.max_deliveries = options.max_deliveries
+        self.maxsize = options.maxsize
+        self._clock = clock
+        self._dead_letters = dead_letters
+        self._closed = False
+
+    @property
+    def dead_letters(self) -> Queue:
+        """The dead-letter queue: messages that failed ``max_deliveries`` times or
+        were rejected, each with ``dead_letter_reason``. Raises ``AttributeError``
+        on a dead-letter queue itself (it has none)."""
+        if self._dead_letters is None:
+            raise AttributeError(f"{self.name!r} is a dead-letter queue and has none of its own")
+        return self._dead_letters
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called on this handle."""
+        return self._closed
+
+    # -- producing ------------------------------------------------------------
+
+    def put(
+        self,
+        body: Body,
+        *,
+        delay: float = 0.0,
+        priority: int = 0,
+        dedup_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> MessageId:
+        """Store a message and return its id.
+
+        ``delay``: seconds before it can be delivered. ``priority``: higher is
+        delivered first (equal priorities in order). ``dedup_key``: a second put
+        with the same key within the queue's ``dedup_window`` stores nothing and
+        returns the first message's id. On a full bounded queue, waits up to
+        ``timeout`` seconds (None: as long as it takes; 0: not at all) for room,
+        then raises :class:`~scalekit.errors.QueueFull`.
+        """
+        if dedup_key is not None and not isinstance(dedup_key, str):
+            raise TypeError(f"dedup_key must be a str, got {dedup_key!r}")
+        outgoing = (
+            encode(body),
+            check_headers(headers),
+            check_priority(priority),
+            check_delay(delay),
+        )
+        return self._put([outgoing], dedup_key, check_timeout(timeout))[0]
+
+    def put_many(
+        self,
+        bodies: Iterable[Body],
+        *,
+        delay: float = 0.0,
+        priority: int = 0,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> list[MessageId]:
+        """Store several messages at once (one transaction on durable backends);
+        all of them or, if a bounded queue has no room for all within
+        ``timeout``, none (:class:`~scalekit.errors.QueueFull`)."""
+        shared = (check_headers(headers), check_priority(priority), check_delay(delay))
+        outgoing = [(encode(body), *shared) for body in bodies]
+        if not outgoing:
+            return []
+        if self.maxsize is not None and len(outgoing) > self.maxsize:
+            from scalekit.errors import QueueFull
+
+            raise QueueFull(
+                f"{len(outgoing)} messages can never fit in {self.name!r} (maxsize {self.maxsize})"
+            )
+        return self._put(outgoing, None, check_timeout(timeout))
+
+    # -- consuming ------------------------------------------------------------
+
+    def get(self, timeout: float | None = None) -> Delivery | None:
+        """The next message, waiting up to ``timeout`` seconds (None: until one
+        comes; 0: not at all); None if none came. A closed queue gives what is
+        ready and then None at once."""
+        got = self._take(1, check_timeout(timeout))
+        return got[0] if got else None
+
+    def get_many(self, n: int, timeout: float | None = None) -> list[Delivery]:
+        """Up to ``n`` messages: waits (as :meth:`get`) for the first, then takes
+        what else is ready without waiting."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an int >= 1, got {n!r}")
+        return self._take(n, check_timeout(timeout))
+
+    def __iter__(self) -> Iterator[Delivery]:
+        """Deliveries as they come, until the queue is closed and drained."""
+        while True:
+            delivery = self.get()
+            if delivery is None:
+                return
+            yield delivery
+
+    def close(self) -> None:
+        """Refuse further puts (:class:`~scalekit.errors.ClosedError`); getters take
+        what is ready, then get None instead of waiting. Idempotent."""
+        self._closed = True
+        self._wake_all()
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"queue {self.name!r} is closed")
+
+    def _dead_letter_headers(
+        self, headers: dict[str, str] | None, reason: str, attempts: int
+    ) -> dict[str, str]:
+        marked = dict(headers) if headers else {}
+        marked[DEAD_LETTER_REASON] = reason
+        marked[DEAD_LETTER_QUEUE] = self.name
+        marked[DEAD_LETTER_ATTEMPTS] = str(attempts)
+        return marked
+
+    def _exhausted(self, attempts: int) -> bool:
+        """Whether a message delivered ``attempts`` times may not be delivered again."""
+        return self._dead_letters is not None and (
+            self.max_deliveries is not None and attempts >= self.max_deliveries
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    # -- what a backend implements ----------------------------------------------
+
+    @abstractmethod
+    def _put(
+        self, outgoing: list[Outgoing], dedup_key: str | None, timeout: float | None
+    ) -> list[MessageId]: ...
+
+    @abstractmethod
+    def _take(
+        self, n: int, timeout: float | None, stop: Callable[[], bool] | None = None
+    ) -> list[Delivery]:
+        """Up to ``n`` deliveries, waiting up to ``timeout`` for the first; returns
+        early (empty) when the queue is closed or ``stop()`` turns true after a
+        :meth:`_wake_all`."""
+
+    @abstractmethod
+    def _ack(self, delivery: Delivery) -> None: ...
+
+    @abstractmethod
+    def _nack(self, delivery: Delivery, delay: float, reason: str | None) -> None: ...
+
+    @abstractmethod
+    def _reject(self, delivery: Delivery, reason: str) -> None: ...
+
+    @abstractmethod
+    def _extend(self, delivery: Delivery, seconds: float) -> None: ...
+
+    @abstractmethod
+    def _wake_all(self) -> None:
+        """Wake every blocked getter and putter of this handle, to re-check why they wait."""
+
+    @abstractmethod
+    async def _take_async(self, n: int, timeout: float | None) -> list[Delivery]:
+        """:meth:`_take` for a coroutine; must not block the event loop while waiting."""
+
+    _blocking_io = True
+    """Whether settling and putting do I/O (the async API runs them on a thread)."""
+
+    @abstractmethod
+    def stats(self) -> QueueStats:
+        """A snapshot of the queue's sizes and counters."""
+
+    @abstractmethod
+    def purge(self) -> int:
+        """Delete every ready and delayed message (not those in flight); return how many."""
+
+    @abstractmethod
+    def redrive(self, limit: int | None = None) -> int:
+        """Move up to ``limit`` (None: all) dead letters back into this queue, oldest
+        first, ready now with a fresh count of attempts; return how many moved."""
+
+
+def nack_reason(reason: str | None, attempts: int) -> str:
+    return f"nacked on delivery {attempts}" + (f": {reason}" if reason else "")
+
+
+def expiry_reason(attempts: int) -> str:
+    return f"not settled within the visibility timeout on delivery {attempts}"

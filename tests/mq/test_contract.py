@@ -1,0 +1,36 @@
+"""The queue contract (tests/contracts/queue_contract.py) over every backend.
+
+A new backend adds one entry to BACKENDS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from scalekit.mq import Broker, MemoryBackend
+from scalekit.testing import FakeClock
+from tests.contracts.queue_contract import QueueContract, QueueEnv
+
+
+def memory_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueueEnv]:
+    clock = FakeClock(1_700_000_000.0)
+    broker = Broker(MemoryBackend(), clock=clock)
+    yield QueueEnv(broker, clock.advance, fake_time=True)
+    broker.close()
+
+
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Iterator[QueueEnv]]] = {
+    "memory": memory_env,
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueueEnv]:
+    yield from BACKENDS[request.param](request, tmp_path)
+
+
+class TestQueueContract(QueueContract):
+    """Every test of QueueContract, once per backend."""
