@@ -19,6 +19,7 @@ __all__ = [
     "BALANCER_SIZES",
     "BATCH",
     "CACHE_SIZE",
+    "MQ_BATCH",
     "POLICIES",
     "WORKLOADS",
     "NaiveLeastConnections",
@@ -33,8 +34,13 @@ __all__ = [
     "lease_workload",
     "make_balancer",
     "measure",
+    "mq_memory_workload",
+    "mq_sqlite_workload",
+    "persist_queue_workload",
+    "queue_queue_workload",
     "set_evict_workload",
     "sharding_quality",
+    "wakeup_latency",
     "zipf_trace",
 ]
 
@@ -325,3 +331,128 @@ def balancer_costs(repeat: int = 5, rounds: int = 1_000) -> dict[str, list[float
         ]
         for kind in BALANCER_KINDS
     }
+
+
+MQ_BATCH = 1_000
+
+
+def mq_memory_workload(messages: int = MQ_BATCH) -> Callable[[], int]:
+    """``messages`` times put + get + ack on a memory queue, one thread."""
+    from scalekit.mq import Broker
+
+    queue = Broker().queue("bench")
+    put, get = queue.put, queue.get
+
+    def run() -> int:
+        for _ in range(messages):
+            put(b"payload")
+            get().ack()  # type: ignore[union-attr]
+        return messages
+
+    return run
+
+
+def queue_queue_workload(messages: int = MQ_BATCH) -> Callable[[], int]:
+    """``messages`` times put + get on the standard library's ``queue.Queue`` (no acks)."""
+    import queue
+
+    rival: queue.Queue[bytes] = queue.Queue()
+    put, get = rival.put, rival.get
+
+    def run() -> int:
+        for _ in range(messages):
+            put(b"payload")
+            get()
+        return messages
+
+    return run
+
+
+def mq_sqlite_workload(
+    path: str, synchronous: str = "FULL", messages: int = 200, batch: int = 0
+) -> Callable[[], int]:
+    """put + get + ack on a SqliteBackend queue: one message at a time, or with
+    ``put_many``/``get_many`` in batches of ``batch``."""
+    from scalekit.mq import Broker, SqliteBackend  # type: ignore[attr-defined]
+
+    queue = Broker(SqliteBackend(path, synchronous=synchronous)).queue("bench")
+
+    def one_by_one() -> int:
+        for _ in range(messages):
+            queue.put(b"payload")
+            delivery = queue.get(timeout=0)
+            delivery.ack()
+        return messages
+
+    def batched() -> int:
+        for _ in range(messages // batch):
+            queue.put_many([b"payload"] * batch)
+            for delivery in queue.get_many(batch, timeout=0):
+                delivery.ack()
+        return messages
+
+    return batched if batch else one_by_one
+
+
+def persist_queue_workload(path: str, messages: int = 200) -> Callable[[], int]:
+    """put + get + ack on persist-queue's ``SQLiteAckQueue`` (WAL, a commit per
+    operation: the durability of ``synchronous="FULL"``)."""
+    import persistqueue  # type: ignore[import-untyped]
+
+    rival = persistqueue.SQLiteAckQueue(path, auto_commit=True, multithreading=True)
+
+    def run() -> int:
+        for _ in range(messages):
+            rival.put(b"payload")
+            item = rival.get(block=False)
+            rival.ack(item)
+        return messages
+
+    return run
+
+
+def wakeup_latency(kind: str, samples: int = 300) -> tuple[float, float]:
+    """p50 and p99 seconds from a put to a blocked consumer holding the message,
+    for ``kind`` "scalekit" (memory backend) or "queue.Queue"."""
+    import queue
+    import threading
+
+    from scalekit.mq import Broker
+
+    stamps: list[float] = []
+    received: list[float] = []
+    if kind == "queue.Queue":
+        rival: queue.Queue[int] = queue.Queue()
+        put: Callable[[int], object] = rival.put
+
+        def take() -> object:
+            return rival.get()
+    else:
+        ours = Broker().queue("latency")
+        put = ours.put
+
+        def take() -> object:
+            delivery = ours.get()
+            assert delivery is not None
+            delivery.ack()
+            return delivery
+
+    ready = threading.Event()
+
+    def consumer() -> None:
+        for _ in range(samples):
+            ready.set()
+            take()
+            received.append(time.perf_counter())
+
+    thread = threading.Thread(target=consumer)
+    thread.start()
+    for i in range(samples):
+        ready.wait()
+        ready.clear()
+        time.sleep(0.0005)  # let the consumer block
+        stamps.append(time.perf_counter())
+        put(i)
+    thread.join()
+    delays = sorted(r - s for r, s in zip(received, stamps, strict=True))
+    return delays[len(delays) // 2], delays[int(len(delays) * 0.99)]

@@ -783,3 +783,81 @@ class QueueContract:
         assert set(acked) | set(dead) == set(range(n))
         assert not set(acked) & set(dead)
         assert all(count == 1 for count in acked.values())
+
+    # -- concurrency ----------------------------------------------------------
+
+    def test_threads_produce_and_consume_each_message_once(self, env: QueueEnv) -> None:
+        queue = env.queue(maxsize=200)
+        producers, consumers, per_producer = 4, 4, 500
+        total = producers * per_producer
+        acked: Counter[int] = Counter()
+        lock = threading.Lock()
+        errors: list[BaseException] = []
+        largest = 0
+
+        def produce(p: int) -> None:
+            try:
+                for i in range(per_producer):
+                    queue.put(p * per_producer + i, timeout=30)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        def consume() -> None:
+            nonlocal largest
+            try:
+                while True:
+                    batch = queue.get_many(10, timeout=2)
+                    if not batch:
+                        return
+                    for delivery in batch:
+                        delivery.ack()
+                        with lock:
+                            acked[delivery.body] += 1
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        def watch(stop: threading.Event) -> None:
+            nonlocal largest
+            while not stop.is_set():
+                largest = max(largest, queue.stats().total)
+                time.sleep(0.005)
+
+        stop = threading.Event()
+        watcher = threading.Thread(target=watch, args=(stop,))
+        threads = [threading.Thread(target=produce, args=(p,)) for p in range(producers)]
+        threads += [threading.Thread(target=consume) for _ in range(consumers)]
+        watcher.start()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        stop.set()
+        watcher.join()
+        assert errors == []
+        assert acked == Counter(range(total))  # every message, exactly once
+        assert largest <= 200  # the bound held throughout
+        stats = queue.stats()
+        assert (stats.total, stats.acked, stats.delivered) == (0, total, total)
+
+    def test_a_thousand_tasks_each_get_one_message(self, env: QueueEnv) -> None:
+        queue = env.queue()
+        aqueue = AsyncQueue(queue)
+        n = 1000
+
+        async def worker() -> Any:
+            delivery = await aqueue.get(timeout=30)
+            assert delivery is not None
+            await aqueue.ack(delivery)
+            return delivery.body
+
+        async def main() -> list[Any]:
+            tasks = [asyncio.create_task(worker()) for _ in range(n)]
+            await asyncio.sleep(0.05)  # most of them are waiting now
+            producer = threading.Thread(target=lambda: queue.put_many(range(n)))
+            producer.start()
+            bodies = await asyncio.gather(*tasks)
+            producer.join()
+            return bodies
+
+        assert sorted(asyncio.run(main())) == list(range(n))
+        assert queue.stats().total == 0

@@ -5,6 +5,8 @@ A new backend adds one entry to BACKENDS.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +27,11 @@ def memory_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Queue
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Iterator[QueueEnv]]] = {
     "memory": memory_env,
 }
+# While the durable backends are being written, each brings its env factory in its
+# own module (tests/mq/env_sqlite.py, tests/mq/env_redis.py, exporting BACKENDS).
+for _module in ("env_sqlite", "env_redis"):
+    with contextlib.suppress(ModuleNotFoundError):
+        BACKENDS.update(importlib.import_module(f"tests.mq.{_module}").BACKENDS)
 
 
 @pytest.fixture(params=sorted(BACKENDS))

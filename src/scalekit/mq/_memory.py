@@ -161,7 +161,7 @@ class _MemoryQueue(Queue):
                     f"or in flight) and stayed full for {timeout or 0:g} s"
                 )
             ids = got
-        self._getters.wake()
+        self._getters.wake(everyone=len(outgoing) > 1)
         return ids
 
     def _store_if_room(

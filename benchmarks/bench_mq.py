@@ -1,0 +1,59 @@
+"""scalekit.mq against the queues a user would otherwise pick, in the same run.
+
+- memory backend, one thread, put + get + ack, against ``queue.Queue`` put + get
+  (which has no acks): the issue asks for a ratio <= 1.0;
+- SQLite backend with synchronous="FULL", one message at a time, against
+  persist-queue's ``SQLiteAckQueue`` (WAL, a commit per operation): >= 5x;
+- SQLite with synchronous="NORMAL", put_many/get_many in batches of 100: >= 30,000/s;
+- wake-up latency of a blocked consumer after a put, p50/p99, beside queue.Queue.
+
+The workloads are shared with ``scalekit bench mq`` (scalekit._bench).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scalekit._bench import (
+    MQ_BATCH,
+    mq_memory_workload,
+    mq_sqlite_workload,
+    persist_queue_workload,
+    queue_queue_workload,
+    wakeup_latency,
+)
+
+
+@pytest.mark.parametrize("library", ["scalekit", "queue.Queue"])
+def test_memory_put_get_ack(benchmark: Any, library: str) -> None:
+    benchmark.group = f"{MQ_BATCH:,} messages: put + get (+ ack), one thread"
+    run = mq_memory_workload() if library == "scalekit" else queue_queue_workload()
+    assert benchmark(run) == MQ_BATCH
+
+
+@pytest.mark.parametrize("library", ["scalekit FULL", "persist-queue"])
+def test_sqlite_put_get_ack(benchmark: Any, library: str, tmp_path: Path) -> None:
+    benchmark.group = "200 messages: put + get + ack, durable (a commit per operation)"
+    if library == "persist-queue":
+        pytest.importorskip("persistqueue")
+        run = persist_queue_workload(str(tmp_path / "pq"))
+    else:
+        run = mq_sqlite_workload(str(tmp_path / "mq.db"), "FULL")
+    assert benchmark(run) == 200
+
+
+def test_sqlite_batched(benchmark: Any, tmp_path: Path) -> None:
+    benchmark.group = "2,000 messages: put_many + get_many + ack, batches of 100, NORMAL"
+    run = mq_sqlite_workload(str(tmp_path / "mq.db"), "NORMAL", messages=2_000, batch=100)
+    assert benchmark(run) == 2_000
+
+
+@pytest.mark.parametrize("library", ["scalekit", "queue.Queue"])
+def test_wakeup_latency(benchmark: Any, library: str) -> None:
+    benchmark.group = "wake-up latency of a blocked consumer (300 puts)"
+    p50, p99 = benchmark.pedantic(wakeup_latency, args=(library,), rounds=1, iterations=1)
+    benchmark.extra_info.update(p50_us=round(p50 * 1e6, 1), p99_us=round(p99 * 1e6, 1))
+    assert 0 < p50 <= p99
