@@ -381,6 +381,7 @@ def mq_sqlite_workload(
         for _ in range(messages):
             queue.put(b"payload")
             delivery = queue.get(timeout=0)
+            assert delivery is not None
             delivery.ack()
         return messages
 
@@ -397,7 +398,7 @@ def mq_sqlite_workload(
 def persist_queue_workload(path: str, messages: int = 200) -> Callable[[], int]:
     """put + get + ack on persist-queue's ``SQLiteAckQueue`` (WAL, a commit per
     operation: the durability of ``synchronous="FULL"``)."""
-    import persistqueue  # type: ignore[import-untyped]
+    import persistqueue
 
     rival = persistqueue.SQLiteAckQueue(path, auto_commit=True, multithreading=True)
 

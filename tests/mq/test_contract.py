@@ -1,43 +1,10 @@
-"""The queue contract (tests/contracts/queue_contract.py) over every backend.
-
-A new backend adds one entry to BACKENDS.
-"""
+"""The queue contract (tests/contracts/queue_contract.py) over every backend in
+tests/mq/conftest.py's BACKENDS."""
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
-
-from scalekit.mq import Broker, MemoryBackend
-from scalekit.testing import FakeClock
-from tests.contracts.queue_contract import QueueContract, QueueEnv
-
-
-def memory_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueueEnv]:
-    clock = FakeClock(1_700_000_000.0)
-    broker = Broker(MemoryBackend(), clock=clock)
-    yield QueueEnv(broker, clock.advance, fake_time=True)
-    broker.close()
-
-
-BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Iterator[QueueEnv]]] = {
-    "memory": memory_env,
-}
-# While the durable backends are being written, each brings its env factory in its
-# own module (tests/mq/env_sqlite.py, tests/mq/env_redis.py, exporting BACKENDS).
-for _module in ("env_sqlite", "env_redis"):
-    with contextlib.suppress(ModuleNotFoundError):
-        BACKENDS.update(importlib.import_module(f"tests.mq.{_module}").BACKENDS)
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueueEnv]:
-    yield from BACKENDS[request.param](request, tmp_path)
+from tests.contracts.queue_contract import QueueContract
 
 
 class TestQueueContract(QueueContract):
-    """Every test of QueueContract, once per backend."""
+    """Every test of QueueContract, once per backend (the ``env`` fixture)."""
