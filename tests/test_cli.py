@@ -48,6 +48,8 @@ def test_demo_runs_and_shows_the_cache_at_work(capsys: pytest.CaptureFixture[str
     assert "healthy now: web-1, web-3" in out
     assert "4 of 10 eu backends down: traffic eu, us = 84%, 16%" in out
     assert "10 of 10 eu backends down: traffic eu, us = 0%, 100%" in out
+    assert "sent: ada@example.com (attempt 2), grace@example.com (attempt 1)" in out
+    assert "dead letter: poison@example.com: nacked on delivery 3: template error" in out
 
 
 def test_bench_prints_a_ratio_for_every_policy_and_operation(

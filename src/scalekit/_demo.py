@@ -128,9 +128,39 @@ def demo_balancing(out: Callable[[str], None] = print) -> None:
             primary.mark_up(f"eu-{i}")
 
 
+def demo_mq(out: Callable[[str], None] = print) -> None:
+    """Queue e-mails, lose a consumer mid-message, dead-letter a poison message."""
+    from scalekit.mq import Broker
+    from scalekit.testing import FakeClock
+
+    _section("scalekit.mq: acks, redelivery and dead letters", out)
+    clock = FakeClock()
+    emails = Broker(clock=clock).queue("emails", visibility_timeout=30, max_deliveries=3)
+    for user in ("ada", "grace", "poison"):
+        emails.put({"to": f"{user}@example.com"})
+    crashed = emails.get(timeout=0)
+    assert crashed is not None
+    out(f"a worker took the mail to {crashed.body['to']} and crashed before acking")
+    clock.advance(31)
+    sent = []
+    while (delivery := emails.get(timeout=0)) is not None:
+        if delivery.body["to"].startswith("poison"):
+            delivery.nack(reason="template error")
+            continue
+        sent.append(f"{delivery.body['to']} (attempt {delivery.attempt})")
+        delivery.ack()
+    out(f"sent: {', '.join(sent)}")
+    dead = emails.dead_letters.get(timeout=0)
+    assert dead is not None
+    out(f"dead letter: {dead.body['to']}: {dead.dead_letter_reason}")
+    stats = emails.stats()
+    out(f"queue: {stats.total} left, {stats.acked} acked, {stats.redelivered} redelivered")
+
+
 def run(out: Callable[[str], None] = print) -> int:
     """Run every demo; return the exit status."""
     demo_cache(out)
     demo_sharding(out)
     demo_balancing(out)
+    demo_mq(out)
     return 0

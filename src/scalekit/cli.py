@@ -34,7 +34,7 @@ def _bench(parser: argparse.ArgumentParser) -> Handler:
         "module",
         nargs="?",
         default="cache",
-        choices=["cache", "sharding", "balancing"],
+        choices=["cache", "sharding", "balancing", "mq"],
         help="what to measure",
     )
     parser.add_argument(
@@ -48,6 +48,8 @@ def _bench(parser: argparse.ArgumentParser) -> Handler:
             return _bench_sharding(args.repeat)
         if args.module == "balancing":
             return _bench_balancing(args.repeat)
+        if args.module == "mq":
+            return _bench_mq(args.repeat)
         try:
             rows = compare_caches(repeat=args.repeat)
         except ImportError as exc:
@@ -64,6 +66,43 @@ def _bench(parser: argparse.ArgumentParser) -> Handler:
         return 0
 
     return handle
+
+
+def _bench_mq(repeat: int) -> int:
+    import tempfile
+
+    from scalekit import _bench as b
+
+    ours = b.measure(b.mq_memory_workload(), repeat=repeat, number=3) / b.MQ_BATCH
+    rival = b.measure(b.queue_queue_workload(), repeat=repeat, number=3) / b.MQ_BATCH
+    print("memory backend, one thread: put + get + ack, against queue.Queue put + get")
+    print(
+        f"  scalekit {ours * 1e9:6.0f} ns  queue.Queue {rival * 1e9:6.0f} ns  "
+        f"ratio {ours / rival:.2f}"
+    )
+    for kind in ("scalekit", "queue.Queue"):
+        p50, p99 = b.wakeup_latency(kind)
+        print(
+            f"  wake-up of a blocked consumer, {kind:11}: "
+            f"p50 {p50 * 1e6:5.1f} us, p99 {p99 * 1e6:5.1f} us"
+        )
+    with tempfile.TemporaryDirectory() as folder:
+        full = b.mq_sqlite_workload(f"{folder}/full.db", "FULL")
+        ours = b.measure(full, repeat=repeat, number=1) / 200
+        print("SQLite backend, synchronous=FULL: put + get + ack, one message at a time")
+        line = f"  scalekit {1 / ours:8,.0f} msg/s"
+        try:
+            theirs = b.measure(b.persist_queue_workload(f"{folder}/pq"), repeat=repeat, number=1)
+        except ImportError:
+            line += "  (pip install persist-queue to compare)"
+        else:
+            line += f"  persist-queue {200 / theirs:8,.0f} msg/s  x{theirs / 200 / ours:.1f}"
+        print(line)
+        batched = b.mq_sqlite_workload(f"{folder}/normal.db", "NORMAL", messages=2_000, batch=100)
+        seconds = b.measure(batched, repeat=repeat, number=1)
+        print("SQLite backend, synchronous=NORMAL: put_many + get_many + ack, batches of 100")
+        print(f"  scalekit {2_000 / seconds:8,.0f} msg/s")
+    return 0
 
 
 def _bench_balancing(repeat: int) -> int:
