@@ -373,7 +373,7 @@ def mq_sqlite_workload(
 ) -> Callable[[], int]:
     """put + get + ack on a SqliteBackend queue: one message at a time, or with
     ``put_many``/``get_many`` in batches of ``batch``."""
-    from scalekit.mq import Broker, SqliteBackend  # type: ignore[attr-defined]
+    from scalekit.mq import Broker, SqliteBackend
 
     queue = Broker(SqliteBackend(path, synchronous=synchronous)).queue("bench")
 

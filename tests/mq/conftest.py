@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import pytest
 from scalekit.mq import Broker, MemoryBackend
 from scalekit.testing import FakeClock
 from tests.contracts.queue_contract import QueueEnv
+from tests.mq import env_redis, env_sqlite
 
 
 def memory_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueueEnv]:
@@ -23,12 +22,9 @@ def memory_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Queue
 
 BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Iterator[QueueEnv]]] = {
     "memory": memory_env,
+    **env_sqlite.BACKENDS,
+    **env_redis.BACKENDS,
 }
-# While the durable backends are being written, each brings its env factory in its
-# own module (tests/mq/env_sqlite.py, tests/mq/env_redis.py, exporting BACKENDS).
-for _module in ("env_sqlite", "env_redis"):
-    with contextlib.suppress(ModuleNotFoundError):
-        BACKENDS.update(importlib.import_module(f"tests.mq.{_module}").BACKENDS)
 
 
 @pytest.fixture(params=sorted(BACKENDS))

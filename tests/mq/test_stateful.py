@@ -34,7 +34,7 @@ def memory_broker(clock: FakeClock) -> Broker:
 
 
 def sqlite_broker(clock: FakeClock) -> Broker:
-    from scalekit.mq import SqliteBackend  # type: ignore[attr-defined]
+    from scalekit.mq import SqliteBackend
 
     path = Path(tempfile.mkdtemp()) / "queue.db"
     return Broker(SqliteBackend(path, synchronous="NORMAL"), clock=clock)
@@ -225,3 +225,4 @@ class SqliteQueueMachine(QueueMachine):
 SqliteQueueMachine.TestCase.settings = settings(
     max_examples=25, stateful_step_count=40, deadline=None
 )
+TestSqliteQueue = SqliteQueueMachine.TestCase

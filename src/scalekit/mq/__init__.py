@@ -11,6 +11,8 @@ the queue's dead letters. Backends: :class:`MemoryBackend` (default),
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from scalekit.mq._async import AsyncQueue
 from scalekit.mq._broker import Backend, Broker, Topic
 from scalekit.mq._consumer import Backoff, Consumer
@@ -41,6 +43,24 @@ __all__ = [
     "Queue",
     "QueueOptions",
     "QueueStats",
+    "RedisStreamsBackend",
+    "SqliteBackend",
     "Topic",
 ]
 
+if TYPE_CHECKING:
+    from scalekit.mq._redis import RedisStreamsBackend
+    from scalekit.mq._sqlite import SqliteBackend
+
+
+def __getattr__(name: str) -> Any:
+    # The durable backends load on first use: sqlite3 and redis stay unimported otherwise.
+    if name == "SqliteBackend":
+        from scalekit.mq._sqlite import SqliteBackend
+
+        return SqliteBackend
+    if name == "RedisStreamsBackend":
+        from scalekit.mq._redis import RedisStreamsBackend
+
+        return RedisStreamsBackend
+    raise AttributeError(f"module 'scalekit.mq' has no attribute {name!r}")

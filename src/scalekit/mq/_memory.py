@@ -11,9 +11,12 @@ from collections.abc import Callable, Mapping
 from itertools import count
 from typing import Any
 
-from scalekit.errors import ConfigurationError, DeliveryExpired, QueueFull
+from scalekit.errors import DeliveryExpired, QueueFull
 from scalekit.mq._body import Body
 from scalekit.mq._queue import (
+    DEAD_LETTER_ATTEMPTS,
+    DEAD_LETTER_QUEUE,
+    DEAD_LETTER_REASON,
     Delivery,
     MessageId,
     Outgoing,
@@ -21,9 +24,11 @@ from scalekit.mq._queue import (
     QueueOptions,
     QueueStats,
     Wakeups,
+    check_limit,
     check_timeout,
     expiry_reason,
     nack_reason,
+    open_handle,
 )
 from scalekit.protocols import Clock
 
@@ -39,10 +44,15 @@ def _peek(counter: count[int]) -> int:
 
 def _settle_failed(delivery: Delivery, action: str) -> None:
     """``action`` found ``delivery`` no longer in flight: say why (ack twice is fine)."""
+    queue = delivery._queue
     state = delivery._settled
+    if state is None:
+        # Time-outs, nacks and rejects set the state under the lock; only a lock-free
+        # ack in another thread takes a delivery out of flight before saying so.
+        with queue._lock:  # type: ignore[attr-defined]
+            state = delivery._settled or "acked"
     if state == "acked" and action == "ack":
         return
-    queue = delivery._queue
     why = f"was {state} already" if state else "timed out and is delivered again"
     raise DeliveryExpired(
         f"cannot {action} delivery {delivery.attempt} of message {delivery.id!r} in "
@@ -61,7 +71,7 @@ class _MemoryDelivery(Delivery):
         self._settled = "acked"
         next(queue._acked)
         if queue._putters.sleepers:
-            queue._putters.wake()
+            queue._putters.wake(everyone=True)  # one of them may need more room
 
 
 class _MemoryQueue(Queue):
@@ -71,8 +81,13 @@ class _MemoryQueue(Queue):
     delayed ones in a heap by due time. In-flight deliveries are a dict (a
     delivery object is its own receipt: acking pops exactly it, atomically, so
     the common put/get/ack path needs no lock). Deadlines are a deque in delivery
-    order, plus a heap for extended ones; they are checked, with everything else
-    that happens in time, only once the earliest of them is due (``_due``).
+    order, plus a heap for extended ones. The lock-free paths only ever append to
+    or pop from these structures (never replace them).
+
+    ``_due`` is when the locked maintenance must next run: the earliest delayed
+    message, extended deadline or oldest deadline, and at the latest one
+    visibility timeout after the last maintenance, since a lock-free get cannot
+    create a deadline earlier than that. It is written under the lock only.
     """
 
     def __init__(
@@ -97,7 +112,8 @@ class _MemoryQueue(Queue):
         self._expiry: deque[tuple[float, _MemoryDelivery]] = deque()
         self._late: list[tuple[float, int, _MemoryDelivery]] = []  # extended deadlines
         self._late_order = count()
-        self._due = math.inf  # the earliest delayed message or deadline
+        self._due = -math.inf  # when the locked maintenance must next run: now
+        self._due_lowered = False  # set under the lock: wake every getter to re-plan
         self._prune_at = 4096
         self._dedup: dict[str, tuple[MessageId, float]] = {}
         self._dedup_order: deque[tuple[float, str]] = deque()
@@ -119,14 +135,18 @@ class _MemoryQueue(Queue):
         timeout: float | None = None,
     ) -> MessageId:
         kind = type(body)
-        if (
+        simple = (
             (kind is bytes or kind is str)
-            and not (delay or priority or headers or self._bounded or self._closed)
+            and not (delay or priority or headers or self._bounded)
             and dedup_key is None
             and timeout is None
-        ):
+        )
+        if simple and not self._closed:
             message_id = next(self._ids)
-            self._ready.append(_MemoryDelivery(self, message_id, body, None, 0, self._clock(), 1))
+            delivery = _MemoryDelivery(self, message_id, body, None, 0, self._clock(), 1)
+            self._ready.append(delivery)
+            if self._closed:  # another thread closed it meanwhile
+                self._withdraw(delivery)  # type: ignore[unreachable]
             if self._getters.sleepers:
                 self._getters.wake()
             return message_id
@@ -138,6 +158,15 @@ class _MemoryQueue(Queue):
             headers=headers,
             timeout=timeout,
         )
+
+    def _withdraw(self, delivery: _MemoryDelivery) -> None:
+        """Take back a message put while the queue was being closed."""
+        with self._lock:
+            try:
+                self._ready.remove(delivery)
+            except ValueError:
+                return  # a consumer has it already: the put went through
+        self._check_open()
 
     def _put(
         self, outgoing: list[Outgoing], dedup_key: str | None, timeout: float | None
@@ -161,8 +190,17 @@ class _MemoryQueue(Queue):
                     f"or in flight) and stayed full for {timeout or 0:g} s"
                 )
             ids = got
-        self._getters.wake(everyone=len(outgoing) > 1)
+        self._getters.wake(everyone=len(outgoing) > 1 or self._take_due_lowered())
         return ids
+
+    def _take_due_lowered(self) -> bool:
+        """Whether a locked path moved ``_due`` earlier since the last call (then every
+        sleeping getter must re-plan its wait)."""
+        if not self._due_lowered:
+            return False
+        with self._lock:
+            lowered, self._due_lowered = self._due_lowered, False
+        return lowered
 
     def _store_if_room(
         self, outgoing: list[Outgoing], dedup_key: str | None
@@ -181,6 +219,9 @@ class _MemoryQueue(Queue):
             return self._store_locked(outgoing, dedup_key)
 
     def _store_locked(self, outgoing: list[Outgoing], dedup_key: str | None) -> list[MessageId]:
+        # close() sets the flag under the lock too: a store either lands before it
+        # (and consumers, which look once more after seeing the close, drain it) or fails.
+        self._check_open()
         now = self._clock()
         if dedup_key is not None:
             order = self._dedup_order
@@ -216,8 +257,13 @@ class _MemoryQueue(Queue):
 
     def _delay(self, delivery: _MemoryDelivery, when: float) -> None:
         heapq.heappush(self._delayed, (when, delivery.id, delivery))
+        self._lower_due(when)
+
+    def _lower_due(self, when: float) -> None:
+        """Under the lock: something happens at ``when``."""
         if when < self._due:
             self._due = when
+            self._due_lowered = True
 
     # -- consuming ------------------------------------------------------------
 
@@ -225,7 +271,13 @@ class _MemoryQueue(Queue):
         if timeout is not None and timeout != 0:
             check_timeout(timeout)
         now = self._clock()
-        if self._ranked or now >= self._due or len(self._expiry) > self._prune_at:
+        expiry = self._expiry
+        if (
+            self._bounded  # a bounded queue counts in flight exactly: the locked path
+            or self._ranked
+            or now >= self._due
+            or len(expiry) > self._prune_at
+        ):
             got = self._take_now(1, now)
             delivery = got[0] if got else None
         else:
@@ -236,9 +288,7 @@ class _MemoryQueue(Queue):
             else:
                 deadline = delivery._deadline = now + self._vt
                 self._inflight[delivery] = None
-                self._expiry.append((deadline, delivery))
-                if deadline < self._due:
-                    self._due = deadline
+                expiry.append((deadline, delivery))
                 next(self._delivered)
                 if delivery.attempt != 1:
                     next(self._redelivered)
@@ -272,67 +322,88 @@ class _MemoryQueue(Queue):
         return self._closed
 
     def _due_in(self) -> float | None:
+        """Seconds a getter with nothing to take may sleep: until the maintenance is
+        due (a delayed message, a deadline, or one visibility timeout); None: no limit."""
         due = self._due
         return None if due == math.inf else due - self._clock()
 
     def _take_now(self, n: int, now: float) -> list[Delivery]:
-        wake_putters = False
         with self._lock:
-            if now >= self._due or len(self._expiry) > self._prune_at:
-                wake_putters = self._maintain(now)
+            expiry = self._expiry
+            left = False
+            if now >= self._due or len(expiry) > self._prune_at:
+                left = self._maintain(now)
             taken: list[Delivery] = []
             ready, ranked = self._ready, self._ranked
             while len(taken) < n:
                 if ranked and (ranked[0][0] < 0 or not ready):
                     delivery = heapq.heappop(ranked)[2]
-                elif ready:
-                    delivery = ready.popleft()
                 else:
-                    break
+                    try:
+                        delivery = ready.popleft()
+                    except IndexError:  # empty, or emptied by a lock-free get
+                        if not ranked:
+                            break
+                        delivery = heapq.heappop(ranked)[2]
                 deadline = delivery._deadline = now + self._vt
                 self._inflight[delivery] = None
-                self._expiry.append((deadline, delivery))
-                if deadline < self._due:
-                    self._due = deadline
+                expiry.append((deadline, delivery))
                 next(self._delivered)
                 if delivery.attempt != 1:
                     next(self._redelivered)
                 taken.append(delivery)
-        self._wake_after(wake_putters)
+        self._wake_after(left)
         return taken
 
     def _maintain(self, now: float) -> bool:
         """Under the lock: release due delayed messages, time out expired deliveries,
-        drop settled ones from the deadline queue; recompute ``_due``. Returns
-        whether messages left the queue (room for blocked putters)."""
+        drop settled ones from the deadline queue, recompute ``_due``. Returns
+        whether messages left the queue (room for blocked putters).
+
+        Lock-free gets may append to the deadline deque meanwhile: it is only
+        popped from and appended to here, never replaced."""
         left = False
         delayed = self._delayed
         while delayed and delayed[0][0] <= now:
             self._make_ready(heapq.heappop(delayed)[2], front=False)
-        expiry, late, inflight = self._expiry, self._late, self._inflight
+        expiry, late = self._expiry, self._late
         while expiry and expiry[0][0] <= now:
             deadline, delivery = expiry.popleft()
-            if delivery._deadline == deadline and delivery in inflight:
+            if delivery._deadline == deadline:
                 left |= self._time_out(delivery)
         while late and late[0][0] <= now:
             deadline, _, delivery = heapq.heappop(late)
-            if delivery._deadline == deadline and delivery in inflight:
+            if delivery._deadline == deadline:
                 left |= self._time_out(delivery)
         if len(expiry) > self._prune_at:
-            kept = deque(
-                entry for entry in expiry if entry[1] in inflight and entry[1]._deadline == entry[0]
-            )
-            self._expiry = expiry = kept
-            self._prune_at = 2 * len(kept) + 4096
+            self._prune()
+        try:
+            oldest = expiry[0][0]
+        except IndexError:
+            oldest = math.inf
         self._due = min(
             delayed[0][0] if delayed else math.inf,
-            expiry[0][0] if expiry else math.inf,
             late[0][0] if late else math.inf,
+            oldest,
+            now + self._vt,  # no lock-free get can create an earlier deadline
         )
         return left
 
+    def _prune(self) -> None:
+        """Under the lock: drop settled deliveries from the deadline deque, in place.
+        An entry a lock-free get appends meanwhile may end up behind older ones: it
+        is then checked a few microseconds late, never skipped."""
+        expiry, inflight = self._expiry, self._inflight
+        for _ in range(len(expiry)):
+            entry = expiry.popleft()
+            if entry[1] in inflight and entry[1]._deadline == entry[0]:
+                expiry.append(entry)
+        self._prune_at = 2 * len(expiry) + 4096
+
     def _time_out(self, delivery: _MemoryDelivery) -> bool:
-        del self._inflight[delivery]
+        """Under the lock: the delivery's deadline passed; deliver it again or bury it."""
+        if self._inflight.pop(delivery, _MISSING) is _MISSING:
+            return False  # acked (lock-free) meanwhile
         delivery._settled = "timed out"
         if self._exhausted(delivery.attempt):
             self._bury(delivery, expiry_reason(delivery.attempt))
@@ -423,21 +494,31 @@ class _MemoryQueue(Queue):
         dead = self._dead_letters
         if isinstance(dead, _MemoryQueue) and dead._getters_to_wake:
             dead._getters_to_wake = False
-            dead._getters.wake()
+            dead._getters.wake(everyone=True)
         if left and self._putters.sleepers:
             self._putters.wake(everyone=True)
+        if self._take_due_lowered():
+            self._getters.wake(everyone=True)
 
     def _extend(self, delivery: Delivery, seconds: float) -> None:
+        assert isinstance(delivery, _MemoryDelivery)
         with self._lock:
-            if delivery in self._inflight:
+            extended = delivery in self._inflight
+            if extended:
                 deadline = delivery._deadline = self._clock() + seconds
                 heapq.heappush(self._late, (deadline, next(self._late_order), delivery))
-                if deadline < self._due:
-                    self._due = deadline
-                return
-        _settle_failed(delivery, "extend")
+                self._lower_due(deadline)
+        if not extended:
+            _settle_failed(delivery, "extend")
+            return
+        self._wake_after(False)
 
     _blocking_io = False
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._wake_all()
 
     def _wake_all(self) -> None:
         self._getters.wake(everyone=True)
@@ -498,53 +579,57 @@ class _MemoryQueue(Queue):
 
     def purge(self) -> int:
         with self._lock:
-            purged = len(self._ready) + len(self._ranked) + len(self._delayed)
-            self._ready.clear()
+            purged = len(self._ranked) + len(self._delayed)
             self._ranked.clear()
             self._delayed.clear()
+            ready = self._ready
+            while True:  # popped one by one: lock-free gets may pop too, and puts append
+                try:
+                    ready.popleft()
+                except IndexError:
+                    break
+                purged += 1
             self._maintain(self._clock())
-        self._after_move(True)
+        self._wake_after(True)
         return purged
 
     def redrive(self, limit: int | None = None) -> int:
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
-        ):
-            raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
+        check_limit(limit)
         dead = self.dead_letters
         assert isinstance(dead, _MemoryQueue)
         self._check_open()
+        wanted = math.inf if limit is None else limit
+        moving: list[_MemoryDelivery] = []
         with dead._lock:
             dead._maintain(dead._clock())
-            waiting = sorted(
-                [
-                    *dead._ready,
-                    *(entry[2] for entry in dead._ranked),
-                    *(e[2] for e in dead._delayed),
-                ],
+            while len(moving) < wanted:  # oldest first: the ready ones arrived in order
+                try:
+                    moving.append(dead._ready.popleft())  # lock-free gets may pop too
+                except IndexError:
+                    break
+            rest = sorted(
+                [*(e[2] for e in dead._ranked), *(e[2] for e in dead._delayed)],
                 key=lambda d: d.id,
             )
-            moving = waiting if limit is None else waiting[:limit]
-            gone = {id(d) for d in moving}
-            dead._ready = deque(d for d in dead._ready if id(d) not in gone)
-            dead._ranked = [e for e in dead._ranked if id(e[2]) not in gone]
+            budget = wanted - len(moving)
+            chosen = rest if budget >= len(rest) else rest[: int(budget)]
+            taken = {id(d) for d in chosen}
+            moving += chosen
+            dead._ranked = [e for e in dead._ranked if id(e[2]) not in taken]
             heapq.heapify(dead._ranked)
-            dead._delayed = [e for e in dead._delayed if id(e[2]) not in gone]
+            dead._delayed = [e for e in dead._delayed if id(e[2]) not in taken]
             heapq.heapify(dead._delayed)
-            dead._maintain(dead._clock())
         with self._lock:
             for d in moving:
                 headers = {
                     k: v
                     for k, v in (d._headers or {}).items()
-                    if not k.startswith("x-dead-letter-")
+                    if k not in (DEAD_LETTER_REASON, DEAD_LETTER_QUEUE, DEAD_LETTER_ATTEMPTS)
                 }
-                self._make_ready(
-                    _MemoryDelivery(
-                        self, d.id, d._stored, headers or None, d.priority, d.enqueued_at, 1
-                    ),
-                    front=False,
+                again = _MemoryDelivery(
+                    self, d.id, d._stored, headers or None, d.priority, d.enqueued_at, 1
                 )
+                self._make_ready(again, front=False)
         if moving:
             self._getters.wake(everyone=True)
         return len(moving)
@@ -568,18 +653,10 @@ class MemoryBackend:
     def open_queue(self, name: str, options: QueueOptions | None, clock: Clock) -> Queue:
         """The queue ``name`` (created on first use) with its dead-letter queue."""
         with self._lock:
-            queue = self._queues.get(name)
-            if options is None:
-                if queue is not None:
-                    return queue
-                options = QueueOptions()
+            queue = open_handle(self._queues.get(name), name, options, clock)
             if queue is not None:
-                if queue.options != options or queue._clock is not clock:
-                    raise ConfigurationError(
-                        f"queue {name!r} is already open with {queue.options}; "
-                        "open it with the same options and clock"
-                    )
                 return queue
+            options = options or QueueOptions()
             ids = count(1)
             dead = _MemoryQueue(
                 f"{name}.dlq",
@@ -608,7 +685,10 @@ class MemoryBackend:
             return list(self._subscriptions.get(topic, []))
 
     def close(self) -> None:
+        """Close every queue and its dead letters (waking whoever waits on them)."""
         with self._lock:
             queues = list(self._queues.values())
         for queue in queues:
             queue.close()
+            if queue._dead_letters is not None:
+                queue._dead_letters.close()

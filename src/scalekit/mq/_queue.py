@@ -132,6 +132,28 @@ def check_delay(delay: float, what: str = "delay") -> float:
     return float(delay)
 
 
+def check_limit(limit: int | None) -> int | None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
+    return limit
+
+
+def open_handle(
+    queue: Queue | None, name: str, options: QueueOptions | None, clock: Clock
+) -> Queue | None:
+    """For a backend's ``open_queue``: the handle it already has for ``name``, if
+    ``options`` (None: any) and ``clock`` match; None if it has none. Raises
+    :class:`~scalekit.errors.ConfigurationError` for other options."""
+    if queue is None:
+        return None
+    if options is not None and (queue.options != options or queue._clock is not clock):
+        raise ConfigurationError(
+            f"queue {name!r} is already open with {queue.options}; "
+            "open it with the same options and clock"
+        )
+    return queue
+
+
 def check_priority(priority: int) -> int:
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise TypeError(f"priority must be an int, got {priority!r}")
@@ -279,8 +301,10 @@ class Wakeups:
             while True:
                 generation = self._generation
                 got = attempt()
-                if got is not None or give_up():
+                if got is not None:
                     return got
+                if give_up():  # one last look: what was put before the close is drained
+                    return attempt()
                 wait = _seconds_left(deadline, until())
                 if wait is not None and wait <= 0:
                     return None
@@ -309,15 +333,17 @@ class Wakeups:
                 self._tasks.add(entry)
             try:
                 got = attempt()
-                if got is not None or give_up():
+                if got is not None:
                     return got
+                if give_up():
+                    return attempt()
                 wait = _seconds_left(deadline, until())
                 if wait is not None and wait <= 0:
                     return None
                 try:
-                    await asyncio.wait_for(future, wait)
-                except asyncio.TimeoutError:
-                    pass
+                    # asyncio.wait, not wait_for: on 3.10 and 3.11 wait_for swallows a
+                    # cancellation that arrives together with the wake-up.
+                    await asyncio.wait((future,), timeout=wait)
                 except asyncio.CancelledError:
                     if future.done() and not future.cancelled():
                         self.wake()  # woken but cancelled: pass the wake-up on

@@ -1,0 +1,1331 @@
+"""The SQLite backend: durable queues in one file, shared by threads and processes.
+
+Layout of a store (``PRAGMA application_id`` = :data:`APPLICATION_ID`,
+``PRAGMA user_version`` = :data:`SCHEMA_VERSION`, and the same two facts in
+``scalekit_meta``)::
+
+    mq_queues         one row per queue (and per dead-letter queue): its id, name,
+                      size, counters, and ``head``, the next place at the front
+                      of its line
+    mq_sequence       the last message id handed out (ids are never reused)
+    mq_messages       one row per message; (state, rank, seq) says where it is:
+                        0 ready      rank = -priority   seq = place in line
+                        1 delayed    rank = due time    seq = id
+                        2 in flight  rank = deadline    seq = receipt
+                      one index, (queue, state, rank, seq), serves every lookup;
+                      ``turn`` orders extended deliveries (see _SELECT_DUE)
+    mq_dedup          dedup keys and when they expire
+    mq_subscriptions  topic groups, in the order they subscribed
+
+Every time is a value of the broker's clock (wall time by default), so deadlines
+and delays survive a restart. A delivery's receipt is the queue's ``delivered``
+counter at the time it was delivered: unique in that queue, so a stale
+delivery (timed out, redelivered to someone else) can never settle the new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from scalekit.errors import (
+    BackendError,
+    ClosedError,
+    ConfigurationError,
+    DeliveryExpired,
+    IncompatibleStore,
+    QueueFull,
+)
+from scalekit.mq._body import from_stored, to_stored
+from scalekit.mq._queue import (
+    DEAD_LETTER_ATTEMPTS,
+    DEAD_LETTER_QUEUE,
+    DEAD_LETTER_REASON,
+    Delivery,
+    MessageId,
+    Outgoing,
+    Queue,
+    QueueOptions,
+    QueueStats,
+    Wakeups,
+    check_limit,
+    expiry_reason,
+    nack_reason,
+    open_handle,
+)
+from scalekit.protocols import Clock
+
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteBackend"]
+
+T = TypeVar("T")
+
+APPLICATION_ID = 0x534B4D51
+"""``PRAGMA application_id`` of a scalekit.mq store ("SKMQ")."""
+
+SCHEMA_VERSION = 1
+"""``PRAGMA user_version`` of the schema this module reads and writes."""
+
+_STORE_KIND = "scalekit.mq"
+_BUSY_TIMEOUT = 30.0  # seconds a transaction waits for another process's lock
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_PAGE_SIZE = 1024
+
+_SCHEMA = (
+    "CREATE TABLE scalekit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE mq_queues (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        size INTEGER NOT NULL DEFAULT 0,
+        head INTEGER NOT NULL DEFAULT 0,
+        delivered INTEGER NOT NULL DEFAULT 0,
+        redelivered INTEGER NOT NULL DEFAULT 0,
+        acked INTEGER NOT NULL DEFAULT 0,
+        dead_lettered INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE TABLE mq_sequence (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER NOT NULL)",
+    "INSERT INTO mq_sequence VALUES (1, 0)",
+    """CREATE TABLE mq_messages (
+        id INTEGER PRIMARY KEY,
+        queue INTEGER NOT NULL,
+        state INTEGER NOT NULL,
+        rank REAL NOT NULL,
+        seq INTEGER NOT NULL,
+        turn INTEGER,
+        priority INTEGER NOT NULL,
+        attempts INTEGER NOT NULL,
+        enqueued_at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        body BLOB NOT NULL,
+        headers TEXT
+    )""",
+    "CREATE INDEX mq_messages_line ON mq_messages (queue, state, rank, seq)",
+    """CREATE TABLE mq_dedup (
+        queue INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        message INTEGER NOT NULL,
+        expires REAL NOT NULL,
+        PRIMARY KEY (queue, key)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX mq_dedup_expiry ON mq_dedup (queue, expires)",
+    """CREATE TABLE mq_subscriptions (
+        topic TEXT NOT NULL,
+        grp TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (topic, grp)
+    ) WITHOUT ROWID""",
+)
+
+_READY, _DELAYED, _IN_FLIGHT = 0, 1, 2
+
+_SELECT_READY = (
+    "SELECT id, kind, body, headers, priority, enqueued_at, attempts FROM mq_messages "
+    "WHERE queue = ? AND state = 0 ORDER BY rank, seq LIMIT ?"
+)
+# Delayed messages come due by (due time, id); expired deliveries are handled in
+# the memory backend's order: those never extended by (deadline, receipt), then
+# the extended ones by (deadline, order of the extension).
+_SELECT_DUE = (
+    "SELECT state, id, priority, attempts, headers FROM mq_messages "
+    "WHERE queue = ? AND state IN (1, 2) AND rank <= ? "
+    "ORDER BY state, turn IS NOT NULL, rank, coalesce(turn, seq)"
+)
+_DELIVER = (
+    "UPDATE mq_messages SET state = 2, rank = ?, seq = ?, turn = NULL, "
+    "attempts = attempts + 1 WHERE id = ?"
+)
+_COUNT_DELIVERIES = (
+    "UPDATE mq_queues SET delivered = delivered + ?, redelivered = redelivered + ? WHERE id = ?"
+)
+_ACK = "DELETE FROM mq_messages WHERE id = ? AND queue = ? AND state = 2 AND seq = ?"
+_COUNT_ACKS = "UPDATE mq_queues SET acked = acked + ?, size = size - ? WHERE id = ?"
+_HELD = (
+    "SELECT priority, headers FROM mq_messages WHERE id = ? AND queue = ? AND state = 2 AND seq = ?"
+)
+# Redrive takes dead letters oldest first, as the memory backend does: the ready
+# ones of priority 0 in their line's order, then the others (other priorities, and
+# delayed ones) by id.
+_SELECT_DEAD = (
+    "SELECT id, priority, headers FROM mq_messages WHERE queue = ? AND state IN (0, 1) "
+    "ORDER BY NOT (state = 0 AND priority = 0), "
+    "CASE WHEN state = 0 AND priority = 0 THEN seq ELSE id END LIMIT ?"
+)
+_INSERT = (
+    "INSERT INTO mq_messages "
+    "(id, queue, state, rank, seq, priority, attempts, enqueued_at, kind, body, headers) "
+    "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)"
+)
+
+
+# -- the connection, and group commit -----------------------------------------
+
+
+def _wrap(exc: sqlite3.Error, doing: str, path: str) -> BackendError:
+    """The scalekit error for a sqlite3 error (raise it ``from exc``)."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.DatabaseError) and ("malformed" in text or "not a database" in text):
+        return IncompatibleStore(
+            f"{path}: the SQLite file is damaged ({text}) while {doing}", backend="sqlite"
+        )
+    return BackendError(f"{path}: SQLite failed while {doing}: {text}", backend="sqlite")
+
+
+class _Job:
+    __slots__ = ("done", "error", "function", "result", "wakeup")
+
+    def __init__(self, function: Callable[[sqlite3.Connection], Any]) -> None:
+        self.function = function
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.wakeup: threading.Condition | None = None
+
+
+class _Store:
+    """One connection to the file, shared by every thread of the backend, with
+    group commit: a thread that finds no transaction running becomes the leader,
+    runs its job and every job queued meanwhile in one ``BEGIN IMMEDIATE``
+    transaction (each job in its own savepoint), commits once (one fsync with
+    ``synchronous=FULL``), then wakes exactly the threads whose jobs it ran and
+    the first one still waiting, the next leader. Alone, a thread pays one
+    transaction per call; under contention, N threads share one commit.
+
+    Measured against a connection per thread (each with its own transactions,
+    SQLite's busy timeout between them), N producer and N consumer threads doing
+    put, get, ack on a 2-core machine: with ``synchronous="FULL"``, 1.2 to 3
+    times faster (at 8 + 8 threads 6,400 against 2,700 messages/s: the threads
+    share fsyncs); with ``"NORMAL"``, where a commit costs no fsync, a connection
+    per thread is about 20 % faster under contention (11,100 against 8,400 to
+    9,000 messages/s) and as fast alone. FULL is the default, so this is it.
+    """
+
+    def __init__(self, path: str, synchronous: str) -> None:
+        self.path = path
+        self._mutex = threading.Lock()
+        self._pending: list[_Job] = []
+        self._busy = False
+        self.closed = False
+        self._idle = threading.Condition(self._mutex)  # close() waits on it
+        self._pid = os.getpid()
+        self.conn = _open_store(path, synchronous)
+
+    def run(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``function(conn)`` inside a write transaction and return its result
+        once committed. Raises what it raised (its changes rolled back), or
+        :class:`BackendError` if the transaction failed."""
+        job = _Job(function)
+        with self._mutex:
+            if self.closed:
+                raise ClosedError(f"the SQLite backend on {self.path!r} is closed")
+            if os.getpid() != self._pid:  # an SQLite connection must not cross a fork
+                raise BackendError(
+                    f"this SqliteBackend on {self.path!r} was opened in process {self._pid}; "
+                    "open a new one in this (forked) process",
+                    backend="sqlite",
+                )
+            self._pending.append(job)
+            if self._busy and self._wait_turn(job):
+                theirs: T = self._result(job)
+                return theirs
+            self._busy = True
+            batch, self._pending = self._pending, []
+        try:
+            self._commit(batch)
+        finally:
+            with self._mutex:
+                self._busy = False
+                for done in batch:
+                    if done.wakeup is not None:
+                        done.wakeup.notify()
+                if self._pending:
+                    leader = self._pending[0].wakeup
+                    if leader is not None:
+                        leader.notify()
+                if self._refused():
+                    self._idle.notify_all()
+        result: T = self._result(job)
+        return result
+
+    def _wait_turn(self, job: _Job) -> bool:
+        """Holding the mutex, wait until another leader has run ``job`` (True) or
+        no transaction runs and this thread is to lead (False)."""
+        wakeup = job.wakeup = threading.Condition(self._mutex)
+        while self._busy and not job.done:
+            wakeup.wait()
+        if job.done:
+            return True
+        if self.closed:
+            self._pending.remove(job)
+            raise ClosedError(f"the SQLite backend on {self.path!r} is closed")
+        return False
+
+    def _refused(self) -> bool:
+        """Whether :meth:`close` was called (read again after the transaction)."""
+        return self.closed
+
+    @staticmethod
+    def _result(job: _Job) -> Any:
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _commit(self, batch: list[_Job]) -> None:
+        conn = self.conn
+        try:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                if len(batch) == 1:
+                    job = batch[0]
+                    try:
+                        job.result = job.function(conn)
+                    except Exception as exc:
+                        job.error = self._error(exc)
+                        if conn.in_transaction:  # SQLite may have rolled back already
+                            with contextlib.suppress(sqlite3.Error):
+                                conn.execute("ROLLBACK")
+                        return
+                else:
+                    for job in batch:
+                        conn.execute("SAVEPOINT job")
+                        try:
+                            job.result = job.function(conn)
+                        except Exception as exc:
+                            conn.execute("ROLLBACK TO job")
+                            job.error = self._error(exc)
+                        conn.execute("RELEASE job")
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                for job in batch:  # none of them committed
+                    job.result = None
+                    if isinstance(exc, Exception):
+                        job.error = self._error(exc)
+                    else:  # KeyboardInterrupt...: raised in the leader only
+                        job.error = BackendError(
+                            f"{self.path}: the transaction was interrupted ({exc!r})",
+                            backend="sqlite",
+                        )
+                if not isinstance(exc, Exception):
+                    raise
+        finally:
+            for job in batch:
+                job.done = True
+
+    def _error(self, exc: Exception) -> Exception:
+        if isinstance(exc, sqlite3.Error):
+            error = _wrap(exc, "running a transaction", self.path)
+            error.__cause__ = exc
+            return error
+        return exc
+
+    def close(self) -> None:
+        """Wait for the running transaction, refuse the waiting ones
+        (:class:`ClosedError`), close the connection. Idempotent."""
+        with self._mutex:
+            if self.closed:
+                return
+            self.closed = True
+            while self._busy:
+                self._idle.wait()
+            for job in self._pending:
+                if job.wakeup is not None:
+                    job.wakeup.notify()
+        try:
+            self.conn.close()
+        except sqlite3.Error as exc:
+            raise _wrap(exc, "closing", self.path) from exc
+
+
+def _open_store(path: str, synchronous: str) -> sqlite3.Connection:
+    """A connection to the store at ``path``, created if missing. Refuses, without
+    changing it, a file that is not a scalekit.mq store of a schema this reads."""
+    if _check_file(path):
+        _check_read_only(path)
+    try:
+        conn = sqlite3.connect(
+            path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise _wrap(exc, "opening", path) from exc
+    try:
+        if not _is_ours(conn, path):
+            _create(conn, path)
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise BackendError(
+                f"{path}: cannot use WAL journal mode (got {mode!r})", backend="sqlite"
+            )
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+    except BaseException as exc:
+        conn.close()
+        if isinstance(exc, sqlite3.Error):
+            raise _wrap(exc, "opening", path) from exc
+        raise
+    return conn
+
+
+def _check_file(path: str) -> bool:
+    """Refuse a file that is not an SQLite database before SQLite sees it; True
+    if there is a file with something in it."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(len(_SQLITE_HEADER))
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise BackendError(f"{path}: cannot read the file: {exc}", backend="sqlite") from exc
+    if header and header != _SQLITE_HEADER:
+        raise IncompatibleStore(
+            f"{path} is not an SQLite database (it does not start with the SQLite header); "
+            "refusing to use it as a scalekit.mq store",
+            backend="sqlite",
+        )
+    return bool(header)
+
+
+def _check_read_only(path: str) -> None:
+    """Check an existing database through a read-only connection, which can change
+    nothing (a read-write one may recover or checkpoint another application's
+    WAL into the file when it closes)."""
+    try:
+        conn = sqlite3.connect(
+            Path(path).absolute().as_uri() + "?mode=ro", uri=True, timeout=_BUSY_TIMEOUT
+        )
+    except sqlite3.Error as exc:
+        raise _wrap(exc, "opening", path) from exc
+    try:
+        _is_ours(conn, path)
+    except sqlite3.Error as exc:
+        raise _wrap(exc, "checking the schema", path) from exc
+    finally:
+        conn.close()
+
+
+def _is_ours(conn: sqlite3.Connection, path: str) -> bool:
+    """True for a scalekit.mq store of this schema, False for an empty database;
+    raises :class:`IncompatibleStore` for anything else."""
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if app_id == 0 and version == 0:
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if tables == 0:
+            return False
+        raise IncompatibleStore(
+            f"{path} is an SQLite database of some other application "
+            f"({tables} schema objects, no scalekit application_id); refusing to use it",
+            backend="sqlite",
+        )
+    if app_id != APPLICATION_ID:
+        raise IncompatibleStore(
+            f"{path} is an SQLite database of another application "
+            f"(application_id {app_id:#x}, scalekit.mq is {APPLICATION_ID:#x})",
+            backend="sqlite",
+        )
+    if version > SCHEMA_VERSION:
+        raise IncompatibleStore(
+            f"{path} has scalekit.mq schema version {version}, newer than the version "
+            f"{SCHEMA_VERSION} this scalekit reads; upgrade scalekit",
+            backend="sqlite",
+        )
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM scalekit_meta").fetchall())
+    except sqlite3.OperationalError as exc:
+        raise IncompatibleStore(
+            f"{path} has the scalekit.mq application_id but no scalekit_meta table: it is damaged",
+            backend="sqlite",
+        ) from exc
+    if meta.get("store") != _STORE_KIND or meta.get("schema_version") != str(version):
+        raise IncompatibleStore(
+            f"{path}: scalekit_meta says {meta!r}, expected store={_STORE_KIND!r} and "
+            f"schema_version={version}: the store is damaged",
+            backend="sqlite",
+        )
+    if version != SCHEMA_VERSION:
+        raise IncompatibleStore(
+            f"{path} has scalekit.mq schema version {version}; this scalekit reads "
+            f"version {SCHEMA_VERSION} only",
+            backend="sqlite",
+        )
+    return True
+
+
+def _create(conn: sqlite3.Connection, path: str) -> None:
+    """Create the schema in an empty database (another process may race us).
+
+    Pages of 1 KiB rather than SQLite's 4 KiB: a put or an ack changes a row and
+    an index entry or two, and each commit writes every page it changed to the
+    WAL, so smaller pages make commits cheaper (measured: ~30 % more messages/s
+    with synchronous="NORMAL", bodies of 100 B to 1 KB)."""
+    conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")  # only takes on a new, empty file
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if _is_ours(conn, path):  # created by another process meanwhile
+            conn.execute("ROLLBACK")
+            return
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.executemany(
+            "INSERT INTO scalekit_meta VALUES (?, ?)",
+            [("store", _STORE_KIND), ("schema_version", str(SCHEMA_VERSION))],
+        )
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _scalar(conn: sqlite3.Connection, sql: str, *params: Any) -> Any:
+    """The one value of a query that returns one row."""
+    return conn.execute(sql, params).fetchone()[0]
+
+
+def _next_ids(conn: sqlite3.Connection, n: int) -> int:
+    """Take ``n`` fresh ids (also places at the back of a line); return the first."""
+    last: int = _scalar(conn, "SELECT last FROM mq_sequence WHERE id = 1")
+    conn.execute("UPDATE mq_sequence SET last = ? WHERE id = 1", (last + n,))
+    return last + 1
+
+
+def _dumps_headers(headers: dict[str, str] | None) -> str | None:
+    return json.dumps(headers, ensure_ascii=False, separators=(",", ":")) if headers else None
+
+
+def _loads_headers(text: str | None) -> dict[str, str] | None:
+    return json.loads(text) if text else None
+
+
+# -- deliveries and queues ------------------------------------------------------
+
+
+class _SqliteDelivery(Delivery):
+    __slots__ = ("_receipt",)
+
+    def __init__(self, queue: _SqliteQueue, row: Sequence[Any], receipt: int) -> None:
+        message_id, kind, data, headers, priority, enqueued_at, attempts = row
+        super().__init__(
+            queue,
+            message_id,
+            from_stored(kind, data),
+            _loads_headers(headers),
+            priority,
+            enqueued_at,
+            attempts + 1,
+        )
+        self._receipt = receipt
+
+
+def _settle_failed(delivery: Delivery, action: str) -> None:
+    """``action`` found ``delivery`` no longer in flight: say why (ack twice is fine)."""
+    state = delivery._settled
+    if state == "acked" and action == "ack":
+        return
+    queue = delivery._queue
+    why = f"was {state} already" if state else "timed out and is delivered again"
+    raise DeliveryExpired(
+        f"cannot {action} delivery {delivery.attempt} of message {delivery.id!r} in "
+        f"{queue.name!r}: it {why}"
+    )
+
+
+@dataclass
+class _Moved:
+    """What a transaction's housekeeping moved, to wake the right waiters after it."""
+
+    readied: bool = False  # messages became ready in this queue
+    left: bool = False  # messages left this queue (room for blocked putters)
+    buried: bool = False  # messages went to the dead letters
+
+
+class _SqliteQueue(Queue):
+    """One queue of a :class:`SqliteBackend`: rows of one table, one index.
+
+    Each operation is one transaction (shared with other threads' operations by
+    group commit). Runtime complexity: put, get and every settlement O(log n)
+    (index lookups), plus O(k log n) for the k delayed messages that became due
+    or deliveries that timed out since the last look (released lazily, inside
+    gets and stats); ``put_many``/``get_many`` of k messages O(k log n) in one
+    transaction; ``stats`` and ``purge`` O(n).
+    """
+
+    _blocking_io = True
+
+    def __init__(
+        self,
+        backend: SqliteBackend,
+        name: str,
+        queue_id: int,
+        options: QueueOptions,
+        clock: Clock,
+        dead_letters: _SqliteQueue | None,
+    ) -> None:
+        super().__init__(name, options, clock, dead_letters)
+        self._backend = backend
+        self._store = backend._store
+        self._qid = queue_id
+        self._dead_id = dead_letters._qid if dead_letters is not None else None
+        self._lock = threading.Lock()
+        self._getters = Wakeups(self._lock)
+        self._putters = Wakeups(self._lock)
+        self._events = 0  # bumped before every wake-up of getters (see _take_async)
+
+    # -- producing ------------------------------------------------------------
+
+    def _put(
+        self, outgoing: list[Outgoing], dedup_key: str | None, timeout: float | None
+    ) -> list[MessageId]:
+        self._check_open()
+        store = self._put_now(outgoing, dedup_key)
+        ids = store()
+        if ids is None and timeout != 0:
+            ids = self._putters.wait(
+                lambda: None if self._closed else store(),
+                timeout,
+                self._poll_wait,
+                give_up=lambda: self._closed,
+            )
+        if ids is None:
+            self._check_open()
+            raise QueueFull(
+                f"queue {self.name!r} is full ({self.maxsize} messages ready, delayed "
+                f"or in flight) and stayed full for {timeout or 0:g} s"
+            )
+        self._wake_getters()
+        return ids
+
+    def _put_now(
+        self, outgoing: list[Outgoing], dedup_key: str | None
+    ) -> Callable[[], list[MessageId] | None]:
+        qid, maxsize, window = self._qid, self.maxsize, self.options.dedup_window
+        clock = self._clock
+        rows = []
+        for stored, headers, priority, delay in outgoing:
+            kind, data = to_stored(stored)
+            rows.append((kind, data, _dumps_headers(headers), priority, delay))
+
+        def job(conn: sqlite3.Connection) -> list[MessageId] | None:
+            self._check_open()  # in the order of the transactions: see close()
+            now = clock()
+            if maxsize is not None:
+                size = conn.execute("SELECT size FROM mq_queues WHERE id = ?", (qid,)).fetchone()
+                if size[0] + len(rows) > maxsize:
+                    return None
+            if dedup_key is not None:
+                conn.execute("DELETE FROM mq_dedup WHERE queue = ? AND expires <= ?", (qid, now))
+                seen = conn.execute(
+                    "SELECT message FROM mq_dedup WHERE queue = ? AND key = ?", (qid, dedup_key)
+                ).fetchone()
+                if seen is not None:
+                    return [seen[0]]
+            first = _next_ids(conn, len(rows))
+            conn.executemany(
+                _INSERT,
+                [
+                    (
+                        first + i,
+                        qid,
+                        _DELAYED if delay > 0 else _READY,
+                        now + delay if delay > 0 else -priority,
+                        first + i,
+                        priority,
+                        now,
+                        kind,
+                        data,
+                        headers,
+                    )
+                    for i, (kind, data, headers, priority, delay) in enumerate(rows)
+                ],
+            )
+            conn.execute("UPDATE mq_queues SET size = size + ? WHERE id = ?", (len(rows), qid))
+            if dedup_key is not None and window > 0:
+                conn.execute(
+                    "INSERT OR REPLACE INTO mq_dedup VALUES (?, ?, ?, ?)",
+                    (qid, dedup_key, first, now + window),
+                )
+            return list(range(first, first + len(rows)))
+
+        return lambda: self._store.run(job)
+
+    # -- consuming ------------------------------------------------------------
+
+    def _take(
+        self, n: int, timeout: float | None, stop: Callable[[], bool] | None = None
+    ) -> list[Delivery]:
+        if timeout == 0:
+            return self._take_now(n)[0]
+        give_up = self._gave_up if stop is None else lambda: self._closed or stop()
+        due: list[float | None] = [None]
+
+        def attempt() -> list[Delivery] | None:
+            got, due[0] = self._take_now(n)
+            return got or None
+
+        return self._getters.wait(attempt, timeout, lambda: self._wait_for(due[0]), give_up) or []
+
+    async def _take_async(self, n: int, timeout: float | None) -> list[Delivery]:
+        """Each attempt runs on a worker thread; between attempts the task sleeps
+        on :meth:`Wakeups.wait_async` (a put in this process wakes it at once)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            events, closed = self._events, self._closed
+            got, due = await _TakeOffLoop(self, n).run(loop)
+            if got or timeout == 0 or closed:
+                return got
+            if self._closed:
+                continue  # closed meanwhile: one last look drains what came before
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return []
+            await self._sleep_async(events, left, due)
+
+    async def _sleep_async(self, events: int, timeout: float | None, due: float | None) -> None:
+        """Sleep until a wake-up, ``timeout``, ``due`` or the poll interval; at once
+        if getters were woken since ``events`` was read (no lost wake-up: the
+        task counts itself among the sleepers before it compares)."""
+        tries = 0
+
+        def woken() -> bool | None:
+            nonlocal tries
+            tries += 1
+            return True if tries > 1 or self._events != events else None
+
+        await self._getters.wait_async(woken, timeout, lambda: self._wait_for(due), self._gave_up)
+
+    def _gave_up(self) -> bool:
+        return self._closed
+
+    def _wait_for(self, due: float | None) -> float:
+        """Seconds to sleep before looking again: until something is due, at most
+        the backend's ``poll_interval`` (for puts by other processes)."""
+        poll = self._backend.poll_interval
+        if due is None:
+            return poll
+        return min(poll, due - self._clock())
+
+    def _poll_wait(self) -> float:
+        return self._backend.poll_interval
+
+    def _take_now(self, n: int) -> tuple[list[Delivery], float | None]:
+        """Deliver up to ``n`` ready messages now; with none, also say when the
+        next delayed message or deadline is due (clock time, None: nothing)."""
+        if self._store.closed:
+            return [], None
+        qid, vt, clock = self._qid, self.visibility_timeout, self._clock
+
+        def job(conn: sqlite3.Connection) -> tuple[list[Any], int, float, _Moved, float | None]:
+            now = clock()
+            moved = self._maintain(conn, now)
+            rows = conn.execute(_SELECT_READY, (qid, n)).fetchall()
+            if not rows:
+                return rows, 0, 0.0, moved, self._next_due(conn)
+            last = _scalar(conn, "SELECT delivered FROM mq_queues WHERE id = ?", qid)
+            deadline = now + vt
+            conn.executemany(
+                _DELIVER, [(deadline, last + i, row[0]) for i, row in enumerate(rows, 1)]
+            )
+            again = sum(1 for row in rows if row[6])
+            conn.execute(_COUNT_DELIVERIES, (len(rows), again, qid))
+            return rows, last, deadline, moved, None
+
+        try:
+            rows, last, deadline, moved, due = self._store.run(job)
+        except ClosedError:
+            return [], None
+        self._after(moved)
+        taken: list[Delivery] = []
+        for i, row in enumerate(rows, 1):
+            delivery = _SqliteDelivery(self, row, last + i)
+            delivery._deadline = deadline
+            taken.append(delivery)
+        return taken, due
+
+    def _next_due(self, conn: sqlite3.Connection) -> float | None:
+        """Under the transaction: the earliest due time or deadline, None if none."""
+        due = None
+        for state in (_DELAYED, _IN_FLIGHT):
+            row = conn.execute(
+                "SELECT rank FROM mq_messages WHERE queue = ? AND state = ? ORDER BY rank LIMIT 1",
+                (self._qid, state),
+            ).fetchone()
+            if row is not None and (due is None or row[0] < due):
+                due = row[0]
+        return due
+
+    def _maintain(self, conn: sqlite3.Connection, now: float) -> _Moved:
+        """Under the transaction: release due delayed messages (to the back of the
+        line), and time out expired deliveries (to the front, or the dead letters)."""
+        moved = _Moved()
+        due = conn.execute(_SELECT_DUE, (self._qid, now)).fetchall()
+        if not due:
+            return moved
+        released = [row for row in due if row[0] == _DELAYED]
+        if released:
+            back = _next_ids(conn, len(released))
+            conn.executemany(
+                "UPDATE mq_messages SET state = 0, rank = ?, seq = ? WHERE id = ?",
+                [
+                    (-priority, message_id if priority else back + i, message_id)
+                    for i, (_, message_id, priority, _, _) in enumerate(released)
+                ],
+            )
+            moved.readied = True
+        for _, message_id, priority, attempts, headers in due[len(released) :]:
+            if self._exhausted(attempts):
+                self._bury(conn, message_id, priority, headers, expiry_reason(attempts), attempts)
+                moved.left = moved.buried = True
+            else:
+                self._to_front(conn, message_id, priority)
+                moved.readied = True
+        return moved
+
+    def _to_front(self, conn: sqlite3.Connection, message_id: int, priority: int) -> None:
+        """Under the transaction: make an in-flight message ready at the front of the
+        line (priority messages keep their place by id, as on the memory backend)."""
+        seq = message_id
+        if not priority:
+            conn.execute("UPDATE mq_queues SET head = head - 1 WHERE id = ?", (self._qid,))
+            seq = _scalar(conn, "SELECT head FROM mq_queues WHERE id = ?", self._qid)
+        conn.execute(
+            "UPDATE mq_messages SET state = 0, rank = ?, seq = ?, turn = NULL WHERE id = ?",
+            (-priority, seq, message_id),
+        )
+
+    def _bury(
+        self,
+        conn: sqlite3.Connection,
+        message_id: int,
+        priority: int,
+        headers: str | None,
+        reason: str,
+        attempts: int,
+    ) -> None:
+        """Under the transaction: move a message to the back of the dead letters."""
+        dead = self._dead_id
+        assert dead is not None
+        marked = self._dead_letter_headers(_loads_headers(headers), reason, attempts)
+        seq = message_id if priority else _next_ids(conn, 1)
+        conn.execute(
+            "UPDATE mq_messages SET queue = ?, state = 0, rank = ?, seq = ?, turn = NULL, "
+            "attempts = 0, headers = ? WHERE id = ?",
+            (dead, -priority, seq, _dumps_headers(marked), message_id),
+        )
+        conn.execute(
+            "UPDATE mq_queues SET size = size - 1, dead_lettered = dead_lettered + 1 WHERE id = ?",
+            (self._qid,),
+        )
+        conn.execute("UPDATE mq_queues SET size = size + 1 WHERE id = ?", (dead,))
+
+    def _after(self, moved: _Moved) -> None:
+        """Wake who a transaction's moves concern (no lock held); everyone, as
+        one transaction may have moved several messages."""
+        if moved.readied:
+            self._wake_getters(everyone=True)
+        if moved.buried and isinstance(self._dead_letters, _SqliteQueue):
+            self._dead_letters._wake_getters(everyone=True)
+        if moved.left and self._putters.sleepers:
+            self._putters.wake(everyone=True)
+
+    def _wake_getters(self, everyone: bool = False) -> None:
+        self._events += 1
+        if self._getters.sleepers:
+            self._getters.wake(everyone)
+
+    # -- settling -------------------------------------------------------------
+
+    def _settle(
+        self,
+        delivery: Delivery,
+        action: str,
+        settled: str,
+        work: Callable[[sqlite3.Connection, tuple[int, int, int]], bool],
+    ) -> bool:
+        """Run ``work(conn, key)`` (False: the store no longer holds the delivery)
+        and mark the delivery ``settled`` in the same transaction, so that of two
+        threads settling one delivery at once, the loser sees why it lost (a second
+        ack is a no-op). False (after raising for all but ack twice) if it lost."""
+        assert isinstance(delivery, _SqliteDelivery)
+        if delivery._settled is not None:
+            _settle_failed(delivery, action)
+            return False
+        key = (int(delivery.id), self._qid, delivery._receipt)
+        marked = False
+
+        def job(conn: sqlite3.Connection) -> bool:
+            nonlocal marked
+            if delivery._settled is not None or not work(conn, key):
+                return False
+            delivery._settled = settled
+            marked = True
+            return True
+
+        try:
+            done = self._store.run(job)
+        except BaseException:
+            if marked:  # the commit failed: it is not settled
+                delivery._settled = None
+            raise
+        if not done:
+            if delivery._settled is None:  # timed out, delivered again or dead-lettered
+                delivery._settled = "timed out"
+            _settle_failed(delivery, action)
+        return done
+
+    def _ack(self, delivery: Delivery) -> None:
+        qid = self._qid
+
+        def work(conn: sqlite3.Connection, key: tuple[int, int, int]) -> bool:
+            if conn.execute(_ACK, key).rowcount != 1:
+                return False
+            conn.execute(_COUNT_ACKS, (1, 1, qid))
+            return True
+
+        if self._settle(delivery, "ack", "acked", work) and self._putters.sleepers:
+            self._putters.wake(everyone=True)  # one of them may need more room
+
+    def _nack(self, delivery: Delivery, delay: float, reason: str | None) -> None:
+        attempts = delivery.attempt
+        exhausted = self._exhausted(attempts)
+        clock = self._clock
+
+        def work(conn: sqlite3.Connection, key: tuple[int, int, int]) -> bool:
+            held = conn.execute(_HELD, key).fetchone()
+            if held is None:
+                return False
+            priority, headers = held
+            if exhausted:
+                self._bury(conn, key[0], priority, headers, nack_reason(reason, attempts), attempts)
+            elif delay > 0:
+                conn.execute(
+                    "UPDATE mq_messages SET state = 1, rank = ?, seq = ?, turn = NULL WHERE id = ?",
+                    (clock() + delay, key[0], key[0]),
+                )
+            else:
+                self._to_front(conn, key[0], priority)
+            return True
+
+        if self._settle(delivery, "nack", "nacked", work):
+            self._after(_Moved(readied=not exhausted, left=exhausted, buried=exhausted))
+
+    def _reject(self, delivery: Delivery, reason: str) -> None:
+        attempts = delivery.attempt
+        qid, is_dead_letters = self._qid, self._dead_id is None
+
+        def work(conn: sqlite3.Connection, key: tuple[int, int, int]) -> bool:
+            held = conn.execute(_HELD, key).fetchone()
+            if held is None:
+                return False
+            if is_dead_letters:  # rejecting a dead letter deletes it
+                conn.execute("DELETE FROM mq_messages WHERE id = ?", (key[0],))
+                conn.execute("UPDATE mq_queues SET size = size - 1 WHERE id = ?", (qid,))
+            else:
+                self._bury(conn, key[0], held[0], held[1], reason, attempts)
+            return True
+
+        if self._settle(delivery, "reject", "rejected", work):
+            self._wake_getters()
+            self._after(_Moved(left=True, buried=not is_dead_letters))
+
+    def _extend(self, delivery: Delivery, seconds: float) -> None:
+        assert isinstance(delivery, _SqliteDelivery)
+        if delivery._settled is not None:
+            _settle_failed(delivery, "extend")
+            return
+        key = (int(delivery.id), self._qid, delivery._receipt)
+        clock = self._clock
+
+        def job(conn: sqlite3.Connection) -> float | None:
+            deadline = clock() + seconds
+            held = conn.execute(_HELD, key).fetchone()
+            if held is None:
+                return None
+            conn.execute(
+                "UPDATE mq_messages SET rank = ?, turn = ? WHERE id = ?",
+                (deadline, _next_ids(conn, 1), key[0]),
+            )
+            return deadline
+
+        deadline = self._store.run(job)
+        if deadline is None:
+            if delivery._settled is None:
+                delivery._settled = "timed out"
+            _settle_failed(delivery, "extend")
+            return
+        delivery._deadline = deadline
+
+    def _give_back(self, deliveries: list[Delivery]) -> None:
+        """Undo a take nobody received (its asyncio task was cancelled): the
+        messages go back to the front of the line, their attempt uncounted."""
+        qid = self._qid
+        held = [d for d in deliveries if isinstance(d, _SqliteDelivery)]
+
+        def job(conn: sqlite3.Connection) -> int:
+            back = 0
+            for delivery in reversed(held):
+                row = conn.execute(
+                    "SELECT priority FROM mq_messages "
+                    "WHERE id = ? AND queue = ? AND state = 2 AND seq = ?",
+                    (delivery.id, qid, delivery._receipt),
+                ).fetchone()
+                if row is None:
+                    continue
+                self._to_front(conn, int(delivery.id), row[0])
+                conn.execute(
+                    "UPDATE mq_messages SET attempts = attempts - 1 WHERE id = ?", (delivery.id,)
+                )
+                conn.execute(_COUNT_DELIVERIES, (-1, -1 if delivery.attempt > 1 else 0, qid))
+                back += 1
+            return back
+
+        try:
+            self._store.run(job)
+        except ClosedError:
+            return
+        for delivery in held:
+            delivery._settled = "given back"
+        self._wake_getters(everyone=True)
+
+    def close(self) -> None:
+        """As :meth:`Queue.close`; the flag is set in the order of this backend's
+        transactions, so a put either commits before it (and is drained by the
+        getters' last look) or is refused."""
+        if self._closed:
+            return
+
+        def job(conn: sqlite3.Connection) -> None:
+            self._closed = True
+
+        with contextlib.suppress(ClosedError, BackendError):  # the backend is gone
+            self._store.run(job)
+        self._closed = True
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        self._wake_getters(everyone=True)
+        self._putters.wake(everyone=True)
+
+    # -- housekeeping -----------------------------------------------------------
+
+    def stats(self) -> QueueStats:
+        qid, dead, clock = self._qid, self._dead_id, self._clock
+
+        def job(conn: sqlite3.Connection) -> tuple[float, _Moved, list[Any], Any, int]:
+            now = clock()
+            moved = self._maintain(conn, now)
+            states = conn.execute(
+                "SELECT state, count(*), min(enqueued_at) FROM mq_messages "
+                "WHERE queue = ? GROUP BY state",
+                (qid,),
+            ).fetchall()
+            counters = conn.execute(
+                "SELECT delivered, redelivered, acked, dead_lettered FROM mq_queues WHERE id = ?",
+                (qid,),
+            ).fetchone()
+            dead_letters = 0
+            if dead is not None:
+                dead_letters = _scalar(conn, "SELECT size FROM mq_queues WHERE id = ?", dead)
+            return now, moved, states, counters, dead_letters
+
+        now, moved, states, counters, dead_letters = self._store.run(job)
+        self._after(moved)
+        counts = {state: count for state, count, _ in states}
+        oldest = min((first for _, _, first in states), default=None)
+        return QueueStats(
+            name=self.name,
+            ready=counts.get(_READY, 0),
+            delayed=counts.get(_DELAYED, 0),
+            in_flight=counts.get(_IN_FLIGHT, 0),
+            dead_letters=dead_letters,
+            oldest_age=None if oldest is None else max(0.0, now - oldest),
+            delivered=counters[0],
+            redelivered=counters[1],
+            acked=counters[2],
+            dead_lettered=counters[3],
+        )
+
+    def purge(self) -> int:
+        qid, clock = self._qid, self._clock
+
+        def job(conn: sqlite3.Connection) -> tuple[int, _Moved]:
+            purged = conn.execute(
+                "DELETE FROM mq_messages WHERE queue = ? AND state IN (0, 1)", (qid,)
+            ).rowcount
+            conn.execute("UPDATE mq_queues SET size = size - ? WHERE id = ?", (purged, qid))
+            return purged, self._maintain(conn, clock())
+
+        purged, moved = self._store.run(job)
+        moved.left = True
+        self._after(moved)
+        self._wake_getters()
+        return purged
+
+    def redrive(self, limit: int | None = None) -> int:
+        check_limit(limit)
+        dead = self.dead_letters
+        assert isinstance(dead, _SqliteQueue)
+        self._check_open()
+        qid, dead_id, clock = self._qid, dead._qid, self._clock
+
+        def job(conn: sqlite3.Connection) -> int:
+            dead._maintain(conn, clock())
+            rows = conn.execute(_SELECT_DEAD, (dead_id, -1 if limit is None else limit)).fetchall()
+            if not rows:
+                return 0
+            back = _next_ids(conn, len(rows))
+            moving = []
+            for i, (message_id, priority, headers) in enumerate(rows):
+                kept = {
+                    k: v
+                    for k, v in (_loads_headers(headers) or {}).items()
+                    if k not in (DEAD_LETTER_REASON, DEAD_LETTER_QUEUE, DEAD_LETTER_ATTEMPTS)
+                }
+                moving.append(
+                    (
+                        qid,
+                        -priority,
+                        message_id if priority else back + i,
+                        _dumps_headers(kept),
+                        message_id,
+                    )
+                )
+            conn.executemany(
+                "UPDATE mq_messages SET queue = ?, state = 0, rank = ?, seq = ?, attempts = 0, "
+                "headers = ? WHERE id = ?",
+                moving,
+            )
+            conn.execute("UPDATE mq_queues SET size = size - ? WHERE id = ?", (len(rows), dead_id))
+            conn.execute("UPDATE mq_queues SET size = size + ? WHERE id = ?", (len(rows), qid))
+            return len(rows)
+
+        moved = self._store.run(job)
+        if moved:
+            self._wake_getters(everyone=True)
+            dead._after(_Moved(left=True))
+        return moved
+
+    def _check(self) -> None:
+        """Assert the store's invariants for this queue; for tests. Runtime complexity: O(n)."""
+
+        def job(conn: sqlite3.Connection) -> None:
+            for queue_id in (self._qid, self._dead_id):
+                if queue_id is None:
+                    continue
+                size, delivered = conn.execute(
+                    "SELECT size, delivered FROM mq_queues WHERE id = ?", (queue_id,)
+                ).fetchone()
+                count = _scalar(conn, "SELECT count(*) FROM mq_messages WHERE queue = ?", queue_id)
+                assert size == count, f"size {size} != {count} rows"
+                bad = _scalar(
+                    conn,
+                    "SELECT count(*) FROM mq_messages WHERE queue = ? AND ("
+                    "state NOT IN (0, 1, 2) OR (state = 2 AND (seq < 1 OR seq > ?)) "
+                    "OR (state = 0 AND rank != -priority) OR (state = 1 AND seq != id) "
+                    "OR (state != 2 AND turn IS NOT NULL))",
+                    queue_id,
+                    delivered,
+                )
+                assert bad == 0, f"{bad} rows in an impossible state"
+            last = _scalar(conn, "SELECT last FROM mq_sequence")
+            top = _scalar(conn, "SELECT max(id) FROM mq_messages")
+            assert top is None or top <= last, "an id above the sequence"
+
+        self._store.run(job)
+
+
+class _TakeOffLoop:
+    """One take, run on a worker thread for a task. If the task is cancelled, what
+    the thread took (or will take) is given back, so no message waits out its
+    visibility timeout for a delivery nobody received."""
+
+    def __init__(self, queue: _SqliteQueue, n: int) -> None:
+        self._queue = queue
+        self._n = n
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._got: list[Delivery] | None = None
+
+    async def run(self, loop: asyncio.AbstractEventLoop) -> tuple[list[Delivery], float | None]:
+        try:
+            return await loop.run_in_executor(None, self._work)
+        except asyncio.CancelledError:
+            with self._lock:
+                self._cancelled = True
+                got, self._got = self._got, None
+            if got:
+                threading.Thread(target=self._queue._give_back, args=(got,)).start()
+            raise
+
+    def _work(self) -> tuple[list[Delivery], float | None]:
+        got, due = self._queue._take_now(self._n)
+        with self._lock:
+            if not self._cancelled:
+                self._got = got
+                return got, due
+        if got:
+            self._queue._give_back(got)
+        return [], due
+
+
+# -- the backend -----------------------------------------------------------------
+
+
+class SqliteBackend:
+    """Durable queues in one SQLite file, shared by the threads of this process and
+    by other processes that open the same file.
+
+    ``synchronous``: ``"FULL"`` (default) makes every put and settlement durable
+    against power loss when the call returns (one fsync per transaction);
+    ``"NORMAL"`` keeps them across a crash of the process but may lose the last
+    ones to a power cut (SQLite's WAL ``synchronous=NORMAL``), for several times
+    the speed. Transactions of concurrent threads share one commit (group commit),
+    so N threads pay for about one fsync, not N.
+
+    A getter blocked on an empty queue is woken at once by a put in this process.
+    Puts by *other processes* cannot wake it: it looks again every
+    ``poll_interval`` seconds (0.5 by default), the only polling. Deadlines and
+    delays are values of the broker's clock (wall time by default), so they
+    survive a restart; deliveries in flight when a process died come back at
+    their deadline.
+
+    Opening a file that is not a scalekit.mq store (another application's
+    database, a newer schema, a damaged or non-SQLite file) raises
+    :class:`~scalekit.errors.IncompatibleStore` and leaves the file untouched.
+
+    Runtime complexity: put, get, ack O(log n) and one transaction each
+    (``put_many``/``get_many``: one transaction for the batch); see the queue
+    class for the rest. Cost, measured on a 2-core VM with 100-byte bodies: a
+    put, get and ack per message runs ~2,800 messages/s from one thread with
+    FULL (three fsyncs per message) and ~6,300/s from 8 producer and 8 consumer
+    threads (shared fsyncs); ~16,000/s from one thread with NORMAL;
+    ``put_many``/``get_many`` of 100 and their acks ~41,000/s with NORMAL.
+
+    >>> import tempfile, os
+    >>> from scalekit.mq import Broker
+    >>> path = os.path.join(tempfile.mkdtemp(), "queues.db")
+    >>> with Broker(SqliteBackend(path)) as broker:
+    ...     _ = broker.queue("emails").put({"to": "ada@example.com"})
+    >>> with Broker(SqliteBackend(path)) as broker:     # after a restart
+    ...     delivery = broker.queue("emails").get(timeout=0)
+    ...     delivery.ack()
+    >>> delivery.body
+    {'to': 'ada@example.com'}
+    """
+
+    name = "sqlite"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "FULL",
+        poll_interval: float = 0.5,
+    ) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or path, got {type(path).__name__}")
+        path = os.fspath(path)
+        if not path or path == ":memory:" or path.startswith("file:"):
+            raise ConfigurationError(
+                f"path must name a database file (shared by processes), got {path!r}"
+            )
+        if not isinstance(synchronous, str) or synchronous.upper() not in ("FULL", "NORMAL"):
+            raise ConfigurationError(f'synchronous is "FULL" or "NORMAL", got {synchronous!r}')
+        if (
+            isinstance(poll_interval, bool)
+            or not isinstance(poll_interval, (int, float))
+            or not (0 < poll_interval < math.inf)
+        ):
+            raise ConfigurationError(
+                f"poll_interval is seconds > 0 (finite), got {poll_interval!r}"
+            )
+        self.path = path
+        self.synchronous = synchronous.upper()
+        self.poll_interval = float(poll_interval)
+        self._lock = threading.Lock()
+        self._queues: dict[str, _SqliteQueue] = {}
+        self._store = _Store(path, self.synchronous)
+
+    def open_queue(self, name: str, options: QueueOptions | None, clock: Clock) -> Queue:
+        """The queue ``name`` (created in the file on first use) with its
+        dead-letter queue ``name + ".dlq"``. Options belong to this handle; other
+        processes may open the same queue with their own."""
+        with self._lock:
+            queue = open_handle(self._queues.get(name), name, options, clock)
+            if queue is not None:
+                return queue
+            options = options or QueueOptions()
+            dead_name = f"{name}.dlq"
+
+            def job(conn: sqlite3.Connection) -> tuple[int, int]:
+                now = clock()
+                ids = []
+                for queue_name in (name, dead_name):
+                    conn.execute(
+                        "INSERT OR IGNORE INTO mq_queues (name, created_at) VALUES (?, ?)",
+                        (queue_name, now),
+                    )
+                    ids.append(_scalar(conn, "SELECT id FROM mq_queues WHERE name = ?", queue_name))
+                return ids[0], ids[1]
+
+            queue_id, dead_id = self._store.run(job)
+            dead = _SqliteQueue(
+                self,
+                dead_name,
+                dead_id,
+                QueueOptions(options.visibility_timeout, None, None, options.dedup_window),
+                clock,
+                None,
+            )
+            queue = self._queues[name] = _SqliteQueue(self, name, queue_id, options, clock, dead)
+            return queue
+
+    def subscribe(self, topic: str, group: str) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR IGNORE INTO mq_subscriptions VALUES (?, ?, "
+                "(SELECT coalesce(max(seq), 0) + 1 FROM mq_subscriptions WHERE topic = ?))",
+                (topic, group, topic),
+            )
+
+        self._store.run(job)
+
+    def unsubscribe(self, topic: str, group: str) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM mq_subscriptions WHERE topic = ? AND grp = ?", (topic, group))
+
+        self._store.run(job)
+
+    def subscribers(self, topic: str) -> list[str]:
+        def job(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT grp FROM mq_subscriptions WHERE topic = ? ORDER BY seq", (topic,)
+            ).fetchall()
+            return [row[0] for row in rows]
+
+        return self._store.run(job)
+
+    def close(self) -> None:
+        """Close every queue (waking blocked getters and putters) and the file.
+        Idempotent."""
+        with self._lock:
+            queues = list(self._queues.values())
+        for queue in queues:
+            queue.close()
+            if queue._dead_letters is not None:
+                queue._dead_letters.close()
+        self._store.close()
+
+    def __repr__(self) -> str:
+        return f"SqliteBackend({self.path!r}, synchronous={self.synchronous!r})"
