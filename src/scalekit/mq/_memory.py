@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import heapq
 import math
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -35,11 +35,12 @@ from scalekit.protocols import Clock
 __all__ = ["MemoryBackend"]
 
 _MISSING: Any = object()
+_FREE_THREADED = not getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 def _peek(counter: count[int]) -> int:
     """The next value ``counter`` would give, without taking it."""
-    return next(copy.copy(counter))
+    return int(repr(counter)[6:-1])  # "count(N)"; copying a count is gone in 3.14
 
 
 def _settle_failed(delivery: Delivery, action: str) -> None:
@@ -104,7 +105,9 @@ class _MemoryQueue(Queue):
         self._putters = Wakeups(self._lock)
         self._ids = ids
         self._vt = options.visibility_timeout
-        self._bounded = options.maxsize is not None
+        # A bounded queue counts in flight exactly, and free-threaded CPython gives no
+        # ordering between threads for the lock-free paths: both take the lock always.
+        self._bounded = options.maxsize is not None or _FREE_THREADED
         self._ready: deque[_MemoryDelivery] = deque()
         self._ranked: list[tuple[int, MessageId, _MemoryDelivery]] = []  # (-priority, id, d)
         self._delayed: list[tuple[float, MessageId, _MemoryDelivery]] = []
@@ -390,14 +393,15 @@ class _MemoryQueue(Queue):
         return left
 
     def _prune(self) -> None:
-        """Under the lock: drop settled deliveries from the deadline deque, in place.
-        An entry a lock-free get appends meanwhile may end up behind older ones: it
-        is then checked a few microseconds late, never skipped."""
+        """Under the lock: drop settled deliveries from the deadline deque, in place
+        (lock-free gets may append to it meanwhile), keeping deadline order."""
         expiry, inflight = self._expiry, self._inflight
-        for _ in range(len(expiry)):
+        kept = []
+        for _ in range(len(expiry)):  # the entries there now; gets may append more
             entry = expiry.popleft()
             if entry[1] in inflight and entry[1]._deadline == entry[0]:
-                expiry.append(entry)
+                kept.append(entry)
+        expiry.extendleft(reversed(kept))  # back in front of any appended meanwhile, in order
         self._prune_at = 2 * len(expiry) + 4096
 
     def _time_out(self, delivery: _MemoryDelivery) -> bool:

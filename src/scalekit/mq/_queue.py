@@ -575,7 +575,8 @@ class Queue(ABC):
     @abstractmethod
     def redrive(self, limit: int | None = None) -> int:
         """Move up to ``limit`` (None: all) dead letters back into this queue, oldest
-        first, ready now with a fresh count of attempts; return how many moved."""
+        first, ready now with a fresh count of attempts; return how many moved.
+        An operator's action: it does not wait for room in a bounded queue."""
 
 
 def nack_reason(reason: str | None, attempts: int) -> str:
