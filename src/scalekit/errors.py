@@ -14,9 +14,12 @@ that situation, so code written against the standard library keeps working::
           +-- CapacityError                               a size limit was reached
           |    +-- ItemTooLarge       (also ValueError)   one item can never fit
           |    +-- QueueFull                              a bounded queue stayed full
+          |    +-- SessionTooLarge    (also ValueError)   a session over max_bytes
           +-- ClosedError             (also RuntimeError) used after close()
           +-- DeliveryExpired                             a message delivery was
           |                                               settled or timed out before
+          +-- SessionConflict                             two requests changed one key
+          +-- SessionCorrupted        (also ValueError)   a stored session is not ours
           +-- BackendError                                a storage backend failed;
                |                                          the cause is ``__cause__``
                +-- IncompatibleStore                      not a store of ours, or damaged
@@ -43,6 +46,9 @@ __all__ = [
     "NoNodeAvailable",
     "QueueFull",
     "ScalekitError",
+    "SessionConflict",
+    "SessionCorrupted",
+    "SessionTooLarge",
     "UnknownNode",
 ]
 
@@ -117,3 +123,21 @@ class BackendError(ScalekitError):
 class IncompatibleStore(BackendError):
     """The database or file is not a scalekit store of this kind, is from an
     incompatible version, or is damaged. Nothing was changed in it."""
+
+
+class SessionTooLarge(ItemTooLarge):
+    """A session's serialized data exceeds the store's ``max_bytes``; nothing was stored."""
+
+
+class SessionConflict(ScalekitError):
+    """Two requests changed the same key of one session at once (or the session was
+    deleted meanwhile); the save stored nothing. ``key`` names the key, if one."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class SessionCorrupted(ScalekitError, ValueError):
+    """A stored session record is not what scalekit writes (not JSON: a pickle, a
+    damaged row). It was not decoded any further and nothing in it was executed."""
