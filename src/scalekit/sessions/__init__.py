@@ -10,6 +10,7 @@ raises :class:`~scalekit.errors.SessionConflict`. Data is JSON, never pickle.
 from scalekit.errors import SessionConflict, SessionCorrupted, SessionTooLarge
 from scalekit.sessions._session import Record, Serializer, Session
 from scalekit.sessions._store import (
+    AsyncMemorySessionStore,
     AsyncSessionStore,
     AsyncSessionStoreBase,
     MemorySessionStore,
@@ -18,6 +19,7 @@ from scalekit.sessions._store import (
 )
 
 __all__ = [
+    "AsyncMemorySessionStore",
     "AsyncSessionStore",
     "AsyncSessionStoreBase",
     "MemorySessionStore",

@@ -30,6 +30,7 @@ from scalekit.sessions._session import (
 )
 
 __all__ = [
+    "AsyncMemorySessionStore",
     "AsyncSessionStore",
     "AsyncSessionStoreBase",
     "MemorySessionStore",
@@ -532,3 +533,36 @@ class AsyncSessionStoreBase(ABC):
     async def purge_expired(self) -> int:
         """:meth:`SessionStoreBase.purge_expired`."""
         return await self._purge(self.settings.clock())
+
+
+class AsyncMemorySessionStore(AsyncSessionStoreBase):
+    """:class:`MemorySessionStore` for asyncio (tests, single-process ASGI apps)."""
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self._sync = MemorySessionStore(**settings)
+
+    async def _read(self, session_id: str) -> Record | None:
+        return self._sync._read(session_id)
+
+    async def _insert(self, session_id: str, record: Record, expires: float) -> bool:
+        return self._sync._insert(session_id, record, expires)
+
+    async def _replace(
+        self, session_id: str, record: Record, expires: float, expected: int
+    ) -> bool:
+        return self._sync._replace(session_id, record, expires, expected)
+
+    async def _touch(self, session_id: str, accessed_at: float, expires: float) -> bool:
+        return self._sync._touch(session_id, accessed_at, expires)
+
+    async def _delete(self, session_id: str) -> None:
+        self._sync._delete(session_id)
+
+    async def _rotate(
+        self, old_id: str, new_id: str, record: Record, expires: float, expected: int
+    ) -> bool:
+        return self._sync._rotate(old_id, new_id, record, expires, expected)
+
+    async def _purge(self, now: float) -> int:
+        return self._sync._purge(now)

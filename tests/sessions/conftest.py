@@ -1,0 +1,64 @@
+"""``stores`` and ``astores``: build session stores of every backend (see STORES)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scalekit.sessions import AsyncMemorySessionStore, MemorySessionStore
+from scalekit.testing import FakeClock
+from tests.contracts.session_contract import StoreEnv
+
+Factory = Callable[..., Iterator[Any]]
+
+
+def make_memory(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock, **settings: Any
+) -> Iterator[Any]:
+    yield MemorySessionStore(clock=clock, **settings)
+
+
+def make_async_memory(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock, **settings: Any
+) -> Iterator[Any]:
+    yield AsyncMemorySessionStore(clock=clock, **settings)
+
+
+STORES: dict[str, Factory] = {"memory": make_memory}
+ASYNC_STORES: dict[str, Factory] = {"memory": make_async_memory}
+# The SQL and Redis stores bring their factories in their own modules.
+for _module in ("env_sql", "env_redis"):
+    with contextlib.suppress(ModuleNotFoundError):
+        _env = importlib.import_module(f"tests.sessions.{_module}")
+        STORES.update(_env.STORES)
+        ASYNC_STORES.update(_env.ASYNC_STORES)
+
+
+def _env(request: pytest.FixtureRequest, tmp_path: Path, factory: Factory) -> Iterator[StoreEnv]:
+    clock = FakeClock(1_700_000_000.0)
+    made: list[Iterator[Any]] = []
+
+    def make(**settings: Any) -> Any:
+        generator = factory(request, tmp_path, clock, **settings)
+        made.append(generator)
+        return next(generator)
+
+    yield StoreEnv(make, clock)
+    for generator in made:
+        with contextlib.suppress(StopIteration):
+            next(generator)
+
+
+@pytest.fixture(params=sorted(STORES))
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreEnv]:
+    yield from _env(request, tmp_path, STORES[request.param])
+
+
+@pytest.fixture(params=sorted(ASYNC_STORES))
+def astores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreEnv]:
+    yield from _env(request, tmp_path, ASYNC_STORES[request.param])
