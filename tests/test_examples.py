@@ -16,6 +16,7 @@ EXPECTED = {
     "sharding_resharding.py": "every key sits at its new owner",
     "balancing_failover.py": "300 of 300 requests answered, 0 lost",
     "mq_email_worker.py": "60 of 60 e-mails sent, 0 lost",
+    "sessions_stateless.py": "logged in on app-1, still logged in on app-2: True",
 }
 
 

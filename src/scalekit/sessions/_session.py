@@ -93,14 +93,14 @@ def _encoded(value: Any) -> str:
 class Session(MutableMapping[str, Any]):
     """One user's session: a mutable mapping of str keys to JSON values.
 
-    It remembers what it held when loaded, so a save knows which keys this request
-    changed or deleted (nested changes too: ``session["cart"].append(...)``), and
-    merges only those onto a newer version saved by a concurrent request.
+    It notes what each key held the first time it is used (read, set or deleted),
+    so a save knows which keys this request changed or deleted, nested changes too
+    (``session["cart"].append(...)``), and merges only those onto a newer version
+    saved by a concurrent request. Keys a request never uses cost nothing.
     """
 
     __slots__ = (
         "_data",
-        "_deleted",
         "_original",
         "accessed_at",
         "created_at",
@@ -128,13 +128,21 @@ class Session(MutableMapping[str, Any]):
         self.accessed_at = accessed_at
         self.expires_at = expires_at
         self.is_new = is_new
-        self._original = {key: _encoded(value) for key, value in data.items()}
-        self._deleted: set[str] = set()
+        # key -> its JSON when first used (None: absent then)
+        self._original: dict[str, str | None] = {}
 
     # -- the mapping --------------------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
-        return self._data[key]
+        value = self._data[key]
+        if key not in self._original:
+            self._original[key] = _encoded(value)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self._data:
+            return self[key]
+        return default
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)
@@ -142,47 +150,63 @@ class Session(MutableMapping[str, Any]):
     def __len__(self) -> int:
         return len(self._data)
 
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def _note(self, key: str) -> None:
+        if key not in self._original:
+            value = self._data.get(key, _MISSING)
+            self._original[key] = None if value is _MISSING else _encoded(value)
+
     def __setitem__(self, key: str, value: Any) -> None:
         if not isinstance(key, str):
             raise TypeError(f"session keys are str, got {type(key).__name__}")
         _encoded(value)  # refuse what cannot be stored now, not at save time
+        self._note(key)
         self._data[key] = value
 
     def __delitem__(self, key: str) -> None:
+        if key not in self._data:
+            raise KeyError(key)
+        self._note(key)
         del self._data[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._data.get(key, default)
 
     # -- what changed ---------------------------------------------------------
 
     def changes(self) -> tuple[dict[str, Any], set[str]]:
         """``(changed, deleted)``: keys set to a different value since loading, with
         their values, and keys deleted."""
-        changed = {
-            key: value
-            for key, value in self._data.items()
-            if self._original.get(key) != _encoded(value)
-        }
-        deleted = {key for key in self._original if key not in self._data}
+        changed: dict[str, Any] = {}
+        deleted: set[str] = set()
+        data = self._data
+        for key, original in self._original.items():
+            value = data.get(key, _MISSING)
+            if value is _MISSING:
+                if original is not None:
+                    deleted.add(key)
+            elif _encoded(value) != original:
+                changed[key] = value
         return changed, deleted
 
     @property
     def modified(self) -> bool:
         """Whether a save would store anything (a new session always would)."""
+        if self.is_new:
+            return True
         changed, deleted = self.changes()
-        return self.is_new or bool(changed or deleted)
+        return bool(changed or deleted)
 
     def to_dict(self) -> dict[str, Any]:
-        """A copy of the data."""
+        """A deep copy of the data."""
         return json.loads(JSON._dumps(self._data))  # type: ignore[no-any-return]
 
     def _saved(
         self, data: dict[str, Any], version: int, accessed_at: float, expires: float
     ) -> None:
-        """The store saved ``data`` as ``version``: it is the new baseline."""
+        """The store saved ``data`` as ``version``: it is the new baseline. Keys used
+        so far are noted again now: the caller may still hold their values."""
         self._data = data
-        self._original = {key: _encoded(value) for key, value in data.items()}
+        self._original = {key: _encoded(data[key]) for key in self._original if key in data}
         self.version = version
         self.accessed_at = accessed_at
         self.expires_at = expires

@@ -9,7 +9,9 @@ lose no update.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import random
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -38,7 +40,13 @@ __all__ = [
     "SessionStoreBase",
 ]
 
-MAX_RETRIES = 16  # merges in a row before a save gives up (each one lost a race)
+MAX_RETRIES = 64  # merges in a row before a save gives up (each one lost a race)
+
+
+def _backoff(retry: int) -> float:
+    """Seconds to wait before merge number ``retry``: random, growing to 50 ms, so
+    requests that lose the compare-and-set together do not retry in lockstep."""
+    return random.random() * min(0.05, 0.001 * 2.0 ** (retry - 1))
 
 
 @runtime_checkable
@@ -254,9 +262,11 @@ class SessionStoreBase(ABC):
         if not session.modified:
             self.touch(session.id)
             return
-        data = session.to_dict()
+        data = dict(session._data)
         expected = session.version
-        for _ in range(MAX_RETRIES):
+        for retry in range(MAX_RETRIES):
+            if retry:
+                time.sleep(_backoff(retry))
             now = settings.clock()
             raw = settings.encode(data)
             record = Record(raw, expected + 1, session.created_at, now)
@@ -273,7 +283,7 @@ class SessionStoreBase(ABC):
 
     def _store_new(self, session: Session) -> None:
         settings = self.settings
-        data = session.to_dict()
+        data = dict(session._data)
         now = settings.clock()
         record = Record(settings.encode(data), 1, session.created_at, now)
         expires = settings.expires(session.created_at, now)
@@ -303,7 +313,7 @@ class SessionStoreBase(ABC):
         login). Raises :class:`SessionConflict` if the session changed meanwhile."""
         settings = self.settings
         now = settings.clock()
-        data = session.to_dict()
+        data = dict(session._data)
         record = Record(settings.encode(data), session.version + 1, session.created_at, now)
         expires = settings.expires(session.created_at, now)
         while True:
@@ -468,7 +478,7 @@ class AsyncSessionStoreBase(ABC):
         settings = self.settings
         if session.is_new:
             if session:
-                data = session.to_dict()
+                data = dict(session._data)
                 now = settings.clock()
                 record = Record(settings.encode(data), 1, session.created_at, now)
                 expires = settings.expires(session.created_at, now)
@@ -479,9 +489,11 @@ class AsyncSessionStoreBase(ABC):
         if not session.modified:
             await self.touch(session.id)
             return
-        data = session.to_dict()
+        data = dict(session._data)
         expected = session.version
-        for _ in range(MAX_RETRIES):
+        for retry in range(MAX_RETRIES):
+            if retry:
+                await asyncio.sleep(_backoff(retry))
             now = settings.clock()
             record = Record(settings.encode(data), expected + 1, session.created_at, now)
             expires = settings.expires(session.created_at, now)
@@ -514,7 +526,7 @@ class AsyncSessionStoreBase(ABC):
         """:meth:`SessionStoreBase.rotate`."""
         settings = self.settings
         now = settings.clock()
-        data = session.to_dict()
+        data = dict(session._data)
         record = Record(settings.encode(data), session.version + 1, session.created_at, now)
         expires = settings.expires(session.created_at, now)
         while True:
