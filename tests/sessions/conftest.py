@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import pytest
 from scalekit.sessions import AsyncMemorySessionStore, MemorySessionStore
 from scalekit.testing import FakeClock
 from tests.contracts.session_contract import StoreEnv
+from tests.sessions import env_redis, env_sql
 
 Factory = Callable[..., Iterator[Any]]
 
@@ -29,14 +29,12 @@ def make_async_memory(
     yield AsyncMemorySessionStore(clock=clock, **settings)
 
 
-STORES: dict[str, Factory] = {"memory": make_memory}
-ASYNC_STORES: dict[str, Factory] = {"memory": make_async_memory}
-# The SQL and Redis stores bring their factories in their own modules.
-for _module in ("env_sql", "env_redis"):
-    with contextlib.suppress(ModuleNotFoundError):
-        _env = importlib.import_module(f"tests.sessions.{_module}")
-        STORES.update(_env.STORES)
-        ASYNC_STORES.update(_env.ASYNC_STORES)
+STORES: dict[str, Factory] = {"memory": make_memory, **env_sql.STORES, **env_redis.STORES}
+ASYNC_STORES: dict[str, Factory] = {
+    "memory": make_async_memory,
+    **env_sql.ASYNC_STORES,
+    **env_redis.ASYNC_STORES,
+}
 
 
 def _env(request: pytest.FixtureRequest, tmp_path: Path, factory: Factory) -> Iterator[StoreEnv]:
