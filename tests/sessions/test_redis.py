@@ -14,7 +14,6 @@ import pickle
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,7 +23,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from scalekit.errors import BackendError, ConfigurationError, SessionConflict, SessionCorrupted
+from scalekit.errors import BackendError, ConfigurationError, SessionCorrupted
 from scalekit.sessions import MemorySessionStore, Record, Session, SessionStoreBase
 from scalekit.sessions._redis import (
     MAGIC,
@@ -36,6 +35,7 @@ from scalekit.sessions._redis import (
 from scalekit.sessions._session import new_id
 from scalekit.testing import FakeClock
 from tests.sessions.env_redis import delete_keys, unique_prefix
+from tests.sessions.stress import check, hammer, hammer_async
 
 redis = pytest.importorskip("redis")
 redis_asyncio = pytest.importorskip("redis.asyncio")
@@ -372,100 +372,30 @@ def test_scripts_are_loaded_again_after_a_script_flush(client: Any, make_store: 
 
 # -- lost updates ----------------------------------------------------------------------
 
-WORKERS = 32
-INCREMENTS = 10_000
-
-
-def shares(total: int, workers: int) -> list[int]:
-    return [total // workers + (1 if n < total % workers else 0) for n in range(workers)]
-
 
 @pytest.mark.slow
 def test_32_threads_lose_no_update(client: Any, make_store: MakeStore) -> None:
-    """32 threads (as a threaded WSGI server would run requests) each increment their
-    own key of one session; 10,000 increments in all, every one in the final data.
-
-    A save merges onto every newer version it finds; when it loses 16 races in a
-    row it gives up with SessionConflict and stores nothing, and the worker
-    repeats the request, as a client would. Nothing is ever lost silently.
-    """
-    store = make_store()
-    session = store.create({})
-    counts = shares(INCREMENTS, WORKERS)
-    gave_up: list[str | None] = []
-    errors: list[BaseException] = []
-
-    def worker(n: int) -> None:
-        key = f"t{n}"
-        try:
-            for _ in range(counts[n]):
-                while True:
-                    loaded = store.load(session.id)
-                    assert loaded is not None
-                    loaded[key] = loaded.get(key, 0) + 1
-                    try:
-                        store.save(loaded)
-                        break
-                    except SessionConflict as exc:
-                        gave_up.append(exc.key)  # None: lost races, never a clash of keys
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(WORKERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(300)
-    assert errors == []
-    assert set(gave_up) <= {None}
-    final = store.load(session.id)
-    assert final is not None
-    assert final.to_dict() == {f"t{n}": counts[n] for n in range(WORKERS)}
-    assert sum(final.values()) == INCREMENTS
-    assert final.version == INCREMENTS + 1  # one version per increment: none lost
+    """tests/sessions/stress.py on threads (as a threaded WSGI server runs requests)."""
+    check(*hammer(make_store()))
 
 
 @pytest.mark.slow
 def test_32_tasks_lose_no_update(redis_url: str, prefix: str, clock: FakeClock) -> None:
     """The same with 32 asyncio tasks on one AsyncRedisSessionStore."""
-    counts = shares(INCREMENTS, WORKERS)
 
     async def main() -> tuple[Session, list[str | None]]:
         client = redis_asyncio.Redis.from_url(redis_url)
         try:
-            store = AsyncRedisSessionStore(client, prefix=prefix, clock=clock)
-            session = await store.create({})
-            gave_up: list[str | None] = []
-
-            async def worker(n: int) -> None:
-                key = f"t{n}"
-                for _ in range(counts[n]):
-                    while True:
-                        loaded = await store.load(session.id)
-                        assert loaded is not None
-                        loaded[key] = loaded.get(key, 0) + 1
-                        try:
-                            await store.save(loaded)
-                            break
-                        except SessionConflict as exc:
-                            gave_up.append(exc.key)
-
-            await asyncio.gather(*(worker(n) for n in range(WORKERS)))
-            final = await store.load(session.id)
-            assert final is not None
-            return final, gave_up
+            return await hammer_async(AsyncRedisSessionStore(client, prefix=prefix, clock=clock))
         finally:
             await client.aclose()
 
     try:
-        final, gave_up = asyncio.run(main())
+        check(*asyncio.run(main()))
     finally:
         cleaner = redis.Redis.from_url(redis_url)
         delete_keys(cleaner, prefix)
         cleaner.close()
-    assert set(gave_up) <= {None}
-    assert final.to_dict() == {f"t{n}": counts[n] for n in range(WORKERS)}
-    assert final.version == INCREMENTS + 1
 
 
 def test_two_servers_share_sessions(redis_url: str, prefix: str, clock: FakeClock) -> None:

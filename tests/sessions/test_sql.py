@@ -45,6 +45,7 @@ from scalekit.sessions._sql import (
 )
 from scalekit.testing import FakeClock
 from tests.sessions.env_sql import drop_table, sqlite_url, unique_table
+from tests.sessions.stress import check, hammer, hammer_async
 
 sqlalchemy = pytest.importorskip("sqlalchemy")
 pytest.importorskip("aiosqlite")
@@ -429,13 +430,6 @@ def test_two_processes_share_one_database_and_lose_no_update(backend: Backend) -
 
 # -- lost updates --------------------------------------------------------------------------
 
-WORKERS = 32
-INCREMENTS = 10_000
-
-
-def shares(total: int, workers: int) -> list[int]:
-    return [total // workers + (1 if n < total % workers else 0) for n in range(workers)]
-
 
 class CountingStore(SqlSessionStore):
     """Counts the compare-and-sets that lost a race (the saves that merged)."""
@@ -474,84 +468,20 @@ def stress_engine(backend: Backend, make: Callable[..., Any]) -> Any:
 
 @pytest.mark.slow
 def test_32_threads_lose_no_update(backend: Backend) -> None:
-    """32 threads (as a threaded WSGI server would run requests) each increment their
-    own key of one session; 10,000 increments in all, every one in the final data.
-
-    A save merges onto every newer version it finds; when it loses 16 races in a
-    row it gives up with SessionConflict and stores nothing, and the worker repeats
-    the request, as a client would. Nothing is ever lost silently.
-    """
+    """tests/sessions/stress.py on threads (as a threaded WSGI server runs requests)."""
     store = CountingStore(stress_engine(backend, backend.engine), table=backend.table)
     backend.made.append(store)
-    session = store.create({})
-    counts = shares(INCREMENTS, WORKERS)
-    gave_up: list[str | None] = []
-    errors: list[BaseException] = []
-
-    def worker(n: int) -> None:
-        key = f"t{n}"
-        try:
-            for _ in range(counts[n]):
-                while True:
-                    loaded = store.load(session.id)
-                    assert loaded is not None
-                    loaded[key] = loaded.get(key, 0) + 1
-                    try:
-                        store.save(loaded)
-                        break
-                    except SessionConflict as exc:
-                        gave_up.append(exc.key)  # None: lost races, never a clash of keys
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(WORKERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(300)
-    assert errors == []
-    assert set(gave_up) <= {None}
+    check(*hammer(store))
     assert store.lost > 100  # the saves really raced, and merged
-    final = store.load(session.id)
-    assert final is not None
-    assert final.to_dict() == {f"t{n}": counts[n] for n in range(WORKERS)}
-    assert final.version == INCREMENTS + 1  # one version per increment: none lost
 
 
 @pytest.mark.slow
 def test_32_tasks_lose_no_update(backend: Backend) -> None:
     """The same with 32 asyncio tasks on one AsyncSqlSessionStore."""
-    counts = shares(INCREMENTS, WORKERS)
     store = AsyncCountingStore(stress_engine(backend, backend.async_engine), table=backend.table)
     backend.made.append(store)
-
-    async def main() -> tuple[Session, list[str | None]]:
-        session = await store.create({})
-        gave_up: list[str | None] = []
-
-        async def worker(n: int) -> None:
-            key = f"t{n}"
-            for _ in range(counts[n]):
-                while True:
-                    loaded = await store.load(session.id)
-                    assert loaded is not None
-                    loaded[key] = loaded.get(key, 0) + 1
-                    try:
-                        await store.save(loaded)
-                        break
-                    except SessionConflict as exc:
-                        gave_up.append(exc.key)
-
-        await asyncio.gather(*(worker(n) for n in range(WORKERS)))
-        final = await store.load(session.id)
-        assert final is not None
-        return final, gave_up
-
-    final, gave_up = asyncio.run(main())
-    assert set(gave_up) <= {None}
+    check(*asyncio.run(hammer_async(store)))
     assert store.lost > 100
-    assert final.to_dict() == {f"t{n}": counts[n] for n in range(WORKERS)}
-    assert final.version == INCREMENTS + 1
 
 
 def test_an_in_memory_database_is_one_database_for_every_thread() -> None:
