@@ -111,12 +111,12 @@ class TinyLFUCache(Cache[K, V]):
     Runtime complexity: O(1) amortized for every read and write.
 
     >>> cache = TinyLFUCache(maxsize=100)
-    >>> for _ in range(5):
+    >>> for _ in range(10):
     ...     cache["hot"] = cache.get("hot", 0) + 1
     >>> for i in range(1000):            # a scan of one-off keys
     ...     cache[f"scan:{i}"] = i
     >>> cache["hot"]
-    5
+    10
     """
 
     def __init__(
