@@ -9,15 +9,13 @@ from types import TracebackType
 from typing import Protocol, runtime_checkable
 
 from scalekit.errors import ClosedError, QueueFull
-from scalekit.mq._body import Body, check_headers, encode
+from scalekit.mq._body import Body
 from scalekit.mq._queue import (
     MessageId,
-    Outgoing,
     Queue,
     QueueOptions,
-    check_delay,
-    check_priority,
     check_timeout,
+    make_outgoing,
 )
 from scalekit.protocols import Clock
 
@@ -203,12 +201,7 @@ class Topic:
         the message id per group. A group whose bounded queue stays full for
         ``timeout`` misses it: the others still get theirs, then
         :class:`~scalekit.errors.QueueFull` names the groups that did not."""
-        outgoing: Outgoing = (
-            encode(body),
-            check_headers(headers),
-            check_priority(priority),
-            check_delay(delay),
-        )
+        outgoing = make_outgoing(body, headers, priority, delay)
         timeout = check_timeout(timeout)
         ids: dict[str, MessageId] = {}
         full: list[str] = []

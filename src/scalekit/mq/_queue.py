@@ -154,6 +154,13 @@ def open_handle(
     return queue
 
 
+def make_outgoing(
+    body: Body, headers: Mapping[str, str] | None, priority: int, delay: float
+) -> Outgoing:
+    """A message ready to store: its body encoded, every option checked."""
+    return (encode(body), check_headers(headers), check_priority(priority), check_delay(delay))
+
+
 def check_priority(priority: int) -> int:
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise TypeError(f"priority must be an int, got {priority!r}")
@@ -431,12 +438,7 @@ class Queue(ABC):
         """
         if dedup_key is not None and not isinstance(dedup_key, str):
             raise TypeError(f"dedup_key must be a str, got {dedup_key!r}")
-        outgoing = (
-            encode(body),
-            check_headers(headers),
-            check_priority(priority),
-            check_delay(delay),
-        )
+        outgoing = make_outgoing(body, headers, priority, delay)
         return self._put([outgoing], dedup_key, check_timeout(timeout))[0]
 
     def put_many(

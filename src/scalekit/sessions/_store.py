@@ -133,6 +133,13 @@ class _Settings:
             )
         return raw
 
+    def first_save(self, session: Session) -> tuple[dict[str, Any], Record, float, float]:
+        """For storing a blank session: its data, record (version 1), expiry, and now."""
+        data = dict(session._data)
+        now = self.clock()
+        record = Record(self.encode(data), 1, session.created_at, now)
+        return data, record, self.expires(session.created_at, now), now
+
     def session(self, session_id: str, record: Record, *, is_new: bool = False) -> Session:
         return Session(
             session_id,
@@ -148,15 +155,8 @@ class _Settings:
         return record is not None and self.expires(record.created_at, record.accessed_at) > now
 
 
-class SessionStoreBase(ABC):
-    """The public session API over a store's atomic primitives.
-
-    ``idle_timeout`` (sliding, refreshed by every save and touch) and
-    ``absolute_timeout`` (from creation) bound a session's life; an expired session
-    loads as None. ``max_bytes`` bounds its serialized size
-    (:class:`SessionTooLarge`). Data is JSON; a stored record that is not (a pickle,
-    say) raises :class:`SessionCorrupted` and is never executed.
-    """
+class _ConfiguredStore:
+    """Settings and blank sessions, shared by the sync and async store bases."""
 
     def __init__(
         self,
@@ -174,6 +174,31 @@ class SessionStoreBase(ABC):
             serializer=serializer,
             clock=clock,
         )
+
+    def blank(self) -> Session:
+        """A new, empty session that is not stored yet: :meth:`save` stores it if it
+        gets data (so anonymous visitors cost the store nothing)."""
+        now = self.settings.clock()
+        return Session(
+            new_id(),
+            {},
+            version=0,
+            created_at=now,
+            accessed_at=now,
+            expires_at=self.settings.expires(now, now),
+            is_new=True,
+        )
+
+
+class SessionStoreBase(_ConfiguredStore, ABC):
+    """The public session API over a store's atomic primitives.
+
+    ``idle_timeout`` (sliding, refreshed by every save and touch) and
+    ``absolute_timeout`` (from creation) bound a session's life; an expired session
+    loads as None. ``max_bytes`` bounds its serialized size
+    (:class:`SessionTooLarge`). Data is JSON; a stored record that is not (a pickle,
+    say) raises :class:`SessionCorrupted` and is never executed.
+    """
 
     # -- primitives a store implements (each atomic) --------------------------
 
@@ -220,20 +245,6 @@ class SessionStoreBase(ABC):
             session_id = new_id()
             if self._insert(session_id, record, expires):
                 return settings.session(session_id, record, is_new=False)
-
-    def blank(self) -> Session:
-        """A new, empty session that is not stored yet: :meth:`save` stores it if it
-        gets data (so anonymous visitors cost the store nothing)."""
-        now = self.settings.clock()
-        return Session(
-            new_id(),
-            {},
-            version=0,
-            created_at=now,
-            accessed_at=now,
-            expires_at=self.settings.expires(now, now),
-            is_new=True,
-        )
 
     def load(self, session_id: str) -> Session | None:
         """The session, or None for an unknown, malformed or expired id (the store's
@@ -282,11 +293,7 @@ class SessionStoreBase(ABC):
         raise SessionConflict(f"session {session.id[:8]}...: {MAX_RETRIES} saves in a row lost")
 
     def _store_new(self, session: Session) -> None:
-        settings = self.settings
-        data = dict(session._data)
-        now = settings.clock()
-        record = Record(settings.encode(data), 1, session.created_at, now)
-        expires = settings.expires(session.created_at, now)
+        data, record, expires, now = self.settings.first_save(session)
         while not self._insert(session.id, record, expires):
             session.id = new_id()
         session._saved(data, 1, now, expires)
@@ -405,26 +412,9 @@ class MemorySessionStore(SessionStoreBase):
         return len(self._records)
 
 
-class AsyncSessionStoreBase(ABC):
+class AsyncSessionStoreBase(_ConfiguredStore, ABC):
     """:class:`SessionStoreBase` for asyncio: the same API and semantics, awaited,
     over awaitable primitives."""
-
-    def __init__(
-        self,
-        *,
-        idle_timeout: float | None = 1800.0,
-        absolute_timeout: float | None = 43200.0,
-        max_bytes: int | None = 64 * 1024,
-        serializer: Serializer = JSON,
-        clock: Clock = time.time,
-    ) -> None:
-        self.settings = _Settings(
-            idle_timeout=idle_timeout,
-            absolute_timeout=absolute_timeout,
-            max_bytes=max_bytes,
-            serializer=serializer,
-            clock=clock,
-        )
 
     @abstractmethod
     async def _read(self, session_id: str) -> Record | None: ...
@@ -451,8 +441,6 @@ class AsyncSessionStoreBase(ABC):
     @abstractmethod
     async def _purge(self, now: float) -> int: ...
 
-    blank = SessionStoreBase.blank
-
     async def create(self, data: Mapping[str, Any] | None = None) -> Session:
         """:meth:`SessionStoreBase.create`."""
         settings = self.settings
@@ -478,10 +466,7 @@ class AsyncSessionStoreBase(ABC):
         settings = self.settings
         if session.is_new:
             if session:
-                data = dict(session._data)
-                now = settings.clock()
-                record = Record(settings.encode(data), 1, session.created_at, now)
-                expires = settings.expires(session.created_at, now)
+                data, record, expires, now = settings.first_save(session)
                 while not await self._insert(session.id, record, expires):
                     session.id = new_id()
                 session._saved(data, 1, now, expires)
