@@ -15,6 +15,7 @@ Efficient Cache Admission Policy" (2017).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import OrderedDict
 from typing import Any
@@ -27,16 +28,22 @@ __all__ = ["FrequencySketch", "TinyLFUCache"]
 
 _MASK64 = (1 << 64) - 1
 _MIX = 0x9E3779B97F4A7C15  # an odd 64-bit constant (the golden ratio's bits)
+_SEED_PROBE = "scalekit.cache.FrequencySketch"
+_HALVED = bytes(count >> 1 for count in range(256))
 
 
 class FrequencySketch:
     """A count-min sketch of how often each key was seen, that slowly forgets.
 
     Four rows of small counters (saturating at 15); a key's estimate is the
-    smallest of its four counters, which over-counts only on collisions. After
-    ``10 * capacity`` increments every counter is halved, so yesterday's hits
-    fade. Runtime complexity: O(1) per increment and per estimate; O(width)
-    per halving, amortized O(1).
+    smallest of its four counters, which over-counts only on collisions. Each
+    row has at least ``4 * capacity`` counters (16 bytes per cached item in
+    all), so that a hot set filling the cache occupies a quarter of a row at
+    most and a one-off key rarely hits hot counters in all four rows (with one
+    counter per item, an unlucky hash seed let a scan flush the hot set).
+    After ``10 * capacity`` increments every counter is halved, so yesterday's
+    hits fade. Runtime complexity: O(1) per increment and per estimate;
+    O(width) per halving, amortized O(1).
 
     >>> sketch = FrequencySketch(capacity=100)
     >>> for _ in range(3):
@@ -49,7 +56,7 @@ class FrequencySketch:
 
     def __init__(self, capacity: int) -> None:
         width = 16
-        while width < capacity:
+        while width < 4 * capacity:
             width *= 2
         self._mask = width - 1
         self._rows = [bytearray(width) for _ in range(4)]
@@ -94,8 +101,30 @@ class FrequencySketch:
         other = row3[(mixed >> 48 ^ mixed) & mask]
         return other if other < count else count
 
+    def __copy__(self) -> FrequencySketch:
+        twin = FrequencySketch.__new__(FrequencySketch)
+        twin._mask = self._mask
+        twin._rows = [bytearray(row) for row in self._rows]
+        twin._sample_size = self._sample_size
+        twin._additions = self._additions
+        return twin
+
+    # Counters are indexed by hash(), which for str and bytes is salted per
+    # process: unpickled under another seed they would describe other keys.
+    def __getstate__(self) -> tuple[int, int, list[bytes], int, int]:
+        rows = [bytes(row) for row in self._rows]
+        return (hash(_SEED_PROBE), self._mask, rows, self._sample_size, self._additions)
+
+    def __setstate__(self, state: tuple[int, int, list[bytes], int, int]) -> None:
+        probe, self._mask, rows, self._sample_size, self._additions = state
+        if probe == hash(_SEED_PROBE):
+            self._rows = [bytearray(row) for row in rows]
+        else:
+            self._rows = [bytearray(len(row)) for row in rows]
+            self._additions = 0
+
     def _halve(self) -> None:
-        self._rows = [bytearray(count >> 1 for count in row) for row in self._rows]
+        self._rows = [row.translate(_HALVED) for row in self._rows]
         self._additions //= 2
 
 
@@ -223,33 +252,7 @@ class TinyLFUCache(Cache[K, V]):
         self._where = {}
         for segment in (self._window, self._probation, self._protected):
             self._where.update(dict.fromkeys(segment, segment))
-        sketch = FrequencySketch.__new__(FrequencySketch)
-        sketch._mask = other._sketch._mask
-        sketch._rows = [bytearray(row) for row in other._sketch._rows]
-        sketch._sample_size = other._sketch._sample_size
-        sketch._additions = other._sketch._additions
-        self._sketch = sketch
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        sketch = state.pop("_sketch")
-        state["_sketch_state"] = (
-            sketch._mask,
-            [bytes(row) for row in sketch._rows],
-            sketch._sample_size,
-            sketch._additions,
-        )
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        mask, rows, sample_size, additions = state.pop("_sketch_state")
-        self.__dict__.update(state)
-        sketch = FrequencySketch.__new__(FrequencySketch)
-        sketch._mask = mask
-        sketch._rows = [bytearray(row) for row in rows]
-        sketch._sample_size = sample_size
-        sketch._additions = additions
-        self._sketch = sketch
+        self._sketch = copy.copy(other._sketch)
 
     def _check_policy(self) -> None:
         segments = (self._window, self._probation, self._protected)
