@@ -1,0 +1,665 @@
+"""The replica router: where each read and write goes, and read-your-writes.
+
+The router does no I/O of its own. Probes (lag, replayed position) and the reads
+it retries are callables the caller injects, and time comes from a ``Clock``, so
+every decision can be tested with a :class:`~scalekit.testing.FakeClock`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from scalekit.errors import ConfigurationError, DuplicateNode, NoBackendAvailable, UnknownNode
+from scalekit.protocols import Clock
+
+__all__ = ["ReadYourWrites", "ReplicaRouter", "RouterStats", "is_connection_error"]
+
+_log = logging.getLogger("scalekit.replication")
+
+T = TypeVar("T")
+R = TypeVar("R")  # a target: an engine, a DSN, a pool... anything hashable
+
+ReadYourWrites = Literal["window", "token"] | None
+
+
+class _Picker(Protocol[R]):
+    """The part of the :class:`~scalekit.balancing.Balancer` protocol the router uses."""
+
+    def pick(self, key: Any = None) -> R: ...
+    def add(self, backend: R, weight: float = 1) -> None: ...
+    def remove(self, backend: R) -> None: ...
+    def mark_down(self, backend: R) -> None: ...
+    def mark_up(self, backend: R) -> None: ...
+    @property
+    def backends(self) -> tuple[R, ...]: ...
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """The default test of whether a failed read means the target is unreachable:
+    any :class:`OSError` (refused, reset, timed out)."""
+    return isinstance(exc, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class _Causality:
+    """What one context has written, and so what its reads must see (immutable)."""
+
+    written_at: float = -math.inf  # the last write that has no token (yet)
+    token: Any = None  # the newest causal token the context must read
+    primary: Any = None  # the primary written last (several primaries)
+
+
+@dataclass(slots=True)
+class _Replica:
+    """What the router knows about one replica."""
+
+    failed_until: float = -math.inf  # reported unreachable until then (or a probe passes)
+    lagging: bool = False
+    lag: float | None = None
+    position: Any = None  # the replayed position, as of ``position_at``
+    position_at: float = -math.inf
+    reads: int = 0
+    failures: int = 0
+    down: bool = False  # as marked in the balancer by the router
+
+
+@dataclass(frozen=True)
+class RouterStats(Generic[R]):
+    """A snapshot of a :class:`ReplicaRouter`'s counters.
+
+    ``primary_reads`` splits by reason: ``pinned`` (inside ``transaction()`` or
+    ``use_primary()``), ``read_your_writes`` (the context's own write is not
+    known to be on any replica), and ``fallbacks`` (no replica was healthy,
+    caught up and within ``max_lag``).
+    """
+
+    reads: int
+    writes: int
+    replica_reads: Mapping[R, int]
+    pinned: int
+    read_your_writes: int
+    fallbacks: int
+    failures: int
+    retries: int
+    probe_errors: int
+    lag: Mapping[R, float | None]
+    lagging: tuple[R, ...]
+    down: tuple[R, ...]
+
+    @property
+    def primary_reads(self) -> int:
+        """Reads that went to a primary, for any reason."""
+        return self.pinned + self.read_your_writes + self.fallbacks
+
+
+@dataclass(slots=True)
+class _Counters:
+    reads: int = 0
+    writes: int = 0
+    pinned: int = 0
+    read_your_writes: int = 0
+    fallbacks: int = 0
+    retries: int = 0
+    probe_errors: int = 0
+
+
+class ReplicaRouter(Generic[R]):
+    """Sends writes to the primary and reads to replicas, without losing your writes.
+
+    Targets are opaque: engines, DSNs, connection pools. ``for_write()`` returns the
+    primary and ``for_read()`` a healthy replica within ``max_lag`` (spread by the
+    ``balancer``, round robin by default), or the primary when none qualifies.
+
+    Read-your-writes is tracked per logical context (a ``ContextVar``: each thread
+    and each asyncio task has its own):
+
+    - ``"window"``: after a write, the context reads from the primary for
+      ``window`` seconds (what django-multidb-router does).
+    - ``"token"``: after a write, :meth:`note_write` records a causal token (for
+      PostgreSQL the WAL position after the commit), and reads go only to replicas
+      that ``position_probe`` shows have replayed it. :meth:`token` exports it and
+      :meth:`use_token` imports it, so one request's write is seen by the next
+      request on another server. A write without a token pins reads to the
+      primary for ``window`` seconds.
+    - ``None``: no stickiness.
+
+    Lag: ``lag_probe(replica)`` (seconds behind) runs at most every
+    ``probe_interval``; a replica over ``max_lag`` gets no reads until it catches
+    up. A replica reported unreachable (:meth:`report_failure`, or a failed
+    :meth:`read`) is marked down in the balancer until a probe passes, or for
+    ``down_for`` seconds when there is no probe.
+
+    Several primaries (multi-master): pass a sequence, or a mapping of name to
+    target, and a ``sharder`` whose ``node_for(key)`` names the owner;
+    ``for_write(key=...)`` then routes each write by its key.
+
+    Runtime complexity: O(1) per ``for_write``; ``for_read`` costs one balancer
+    pick (O(1) for round robin), O(replicas) when a token rules some out or a
+    probe is due.
+
+    >>> router = ReplicaRouter("primary", ["replica-a", "replica-b"])
+    >>> router.for_read(), router.for_read()
+    ('replica-a', 'replica-b')
+    >>> router.for_write()
+    'primary'
+    >>> router.for_read()  # this context just wrote: read it from the primary
+    'primary'
+    """
+
+    def __init__(
+        self,
+        primary: R | Sequence[R] | Mapping[Any, R],
+        replicas: Sequence[R] = (),
+        *,
+        balancer: Any = None,
+        max_lag: float | None = None,
+        lag_probe: Callable[[R], float] | None = None,
+        position_probe: Callable[[R], Any] | None = None,
+        read_your_writes: ReadYourWrites = "window",
+        window: float = 15.0,
+        probe_interval: float = 1.0,
+        down_for: float = 5.0,
+        sharder: Any = None,
+        is_failure: Callable[[BaseException], bool] = is_connection_error,
+        clock: Clock | None = None,
+    ) -> None:
+        if read_your_writes not in ("window", "token", None):
+            raise ConfigurationError(
+                f'read_your_writes is "window", "token" or None, got {read_your_writes!r}'
+            )
+        for name, value in (("window", window), ("probe_interval", probe_interval)):
+            if not 0 <= value < math.inf:
+                raise ConfigurationError(f"{name} is seconds >= 0, got {value!r}")
+        if not 0 < down_for < math.inf:
+            raise ConfigurationError(f"down_for is seconds > 0, got {down_for!r}")
+        if max_lag is not None:
+            if not 0 <= max_lag < math.inf:
+                raise ConfigurationError(f"max_lag is seconds >= 0, got {max_lag!r}")
+            if lag_probe is None:
+                raise ConfigurationError("max_lag needs a lag_probe to measure the lag")
+        if read_your_writes == "token" and position_probe is None:
+            raise ConfigurationError(
+                'read_your_writes="token" needs a position_probe: how far a replica has replayed'
+            )
+        names, primaries = _primaries(primary)
+        self._names: dict[Any, R] | None = names
+        if len(primaries) > 1:
+            if sharder is None:
+                raise ConfigurationError("several primaries need a sharder to route writes by key")
+            if read_your_writes == "token":
+                raise ConfigurationError(
+                    "token mode needs one primary: positions of different primaries don't compare"
+                )
+        self._primaries: tuple[R, ...] = primaries
+        self._sharder = sharder
+        self._mode = read_your_writes
+        self._window = window
+        self._max_lag = max_lag
+        self._lag_probe = lag_probe
+        self._position_probe = position_probe
+        self._probe_interval = probe_interval
+        self._down_for = down_for
+        self._is_failure = is_failure
+        self._clock: Clock = time.monotonic if clock is None else clock
+        self._lock = threading.Lock()
+        self._causality: ContextVar[_Causality | None] = ContextVar(
+            f"scalekit.replication.causality.{id(self)}", default=None
+        )
+        self._pins: ContextVar[int] = ContextVar(f"scalekit.replication.pins.{id(self)}", default=0)
+        self._counters = _Counters()
+        self._replicas: dict[R, _Replica] = {}
+        for replica in replicas:
+            if replica in self._replicas or replica in primaries:
+                raise DuplicateNode(f"{replica!r} is listed twice")
+            self._replicas[replica] = _Replica()
+        if balancer is None:
+            from scalekit.balancing import RoundRobin
+
+            # No panic mode: a replica the router marks down must get no reads.
+            balancer = RoundRobin(self._replicas, panic_threshold=0, clock=self._clock)
+        else:
+            listed = set(balancer.backends)
+            if listed != set(self._replicas):
+                raise ConfigurationError(
+                    f"the balancer's backends {sorted(map(repr, listed))} are not the replicas "
+                    f"{sorted(map(repr, self._replicas))}"
+                )
+        self._balancer: _Picker[R] = balancer
+        probing = lag_probe is not None or position_probe is not None
+        self._next_poll = -math.inf if probing else math.inf
+        self._next_revival = math.inf  # the earliest ``failed_until`` without a probe
+        self._polling = False
+
+    # -- topology -------------------------------------------------------------
+
+    @property
+    def primary(self) -> R:
+        """The primary (the first one, with several)."""
+        return self._primaries[0]
+
+    @property
+    def primaries(self) -> tuple[R, ...]:
+        """Every primary, in the order given."""
+        return self._primaries
+
+    @property
+    def replicas(self) -> tuple[R, ...]:
+        """Every replica, healthy or not."""
+        return tuple(self._replicas)
+
+    @property
+    def balancer(self) -> Any:
+        """The balancer that spreads reads over the replicas."""
+        return self._balancer
+
+    @property
+    def mode(self) -> ReadYourWrites:
+        """The read-your-writes mode: ``"window"``, ``"token"`` or ``None``."""
+        return self._mode
+
+    def healthy(self) -> tuple[R, ...]:
+        """The replicas reads can go to now: not down, not over ``max_lag``."""
+        with self._lock:
+            return tuple(r for r, state in self._replicas.items() if not state.down)
+
+    def add_replica(self, replica: R, weight: float = 1) -> None:
+        """Start sending reads to ``replica`` (its probes run on the next read)."""
+        with self._lock:
+            if replica in self._replicas or replica in self._primaries:
+                raise DuplicateNode(f"{replica!r} is already a target")
+            self._balancer.add(replica, weight)
+            self._replicas[replica] = _Replica()
+            self._next_poll = -math.inf if self._probing else math.inf
+
+    def remove_replica(self, replica: R) -> None:
+        """Stop sending reads to ``replica``."""
+        with self._lock:
+            if replica not in self._replicas:
+                raise UnknownNode(f"{replica!r} is not a replica")
+            self._balancer.remove(replica)
+            del self._replicas[replica]
+
+    def promote(
+        self, new_primary: R, replicas: Sequence[R] | None = None, *, replacing: R | None = None
+    ) -> None:
+        """Make ``new_primary`` the primary (in place of ``replacing`` when there are
+        several) and ``replicas`` the replicas, in one step: no read or write sees
+        half of the change. By default the replicas stay, less the promoted one.
+
+        Causal tokens stay valid: a promoted PostgreSQL standby continues the WAL
+        positions of its old primary.
+        """
+        with self._lock:
+            if replacing is None:
+                if len(self._primaries) > 1:
+                    raise ConfigurationError("with several primaries, say which one is replaced")
+                replacing = self._primaries[0]
+            if replacing not in self._primaries:
+                raise UnknownNode(f"{replacing!r} is not a primary")
+            wanted = (
+                [r for r in self._replicas if r != new_primary] if replicas is None else replicas
+            )
+            if len(set(wanted)) != len(wanted):
+                raise DuplicateNode(f"a replica is listed twice in {wanted!r}")
+            primaries = tuple(new_primary if p == replacing else p for p in self._primaries)
+            if new_primary in wanted or len(set(primaries)) != len(primaries):
+                raise DuplicateNode(f"{new_primary!r} would be a primary twice, or also a replica")
+            for replica in [r for r in self._replicas if r not in wanted]:
+                self._balancer.remove(replica)
+                del self._replicas[replica]
+            for replica in wanted:
+                if replica not in self._replicas:
+                    self._balancer.add(replica, 1)
+                    self._replicas[replica] = _Replica()
+            self._primaries = primaries
+            if self._names is not None:
+                self._names = {
+                    n: new_primary if t == replacing else t for n, t in self._names.items()
+                }
+            self._next_poll = -math.inf if self._probing else math.inf
+
+    @property
+    def _probing(self) -> bool:
+        return self._lag_probe is not None or self._position_probe is not None
+
+    # -- writes ---------------------------------------------------------------
+
+    def for_write(self, key: Any = None) -> R:
+        """The primary for a write (by ``key`` with several primaries); the context
+        counts as having written, for read-your-writes."""
+        primary = self._primary_for(key, None)
+        self._note(primary, None)
+        return primary
+
+    def primary_for(self, key: Any = None) -> R:
+        """The primary that owns ``key``, without counting a write."""
+        return self._primary_for(key, None)
+
+    def note_write(self, token: Any = None, *, key: Any = None) -> None:
+        """Record that this context wrote: with its causal ``token`` (in token mode,
+        reads then go to replicas that have replayed it), or without one (reads go
+        to the primary for ``window`` seconds)."""
+        self._note(self._primary_for(key, None), token)
+
+    def _note(self, primary: R, token: Any) -> None:
+        with self._lock:
+            self._counters.writes += 1
+        if self._mode is None:
+            return
+        before = self._causality.get()
+        if self._mode == "token" and token is not None:
+            newest = token if before is None or before.token is None else max(before.token, token)
+            self._causality.set(_Causality(token=newest, primary=primary))
+        else:
+            kept = None if before is None else before.token
+            self._causality.set(_Causality(self._clock(), kept, primary))
+
+    def _primary_for(self, key: Any, causality: _Causality | None) -> R:
+        primaries = self._primaries
+        if len(primaries) == 1:
+            return primaries[0]
+        if key is None:
+            if causality is not None and causality.primary in primaries:
+                written: R = causality.primary
+                return written
+            return primaries[0]
+        node = self._sharder.node_for(key)
+        owner = node if self._names is None else self._names.get(node)
+        if owner not in primaries:
+            raise UnknownNode(f"the sharder named {node!r}, which is no primary")
+        return owner
+
+    # -- reads ----------------------------------------------------------------
+
+    def for_read(self, key: Any = None) -> R:
+        """A replica for a read, or the primary when the context must read its own
+        writes, is pinned, or no replica is healthy and caught up."""
+        replica, _ = self._route_read(key, ())
+        return replica
+
+    def _route_read(self, key: Any, excluded: Sequence[R]) -> tuple[R, bool]:
+        now = self._clock()
+        causality = self._causality.get()
+        if self._pins.get():
+            with self._lock:
+                self._counters.reads += 1
+                self._counters.pinned += 1
+            return self._primary_for(key, causality), False
+        token = None
+        if causality is not None:
+            if now - causality.written_at < self._window:
+                with self._lock:
+                    self._counters.reads += 1
+                    self._counters.read_your_writes += 1
+                return self._primary_for(key, causality), False
+            token = causality.token
+        if now >= self._next_poll or now >= self._next_revival:
+            self.poll()
+        replica = self._pick(token, excluded)
+        if replica is None and token is not None:
+            self._refresh_positions(token)
+            replica = self._pick(token, excluded)
+        with self._lock:
+            self._counters.reads += 1
+            if replica is None:
+                if token is not None and any(
+                    not state.down and r not in excluded for r, state in self._replicas.items()
+                ):
+                    self._counters.read_your_writes += 1
+                else:
+                    self._counters.fallbacks += 1
+                return self._primary_for(key, causality), False
+            state = self._replicas.get(replica)
+            if state is not None:
+                state.reads += 1
+        return replica, True
+
+    def _pick(self, token: Any, excluded: Sequence[R]) -> R | None:
+        """A replica from the balancer that is up and has replayed ``token``."""
+        replicas = self._replicas
+        for _ in range(len(replicas) + 1):
+            try:
+                replica = self._balancer.pick()
+            except NoBackendAvailable:
+                return None
+            state = replicas.get(replica)
+            if state is None or state.down or replica in excluded:
+                break  # the balancer offers what the router ruled out: look at all of them
+            if token is None or (state.position is not None and state.position >= token):
+                return replica
+        for replica, state in list(replicas.items()):
+            if state.down or replica in excluded:
+                continue
+            if token is None or (state.position is not None and state.position >= token):
+                return replica
+        return None
+
+    def read(self, fn: Callable[[R], T], key: Any = None) -> T:
+        """Run ``fn(target)`` on :meth:`for_read`'s choice; when it fails because the
+        replica is unreachable (``is_failure``), mark it down and run it again on
+        another replica, and at last on the primary. Other errors propagate."""
+        tried: list[R] = []
+        while True:
+            target, on_replica = self._route_read(key, tried)
+            try:
+                return fn(target)
+            except Exception as exc:
+                if not on_replica or not self._is_failure(exc):
+                    raise
+                self.report_failure(target)
+                tried.append(target)
+                with self._lock:
+                    self._counters.retries += 1
+
+    def token(self) -> Any:
+        """This context's causal token (None before a write with a token): carry it to
+        the next request, on any server, and pass it to :meth:`use_token` there."""
+        causality = self._causality.get()
+        return None if causality is None else causality.token
+
+    def use_token(self, token: Any) -> None:
+        """Make this context read at least what ``token`` covers (a token exported by
+        :meth:`token` elsewhere). The newer of it and the context's own is kept."""
+        if token is None or self._mode != "token":
+            return
+        before = self._causality.get()
+        if before is not None and before.token is not None and before.token >= token:
+            return
+        written_at = -math.inf if before is None else before.written_at
+        primary = None if before is None else before.primary
+        self._causality.set(_Causality(written_at, token, primary))
+
+    @contextmanager
+    def scope(self, token: Any = None) -> Iterator[None]:
+        """A fresh read-your-writes context for the block (one web request, say),
+        starting from ``token``; the outer context is restored afterwards."""
+        reset_causality = self._causality.set(None)
+        reset_pins = self._pins.set(0)
+        try:
+            self.use_token(token)
+            yield
+        finally:
+            self._pins.reset(reset_pins)
+            self._causality.reset(reset_causality)
+
+    def pinned(self) -> bool:
+        """Whether this context is inside :meth:`use_primary` or :meth:`transaction`."""
+        return self._pins.get() > 0
+
+    @contextmanager
+    def use_primary(self, key: Any = None) -> Iterator[R]:
+        """Send every read in the block to the primary (yielded)."""
+        reset = self._pins.set(self._pins.get() + 1)
+        try:
+            yield self._primary_for(key, self._causality.get())
+        finally:
+            self._pins.reset(reset)
+
+    @contextmanager
+    def transaction(self, key: Any = None) -> Iterator[R]:
+        """A unit of work on the primary (yielded): every read in the block goes
+        there, and the context counts as having written when it ends, unless a
+        write with a token was noted inside (by a routing session's commit)."""
+        before = self._causality.get()
+        primary = self._primary_for(key, before)
+        reset = self._pins.set(self._pins.get() + 1)
+        try:
+            yield primary
+        finally:
+            self._pins.reset(reset)
+            after = self._causality.get()
+            if after is before or after is None or after.token is None:
+                self._note(primary, None)
+
+    # -- health and lag -------------------------------------------------------
+
+    def report_failure(self, replica: R) -> None:
+        """``replica`` could not be reached: no reads until a probe passes (or for
+        ``down_for`` seconds without probes)."""
+        with self._lock:
+            state = self._replicas.get(replica)
+            if state is None:
+                return  # the primary, or a replica removed meanwhile
+            state.failures += 1
+            state.failed_until = self._clock() + self._down_for
+            if not self._probing:
+                self._next_revival = min(self._next_revival, state.failed_until)
+            self._apply(replica, state)
+
+    def poll(self) -> None:
+        """Run the probes of every replica now (reads run them when due: at most
+        every ``probe_interval``), and revive replicas whose ``down_for`` is over.
+        One thread polls at a time; others go on with what is known."""
+        with self._lock:
+            if self._polling:
+                return
+            self._polling = True
+            now = self._clock()
+            self._next_poll = now + self._probe_interval if self._probing else math.inf
+            replicas = list(self._replicas)
+        try:
+            if self._probing:
+                for replica in replicas:
+                    self._probe(replica)
+            else:
+                self._revive(now)
+        finally:
+            with self._lock:
+                self._polling = False
+
+    def _revive(self, now: float) -> None:
+        with self._lock:
+            self._next_revival = math.inf
+            for replica, state in self._replicas.items():
+                if state.failed_until > now:
+                    self._next_revival = min(self._next_revival, state.failed_until)
+                self._apply(replica, state)
+
+    def _probe(self, replica: R, *, lag_too: bool = True) -> None:
+        """Probe ``replica``. A probe that raises, whatever the error, leaves the
+        replica unverified: it is marked down like an unreachable one, counted in
+        ``probe_errors`` and logged."""
+        lag_probe = self._lag_probe if lag_too else None
+        lag = position = None
+        try:
+            if lag_probe is not None:
+                lag = lag_probe(replica)
+            if self._position_probe is not None:
+                position = self._position_probe(replica)
+        except Exception:
+            _log.warning("probing replica %r failed; no reads go to it", replica, exc_info=True)
+            with self._lock:
+                self._counters.probe_errors += 1
+            self.report_failure(replica)
+            return
+        with self._lock:
+            state = self._replicas.get(replica)
+            if state is None:
+                return
+            state.failed_until = -math.inf  # it answered
+            if lag_probe is not None:
+                state.lag = lag
+                state.lagging = (
+                    self._max_lag is not None and lag is not None and lag > self._max_lag
+                )
+            if self._position_probe is not None:
+                state.position, state.position_at = position, self._clock()
+            self._apply(replica, state)
+
+    def _refresh_positions(self, token: Any) -> None:
+        """Read again the positions of healthy replicas known to be behind ``token``
+        whose reading is more than 10 ms old, so a replica that has caught up since
+        the last poll is used at once (one probe per replica per 10 ms at most)."""
+        if self._position_probe is None:
+            return
+        now = self._clock()
+        with self._lock:
+            stale = [
+                replica
+                for replica, state in self._replicas.items()
+                if not state.down
+                and (state.position is None or state.position < token)
+                and now - state.position_at >= 0.01
+            ]
+            for replica in stale:  # claimed: concurrent reads don't probe it again
+                self._replicas[replica].position_at = now
+        for replica in stale:
+            self._probe(replica, lag_too=False)
+
+    def _apply(self, replica: R, state: _Replica) -> None:
+        """Mark ``replica`` down or up in the balancer to match what is known."""
+        down = state.lagging or state.failed_until > self._clock()
+        if down != state.down:
+            state.down = down
+            if down:
+                self._balancer.mark_down(replica)
+            else:
+                self._balancer.mark_up(replica)
+
+    def stats(self) -> RouterStats[R]:
+        """A snapshot of the counters."""
+        with self._lock:
+            counters = self._counters
+            return RouterStats(
+                reads=counters.reads,
+                writes=counters.writes,
+                replica_reads={r: s.reads for r, s in self._replicas.items()},
+                pinned=counters.pinned,
+                read_your_writes=counters.read_your_writes,
+                fallbacks=counters.fallbacks,
+                failures=sum(s.failures for s in self._replicas.values()),
+                retries=counters.retries,
+                probe_errors=counters.probe_errors,
+                lag={r: s.lag for r, s in self._replicas.items()},
+                lagging=tuple(r for r, s in self._replicas.items() if s.lagging),
+                down=tuple(r for r, s in self._replicas.items() if s.down),
+            )
+
+    def __repr__(self) -> str:
+        primaries, replicas = list(self._primaries), list(self._replicas)
+        return (
+            f"ReplicaRouter(primaries={primaries!r}, replicas={replicas!r}, "
+            f"read_your_writes={self._mode!r})"
+        )
+
+
+def _primaries(primary: Any) -> tuple[dict[Any, Any] | None, tuple[Any, ...]]:
+    if isinstance(primary, Mapping):
+        if not primary:
+            raise ConfigurationError("at least one primary is needed")
+        return dict(primary), tuple(primary.values())
+    if isinstance(primary, (list, tuple)):
+        if not primary:
+            raise ConfigurationError("at least one primary is needed")
+        if len(set(primary)) != len(primary):
+            raise DuplicateNode(f"a primary is listed twice in {primary!r}")
+        return None, tuple(primary)
+    return None, (primary,)

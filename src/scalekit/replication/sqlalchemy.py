@@ -1,0 +1,356 @@
+"""SQLAlchemy sessions that route through a :class:`~scalekit.replication.ReplicaRouter`.
+
+Needs the ``sql`` extra (SQLAlchemy 2). The router's targets are engines (or
+async engines for :func:`async_routing_sessionmaker`). A routing session sends
+flushes, DML, ``SELECT ... FOR UPDATE``, and every statement of a transaction
+that has written, to the primary; other reads go to the replica the router
+picks, the same one for the whole transaction. After a commit that wrote, it
+tells the router: with PostgreSQL, the WAL position of the commit is the causal
+token of ``read_your_writes="token"``.
+
+:func:`pg_router` builds a router with PostgreSQL's probes wired in::
+
+    router = pg_router(primary_engine, [replica_engine_1, replica_engine_2], max_lag=5)
+    Session = routing_sessionmaker(router)
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
+from sqlalchemy.orm.session import SessionTransactionOrigin
+from sqlalchemy.sql.elements import TextClause
+
+from scalekit.errors import ConfigurationError
+from scalekit.replication._router import ReplicaRouter
+
+__all__ = [
+    "RoutingSession",
+    "async_routing_sessionmaker",
+    "int_to_lsn",
+    "is_disconnect",
+    "lsn_to_int",
+    "pg_commit_token",
+    "pg_lag_probe",
+    "pg_replay_position",
+    "pg_router",
+    "routing_sessionmaker",
+]
+
+_log = logging.getLogger("scalekit.replication")
+
+Target = Engine | AsyncEngine
+CommitToken = Callable[[Engine], Any]
+
+# A text() statement is a read when it starts with one of these and locks nothing.
+_READ = re.compile(r"\s*(?:\(\s*)*(?:SELECT|SHOW|VALUES|TABLE|EXPLAIN)\b", re.IGNORECASE)
+_NOT_READ = re.compile(
+    r"\bFOR\s+(?:UPDATE|SHARE|NO\s+KEY\s+UPDATE|KEY\s+SHARE)\b|\bINTO\b|\bANALYZE\b|nextval\s*\(",
+    re.IGNORECASE,
+)
+
+
+def lsn_to_int(lsn: str) -> int:
+    """A PostgreSQL WAL position (``pg_lsn``, like ``"16/B374D848"``) as an int.
+
+    >>> lsn_to_int("16/B374D848")
+    97500059720
+    """
+    high, _, low = lsn.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def int_to_lsn(position: int) -> str:
+    """The inverse of :func:`lsn_to_int`.
+
+    >>> int_to_lsn(97500059720)
+    '16/B374D848'
+    """
+    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
+
+
+def _engine(target: Any) -> Engine:
+    """The sync engine of ``target`` (an async engine's ``sync_engine``)."""
+    return cast(Engine, getattr(target, "sync_engine", target))
+
+
+def _query(target: Any, sql: str) -> Any:
+    with _engine(target).connect() as connection:
+        return connection.exec_driver_sql(sql).one()
+
+
+def pg_commit_token(primary: Any) -> int:
+    """The causal token of a commit just made on ``primary``: its WAL position.
+
+    Read after the commit returns, so it covers the commit (and maybe more).
+    ``pg_current_wal_insert_lsn()`` is used rather than ``pg_current_wal_lsn()``:
+    with ``synchronous_commit = off`` a commit's record may not be written yet,
+    but it is always inserted.
+    """
+    (lsn,) = _query(primary, "SELECT pg_current_wal_insert_lsn()::text")
+    return lsn_to_int(lsn)
+
+
+def pg_replay_position(replica: Any) -> int:
+    """How far ``replica`` has replayed the primary's WAL (``pg_last_wal_replay_lsn()``),
+    as an int; a server not in recovery (a promoted one) reports its own position."""
+    (lsn,) = _query(
+        replica,
+        "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+        " ELSE pg_current_wal_insert_lsn() END::text",
+    )
+    if lsn is None:
+        raise ConfigurationError(f"{replica!r} is in recovery but has replayed nothing")
+    return lsn_to_int(lsn)
+
+
+def pg_lag_probe(replica: Any, *, primary: Any = None) -> float:
+    """Seconds ``replica`` is behind: ``now() - pg_last_xact_replay_timestamp()``,
+    0 when it has replayed everything there is.
+
+    The traps of the plain formula are handled:
+
+    - An idle replica's replay timestamp is old although nothing is missing: when
+      everything received is replayed (or, given ``primary``, everything the
+      primary has written), the lag is 0.
+    - A replica that has replayed nothing since it started has no replay
+      timestamp while WAL waits unapplied: that is infinite lag, not none.
+
+    Given ``primary`` (use ``functools.partial``), "everything" is the primary's
+    current WAL position, read first; without it, what the replica has received,
+    which misses WAL the replica has not even received yet (a broken stream).
+    """
+    target = None
+    if primary is not None:
+        (current,) = _query(primary, "SELECT pg_current_wal_insert_lsn()::text")
+        target = lsn_to_int(current)
+    recovering, received, replayed, age = _query(
+        replica,
+        "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn()::text,"
+        " pg_last_wal_replay_lsn()::text,"
+        " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8",
+    )
+    if not recovering:
+        return 0.0
+    replayed_at = None if replayed is None else lsn_to_int(replayed)
+    if target is None and received is not None:
+        target = lsn_to_int(received)
+    if replayed_at is not None and target is not None and replayed_at >= target:
+        return 0.0
+    if age is None:
+        return math.inf
+    return max(float(age), 0.0)
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database could not be reached (connection refused,
+    dropped, or the server shutting down), so another target should be tried.
+    Errors of the query itself (syntax, constraint, recovery conflicts) are not."""
+    if isinstance(exc, OSError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate is None:
+        # raised by the driver itself, not the server: the connection failed
+        return type(exc.orig).__name__ in ("OperationalError", "InterfaceError")
+    return str(sqlstate).startswith(("08", "57P"))
+
+
+def pg_router(primary: Target, replicas: Sequence[Target], **options: Any) -> ReplicaRouter[Any]:
+    """A :class:`~scalekit.replication.ReplicaRouter` over PostgreSQL engines, with
+    ``read_your_writes="token"``, :func:`pg_replay_position` and :func:`pg_lag_probe`
+    (against the primary) wired in, and :func:`is_disconnect` as the failure test.
+    ``options`` go to the router and win over these."""
+    defaults: dict[str, Any] = {
+        "read_your_writes": "token",
+        "position_probe": pg_replay_position,
+        "lag_probe": functools.partial(pg_lag_probe, primary=primary),
+        "is_failure": is_disconnect,
+    }
+    return ReplicaRouter(primary, replicas, **{**defaults, **options})
+
+
+class RoutingSession(Session):
+    """A :class:`~sqlalchemy.orm.Session` whose statements go where ``router`` says.
+
+    - Writes (flushes, DML, ``SELECT ... FOR UPDATE``, DDL, and ``text()`` that
+      is not a plain ``SELECT``) go to the primary, and so does every statement
+      after them until the transaction ends.
+    - Reads go to ``router.for_read()``'s choice, taken once per transaction,
+      so a transaction reads one consistent replica.
+    - Inside ``router.use_primary()`` or ``router.transaction()``, everything
+      goes to the primary.
+    - A read whose replica cannot be reached is retried on another target; the
+      replica is reported to the router. When the connection broke inside the
+      transaction, this needs a rollback: it is done when the transaction began
+      on its own (not in ``session.begin()``) and nothing is pending, so no
+      change is lost (loaded objects are expired); otherwise the error is raised.
+    - After a commit that wrote, ``router.note_write(token)`` with the token from
+      ``commit_token`` (PostgreSQL's WAL position by default).
+
+    Runtime complexity: O(1) per statement (a router pick per transaction).
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        router: ReplicaRouter[Any],
+        commit_token: CommitToken | str | None = "auto",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if len(router.primaries) > 1:
+            raise ConfigurationError("routing sessions need a router with one primary")
+        self.router = router
+        if commit_token == "auto":
+            dialect = _engine(router.primary).dialect.name
+            commit_token = pg_commit_token if dialect == "postgresql" else None
+        elif isinstance(commit_token, str):
+            raise ConfigurationError(
+                f'commit_token is "auto", a callable or None: {commit_token!r}'
+            )
+        self._commit_token: CommitToken | None = commit_token
+        self._wrote = False
+        self._read_target: Any = None  # the router's choice for this transaction
+        self._read_bind: Engine | None = None
+
+    def get_bind(
+        self, mapper: Any = None, *, clause: Any = None, bind: Any = None, **kwargs: Any
+    ) -> Engine:
+        if bind is not None:
+            return _engine(bind)
+        router = self.router
+        if self._wrote or not _is_read(clause):
+            self._wrote = True
+            return _engine(router.primary)
+        if router.pinned():
+            return _engine(router.primary)
+        read_bind = self._read_bind
+        if read_bind is None:
+            self._read_target = target = router.for_read()
+            self._read_bind = read_bind = _engine(target)
+        return read_bind
+
+    def _retry_read(self, state: ORMExecuteState) -> Any:
+        while True:
+            try:
+                return state.invoke_statement()
+            except DBAPIError as exc:
+                target = self._read_target
+                on_replica = target is not None and target is not self.router.primary
+                if self._wrote or not on_replica or self.router.pinned() or not is_disconnect(exc):
+                    raise
+                self.router.report_failure(target)
+                if exc.connection_invalidated:
+                    # the broken connection sits in this transaction
+                    if not self._can_restart():
+                        raise
+                    self.rollback()
+                self._read_target = self._read_bind = None
+
+    def _can_restart(self) -> bool:
+        transaction = self.get_transaction()
+        if transaction is None or transaction.origin is not SessionTransactionOrigin.AUTOBEGIN:
+            return False
+        return not (self.in_nested_transaction() or self.new or self.deleted or self.dirty)
+
+    def _committed(self) -> None:
+        if not self._wrote or self.in_nested_transaction():
+            return
+        token = None
+        if self._commit_token is not None:
+            try:
+                token = self._commit_token(_engine(self.router.primary))
+            except Exception:
+                # the commit is done; without its token, reads pin to the primary
+                _log.warning("reading the commit token failed", exc_info=True)
+        self.router.note_write(token)
+
+    def _transaction_ended(self, transaction: SessionTransaction) -> None:
+        if transaction.parent is None:
+            self._wrote = False
+            self._read_target = self._read_bind = None
+
+
+def _is_read(clause: Any) -> bool:
+    if clause is None:
+        return False  # a flush, or session.connection()
+    if isinstance(clause, TextClause):
+        sql = clause.text
+        return _READ.match(sql) is not None and _NOT_READ.search(sql) is None
+    if not getattr(clause, "is_select", False):
+        return False  # DML, DDL
+    return getattr(clause, "_for_update_arg", None) is None
+
+
+@event.listens_for(RoutingSession, "do_orm_execute")
+def _on_execute(state: ORMExecuteState) -> Any:
+    session = state.session
+    if isinstance(session, RoutingSession) and not session._wrote:
+        return session._retry_read(state)
+    return None
+
+
+@event.listens_for(RoutingSession, "after_commit")
+def _on_commit(session: Session) -> None:
+    if isinstance(session, RoutingSession):
+        session._committed()
+
+
+@event.listens_for(RoutingSession, "after_transaction_end")
+def _on_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if isinstance(session, RoutingSession):
+        session._transaction_ended(transaction)
+
+
+def routing_sessionmaker(
+    router: ReplicaRouter[Any],
+    *,
+    commit_token: CommitToken | str | None = "auto",
+    **sessionmaker_kwargs: Any,
+) -> sessionmaker[RoutingSession]:
+    """A ``sessionmaker`` of :class:`RoutingSession` over ``router``'s engines.
+
+    ``commit_token(primary_engine)`` reads the causal token after a commit that
+    wrote; ``"auto"`` uses :func:`pg_commit_token` on PostgreSQL and no token
+    elsewhere (reads then stay on the primary for the router's ``window``).
+    """
+    return sessionmaker(
+        class_=RoutingSession,
+        router=router,
+        commit_token=commit_token,
+        **sessionmaker_kwargs,
+    )
+
+
+def async_routing_sessionmaker(
+    router: ReplicaRouter[Any],
+    *,
+    commit_token: CommitToken | str | None = "auto",
+    **sessionmaker_kwargs: Any,
+) -> async_sessionmaker[AsyncSession]:
+    """An ``async_sessionmaker`` whose sessions route like :class:`RoutingSession`;
+    the router's targets are :class:`~sqlalchemy.ext.asyncio.AsyncEngine` objects.
+
+    The probes and the commit token run inside the session's own greenlet, the
+    way SQLAlchemy runs all of an async session's I/O, so they need no awaiting.
+    """
+    return async_sessionmaker(
+        sync_session_class=RoutingSession,
+        router=router,
+        commit_token=commit_token,
+        **sessionmaker_kwargs,
+    )

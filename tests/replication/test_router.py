@@ -1,0 +1,536 @@
+"""ReplicaRouter without a database: fake targets, fake probes, a FakeClock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from scalekit.balancing import LeastConnections, RoundRobin
+from scalekit.errors import ConfigurationError, DuplicateNode, UnknownNode
+from scalekit.replication import ReplicaRouter
+from scalekit.sharding import HashRing
+from scalekit.testing import FakeClock
+
+
+class World:
+    """Replicas whose replayed position and lag the test sets, with probe counts."""
+
+    def __init__(self, *replicas: str) -> None:
+        self.position = dict.fromkeys(replicas, 0)
+        self.lag = dict.fromkeys(replicas, 0.0)
+        self.unreachable: set[str] = set()
+        self.probes: Counter[str] = Counter()
+
+    def position_probe(self, replica: str) -> int:
+        self.probes[replica] += 1
+        if replica in self.unreachable:
+            raise ConnectionRefusedError(replica)
+        return self.position[replica]
+
+    def lag_probe(self, replica: str) -> float:
+        if replica in self.unreachable:
+            raise ConnectionRefusedError(replica)
+        return self.lag[replica]
+
+
+def token_router(world: World, clock: FakeClock, **options: Any) -> ReplicaRouter[str]:
+    return ReplicaRouter(
+        "p",
+        list(world.position),
+        read_your_writes="token",
+        position_probe=world.position_probe,
+        clock=clock,
+        **options,
+    )
+
+
+def reads(router: ReplicaRouter[str], n: int) -> Counter[str]:
+    return Counter(router.for_read() for _ in range(n))
+
+
+def in_fresh_context(fn: Any) -> Any:
+    return contextvars.Context().run(fn)
+
+
+# -- spreading reads, writes ---------------------------------------------------
+
+
+def test_reads_go_round_robin_over_replicas_and_writes_to_the_primary() -> None:
+    router = ReplicaRouter("p", ["a", "b", "c"], read_your_writes=None)
+    assert [router.for_read() for _ in range(6)] == ["a", "b", "c", "a", "b", "c"]
+    assert router.for_write() == "p"
+    assert router.for_read() == "a"  # no stickiness
+    stats = router.stats()
+    assert (stats.reads, stats.writes, stats.primary_reads) == (7, 1, 0)
+    assert stats.replica_reads == {"a": 3, "b": 2, "c": 2}
+
+
+def test_without_replicas_everything_goes_to_the_primary_and_counts_as_fallback() -> None:
+    router = ReplicaRouter("p", [])
+    assert router.for_read() == "p"
+    assert router.stats().fallbacks == 1
+
+
+def test_a_weighted_balancer_spreads_by_weight() -> None:
+    balancer = RoundRobin(["a", "b"], weights={"a": 3, "b": 1}, panic_threshold=0)
+    router = ReplicaRouter("p", ["a", "b"], balancer=balancer)
+    assert reads(router, 400) == {"a": 300, "b": 100}
+
+
+# -- read your writes ------------------------------------------------------------
+
+
+def test_window_mode_reads_from_the_primary_for_the_window_after_a_write() -> None:
+    clock = FakeClock()
+    router = ReplicaRouter("p", ["a", "b"], window=15.0, clock=clock)
+    assert router.for_read() == "a"
+    router.for_write()
+    clock.advance(14.9)
+    assert router.for_read() == "p"
+    clock.advance(0.1)
+    assert router.for_read() in ("a", "b")
+    assert router.stats().read_your_writes == 1
+
+
+def test_no_stickiness_mode() -> None:
+    router = ReplicaRouter("p", ["a"], read_your_writes=None)
+    router.for_write()
+    assert router.for_read() == "a"
+
+
+def test_token_mode_reads_only_from_replicas_that_replayed_the_token() -> None:
+    clock, world = FakeClock(), World("a", "b")
+    router = token_router(world, clock)
+    world.position.update(a=100, b=50)
+    router.note_write(80)
+    assert router.token() == 80
+    assert set(reads(router, 10)) == {"a"}
+    router.note_write(120)
+    assert set(reads(router, 10)) == {"p"}
+    assert router.stats().read_your_writes == 10
+
+
+def test_a_replica_that_caught_up_is_used_without_waiting_for_the_next_poll() -> None:
+    clock, world = FakeClock(), World("a")
+    router = token_router(world, clock, probe_interval=60)
+    world.position["a"] = 10
+    router.note_write(20)
+    assert router.for_read() == "p"
+    world.position["a"] = 20
+    assert router.for_read() == "p"  # the last reading is not 10 ms old
+    clock.advance(0.01)
+    assert router.for_read() == "a"
+
+
+def test_a_replica_behind_the_token_is_probed_at_most_every_10_ms() -> None:
+    clock, world = FakeClock(), World("a")
+    router = token_router(world, clock, probe_interval=60)
+    router.note_write(1)
+    for _ in range(100):
+        router.for_read()
+    assert world.probes["a"] == 1  # the first poll; then the reading is fresh
+    clock.advance(0.01)
+    for _ in range(100):
+        router.for_read()
+    assert world.probes["a"] == 2
+
+
+def test_the_token_is_kept_newest_first() -> None:
+    router = token_router(World("a"), FakeClock())
+    router.note_write(30)
+    router.note_write(20)
+    router.use_token(10)
+    assert router.token() == 30
+    router.use_token(40)
+    assert router.token() == 40
+
+
+def test_a_write_without_token_in_token_mode_pins_reads_for_the_window() -> None:
+    clock, world = FakeClock(), World("a")
+    router = token_router(world, clock, window=5)
+    router.for_write()
+    assert router.for_read() == "p"
+    router.note_write(0)  # the commit's token replaces the pin
+    assert router.for_read() == "a"
+    router.for_write()
+    clock.advance(5)
+    assert router.for_read() == "a"
+
+
+def test_a_token_carries_read_your_writes_to_another_thread() -> None:
+    clock, world = FakeClock(), World("a", "b")
+    router = token_router(world, clock)
+    world.position.update(a=5, b=5)
+
+    def request_1() -> Any:
+        router.note_write(10)
+        return router.token()
+
+    exported: list[Any] = []
+    thread = threading.Thread(target=lambda: exported.append(request_1()))
+    thread.start()
+    thread.join()
+    assert router.token() is None  # this thread wrote nothing
+
+    seen: list[str] = []
+
+    def request_2() -> None:
+        assert router.for_read() in ("a", "b")  # before importing: any replica
+        router.use_token(exported[0])
+        seen.extend(router.for_read() for _ in range(4))
+
+    thread = threading.Thread(target=request_2)
+    thread.start()
+    thread.join()
+    assert seen == ["p"] * 4
+    world.position["b"] = 10
+    clock.advance(1)
+    with router.scope(token=exported[0]):
+        assert set(reads(router, 4)) == {"b"}
+
+
+def test_contexts_are_independent_across_threads() -> None:
+    clock = FakeClock()
+    router = ReplicaRouter("p", ["a"], clock=clock)
+    wrote = threading.Event()
+    results: dict[str, str] = {}
+
+    def writer() -> None:
+        router.for_write()
+        wrote.set()
+        results["writer"] = router.for_read()
+
+    def reader() -> None:
+        wrote.wait()
+        results["reader"] = router.for_read()
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {"writer": "p", "reader": "a"}
+
+
+def test_contexts_are_independent_across_asyncio_tasks() -> None:
+    router = ReplicaRouter("p", ["a"], clock=FakeClock())
+
+    async def writer() -> str:
+        router.for_write()
+        await asyncio.sleep(0)
+        return router.for_read()
+
+    async def reader() -> str:
+        await asyncio.sleep(0)
+        return router.for_read()
+
+    async def main() -> list[str]:
+        return list(await asyncio.gather(writer(), reader()))
+
+    assert asyncio.run(main()) == ["p", "a"]
+
+
+def test_scope_starts_fresh_and_restores_the_outer_context() -> None:
+    router = ReplicaRouter("p", ["a"], clock=FakeClock())
+    router.for_write()
+    with router.scope():
+        assert router.for_read() == "a"
+        router.for_write()
+        assert router.for_read() == "p"
+    assert router.for_read() == "p"
+    with router.use_primary(), router.scope():
+        assert not router.pinned()
+
+
+# -- pinning -------------------------------------------------------------------
+
+
+def test_use_primary_pins_reads_without_counting_a_write() -> None:
+    router = ReplicaRouter("p", ["a"], clock=FakeClock())
+    with router.use_primary() as primary:
+        assert primary == "p"
+        assert router.pinned()
+        with router.use_primary():
+            assert router.for_read() == "p"
+        assert router.for_read() == "p"
+    assert not router.pinned()
+    assert router.for_read() == "a"
+    assert router.stats().pinned == 2
+
+
+def test_transaction_pins_reads_and_counts_as_a_write_when_it_ends() -> None:
+    clock = FakeClock()
+    router = ReplicaRouter("p", ["a"], clock=clock, window=1)
+    with router.transaction() as primary:
+        assert primary == "p"
+        assert router.for_read() == "p"
+        clock.advance(5)
+    assert router.for_read() == "p"  # the window starts when the transaction ends
+    clock.advance(1)
+    assert router.for_read() == "a"
+
+
+def test_transaction_that_noted_a_token_does_not_pin_afterwards() -> None:
+    clock, world = FakeClock(), World("a")
+    router = token_router(world, clock)
+    world.position["a"] = 7
+    with router.transaction():
+        router.note_write(7)
+    assert router.for_read() == "a"
+    with router.transaction():
+        pass
+    assert router.for_read() == "p"
+
+
+def test_transaction_notes_a_write_even_when_the_block_raises() -> None:
+    router = ReplicaRouter("p", ["a"], clock=FakeClock())
+    with pytest.raises(RuntimeError), router.transaction():
+        raise RuntimeError("rolled back, or maybe not")
+    assert router.for_read() == "p"
+
+
+# -- lag -----------------------------------------------------------------------
+
+
+def test_a_replica_over_max_lag_gets_no_reads_until_it_catches_up() -> None:
+    clock, world = FakeClock(), World("a", "b")
+    router = ReplicaRouter(
+        "p", ["a", "b"], max_lag=1.0, lag_probe=world.lag_probe, probe_interval=1.0, clock=clock
+    )
+    world.lag["b"] = 3.0
+    assert set(reads(router, 10)) == {"a"}
+    assert router.stats().lagging == ("b",)
+    assert router.healthy() == ("a",)
+    world.lag["b"] = 0.5
+    assert set(reads(router, 10)) == {"a"}  # not probed again yet
+    clock.advance(1.0)
+    assert set(reads(router, 10)) == {"a", "b"}
+    assert router.stats().lag == {"a": 0.0, "b": 0.5}
+
+
+def test_when_every_replica_lags_reads_fall_back_to_the_primary() -> None:
+    clock, world = FakeClock(), World("a")
+    router = ReplicaRouter("p", ["a"], max_lag=1.0, lag_probe=world.lag_probe, clock=clock)
+    world.lag["a"] = float("inf")  # replayed nothing yet
+    assert router.for_read() == "p"
+    assert router.stats().fallbacks == 1
+
+
+def test_probes_run_at_most_every_probe_interval() -> None:
+    clock, world = FakeClock(), World("a", "b")
+    router = ReplicaRouter(
+        "p",
+        ["a", "b"],
+        lag_probe=world.lag_probe,
+        position_probe=world.position_probe,
+        probe_interval=2.0,
+        clock=clock,
+    )
+    for _ in range(50):
+        router.for_read()
+        clock.advance(0.1)
+    assert world.probes == {"a": 3, "b": 3}  # at 0, 2 and 4 seconds
+
+
+def test_max_lag_zero_tolerates_only_fully_caught_up_replicas() -> None:
+    world = World("a")
+    router = ReplicaRouter("p", ["a"], max_lag=0, lag_probe=world.lag_probe, clock=FakeClock())
+    assert router.for_read() == "a"
+
+
+# -- failures ------------------------------------------------------------------
+
+
+def test_a_failed_replica_is_down_for_down_for_seconds_without_probes() -> None:
+    clock = FakeClock()
+    router = ReplicaRouter("p", ["a", "b"], down_for=5, clock=clock, read_your_writes=None)
+    router.report_failure("a")
+    assert set(reads(router, 6)) == {"b"}
+    assert router.stats().down == ("a",)
+    clock.advance(5)
+    assert set(reads(router, 6)) == {"a", "b"}
+    assert router.stats().failures == 1
+
+
+def test_with_probes_a_failed_replica_returns_when_a_probe_passes() -> None:
+    clock, world = FakeClock(), World("a", "b")
+    router = ReplicaRouter(
+        "p", ["a", "b"], lag_probe=world.lag_probe, probe_interval=1, down_for=60, clock=clock
+    )
+    router.for_read()  # the first poll
+    router.report_failure("a")
+    assert set(reads(router, 6)) == {"b"}
+    clock.advance(1)
+    assert set(reads(router, 6)) == {"a", "b"}
+
+
+def test_a_probe_that_raises_takes_the_replica_out_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock, world = FakeClock(), World("a", "b")
+    router = ReplicaRouter("p", ["a", "b"], lag_probe=world.lag_probe, clock=clock)
+    world.unreachable.add("a")
+    with caplog.at_level(logging.WARNING, logger="scalekit.replication"):
+        assert set(reads(router, 4)) == {"b"}
+    assert "probing replica 'a' failed" in caplog.text
+    assert router.stats().probe_errors == 1
+    world.unreachable.clear()
+    clock.advance(1)
+    assert set(reads(router, 4)) == {"a", "b"}
+
+
+def test_read_retries_an_unreachable_replica_elsewhere() -> None:
+    router = ReplicaRouter("p", ["a", "b"], read_your_writes=None, clock=FakeClock())
+    calls: list[str] = []
+
+    def query(target: str) -> str:
+        calls.append(target)
+        if target == "a":
+            raise ConnectionResetError("a is gone")
+        return f"rows from {target}"
+
+    assert router.read(query) == "rows from b"
+    assert calls == ["a", "b"]
+    assert router.stats().down == ("a",)
+    assert router.stats().retries == 1
+    assert [router.read(query) for _ in range(3)] == ["rows from b"] * 3
+
+
+def test_read_ends_on_the_primary_when_every_replica_fails() -> None:
+    router = ReplicaRouter("p", ["a", "b"], read_your_writes=None, clock=FakeClock())
+
+    def query(target: str) -> str:
+        if target != "p":
+            raise TimeoutError(target)
+        return "rows from p"
+
+    assert router.read(query) == "rows from p"
+    assert set(router.stats().down) == {"a", "b"}
+
+
+def test_read_raises_errors_of_the_query_and_of_the_primary() -> None:
+    router = ReplicaRouter("p", ["a"], read_your_writes=None, clock=FakeClock())
+
+    def bad_sql(target: str) -> str:
+        raise ValueError("syntax error")
+
+    with pytest.raises(ValueError, match="syntax"):
+        router.read(bad_sql)
+    assert router.stats().down == ()
+
+    def everything_down(target: str) -> str:
+        raise ConnectionRefusedError(target)
+
+    with pytest.raises(ConnectionRefusedError, match="p"):
+        router.read(everything_down)
+
+
+def test_a_balancer_in_panic_mode_cannot_send_reads_to_a_down_replica() -> None:
+    balancer = LeastConnections(["a", "b"])  # panics below 50% healthy
+    router = ReplicaRouter("p", ["a", "b"], balancer=balancer, read_your_writes=None)
+    router.report_failure("a")
+    router.report_failure("b")
+    assert router.for_read() == "p"
+    assert router.stats().fallbacks == 1
+
+
+# -- topology ------------------------------------------------------------------
+
+
+def test_promote_swaps_primary_and_replicas_in_one_step() -> None:
+    router = ReplicaRouter("p", ["a", "b"], read_your_writes=None)
+    router.promote("a")
+    assert (router.primary, router.replicas) == ("a", ("b",))
+    assert set(reads(router, 4)) == {"b"}
+    router.promote("c", replicas=["b", "d"])
+    assert (router.primary, router.replicas) == ("c", ("b", "d"))
+    assert set(reads(router, 4)) == {"b", "d"}
+    assert router.balancer.backends == ("b", "d")
+
+
+def test_promote_rejects_a_primary_that_is_also_a_replica() -> None:
+    router = ReplicaRouter("p", ["a", "b"])
+    with pytest.raises(DuplicateNode):
+        router.promote("a", replicas=["a", "b"])
+    with pytest.raises(DuplicateNode):
+        router.promote("c", replicas=["b", "b"])
+    assert (router.primary, router.replicas) == ("p", ("a", "b"))
+
+
+def test_add_and_remove_replicas() -> None:
+    router = ReplicaRouter("p", ["a"], read_your_writes=None)
+    router.add_replica("b")
+    assert set(reads(router, 4)) == {"a", "b"}
+    router.remove_replica("a")
+    assert set(reads(router, 4)) == {"b"}
+    with pytest.raises(UnknownNode):
+        router.remove_replica("a")
+    with pytest.raises(DuplicateNode):
+        router.add_replica("p")
+
+
+def test_several_primaries_route_writes_by_key_through_the_sharder() -> None:
+    sharder = HashRing(["p1", "p2"])
+    router = ReplicaRouter(["p1", "p2"], ["a"], sharder=sharder, clock=FakeClock())
+    for key in ("user:1", "user:2", "user:3", "order:9"):
+        assert router.for_write(key=key) == sharder.node_for(key)
+    owner = router.for_write(key="user:7")
+    assert router.for_read() == owner  # reads its own write from the primary it wrote
+    assert {router.for_write(key=f"k{i}") for i in range(50)} == {"p1", "p2"}
+
+
+def test_several_primaries_by_name() -> None:
+    sharder = HashRing(["east", "west"])
+    router = ReplicaRouter({"east": "pe", "west": "pw"}, [], sharder=sharder)
+    assert router.primary_for("k") == {"east": "pe", "west": "pw"}[sharder.node_for("k")]
+    router.promote("pw2", replacing="pw")
+    assert router.primaries == ("pe", "pw2")
+    assert {router.primary_for(f"k{i}") for i in range(50)} == {"pe", "pw2"}
+
+
+def test_a_sharder_naming_no_primary_is_an_error() -> None:
+    sharder = HashRing(["p1", "elsewhere"])
+    router = ReplicaRouter(["p1", "p2"], [], sharder=sharder)
+    key = next(f"k{i}" for i in range(1000) if sharder.node_for(f"k{i}") == "elsewhere")
+    with pytest.raises(UnknownNode, match="elsewhere"):
+        router.for_write(key=key)
+
+
+@pytest.mark.parametrize(
+    ("args", "options", "message"),
+    [
+        (("p", ["a"]), {"read_your_writes": "always"}, "read_your_writes"),
+        (("p", ["a"]), {"window": -1}, "window"),
+        (("p", ["a"]), {"probe_interval": float("inf")}, "probe_interval"),
+        (("p", ["a"]), {"down_for": 0}, "down_for"),
+        (("p", ["a"]), {"max_lag": 1}, "lag_probe"),
+        (("p", ["a"]), {"max_lag": -1, "lag_probe": float}, "max_lag"),
+        (("p", ["a"]), {"read_your_writes": "token"}, "position_probe"),
+        ((["p", "q"], ["a"]), {}, "sharder"),
+        (
+            (["p", "q"], ["a"]),
+            {"sharder": HashRing(["p", "q"]), "read_your_writes": "token", "position_probe": int},
+            "one primary",
+        ),
+        (([], ["a"]), {}, "at least one primary"),
+        (("p", ["a"]), {"balancer": RoundRobin(["b"])}, "not the replicas"),
+    ],
+)
+def test_bad_settings_are_refused(args: Any, options: Any, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        ReplicaRouter(*args, **options)
+
+
+def test_a_replica_listed_twice_is_refused() -> None:
+    with pytest.raises(DuplicateNode):
+        ReplicaRouter("p", ["a", "a"])
+    with pytest.raises(DuplicateNode):
+        ReplicaRouter("p", ["p"])
+    with pytest.raises(DuplicateNode):
+        ReplicaRouter(["p", "p"], [], sharder=HashRing(["p"]))
