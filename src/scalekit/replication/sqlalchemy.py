@@ -16,10 +16,12 @@ token of ``read_your_writes="token"``.
 
 from __future__ import annotations
 
-import functools
+import bisect
 import logging
 import math
 import re
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -35,6 +37,7 @@ from scalekit.errors import ConfigurationError
 from scalekit.replication._router import ReplicaRouter
 
 __all__ = [
+    "PgLagProbe",
     "RoutingSession",
     "async_routing_sessionmaker",
     "int_to_lsn",
@@ -126,13 +129,16 @@ def pg_lag_probe(replica: Any, *, primary: Any = None) -> float:
     - A replica that has replayed nothing since it started has no replay
       timestamp while WAL waits unapplied: that is infinite lag, not none.
 
-    Given ``primary`` (use ``functools.partial``), "everything" is the primary's
-    current WAL position, read first; without it, what the replica has received,
-    which misses WAL the replica has not even received yet (a broken stream).
+    Given ``primary`` (use ``functools.partial``), "everything" is the WAL the
+    primary has flushed, read first (the sturdier source); without it, what the
+    replica has received, which misses WAL it has not even received yet (a
+    broken stream).
     """
     target = None
     if primary is not None:
-        (current,) = _query(primary, "SELECT pg_current_wal_insert_lsn()::text")
+        # flushed WAL, not inserted: the primary may hold records (a standby
+        # snapshot, say) in memory for a while, and no replica can have those
+        (current,) = _query(primary, "SELECT pg_current_wal_flush_lsn()::text")
         target = lsn_to_int(current)
     recovering, received, replayed, age = _query(
         replica,
@@ -150,6 +156,63 @@ def pg_lag_probe(replica: Any, *, primary: Any = None) -> float:
     if age is None:
         return math.inf
     return max(float(age), 0.0)
+
+
+class PgLagProbe:
+    """Replica lag measured against the primary's WAL history, as PostgreSQL's own
+    ``pg_stat_replication.replay_lag`` is: a replica that has replayed what the
+    primary had flushed at time *t* is ``now - t`` behind.
+
+    Each call samples the primary's flushed position with the time, then reads
+    the replica's replayed position; the lag is the age of the newest sample the
+    replica has reached, 0 when it has everything. Unlike the replay timestamp,
+    this is right for idle replicas and for replicas applying with a delay, and
+    an unapplied record of no transaction (a standby snapshot) does not make a
+    caught-up replica look seconds behind. The precision is the probe interval;
+    before the replica reaches the first sample, :func:`pg_lag_probe` answers.
+
+    Runtime complexity: O(log samples) per call, 2 queries.
+    """
+
+    def __init__(self, primary: Any, *, samples: int = 1024) -> None:
+        self.primary = primary
+        self._positions: list[int] = []  # increasing, with the last time seen at each
+        self._times: list[float] = []
+        self._limit = samples
+        self._lock = threading.Lock()
+
+    def __call__(self, replica: Any) -> float:
+        (flushed,) = _query(self.primary, "SELECT pg_current_wal_flush_lsn()::text")
+        now = time.monotonic()
+        self._sample(lsn_to_int(flushed), now)
+        recovering, replayed = _query(
+            replica, "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text"
+        )
+        if not recovering:
+            return 0.0
+        if replayed is not None:
+            with self._lock:
+                index = bisect.bisect_right(self._positions, lsn_to_int(replayed)) - 1
+                if index == len(self._positions) - 1:
+                    return 0.0
+                if index >= 0:
+                    return max(now - self._times[index], 0.0)
+        return pg_lag_probe(replica, primary=self.primary)
+
+    def _sample(self, position: int, now: float) -> None:
+        with self._lock:
+            positions, times = self._positions, self._times
+            if positions and position <= positions[-1]:
+                times[-1] = now  # the primary still had (at least) this much now
+                return
+            positions.append(position)
+            times.append(now)
+            if len(positions) > self._limit:
+                del positions[: len(positions) // 2]
+                del times[: len(times) // 2]
+
+    def __repr__(self) -> str:
+        return f"PgLagProbe({self.primary!r})"
 
 
 def is_disconnect(exc: BaseException) -> bool:
@@ -171,13 +234,13 @@ def is_disconnect(exc: BaseException) -> bool:
 
 def pg_router(primary: Target, replicas: Sequence[Target], **options: Any) -> ReplicaRouter[Any]:
     """A :class:`~scalekit.replication.ReplicaRouter` over PostgreSQL engines, with
-    ``read_your_writes="token"``, :func:`pg_replay_position` and :func:`pg_lag_probe`
-    (against the primary) wired in, and :func:`is_disconnect` as the failure test.
+    ``read_your_writes="token"``, :func:`pg_replay_position` and a :class:`PgLagProbe`
+    of the primary wired in, and :func:`is_disconnect` as the failure test.
     ``options`` go to the router and win over these."""
     defaults: dict[str, Any] = {
         "read_your_writes": "token",
         "position_probe": pg_replay_position,
-        "lag_probe": functools.partial(pg_lag_probe, primary=primary),
+        "lag_probe": PgLagProbe(primary),
         "is_failure": is_disconnect,
     }
     return ReplicaRouter(primary, replicas, **{**defaults, **options})
@@ -243,6 +306,29 @@ class RoutingSession(Session):
             self._read_target = target = router.for_read()
             self._read_bind = read_bind = _engine(target)
         return read_bind
+
+    def commit(self) -> None:
+        """Commit; a read-only transaction whose replica died after answering
+        commits nothing, so that is not an error (the replica is reported)."""
+        self._end(super().commit)
+
+    def close(self) -> None:
+        """Close; as with :meth:`commit`, a replica that died after answering the
+        transaction's reads is reported, not raised."""
+        self._end(super().close)
+
+    def _end(self, end: Callable[[], None]) -> None:
+        target, wrote = self._read_target, self._wrote
+        try:
+            end()
+        except DBAPIError as exc:
+            on_replica = target is not None and target is not self.router.primary
+            if wrote or not on_replica or not is_disconnect(exc):
+                raise
+            _log.warning("replica %r died after answering; its reads stand", target)
+            self.router.report_failure(target)
+            self._read_target = self._read_bind = None
+            super().close()  # let go of the dead connection
 
     def _retry_read(self, state: ORMExecuteState) -> Any:
         while True:
