@@ -56,7 +56,10 @@ def servers(pg_cluster: ReplicaCluster) -> Iterator[Servers]:
     servers = Servers(pg_cluster)
     with servers.primary.begin() as connection:
         connection.exec_driver_sql("DROP TABLE IF EXISTS sk_notes")
-        connection.exec_driver_sql("CREATE TABLE sk_notes (id serial PRIMARY KEY, body text)")
+        connection.exec_driver_sql(
+            "CREATE TABLE sk_notes (id serial PRIMARY KEY, body text)"
+            " WITH (autovacuum_enabled = false)"  # no surprise commits in the lag tests
+        )
     pg_cluster.wait_caught_up()
     try:
         yield servers
@@ -346,16 +349,23 @@ def test_lag_probe_is_zero_on_an_idle_caught_up_replica_whose_timestamp_is_old(
 ) -> None:
     with servers.primary.begin() as connection:
         connection.exec_driver_sql("INSERT INTO sk_notes (body) VALUES ('idle')")
-    servers.cluster.wait_caught_up()
-    time.sleep(1.2)
-    with servers.replicas[1].connect() as connection:
-        naive = connection.exec_driver_sql(
-            "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8"
-        ).scalar_one()
+    replica = servers.replicas[0]
+    for _ in range(5):  # until no commit anywhere on the server (autovacuum...) interferes
+        servers.cluster.wait_caught_up()
+        time.sleep(1.2)
+        with replica.connect() as connection:
+            naive = connection.exec_driver_sql(
+                "SELECT extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8"
+            ).scalar_one()
+        lags = (
+            sk.pg_lag_probe(replica),
+            sk.pg_lag_probe(replica, primary=servers.primary),
+            sk.PgLagProbe(servers.primary)(replica),
+        )
+        if naive > 1.0:
+            break
     assert naive > 1.0  # what the naive formula reports
-    assert sk.pg_lag_probe(servers.replicas[1]) == 0.0
-    assert sk.pg_lag_probe(servers.replicas[1], primary=servers.primary) == 0.0
-    assert sk.PgLagProbe(servers.primary)(servers.replicas[1]) == 0.0
+    assert lags == (0.0, 0.0, 0.0)
 
 
 @pytest.mark.parametrize("sampled", [False, True])
@@ -368,7 +378,8 @@ def test_lag_probe_sees_the_delayed_replica_behind(servers: Servers, sampled: bo
         connection.exec_driver_sql("INSERT INTO sk_notes (body) VALUES ('behind')")
     time.sleep(0.5)
     assert 0.4 < probe(servers.replicas[1]) < (1.0 if sampled else 1e9)
-    assert probe(servers.replicas[0]) < 0.1
+    if sampled:  # the replay timestamp can't tell: it is 0.5 s old on the fast one too
+        assert probe(servers.replicas[0]) < 0.1
     servers.cluster.wait_caught_up()
     assert probe(servers.replicas[1]) == 0.0
 

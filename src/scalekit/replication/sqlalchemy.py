@@ -29,7 +29,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from sqlalchemy.orm.session import SessionTransactionOrigin
 from sqlalchemy.sql.elements import TextClause
 
@@ -61,6 +61,9 @@ _NOT_READ = re.compile(
     r"\bFOR\s+(?:UPDATE|SHARE|NO\s+KEY\s+UPDATE|KEY\s+SHARE)\b|\bINTO\b|\bANALYZE\b|nextval\s*\(",
     re.IGNORECASE,
 )
+
+
+_TEXT_IS_READ: dict[str, bool] = {}  # the verdicts on recent text() statements
 
 
 def lsn_to_int(lsn: str) -> int:
@@ -330,22 +333,50 @@ class RoutingSession(Session):
             self._read_target = self._read_bind = None
             super().close()  # let go of the dead connection
 
-    def _retry_read(self, state: ORMExecuteState) -> Any:
-        while True:
+    # Statements: a read that fails because its replica is unreachable runs again
+    # elsewhere. (Wrapping these three costs far less than a do_orm_execute hook,
+    # which runs every statement through SQLAlchemy's execute machinery twice.)
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().execute(*args, **kwargs)
+        except DBAPIError as exc:
+            return self._retry(exc, super().execute, args, kwargs)
+
+    def scalars(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().scalars(*args, **kwargs)
+        except DBAPIError as exc:
+            return self._retry(exc, super().scalars, args, kwargs)
+
+    def scalar(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().scalar(*args, **kwargs)
+        except DBAPIError as exc:
+            return self._retry(exc, super().scalar, args, kwargs)
+
+    def _retry(self, exc: DBAPIError, run: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        for _ in range(len(self.router.replicas)):
+            self._recover(exc)
             try:
-                return state.invoke_statement()
-            except DBAPIError as exc:
-                target = self._read_target
-                on_replica = target is not None and target is not self.router.primary
-                if self._wrote or not on_replica or self.router.pinned() or not is_disconnect(exc):
-                    raise
-                self.router.report_failure(target)
-                if exc.connection_invalidated:
-                    # the broken connection sits in this transaction
-                    if not self._can_restart():
-                        raise
-                    self.rollback()
-                self._read_target = self._read_bind = None
+                return run(*args, **kwargs)
+            except DBAPIError as again:
+                exc = again
+        self._recover(exc)
+        return run(*args, **kwargs)
+
+    def _recover(self, exc: DBAPIError) -> None:
+        """Get ready to run a failed read again, or raise ``exc`` if it must not be."""
+        target = self._read_target
+        on_replica = target is not None and target is not self.router.primary
+        if self._wrote or not on_replica or self.router.pinned() or not is_disconnect(exc):
+            raise exc
+        self.router.report_failure(target)
+        if exc.connection_invalidated:
+            # the broken connection sits in this transaction
+            if not self._can_restart():
+                raise exc
+            self.rollback()
+        self._read_target = self._read_bind = None
 
     def _can_restart(self) -> bool:
         transaction = self.get_transaction()
@@ -376,18 +407,16 @@ def _is_read(clause: Any) -> bool:
         return False  # a flush, or session.connection()
     if isinstance(clause, TextClause):
         sql = clause.text
-        return _READ.match(sql) is not None and _NOT_READ.search(sql) is None
+        known = _TEXT_IS_READ.get(sql)
+        if known is None:
+            known = _READ.match(sql) is not None and _NOT_READ.search(sql) is None
+            if len(_TEXT_IS_READ) >= 4096:
+                _TEXT_IS_READ.clear()
+            _TEXT_IS_READ[sql] = known
+        return known
     if not getattr(clause, "is_select", False):
         return False  # DML, DDL
     return getattr(clause, "_for_update_arg", None) is None
-
-
-@event.listens_for(RoutingSession, "do_orm_execute")
-def _on_execute(state: ORMExecuteState) -> Any:
-    session = state.session
-    if isinstance(session, RoutingSession) and not session._wrote:
-        return session._retry_read(state)
-    return None
 
 
 @event.listens_for(RoutingSession, "after_commit")

@@ -1,0 +1,210 @@
+"""scalekit.replication: what routing adds to a statement, next to the statement.
+
+The issue's target: routing adds under 5% to a ``SELECT 1`` round trip on
+loopback. Measured on the PostgreSQL at 127.0.0.1:5432, in one run:
+
+- the router's decisions alone (pure Python, no I/O): ``for_read()`` with no
+  write in the context, ``for_read()`` in token mode with a token every replica
+  has replayed, and ``for_write()``;
+- ``SELECT 1`` on one psycopg connection (the wire floor), through a plain
+  SQLAlchemy ``Session`` bound to one engine, and through a ``RoutingSession``
+  whose router has two replica engines (on the same server, so both sides pay
+  the same round trip and the difference is routing alone): per statement
+  inside one transaction, and per transaction (a new session per read: one
+  router pick, one pool checkout);
+- ``test_routing_overhead``: the routed and the plain session, interleaved
+  (this machine is shared, so separate runs drift); the ratio is recorded in
+  ``extra_info``.
+
+PostgreSQL cases are skipped without a server (failed with SCALEKIT_REQUIRE_SERVICES=1).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from tests.services import POSTGRES_DSN, probe_postgres, require_service
+
+from scalekit.replication import ReplicaRouter
+
+URL = POSTGRES_DSN.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def decision_router(mode: Any) -> ReplicaRouter[str]:
+    positions = {"replica-a": 100, "replica-b": 100}
+    return ReplicaRouter(
+        "primary",
+        list(positions),
+        read_your_writes=mode,
+        position_probe=positions.__getitem__ if mode == "token" else None,
+        probe_interval=3600,
+    )
+
+
+def test_for_read(benchmark: Any) -> None:
+    benchmark.group = "router decision (pure Python)"
+    router = decision_router("window")
+    assert benchmark(router.for_read) in ("replica-a", "replica-b")
+
+
+def test_for_read_with_a_token(benchmark: Any) -> None:
+    benchmark.group = "router decision (pure Python)"
+    router = decision_router("token")
+    router.note_write(50)
+    assert benchmark(router.for_read) in ("replica-a", "replica-b")
+
+
+def test_for_write(benchmark: Any) -> None:
+    benchmark.group = "router decision (pure Python)"
+    router = decision_router(None)
+    assert benchmark(router.for_write) == "primary"
+
+
+# -- on PostgreSQL ---------------------------------------------------------------
+
+
+class Setup:
+    def __init__(self) -> None:
+        from sqlalchemy import create_engine
+
+        from scalekit.replication import sqlalchemy as sk
+
+        self.primary = create_engine(URL)
+        self.replicas = [create_engine(f"{URL}?application_name=replica-{name}") for name in "ab"]
+        self.router = sk.pg_router(self.primary, self.replicas, read_your_writes=None)
+        self.routed = sk.routing_sessionmaker(self.router)
+
+    def dispose(self) -> None:
+        for engine in [self.primary, *self.replicas]:
+            engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def setup() -> Iterator[Setup]:
+    require_service("PostgreSQL", POSTGRES_DSN, probe_postgres)
+    setup = Setup()
+    try:
+        yield setup
+    finally:
+        setup.dispose()
+
+
+SELECT_1 = "SELECT 1"
+
+
+def test_psycopg_select_1(benchmark: Any) -> None:
+    require_service("PostgreSQL", POSTGRES_DSN, probe_postgres)
+    import psycopg
+
+    benchmark.group = "SELECT 1 per statement, one transaction"
+    with psycopg.connect(POSTGRES_DSN) as connection:
+        assert benchmark(lambda: connection.execute(SELECT_1).fetchone()) == (1,)
+
+
+def plain_statements(setup: Setup) -> tuple[Any, Callable[[], Any]]:
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    session = Session(setup.replicas[0])
+    statement = text(SELECT_1)
+    return session, lambda: session.execute(statement).scalar_one()
+
+
+def routed_statements(setup: Setup) -> tuple[Any, Callable[[], Any]]:
+    from sqlalchemy import text
+
+    session = setup.routed()
+    statement = text(SELECT_1)
+    return session, lambda: session.execute(statement).scalar_one()
+
+
+def test_sqlalchemy_session_select_1(benchmark: Any, setup: Setup) -> None:
+    benchmark.group = "SELECT 1 per statement, one transaction"
+    session, run = plain_statements(setup)
+    with session:
+        assert benchmark(run) == 1
+
+
+def test_routing_session_select_1(benchmark: Any, setup: Setup) -> None:
+    benchmark.group = "SELECT 1 per statement, one transaction"
+    session, run = routed_statements(setup)
+    with session:
+        assert benchmark(run) == 1
+
+
+def plain_transaction(setup: Setup) -> Callable[[], Any]:
+    from sqlalchemy import text
+    from sqlalchemy.orm import sessionmaker
+
+    plain = sessionmaker(setup.replicas[0])
+    statement = text(SELECT_1)
+
+    def run() -> Any:
+        with plain() as session:
+            return session.execute(statement).scalar_one()
+
+    return run
+
+
+def routed_transaction(setup: Setup) -> Callable[[], Any]:
+    from sqlalchemy import text
+
+    statement = text(SELECT_1)
+
+    def run() -> Any:
+        with setup.routed() as session:
+            return session.execute(statement).scalar_one()
+
+    return run
+
+
+def test_sqlalchemy_session_per_read(benchmark: Any, setup: Setup) -> None:
+    benchmark.group = "SELECT 1 in a new session per read"
+    assert benchmark(plain_transaction(setup)) == 1
+
+
+def test_routing_session_per_read(benchmark: Any, setup: Setup) -> None:
+    benchmark.group = "SELECT 1 in a new session per read"
+    assert benchmark(routed_transaction(setup)) == 1
+
+
+def interleaved(
+    routed: Callable[[], Any], plain: Callable[[], Any], rounds: int
+) -> dict[str, float]:
+    """Median seconds per call of each, in alternating batches of 200."""
+    routed_s: list[float] = []
+    plain_s: list[float] = []
+    for _ in range(rounds):
+        for run, times in ((routed, routed_s), (plain, plain_s)):
+            started = time.perf_counter()
+            for _ in range(200):
+                run()
+            times.append((time.perf_counter() - started) / 200)
+    routed_median, plain_median = statistics.median(routed_s), statistics.median(plain_s)
+    return {
+        "routed_us": round(routed_median * 1e6, 2),
+        "plain_us": round(plain_median * 1e6, 2),
+        "overhead_pct": round((routed_median / plain_median - 1) * 100, 2),
+    }
+
+
+def test_routing_overhead(benchmark: Any, setup: Setup) -> None:
+    """The routed session over the plain one, per statement and per session, interleaved."""
+    benchmark.group = "routing overhead, interleaved (target < 5%)"
+    routed_session, routed = routed_statements(setup)
+    plain_session, plain = plain_statements(setup)
+    with routed_session, plain_session:
+        statement = benchmark.pedantic(
+            interleaved, args=(routed, plain, 15), rounds=1, iterations=1
+        )
+    per_session = interleaved(routed_transaction(setup), plain_transaction(setup), 15)
+    benchmark.extra_info.update(
+        {f"statement_{k}": v for k, v in statement.items()}
+        | {f"session_{k}": v for k, v in per_session.items()}
+    )
+    assert statement["routed_us"] > 0
+    assert per_session["routed_us"] > 0
