@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -50,6 +51,10 @@ def test_demo_runs_and_shows_the_cache_at_work(capsys: pytest.CaptureFixture[str
     assert "10 of 10 eu backends down: traffic eu, us = 0%, 100%" in out
     assert "sent: ada@example.com (attempt 2), grace@example.com (attempt 1)" in out
     assert "dead letter: poison@example.com: nacked on delivery 3: template error" in out
+    assert "reads: replica-1 replica-2 replica-1 replica-2" in out
+    assert "reads go to primary" in out
+    assert "replica-2 replays it: reads go to replica-2, replica-2" in out
+    assert "fresh reads go to replica-2 replica-2 replica-2 replica-2" in out
 
 
 def test_bench_prints_a_ratio_for_every_policy_and_operation(
@@ -61,6 +66,13 @@ def test_bench_prints_a_ratio_for_every_policy_and_operation(
     assert len(rows) == 12
     assert {row[0] for row in rows} == {"LRU", "LFU", "FIFO", "TTL"}
     assert all(float(row[-1]) > 0 for row in rows)
+
+
+def test_bench_replication_prints_each_decision(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "replication", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    for name in ("for_read(), window mode", "for_read(), token mode", "for_write()"):
+        assert re.search(rf"{re.escape(name)}\s+\d+ ns", out), out
 
 
 def test_bench_balancing_prints_every_balancer_at_every_size(

@@ -128,6 +128,42 @@ def demo_balancing(out: Callable[[str], None] = print) -> None:
             primary.mark_up(f"eu-{i}")
 
 
+def demo_replication(out: Callable[[str], None] = print) -> None:
+    """Reads to replicas, your own writes from where they are, a lagging replica out."""
+    from scalekit.replication import ReplicaRouter
+    from scalekit.testing import FakeClock
+
+    _section("scalekit.replication: read/write split, read-your-writes, lag", out)
+    clock = FakeClock()
+    replayed = {"replica-1": 100, "replica-2": 100}
+    lag = {"replica-1": 0.0, "replica-2": 0.0}
+    router = ReplicaRouter(
+        "primary",
+        ["replica-1", "replica-2"],
+        read_your_writes="token",
+        position_probe=replayed.__getitem__,
+        lag_probe=lag.__getitem__,
+        max_lag=2.0,
+        clock=clock,
+    )
+    out("reads: " + " ".join(router.for_read() for _ in range(4)))
+    router.note_write(150)  # the commit's WAL position
+    out(f"wrote at position 150; replicas at {replayed}: reads go to {router.for_read()}")
+    replayed["replica-2"] = 150
+    clock.advance(0.01)
+    out(f"replica-2 replays it: reads go to {router.for_read()}, {router.for_read()}")
+    token = router.token()
+    with router.scope(token=token):
+        out(f"another server, given token {token}, reads from {router.for_read()}")
+    lag["replica-1"] = 5.0
+    clock.advance(1)
+    with router.scope():
+        reads = " ".join(router.for_read() for _ in range(4))
+    out(f"replica-1 is 5 s behind (max_lag 2 s): fresh reads go to {reads}")
+    with router.transaction() as primary:
+        out(f"inside router.transaction(): reads go to {router.for_read()} ({primary})")
+
+
 def demo_mq(out: Callable[[str], None] = print) -> None:
     """Queue e-mails, lose a consumer mid-message, dead-letter a poison message."""
     from scalekit.mq import Broker
@@ -162,5 +198,6 @@ def run(out: Callable[[str], None] = print) -> int:
     demo_cache(out)
     demo_sharding(out)
     demo_balancing(out)
+    demo_replication(out)
     demo_mq(out)
     return 0

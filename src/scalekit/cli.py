@@ -34,7 +34,7 @@ def _bench(parser: argparse.ArgumentParser) -> Handler:
         "module",
         nargs="?",
         default="cache",
-        choices=["cache", "sharding", "balancing", "mq"],
+        choices=["cache", "sharding", "balancing", "replication", "mq"],
         help="what to measure",
     )
     parser.add_argument(
@@ -50,6 +50,8 @@ def _bench(parser: argparse.ArgumentParser) -> Handler:
             return _bench_balancing(args.repeat)
         if args.module == "mq":
             return _bench_mq(args.repeat)
+        if args.module == "replication":
+            return _bench_replication(args.repeat)
         try:
             rows = compare_caches(repeat=args.repeat)
         except ImportError as exc:
@@ -102,6 +104,39 @@ def _bench_mq(repeat: int) -> int:
         seconds = b.measure(batched, repeat=repeat, number=1)
         print("SQLite backend, synchronous=NORMAL: put_many + get_many + ack, batches of 100")
         print(f"  scalekit {2_000 / seconds:8,.0f} msg/s")
+    return 0
+
+
+def _bench_replication(repeat: int) -> int:
+    from scalekit._bench import measure
+    from scalekit.replication import ReadYourWrites, ReplicaRouter
+
+    replayed = {"replica-1": 100, "replica-2": 100}
+    cases: dict[str, tuple[ReplicaRouter[str], str]] = {}
+    modes: tuple[ReadYourWrites, ...] = ("window", "token")
+    for mode in modes:
+        router = ReplicaRouter(
+            "primary",
+            list(replayed),
+            read_your_writes=mode,
+            position_probe=replayed.__getitem__,
+            probe_interval=3600,
+        )
+        if mode == "token":
+            router.note_write(50)  # both replicas have replayed it
+        cases[f"for_read(), {mode} mode"] = (router, "for_read")
+    cases["for_write()"] = (cases["for_read(), window mode"][0], "for_write")
+    print("the router's decision per statement, pure Python (no I/O), best of", repeat)
+    for name, (router, method) in cases.items():
+        call = getattr(router, method)
+
+        def run(call: Callable[[], object] = call) -> None:
+            for _ in range(10_000):
+                call()
+
+        seconds = measure(run, repeat=repeat, number=1) / 10_000
+        print(f"  {name:26} {seconds * 1e9:6.0f} ns")
+    print("next to it, a SELECT 1 round trip on loopback: see benchmarks/bench_replication.py")
     return 0
 
 
