@@ -15,6 +15,7 @@ EXPECTED = {
     "cache_query.py": "100 concurrent requests for product 7: 1 query",
     "sharding_resharding.py": "every key sits at its new owner",
     "balancing_failover.py": "300 of 300 requests answered, 0 lost",
+    "replication_sqlalchemy.py": "every read of the note found it: True",
     "mq_email_worker.py": "60 of 60 e-mails sent, 0 lost",
     "sessions_stateless.py": "logged in on app-1, still logged in on app-2: True",
 }
