@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import logging
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -534,3 +535,66 @@ def test_a_replica_listed_twice_is_refused() -> None:
         ReplicaRouter("p", ["p"])
     with pytest.raises(DuplicateNode):
         ReplicaRouter(["p", "p"], [], sharder=HashRing(["p"]))
+
+
+def test_background_polling_keeps_probes_off_the_read_path() -> None:
+    probed_by: list[str] = []
+    ran = threading.Event()
+
+    def lag_probe(replica: str) -> float:
+        probed_by.append(threading.current_thread().name)
+        ran.set()
+        return 0.0
+
+    router = ReplicaRouter("p", ["a", "b"], lag_probe=lag_probe, probe_interval=0.01)
+    router.start_polling()
+    router.start_polling()  # idempotent
+    try:
+        assert ran.wait(5)
+        for _ in range(200):
+            router.for_read()
+        time.sleep(0.05)
+    finally:
+        router.stop_polling()
+    assert len(probed_by) >= 4
+    assert set(probed_by) == {"scalekit-replica-poller"}
+    after = len(probed_by)
+    time.sleep(0.05)
+    assert len(probed_by) == after  # stopped
+    router.for_read()  # due again: the read polls itself once more
+    assert probed_by[-1] == threading.current_thread().name
+
+
+def test_promote_while_reading_from_many_threads() -> None:
+    """Every read returns a target of the old or the new topology, never a mix."""
+    router = ReplicaRouter("p", ["a", "b", "c"], read_your_writes=None)
+    topologies = [("p", ("a", "b", "c")), ("a", ("b", "c", "p")), ("b", ("c", "p", "a"))]
+    targets = {"p", "a", "b", "c"}
+    stop = threading.Event()
+    bad: list[Any] = []
+    counts = Counter[str]()
+
+    def reader() -> None:
+        while not stop.is_set():
+            target = router.for_read()
+            counts[target] += 1
+            if target not in targets:
+                bad.append(target)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for i in range(100):
+            primary, replicas = topologies[(i + 1) % 3]
+            router.promote(primary, replicas=list(replicas))
+            assert (router.primary, router.replicas) == (primary, replicas)
+            time.sleep(0.001)  # let the readers see this topology
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert bad == []
+    assert set(counts) == targets
+    stats = router.stats()
+    assert stats.reads == sum(counts.values())

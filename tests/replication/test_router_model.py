@@ -20,6 +20,7 @@ from scalekit.replication import ReplicaRouter
 from scalekit.testing import FakeClock
 
 REPLICAS = ("a", "b", "c")
+SPARE = "d"  # added and removed while the router runs
 MAX_LAG = 1.0
 WINDOW = 3.0
 
@@ -29,10 +30,12 @@ class RouterMachine(RuleBasedStateMachine):
         super().__init__()
         self.clock = FakeClock()
         self.primary_position = 0
-        self.position = dict.fromkeys(REPLICAS, 0)
-        self.lag = dict.fromkeys(REPLICAS, 0.0)
-        self.reachable = dict.fromkeys(REPLICAS, True)
+        self.position = dict.fromkeys((*REPLICAS, SPARE), 0)
+        self.lag = dict.fromkeys((*REPLICAS, SPARE), 0.0)
+        self.reachable = dict.fromkeys((*REPLICAS, SPARE), True)
         self.token = 0
+        self.spare_reads = 0  # reads served by the spare, whose counter goes when it goes
+        self.gone_reads = 0
         self.pinned_until = -1.0  # a write without a token pins reads until then
         self.router = ReplicaRouter(
             "p",
@@ -61,7 +64,7 @@ class RouterMachine(RuleBasedStateMachine):
     def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
 
-    @rule(replica=st.sampled_from(REPLICAS), amount=st.integers(1, 20))
+    @rule(replica=st.sampled_from((*REPLICAS, SPARE)), amount=st.integers(1, 20))
     def replay(self, replica: str, amount: int) -> None:
         self.position[replica] = min(self.position[replica] + amount, self.primary_position)
 
@@ -76,6 +79,16 @@ class RouterMachine(RuleBasedStateMachine):
     @rule(replica=st.sampled_from(REPLICAS))
     def report_failure(self, replica: str) -> None:
         self.router.report_failure(replica)
+
+    @rule(caught_up=st.booleans())
+    def add_spare(self, caught_up: bool) -> None:
+        if SPARE in self.router.replicas:
+            self.router.remove_replica(SPARE)
+            self.gone_reads += self.spare_reads
+            self.spare_reads = 0
+        else:
+            self.position[SPARE] = self.primary_position if caught_up else 0
+            self.router.add_replica(SPARE)
 
     @rule(size=st.integers(1, 30))
     def write_with_token(self, size: int) -> None:
@@ -92,6 +105,7 @@ class RouterMachine(RuleBasedStateMachine):
     @rule()
     def read(self) -> None:
         target = self.router.for_read()
+        self.spare_reads += target == SPARE
         if self.clock() < self.pinned_until:
             assert target == "p"
         if target != "p":
@@ -106,15 +120,18 @@ class RouterMachine(RuleBasedStateMachine):
         self.position["b"] = self.primary_position
         self.clock.advance(1.0)  # every replica is probed again on the next read
         target = self.router.for_read()
+        self.spare_reads += target == SPARE
         assert target != "p"
         assert self.position[target] >= self.token
 
     @invariant()
     def counters_add_up(self) -> None:
         stats = self.router.stats()
-        assert stats.reads == sum(stats.replica_reads.values()) + stats.primary_reads
+        served = sum(stats.replica_reads.values()) + stats.primary_reads + self.gone_reads
+        assert stats.reads == served
         assert set(stats.down) >= set(stats.lagging)
-        assert set(self.router.healthy()) == set(REPLICAS) - set(stats.down)
+        assert set(self.router.healthy()) == set(self.router.replicas) - set(stats.down)
+        assert set(self.router.balancer.backends) == set(self.router.replicas)
 
 
 TestRouterMachine = RouterMachine.TestCase

@@ -237,6 +237,8 @@ class ReplicaRouter(Generic[R]):
         self._next_poll = -math.inf if probing else math.inf
         self._next_revival = math.inf  # the earliest ``failed_until`` without a probe
         self._polling = False
+        self._poller: threading.Thread | None = None
+        self._stop_poller = threading.Event()
 
     # -- topology -------------------------------------------------------------
 
@@ -318,7 +320,7 @@ class ReplicaRouter(Generic[R]):
             for replica in wanted:
                 if replica not in self._replicas:
                     self._balancer.add(replica, 1)
-                    self._replicas[replica] = _Replica()
+            self._replicas = {r: self._replicas.get(r) or _Replica() for r in wanted}
             self._primaries = primaries
             if self._names is not None:
                 self._names = {
@@ -401,7 +403,7 @@ class ReplicaRouter(Generic[R]):
                     self._counters.read_your_writes += 1
                 return self._primary_for(key, causality), False
             token = causality.token
-        if now >= self._next_poll or now >= self._next_revival:
+        if now >= self._next_revival or (now >= self._next_poll and self._poller is None):
             self.poll()
         replica = self._pick(token, excluded)
         if replica is None and token is not None:
@@ -554,6 +556,37 @@ class ReplicaRouter(Generic[R]):
         finally:
             with self._lock:
                 self._polling = False
+
+    def start_polling(self) -> None:
+        """Probe the replicas from a daemon thread every ``probe_interval``, so that
+        no read waits for a probe (reads otherwise run the probes when due). The
+        refresh of a replica behind a token still happens on the read.
+        Idempotent; :meth:`stop_polling` ends it."""
+        with self._lock:
+            if self._poller is not None or not self._probing:
+                return
+            self._stop_poller = stop = threading.Event()
+            self._poller = threading.Thread(
+                target=self._poll_forever, args=(stop,), name="scalekit-replica-poller", daemon=True
+            )
+            self._poller.start()
+
+    def stop_polling(self) -> None:
+        """Stop the thread of :meth:`start_polling` (reads poll again when due)."""
+        with self._lock:
+            poller, self._poller = self._poller, None
+            self._stop_poller.set()
+        if poller is not None and poller is not threading.current_thread():
+            poller.join()
+
+    def _poll_forever(self, stop: threading.Event) -> None:
+        while True:
+            try:
+                self.poll()
+            except Exception:  # pragma: no cover - poll() handles probe errors itself
+                _log.exception("polling the replicas failed")
+            if stop.wait(self._probe_interval):
+                return
 
     def _revive(self, now: float) -> None:
         with self._lock:
