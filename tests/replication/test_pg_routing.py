@@ -458,3 +458,20 @@ def test_async_sessions_read_their_writes_and_spread_reads(servers: Servers) -> 
     assert seen == 30
     assert after_write[servers.slow.port] == 0
     assert set(spread) == {servers.fast.port, servers.slow.port}
+
+
+def test_a_write_hidden_in_an_orm_select_runs_again_on_the_primary(servers: Servers) -> None:
+    from sqlalchemy import func
+    from sqlalchemy.exc import InternalError
+
+    Session = sk.routing_sessionmaker(servers.router(read_your_writes=None))
+    with Session() as session:
+        assert session.execute(text("SELECT inet_server_port()")).scalar_one() != PRIMARY_PORT
+        next_id = session.execute(select(func.nextval("sk_notes_id_seq"))).scalar_one()
+        assert next_id > 0
+        assert session.execute(text("SELECT inet_server_port()")).scalar_one() == PRIMARY_PORT
+        session.commit()
+    with Session() as session, session.begin():  # can't roll back for the caller: raised
+        with pytest.raises(InternalError, match="read-only transaction"):
+            session.execute(select(func.nextval("sk_notes_id_seq")))
+        session.rollback()

@@ -63,6 +63,7 @@ _NOT_READ = re.compile(
 )
 
 
+_READ_ONLY_TRANSACTION = "25006"  # what a hot standby answers to a write
 _TEXT_IS_READ: dict[str, bool] = {}  # the verdicts on recent text() statements
 
 
@@ -260,10 +261,12 @@ class RoutingSession(Session):
     - Inside ``router.use_primary()`` or ``router.transaction()``, everything
       goes to the primary.
     - A read whose replica cannot be reached is retried on another target; the
-      replica is reported to the router. When the connection broke inside the
-      transaction, this needs a rollback: it is done when the transaction began
-      on its own (not in ``session.begin()``) and nothing is pending, so no
-      change is lost (loaded objects are expired); otherwise the error is raised.
+      replica is reported to the router. A statement the replica refuses as a
+      write (``nextval()`` in an ORM select, say) runs again on the primary.
+      When the connection broke inside the transaction, or the refusal aborted
+      it, this needs a rollback: it is done when the transaction began on its
+      own (not in ``session.begin()``) and nothing is pending, so no change is
+      lost (loaded objects are expired); otherwise the error is raised.
     - After a commit that wrote, ``router.note_write(token)`` with the token from
       ``commit_token`` (PostgreSQL's WAL position by default).
 
@@ -368,7 +371,17 @@ class RoutingSession(Session):
         """Get ready to run a failed read again, or raise ``exc`` if it must not be."""
         target = self._read_target
         on_replica = target is not None and target is not self.router.primary
-        if self._wrote or not on_replica or self.router.pinned() or not is_disconnect(exc):
+        if self._wrote or not on_replica or self.router.pinned():
+            raise exc
+        if getattr(exc.orig, "sqlstate", None) == _READ_ONLY_TRANSACTION:
+            # a write hidden in a read (nextval(), a volatile function): the
+            # replica refused it, and its transaction is now aborted
+            if not self._can_restart():
+                raise exc
+            self.rollback()
+            self._wrote = True  # the next transaction runs on the primary
+            return
+        if not is_disconnect(exc):
             raise exc
         self.router.report_failure(target)
         if exc.connection_invalidated:
