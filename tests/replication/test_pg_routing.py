@@ -475,3 +475,18 @@ def test_a_write_hidden_in_an_orm_select_runs_again_on_the_primary(servers: Serv
         with pytest.raises(InternalError, match="read-only transaction"):
             session.execute(select(func.nextval("sk_notes_id_seq")))
         session.rollback()
+
+
+def test_an_explicit_bind_to_the_primary_counts_as_a_write(servers: Servers) -> None:
+    router = servers.router()
+    Session = sk.routing_sessionmaker(router)
+    with Session() as session:
+        session.execute(
+            text("INSERT INTO sk_notes (body) VALUES ('explicit')"),
+            bind_arguments={"bind": servers.primary},
+        )
+        session.commit()
+    assert router.token() is not None  # the commit was noted, with its token
+    with Session() as session:
+        session.execute(text("SELECT 1"), bind_arguments={"bind": servers.replicas[0]})
+        assert not session._wrote

@@ -300,7 +300,11 @@ class RoutingSession(Session):
         self, mapper: Any = None, *, clause: Any = None, bind: Any = None, **kwargs: Any
     ) -> Engine:
         if bind is not None:
-            return _engine(bind)
+            engine = _engine(bind)
+            replicas = {_engine(replica) for replica in self.router.replicas}
+            if engine not in replicas or not _is_read(clause):
+                self._wrote = True  # a commit failure here is never "only reads"
+            return engine
         router = self.router
         if self._wrote or not _is_read(clause):
             self._wrote = True
