@@ -157,11 +157,11 @@ def test_a_write_without_token_in_token_mode_pins_reads_for_the_window() -> None
     router = token_router(world, clock, window=5)
     router.for_write()
     assert router.for_read() == "p"
-    router.note_write(0)  # the commit's token replaces the pin
-    assert router.for_read() == "a"
-    router.for_write()
+    router.note_write(0)  # a later commit's token: the raw write may commit after it
+    assert router.for_read() == "p"
     clock.advance(5)
     assert router.for_read() == "a"
+    assert router.token() == 0
 
 
 def test_a_token_carries_read_your_writes_to_another_thread() -> None:
@@ -277,16 +277,16 @@ def test_transaction_pins_reads_and_counts_as_a_write_when_it_ends() -> None:
     assert router.for_read() == "a"
 
 
-def test_transaction_that_noted_a_token_does_not_pin_afterwards() -> None:
+def test_transaction_pins_afterwards_in_token_mode_too() -> None:
+    """What the block wrote on the primary it was given has no token to wait for."""
     clock, world = FakeClock(), World("a")
-    router = token_router(world, clock)
+    router = token_router(world, clock, window=2)
     world.position["a"] = 7
     with router.transaction():
-        router.note_write(7)
-    assert router.for_read() == "a"
-    with router.transaction():
-        pass
+        router.note_write(7)  # a routing session committed inside
     assert router.for_read() == "p"
+    clock.advance(2)
+    assert router.for_read() == "a"
 
 
 def test_transaction_notes_a_write_even_when_the_block_raises() -> None:
@@ -598,3 +598,40 @@ def test_promote_while_reading_from_many_threads() -> None:
     assert set(counts) == targets
     stats = router.stats()
     assert stats.reads == sum(counts.values())
+
+
+def test_with_max_lag_a_replica_gets_reads_only_once_measured() -> None:
+    clock = FakeClock()
+    lags: dict[str, Any] = {"a": 0.0, "b": None}
+    router = ReplicaRouter(
+        "p", ["a", "b"], max_lag=1.0, lag_probe=lags.__getitem__, probe_interval=1, clock=clock
+    )
+    assert router.healthy() == ()  # nothing measured yet
+    assert set(reads(router, 4)) == {"a"}  # the first read measured them: b's lag is unknown
+    router.add_replica("c")
+    lags["c"] = float("nan")
+    assert set(reads(router, 4)) == {"a"}  # c waits for the next poll
+    clock.advance(1)
+    assert set(reads(router, 4)) == {"a"}  # unknown (None, NaN) is not within max_lag
+    lags.update(b=0.5, c=0.2)
+    clock.advance(1)
+    assert set(reads(router, 6)) == {"a", "b", "c"}
+
+
+def test_a_probe_in_flight_does_not_undo_a_failure_reported_meanwhile() -> None:
+    clock = FakeClock()
+    router: ReplicaRouter[str]
+    failing = ["a"]
+
+    def lag_probe(replica: str) -> float:
+        if replica in failing:
+            failing.remove(replica)
+            router.report_failure(replica)  # reported while this probe runs
+        return 0.0
+
+    router = ReplicaRouter("p", ["a", "b"], lag_probe=lag_probe, clock=clock)
+    router.poll()
+    assert router.stats().down == ("a",)
+    clock.advance(1)
+    router.poll()  # a probe begun after the failure may bring it back
+    assert router.stats().down == ()

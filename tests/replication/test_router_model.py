@@ -94,8 +94,7 @@ class RouterMachine(RuleBasedStateMachine):
     def write_with_token(self, size: int) -> None:
         self.primary_position += size
         self.token = self.primary_position
-        self.router.note_write(self.token)
-        self.pinned_until = -1.0
+        self.router.note_write(self.token)  # an earlier write without token still pins
 
     @rule()
     def write_without_token(self) -> None:

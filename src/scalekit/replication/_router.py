@@ -62,7 +62,8 @@ class _Replica:
     """What the router knows about one replica."""
 
     failed_until: float = -math.inf  # reported unreachable until then (or a probe passes)
-    lagging: bool = False
+    failures_seen: int = 0  # bumped by each report: a probe begun before it can't undo it
+    lagging: bool = False  # over max_lag, or not measured yet
     lag: float | None = None
     position: Any = None  # the replayed position, as of ``position_at``
     position_at: float = -math.inf
@@ -219,7 +220,7 @@ class ReplicaRouter(Generic[R]):
         for replica in replicas:
             if replica in self._replicas or replica in primaries:
                 raise DuplicateNode(f"{replica!r} is listed twice")
-            self._replicas[replica] = _Replica()
+            self._replicas[replica] = self._new_replica()
         if balancer is None:
             from scalekit.balancing import RoundRobin
 
@@ -233,6 +234,8 @@ class ReplicaRouter(Generic[R]):
                     f"{sorted(map(repr, self._replicas))}"
                 )
         self._balancer: _Picker[R] = balancer
+        for replica, state in self._replicas.items():
+            self._apply(replica, state)
         probing = lag_probe is not None or position_probe is not None
         self._next_poll = -math.inf if probing else math.inf
         self._next_revival = math.inf  # the earliest ``failed_until`` without a probe
@@ -278,7 +281,8 @@ class ReplicaRouter(Generic[R]):
             if replica in self._replicas or replica in self._primaries:
                 raise DuplicateNode(f"{replica!r} is already a target")
             self._balancer.add(replica, weight)
-            self._replicas[replica] = _Replica()
+            self._replicas[replica] = state = self._new_replica()
+            self._apply(replica, state)
             self._next_poll = -math.inf if self._probing else math.inf
 
     def remove_replica(self, replica: R) -> None:
@@ -320,13 +324,19 @@ class ReplicaRouter(Generic[R]):
             for replica in wanted:
                 if replica not in self._replicas:
                     self._balancer.add(replica, 1)
-            self._replicas = {r: self._replicas.get(r) or _Replica() for r in wanted}
+            self._replicas = {r: self._replicas.get(r) or self._new_replica() for r in wanted}
+            for replica, state in self._replicas.items():
+                self._apply(replica, state)
             self._primaries = primaries
             if self._names is not None:
                 self._names = {
                     n: new_primary if t == replacing else t for n, t in self._names.items()
                 }
             self._next_poll = -math.inf if self._probing else math.inf
+
+    def _new_replica(self) -> _Replica:
+        # with max_lag, a replica gets reads only once a probe has measured it
+        return _Replica(lagging=self._max_lag is not None)
 
     @property
     def _probing(self) -> bool:
@@ -359,7 +369,10 @@ class ReplicaRouter(Generic[R]):
         before = self._causality.get()
         if self._mode == "token" and token is not None:
             newest = token if before is None or before.token is None else max(before.token, token)
-            self._causality.set(_Causality(token=newest, primary=primary))
+            # a write noted without a token keeps pinning for its window: its
+            # commit may come after the one this token is from
+            written_at = -math.inf if before is None else before.written_at
+            self._causality.set(_Causality(written_at, newest, primary))
         else:
             kept = None if before is None else before.token
             self._causality.set(_Causality(self._clock(), kept, primary))
@@ -508,18 +521,15 @@ class ReplicaRouter(Generic[R]):
     @contextmanager
     def transaction(self, key: Any = None) -> Iterator[R]:
         """A unit of work on the primary (yielded): every read in the block goes
-        there, and the context counts as having written when it ends, unless a
-        write with a token was noted inside (by a routing session's commit)."""
-        before = self._causality.get()
-        primary = self._primary_for(key, before)
+        there, and the context counts as having written (without a token) when
+        it ends: what the block wrote directly has no token to wait for."""
+        primary = self._primary_for(key, self._causality.get())
         reset = self._pins.set(self._pins.get() + 1)
         try:
             yield primary
         finally:
             self._pins.reset(reset)
-            after = self._causality.get()
-            if after is before or after is None or after.token is None:
-                self._note(primary, None)
+            self._note(primary, None)
 
     # -- health and lag -------------------------------------------------------
 
@@ -531,6 +541,7 @@ class ReplicaRouter(Generic[R]):
             if state is None:
                 return  # the primary, or a replica removed meanwhile
             state.failures += 1
+            state.failures_seen += 1
             state.failed_until = self._clock() + self._down_for
             if not self._probing:
                 self._next_revival = min(self._next_revival, state.failed_until)
@@ -602,6 +613,9 @@ class ReplicaRouter(Generic[R]):
         ``probe_errors`` and logged."""
         lag_probe = self._lag_probe if lag_too else None
         lag = position = None
+        with self._lock:
+            state = self._replicas.get(replica)
+            failures_seen = None if state is None else state.failures_seen
         try:
             if lag_probe is not None:
                 lag = lag_probe(replica)
@@ -617,12 +631,13 @@ class ReplicaRouter(Generic[R]):
             state = self._replicas.get(replica)
             if state is None:
                 return
-            state.failed_until = -math.inf  # it answered
+            if state.failures_seen == failures_seen:
+                state.failed_until = -math.inf  # it answered, and nothing failed since
             if lag_probe is not None:
                 state.lag = lag
-                state.lagging = (
-                    self._max_lag is not None and lag is not None and lag > self._max_lag
-                )
+                limit = self._max_lag
+                # an unknown lag (None, NaN) is not within any limit
+                state.lagging = limit is not None and not (lag is not None and lag <= limit)
             if self._position_probe is not None:
                 state.position, state.position_at = position, self._clock()
             self._apply(replica, state)
