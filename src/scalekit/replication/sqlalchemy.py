@@ -22,7 +22,8 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 from sqlalchemy import event
@@ -32,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from sqlalchemy.orm.session import SessionTransactionOrigin
 from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.selectable import CTE, TextualSelect
 
 from scalekit.errors import ConfigurationError
 from scalekit.replication._router import ReplicaRouter
@@ -58,7 +60,9 @@ CommitToken = Callable[[Engine], Any]
 # A text() statement is a read when it starts with one of these and locks nothing.
 _READ = re.compile(r"\s*(?:\(\s*)*(?:SELECT|SHOW|VALUES|TABLE|EXPLAIN)\b", re.IGNORECASE)
 _NOT_READ = re.compile(
-    r"\bFOR\s+(?:UPDATE|SHARE|NO\s+KEY\s+UPDATE|KEY\s+SHARE)\b|\bINTO\b|\bANALYZE\b|nextval\s*\(",
+    r"\bFOR\s+(?:UPDATE|SHARE|NO\s+KEY\s+UPDATE|KEY\s+SHARE)\b|\bINTO\b|\bANALYZE\b"
+    r"|\b(?:nextval|setval|pg_(?:try_)?advisory\w*)\s*\("  # writes, or locks, in a SELECT
+    r"|;\s*\S",  # a second statement
     re.IGNORECASE,
 )
 
@@ -108,17 +112,16 @@ def pg_commit_token(primary: Any) -> int:
     return lsn_to_int(lsn)
 
 
-def pg_replay_position(replica: Any) -> int:
+def pg_replay_position(replica: Any) -> int | None:
     """How far ``replica`` has replayed the primary's WAL (``pg_last_wal_replay_lsn()``),
-    as an int; a server not in recovery (a promoted one) reports its own position."""
+    as an int; None when that is unknown: it has replayed nothing yet, or it is not
+    in recovery at all (promoted, perhaps without the primary's last writes), so it
+    serves no read that waits for a token."""
     (lsn,) = _query(
         replica,
-        "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
-        " ELSE pg_current_wal_insert_lsn() END::text",
+        "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() END::text",
     )
-    if lsn is None:
-        raise ConfigurationError(f"{replica!r} is in recovery but has replayed nothing")
-    return lsn_to_int(lsn)
+    return None if lsn is None else lsn_to_int(lsn)
 
 
 def pg_lag_probe(replica: Any, *, primary: Any = None) -> float:
@@ -179,14 +182,20 @@ class PgLagProbe:
     """
 
     def __init__(self, primary: Any, *, samples: int = 1024) -> None:
-        self.primary = primary
+        self.primary = primary  # an engine, or a callable returning the current one
         self._positions: list[int] = []  # increasing, with the last time seen at each
         self._times: list[float] = []
         self._limit = samples
         self._lock = threading.Lock()
 
     def __call__(self, replica: Any) -> float:
-        (flushed,) = _query(self.primary, "SELECT pg_current_wal_flush_lsn()::text")
+        primary = self.primary() if callable(self.primary) else self.primary
+        try:
+            (flushed,) = _query(primary, "SELECT pg_current_wal_flush_lsn()::text")
+        except Exception:
+            # the primary's trouble is not the replica's: judge it on its own
+            _log.warning("reading the primary's WAL position failed", exc_info=True)
+            return pg_lag_probe(replica)
         now = time.monotonic()
         self._sample(lsn_to_int(flushed), now)
         recovering, replayed = _query(
@@ -201,7 +210,7 @@ class PgLagProbe:
                     return 0.0
                 if index >= 0:
                     return max(now - self._times[index], 0.0)
-        return pg_lag_probe(replica, primary=self.primary)
+        return pg_lag_probe(replica, primary=primary)
 
     def _sample(self, position: int, now: float) -> None:
         with self._lock:
@@ -241,13 +250,17 @@ def pg_router(primary: Target, replicas: Sequence[Target], **options: Any) -> Re
     ``read_your_writes="token"``, :func:`pg_replay_position` and a :class:`PgLagProbe`
     of the primary wired in, and :func:`is_disconnect` as the failure test.
     ``options`` go to the router and win over these."""
+    routers: list[ReplicaRouter[Any]] = []
     defaults: dict[str, Any] = {
         "read_your_writes": "token",
         "position_probe": pg_replay_position,
-        "lag_probe": PgLagProbe(primary),
+        # follows router.primary, so the lag is measured against the promoted one
+        "lag_probe": PgLagProbe(lambda: routers[0].primary),
         "is_failure": is_disconnect,
     }
-    return ReplicaRouter(primary, replicas, **{**defaults, **options})
+    router = ReplicaRouter(primary, replicas, **{**defaults, **options})
+    routers.append(router)
+    return router
 
 
 class RoutingSession(Session):
@@ -256,8 +269,12 @@ class RoutingSession(Session):
     - Writes (flushes, DML, ``SELECT ... FOR UPDATE``, DDL, and ``text()`` that
       is not a plain ``SELECT``) go to the primary, and so does every statement
       after them until the transaction ends.
-    - Reads go to ``router.for_read()``'s choice, taken once per transaction,
-      so a transaction reads one consistent replica.
+    - Reads go to ``router.for_read()``'s choice, taken once per transaction.
+      On a replica they run in autocommit: no BEGIN and COMMIT round trips, and
+      each statement sees what the replica has replayed when it runs. With
+      ``snapshot_reads=True`` they run in one transaction on the replica (one
+      snapshot, with REPEATABLE READ), and a replica that dies after
+      answering makes the commit fail, which is ignored when nothing was written.
     - Inside ``router.use_primary()`` or ``router.transaction()``, everything
       goes to the primary.
     - A read whose replica cannot be reached is retried on another target; the
@@ -278,8 +295,13 @@ class RoutingSession(Session):
         *args: Any,
         router: ReplicaRouter[Any],
         commit_token: CommitToken | str | None = "auto",
+        snapshot_reads: bool = False,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("bind") is not None or kwargs.get("binds"):
+            raise ConfigurationError(
+                "a routing session takes its engines from the router, not bind= or binds="
+            )
         super().__init__(*args, **kwargs)
         if len(router.primaries) > 1:
             raise ConfigurationError("routing sessions need a router with one primary")
@@ -292,6 +314,7 @@ class RoutingSession(Session):
                 f'commit_token is "auto", a callable or None: {commit_token!r}'
             )
         self._commit_token: CommitToken | None = commit_token
+        self._snapshot_reads = snapshot_reads
         self._wrote = False
         self._read_target: Any = None  # the router's choice for this transaction
         self._read_bind: Engine | None = None
@@ -306,16 +329,31 @@ class RoutingSession(Session):
                 self._wrote = True  # a commit failure here is never "only reads"
             return engine
         router = self.router
+        if clause is None and mapper is None:
+            # session.get_bind() asked to inspect (the dialect, say); connection()
+            # marks the write itself
+            return _engine(router.primary)
         if self._wrote or not _is_read(clause):
-            self._wrote = True
+            self._wrote = True  # a flush (a mapper, no clause), DML, a locking read
             return _engine(router.primary)
         if router.pinned():
             return _engine(router.primary)
         read_bind = self._read_bind
         if read_bind is None:
             self._read_target = target = router.for_read()
-            self._read_bind = read_bind = _engine(target)
+            read_bind = _engine(target)
+            if not self._snapshot_reads and target is not router.primary:
+                read_bind = _autocommit(read_bind)
+            self._read_bind = read_bind
         return read_bind
+
+    def connection(self, *args: Any, **kwargs: Any) -> Any:
+        """The session's connection to the primary (anything may be written on it),
+        or to ``bind_arguments["bind"]``."""
+        connection = super().connection(*args, **kwargs)
+        if connection.engine is _engine(self.router.primary):
+            self._wrote = True
+        return connection
 
     def commit(self) -> None:
         """Commit; a read-only transaction whose replica died after answering
@@ -328,10 +366,13 @@ class RoutingSession(Session):
         self._end(super().close)
 
     def _end(self, end: Callable[[], None]) -> None:
-        target, wrote = self._read_target, self._wrote
+        target = self._read_target
+        pending = bool(self.new or self.deleted or self.dirty)
         try:
             end()
         except DBAPIError as exc:
+            # _wrote as it is now: the commit's own flush may have written
+            wrote = self._wrote or pending
             on_replica = target is not None and target is not self.router.primary
             if wrote or not on_replica or not is_disconnect(exc):
                 raise
@@ -419,9 +460,22 @@ class RoutingSession(Session):
             self._read_target = self._read_bind = None
 
 
+_AUTOCOMMIT: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+
+
+def _autocommit(engine: Engine) -> Engine:
+    """``engine`` with AUTOCOMMIT isolation (on the same pool), made once."""
+    twin = _AUTOCOMMIT.get(engine)
+    if twin is None:
+        twin = _AUTOCOMMIT[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return twin
+
+
 def _is_read(clause: Any) -> bool:
     if clause is None:
         return False  # a flush, or session.connection()
+    if isinstance(clause, TextualSelect):  # text(...).columns(...)
+        clause = clause.element
     if isinstance(clause, TextClause):
         sql = clause.text
         known = _TEXT_IS_READ.get(sql)
@@ -433,7 +487,20 @@ def _is_read(clause: Any) -> bool:
         return known
     if not getattr(clause, "is_select", False):
         return False  # DML, DDL
-    return getattr(clause, "_for_update_arg", None) is None
+    if getattr(clause, "_for_update_arg", None) is not None:
+        return False
+    return not any(_writes(part) for part in _ctes_and_froms(clause))
+
+
+def _ctes_and_froms(select: Any) -> Iterator[Any]:
+    yield from getattr(select, "_independent_ctes", ())
+    yield from getattr(select, "_raw_columns", ())
+    yield from getattr(select, "_from_obj", ())
+
+
+def _writes(part: Any) -> bool:
+    """Whether ``part`` of a select is a CTE of an INSERT, UPDATE or DELETE."""
+    return isinstance(part, CTE) and bool(getattr(part.element, "is_dml", False))
 
 
 @event.listens_for(RoutingSession, "after_commit")
@@ -452,6 +519,7 @@ def routing_sessionmaker(
     router: ReplicaRouter[Any],
     *,
     commit_token: CommitToken | str | None = "auto",
+    snapshot_reads: bool = False,
     **sessionmaker_kwargs: Any,
 ) -> sessionmaker[RoutingSession]:
     """A ``sessionmaker`` of :class:`RoutingSession` over ``router``'s engines.
@@ -464,6 +532,7 @@ def routing_sessionmaker(
         class_=RoutingSession,
         router=router,
         commit_token=commit_token,
+        snapshot_reads=snapshot_reads,
         **sessionmaker_kwargs,
     )
 
@@ -472,6 +541,7 @@ def async_routing_sessionmaker(
     router: ReplicaRouter[Any],
     *,
     commit_token: CommitToken | str | None = "auto",
+    snapshot_reads: bool = False,
     **sessionmaker_kwargs: Any,
 ) -> async_sessionmaker[AsyncSession]:
     """An ``async_sessionmaker`` whose sessions route like :class:`RoutingSession`;
@@ -484,5 +554,6 @@ def async_routing_sessionmaker(
         sync_session_class=RoutingSession,
         router=router,
         commit_token=commit_token,
+        snapshot_reads=snapshot_reads,
         **sessionmaker_kwargs,
     )
