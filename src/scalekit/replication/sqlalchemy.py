@@ -306,14 +306,7 @@ class RoutingSession(Session):
         if len(router.primaries) > 1:
             raise ConfigurationError("routing sessions need a router with one primary")
         self.router = router
-        if commit_token == "auto":
-            dialect = _engine(router.primary).dialect.name
-            commit_token = pg_commit_token if dialect == "postgresql" else None
-        elif isinstance(commit_token, str):
-            raise ConfigurationError(
-                f'commit_token is "auto", a callable or None: {commit_token!r}'
-            )
-        self._commit_token: CommitToken | None = commit_token
+        self._commit_token = _token_reader(router, commit_token)
         self._snapshot_reads = snapshot_reads
         self._wrote = False
         self._read_target: Any = None  # the router's choice for this transaction
@@ -363,10 +356,16 @@ class RoutingSession(Session):
     def close(self) -> None:
         """Close; as with :meth:`commit`, a replica that died after answering the
         transaction's reads is reported, not raised."""
-        self._end(super().close)
+        if self._snapshot_reads:
+            self._end(super().close)
+        else:
+            super().close()
 
     def _end(self, end: Callable[[], None]) -> None:
         target = self._read_target
+        if not self._snapshot_reads or target is None:
+            end()  # replicas were read in autocommit: there is nothing of theirs to end
+            return
         pending = bool(self.new or self.deleted or self.dirty)
         try:
             end()
@@ -460,6 +459,15 @@ class RoutingSession(Session):
             self._read_target = self._read_bind = None
 
 
+def _token_reader(router: ReplicaRouter[Any], commit_token: Any) -> CommitToken | None:
+    if commit_token == "auto":
+        dialect = _engine(router.primary).dialect.name
+        return pg_commit_token if dialect == "postgresql" else None
+    if isinstance(commit_token, str):
+        raise ConfigurationError(f'commit_token is "auto", a callable or None: {commit_token!r}')
+    return cast("CommitToken | None", commit_token)
+
+
 _AUTOCOMMIT: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
 
 
@@ -531,7 +539,7 @@ def routing_sessionmaker(
     return sessionmaker(
         class_=RoutingSession,
         router=router,
-        commit_token=commit_token,
+        commit_token=_token_reader(router, commit_token),
         snapshot_reads=snapshot_reads,
         **sessionmaker_kwargs,
     )
@@ -553,7 +561,7 @@ def async_routing_sessionmaker(
     return async_sessionmaker(
         sync_session_class=RoutingSession,
         router=router,
-        commit_token=commit_token,
+        commit_token=_token_reader(router, commit_token),
         snapshot_reads=snapshot_reads,
         **sessionmaker_kwargs,
     )
