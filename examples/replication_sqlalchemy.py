@@ -5,8 +5,9 @@ postgresql+psycopg://postgres@127.0.0.1:5432/test) and the replicas are
 SCALEKIT_REPLICA_URLS (comma-separated streaming replicas of it). Without
 SCALEKIT_REPLICA_URLS, the two "replicas" are STAND-INS: the primary itself, reached
 under the application_name stand-in-replica-1 and -2, so the routing shows but nothing
-replicates and no replica can lag. The example creates, and drops at the end, a table
-example_replication_notes.
+replicates and no replica can lag; not being in recovery, they report no replay
+position, so a read that must see a write goes to the primary. The example
+creates, and drops at the end, a table example_replication_notes.
 
 Run: python examples/replication_sqlalchemy.py
 """
@@ -47,6 +48,9 @@ stand_ins = not REPLICA_URLS
 if stand_ins:
     REPLICA_URLS = [named(PRIMARY_URL, f"stand-in-replica-{i}") for i in (1, 2)]
     print("no SCALEKIT_REPLICA_URLS: the 2 replicas are STAND-INS, the primary under 2 names")
+    print(
+        "(not in recovery, they report no replay position: reads after a write go to the primary)"
+    )
 primary = engine(named(PRIMARY_URL, "example-primary"))
 replicas = [engine(named(url, f"replica-{i}")) for i, url in enumerate(REPLICA_URLS, 1)]
 try:
