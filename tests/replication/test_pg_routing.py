@@ -450,6 +450,9 @@ def test_async_sessions_read_their_writes_and_spread_reads(servers: Servers) -> 
                 return port
 
         spread = Counter(await asyncio.gather(*(fresh_read() for _ in range(20))))
+        router.poll()  # outside any session's greenlet: the probes use a sync twin
+        assert router.stats().probe_errors == 0
+        assert router.healthy() == tuple(replicas)
         for each in [primary, *replicas]:
             await each.dispose()
         return seen, after_write, spread

@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
-from sqlalchemy import event
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -37,6 +37,14 @@ from sqlalchemy.sql.selectable import CTE, TextualSelect
 
 from scalekit.errors import ConfigurationError
 from scalekit.replication._router import ReplicaRouter
+
+try:
+    from sqlalchemy.util.concurrency import in_greenlet
+except ImportError:  # pragma: no cover - an older SQLAlchemy 2.0
+
+    def in_greenlet() -> bool:
+        return False  # probes of async engines then always use the sync twin
+
 
 __all__ = [
     "PgLagProbe",
@@ -96,8 +104,27 @@ def _engine(target: Any) -> Engine:
 
 
 def _query(target: Any, sql: str) -> Any:
-    with _engine(target).connect() as connection:
+    with _probe_engine(target).connect() as connection:
         return connection.exec_driver_sql(sql).one()
+
+
+_SYNC_TWINS: weakref.WeakKeyDictionary[AsyncEngine, Engine] = weakref.WeakKeyDictionary()
+
+
+def _probe_engine(target: Any) -> Engine:
+    """The engine a probe queries ``target`` with. An async engine's own works only
+    inside a greenlet (an async session's I/O); elsewhere (a poller thread, a
+    direct ``for_read()``) a psycopg async engine gets a small sync twin on the
+    same URL, so probing never needs a greenlet."""
+    if not isinstance(target, AsyncEngine) or in_greenlet():
+        return _engine(target)
+    twin = _SYNC_TWINS.get(target)
+    if twin is None:
+        if target.dialect.driver != "psycopg":
+            return target.sync_engine  # no sync twin of this driver: fails here
+        url = target.url.set(drivername="postgresql+psycopg")
+        twin = _SYNC_TWINS[target] = create_engine(url, pool_size=2, pool_pre_ping=True)
+    return twin
 
 
 def pg_commit_token(primary: Any) -> int:
