@@ -124,6 +124,7 @@ def _probe_engine(target: Any) -> Engine:
             return target.sync_engine  # no sync twin of this driver: fails here
         url = target.url.set(drivername="postgresql+psycopg")
         twin = _SYNC_TWINS[target] = create_engine(url, pool_size=2, pool_pre_ping=True)
+        weakref.finalize(target, twin.dispose)  # close its connections with the original
     return twin
 
 
