@@ -31,20 +31,9 @@ from typing import Any
 import pytest
 from tests.services import POSTGRES_DSN, probe_postgres, require_service
 
-from scalekit.replication import ReplicaRouter
+from scalekit._bench import decision_router
 
 URL = POSTGRES_DSN.replace("postgresql://", "postgresql+psycopg://", 1)
-
-
-def decision_router(mode: Any) -> ReplicaRouter[str]:
-    positions = {"replica-a": 100, "replica-b": 100}
-    return ReplicaRouter(
-        "primary",
-        list(positions),
-        read_your_writes=mode,
-        position_probe=positions.__getitem__ if mode == "token" else None,
-        probe_interval=3600,
-    )
 
 
 def test_for_read(benchmark: Any) -> None:
@@ -56,7 +45,6 @@ def test_for_read(benchmark: Any) -> None:
 def test_for_read_with_a_token(benchmark: Any) -> None:
     benchmark.group = "router decision (pure Python)"
     router = decision_router("token")
-    router.note_write(50)
     assert benchmark(router.for_read) in ("replica-a", "replica-b")
 
 
@@ -141,11 +129,11 @@ def test_routing_session_select_1(benchmark: Any, setup: Setup) -> None:
         assert benchmark(run) == 1
 
 
-def plain_transaction(setup: Setup) -> Callable[[], Any]:
+def plain_transaction(setup: Setup, engine: Any = None) -> Callable[[], Any]:
     from sqlalchemy import text
     from sqlalchemy.orm import sessionmaker
 
-    plain = sessionmaker(setup.plain)
+    plain = sessionmaker(setup.plain if engine is None else engine)
     statement = text(SELECT_1)
 
     def run() -> Any:
@@ -174,18 +162,8 @@ def test_sqlalchemy_session_per_read(benchmark: Any, setup: Setup) -> None:
 
 def test_sqlalchemy_session_per_read_in_a_transaction(benchmark: Any, setup: Setup) -> None:
     """SQLAlchemy's default: BEGIN, SELECT 1, ROLLBACK (what routing saves on replicas)."""
-    from sqlalchemy import text
-    from sqlalchemy.orm import sessionmaker
-
     benchmark.group = "SELECT 1 in a new session per read"
-    plain = sessionmaker(setup.replicas[0])
-    statement = text(SELECT_1)
-
-    def run() -> Any:
-        with plain() as session:
-            return session.execute(statement).scalar_one()
-
-    assert benchmark(run) == 1
+    assert benchmark(plain_transaction(setup, setup.replicas[0])) == 1
 
 
 def test_routing_session_per_read(benchmark: Any, setup: Setup) -> None:

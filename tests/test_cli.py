@@ -71,7 +71,7 @@ def test_bench_prints_a_ratio_for_every_policy_and_operation(
 def test_bench_replication_prints_each_decision(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "replication", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
-    for name in ("for_read(), window mode", "for_read(), token mode", "for_write()"):
+    for name in ("for_read(), window mode", "for_read(), token mode", "for_write(), no stickiness"):
         assert re.search(rf"{re.escape(name)}\s+\d+ ns", out), out
 
 

@@ -457,3 +457,22 @@ def wakeup_latency(kind: str, samples: int = 300) -> tuple[float, float]:
     thread.join()
     delays = sorted(r - s for r, s in zip(received, stamps, strict=True))
     return delays[len(delays) // 2], delays[int(len(delays) * 0.99)]
+
+
+def decision_router(mode: Any) -> Any:
+    """A :class:`~scalekit.replication.ReplicaRouter` over two replicas that have
+    replayed position 100, for timing its decisions alone: in ``"token"`` mode
+    the context holds token 50, which both have, so reads go to replicas."""
+    from scalekit.replication import ReplicaRouter
+
+    positions = {"replica-a": 100, "replica-b": 100}
+    router: Any = ReplicaRouter(
+        "primary",
+        list(positions),
+        read_your_writes=mode,
+        position_probe=positions.__getitem__ if mode == "token" else None,
+        probe_interval=3600,
+    )
+    if mode == "token":
+        router.note_write(50)
+    return router

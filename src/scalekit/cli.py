@@ -108,27 +108,15 @@ def _bench_mq(repeat: int) -> int:
 
 
 def _bench_replication(repeat: int) -> int:
-    from scalekit._bench import measure
-    from scalekit.replication import ReadYourWrites, ReplicaRouter
+    from scalekit._bench import decision_router, measure
 
-    replayed = {"replica-1": 100, "replica-2": 100}
-    cases: dict[str, tuple[ReplicaRouter[str], str]] = {}
-    modes: tuple[ReadYourWrites, ...] = ("window", "token")
-    for mode in modes:
-        router = ReplicaRouter(
-            "primary",
-            list(replayed),
-            read_your_writes=mode,
-            position_probe=replayed.__getitem__,
-            probe_interval=3600,
-        )
-        if mode == "token":
-            router.note_write(50)  # both replicas have replayed it
-        cases[f"for_read(), {mode} mode"] = (router, "for_read")
-    cases["for_write()"] = (cases["for_read(), window mode"][0], "for_write")
+    cases = {
+        "for_read(), window mode": decision_router("window").for_read,
+        "for_read(), token mode": decision_router("token").for_read,
+        "for_write(), no stickiness": decision_router(None).for_write,
+    }
     print("the router's decision per statement, pure Python (no I/O), best of", repeat)
-    for name, (router, method) in cases.items():
-        call = getattr(router, method)
+    for name, call in cases.items():
 
         def run(call: Callable[[], object] = call) -> None:
             for _ in range(10_000):

@@ -236,8 +236,8 @@ class ReplicaRouter(Generic[R]):
         self._balancer: _Picker[R] = balancer
         for replica, state in self._replicas.items():
             self._apply(replica, state)
-        probing = lag_probe is not None or position_probe is not None
-        self._next_poll = -math.inf if probing else math.inf
+        self._next_poll = math.inf
+        self._poll_on_next_read()
         self._next_revival = math.inf  # the earliest ``failed_until`` without a probe
         self._polling = False
         self._poller: threading.Thread | None = None
@@ -283,7 +283,7 @@ class ReplicaRouter(Generic[R]):
             self._balancer.add(replica, weight)
             self._replicas[replica] = state = self._new_replica()
             self._apply(replica, state)
-            self._next_poll = -math.inf if self._probing else math.inf
+            self._poll_on_next_read()
 
     def remove_replica(self, replica: R) -> None:
         """Stop sending reads to ``replica``."""
@@ -332,7 +332,7 @@ class ReplicaRouter(Generic[R]):
                 self._names = {
                     n: new_primary if t == replacing else t for n, t in self._names.items()
                 }
-            self._next_poll = -math.inf if self._probing else math.inf
+            self._poll_on_next_read()
 
     def _new_replica(self) -> _Replica:
         # with max_lag, a replica gets reads only once a probe has measured it
@@ -341,6 +341,11 @@ class ReplicaRouter(Generic[R]):
     @property
     def _probing(self) -> bool:
         return self._lag_probe is not None or self._position_probe is not None
+
+    def _poll_on_next_read(self) -> None:
+        """A replica is new, or the topology changed: measure them on the next read."""
+        if self._probing:
+            self._next_poll = -math.inf
 
     # -- writes ---------------------------------------------------------------
 

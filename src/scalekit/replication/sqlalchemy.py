@@ -36,7 +36,7 @@ from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import CTE, TextualSelect
 
 from scalekit.errors import ConfigurationError
-from scalekit.replication._router import ReplicaRouter
+from scalekit.replication._router import ReplicaRouter, is_connection_error
 
 try:
     from sqlalchemy.util.concurrency import in_greenlet
@@ -169,18 +169,29 @@ def pg_lag_probe(replica: Any, *, primary: Any = None) -> float:
     replica has received, which misses WAL it has not even received yet (a
     broken stream).
     """
-    target = None
-    if primary is not None:
-        # flushed WAL, not inserted: the primary may hold records (a standby
-        # snapshot, say) in memory for a while, and no replica can have those
-        (current,) = _query(primary, "SELECT pg_current_wal_flush_lsn()::text")
-        target = lsn_to_int(current)
-    recovering, received, replayed, age = _query(
-        replica,
-        "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn()::text,"
-        " pg_last_wal_replay_lsn()::text,"
-        " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8",
-    )
+    target = None if primary is None else _flushed(primary)
+    return _timestamp_lag(_query(replica, _REPLICA_STATE), target)
+
+
+# what a lag probe reads on a replica, in one query
+_REPLICA_STATE = (
+    "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn()::text,"
+    " pg_last_wal_replay_lsn()::text,"
+    " extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8"
+)
+
+
+def _flushed(primary: Any) -> int:
+    # flushed WAL, not inserted: the primary may hold records (a standby
+    # snapshot, say) in memory for a while, and no replica can have those
+    (current,) = _query(primary, "SELECT pg_current_wal_flush_lsn()::text")
+    return lsn_to_int(current)
+
+
+def _timestamp_lag(state: Any, target: int | None) -> float:
+    """:func:`pg_lag_probe`'s answer from a replica's ``_REPLICA_STATE`` and the WAL
+    position ``target`` that counts as everything (None: what it has received)."""
+    recovering, received, replayed, age = state
     if not recovering:
         return 0.0
     replayed_at = None if replayed is None else lsn_to_int(replayed)
@@ -219,26 +230,23 @@ class PgLagProbe:
     def __call__(self, replica: Any) -> float:
         primary = self.primary() if callable(self.primary) else self.primary
         try:
-            (flushed,) = _query(primary, "SELECT pg_current_wal_flush_lsn()::text")
+            flushed = _flushed(primary)
         except Exception:
             # the primary's trouble is not the replica's: judge it on its own
             _log.warning("reading the primary's WAL position failed", exc_info=True)
             return pg_lag_probe(replica)
         now = time.monotonic()
-        self._sample(lsn_to_int(flushed), now)
-        recovering, replayed = _query(
-            replica, "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text"
-        )
-        if not recovering:
-            return 0.0
-        if replayed is not None:
+        self._sample(flushed, now)
+        state = _query(replica, _REPLICA_STATE)
+        recovering, _, replayed, _ = state
+        if recovering and replayed is not None:
             with self._lock:
                 index = bisect.bisect_right(self._positions, lsn_to_int(replayed)) - 1
                 if index == len(self._positions) - 1:
                     return 0.0
                 if index >= 0:
                     return max(now - self._times[index], 0.0)
-        return pg_lag_probe(replica, primary=primary)
+        return _timestamp_lag(state, flushed)  # not in recovery, or before the first sample
 
     def _sample(self, position: int, now: float) -> None:
         with self._lock:
@@ -260,7 +268,7 @@ def is_disconnect(exc: BaseException) -> bool:
     """Whether ``exc`` means the database could not be reached (connection refused,
     dropped, or the server shutting down), so another target should be tried.
     Errors of the query itself (syntax, constraint, recovery conflicts) are not."""
-    if isinstance(exc, OSError):
+    if is_connection_error(exc):
         return True
     if not isinstance(exc, DBAPIError):
         return False
@@ -337,7 +345,7 @@ class RoutingSession(Session):
         self._commit_token = _token_reader(router, commit_token)
         self._snapshot_reads = snapshot_reads
         self._wrote = False
-        self._read_target: Any = None  # the router's choice for this transaction
+        self._read_replica: Any = None  # the replica the router chose for this transaction
         self._read_bind: Engine | None = None
 
     def get_bind(
@@ -361,10 +369,12 @@ class RoutingSession(Session):
             return _engine(router.primary)
         read_bind = self._read_bind
         if read_bind is None:
-            self._read_target = target = router.for_read()
+            target = router.for_read()
             read_bind = _engine(target)
-            if not self._snapshot_reads and target is not router.primary:
-                read_bind = _autocommit(read_bind)
+            if target is not router.primary:
+                self._read_replica = target
+                if not self._snapshot_reads:
+                    read_bind = _autocommit(read_bind)
             self._read_bind = read_bind
         return read_bind
 
@@ -390,8 +400,8 @@ class RoutingSession(Session):
             super().close()
 
     def _end(self, end: Callable[[], None]) -> None:
-        target = self._read_target
-        if not self._snapshot_reads or target is None:
+        replica = self._read_replica
+        if not self._snapshot_reads or replica is None:
             end()  # replicas were read in autocommit: there is nothing of theirs to end
             return
         pending = bool(self.new or self.deleted or self.dirty)
@@ -399,13 +409,11 @@ class RoutingSession(Session):
             end()
         except DBAPIError as exc:
             # _wrote as it is now: the commit's own flush may have written
-            wrote = self._wrote or pending
-            on_replica = target is not None and target is not self.router.primary
-            if wrote or not on_replica or not is_disconnect(exc):
+            if self._wrote or pending or not is_disconnect(exc):
                 raise
-            _log.warning("replica %r died after answering; its reads stand", target)
-            self.router.report_failure(target)
-            self._read_target = self._read_bind = None
+            _log.warning("replica %r died after answering; its reads stand", replica)
+            self.router.report_failure(replica)
+            self._read_replica = self._read_bind = None
             super().close()  # let go of the dead connection
 
     # Statements: a read that fails because its replica is unreachable runs again
@@ -441,9 +449,8 @@ class RoutingSession(Session):
 
     def _recover(self, exc: DBAPIError) -> None:
         """Get ready to run a failed read again, or raise ``exc`` if it must not be."""
-        target = self._read_target
-        on_replica = target is not None and target is not self.router.primary
-        if self._wrote or not on_replica or self.router.pinned():
+        replica = self._read_replica
+        if self._wrote or replica is None or self.router.pinned():
             raise exc
         if getattr(exc.orig, "sqlstate", None) == _READ_ONLY_TRANSACTION:
             # a write hidden in a read (nextval(), a volatile function): the
@@ -455,13 +462,13 @@ class RoutingSession(Session):
             return
         if not is_disconnect(exc):
             raise exc
-        self.router.report_failure(target)
+        self.router.report_failure(replica)
         if exc.connection_invalidated:
             # the broken connection sits in this transaction
             if not self._can_restart():
                 raise exc
             self.rollback()
-        self._read_target = self._read_bind = None
+        self._read_replica = self._read_bind = None
 
     def _can_restart(self) -> bool:
         transaction = self.get_transaction()
@@ -484,7 +491,7 @@ class RoutingSession(Session):
     def _transaction_ended(self, transaction: SessionTransaction) -> None:
         if transaction.parent is None:
             self._wrote = False
-            self._read_target = self._read_bind = None
+            self._read_replica = self._read_bind = None
 
 
 def _token_reader(router: ReplicaRouter[Any], commit_token: Any) -> CommitToken | None:
