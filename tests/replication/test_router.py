@@ -635,3 +635,16 @@ def test_a_probe_in_flight_does_not_undo_a_failure_reported_meanwhile() -> None:
     clock.advance(1)
     router.poll()  # a probe begun after the failure may bring it back
     assert router.stats().down == ()
+
+
+def test_a_token_of_the_wrong_kind_is_refused_where_it_is_imported() -> None:
+    clock, world = FakeClock(), World("a")
+    router = token_router(world, clock)
+    world.position["a"] = 7
+    router.for_read()  # the first poll: positions are ints
+    with pytest.raises(TypeError, match="does not compare"):
+        router.use_token("7")  # a cookie's string, not parsed
+    assert router.token() is None
+    assert router.for_read() == "a"
+    router.use_token(7)
+    assert router.token() == 7

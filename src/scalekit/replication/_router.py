@@ -490,12 +490,26 @@ class ReplicaRouter(Generic[R]):
         :meth:`token` elsewhere). The newer of it and the context's own is kept."""
         if token is None or self._mode != "token":
             return
+        self._check_comparable(token)
         before = self._causality.get()
         if before is not None and before.token is not None and before.token >= token:
             return
         written_at = -math.inf if before is None else before.written_at
         primary = None if before is None else before.primary
         self._causality.set(_Causality(written_at, token, primary))
+
+    def _check_comparable(self, token: Any) -> None:
+        """Raise here, not on some later read, for a token of the wrong kind (a
+        cookie's string where positions are ints, say)."""
+        known = next((s.position for s in self._replicas.values() if s.position is not None), None)
+        if known is None:
+            return
+        try:
+            _ = known >= token
+        except TypeError:
+            raise TypeError(
+                f"token {token!r} does not compare with replica positions such as {known!r}"
+            ) from None
 
     @contextmanager
     def scope(self, token: Any = None) -> Iterator[None]:
