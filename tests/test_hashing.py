@@ -59,3 +59,45 @@ def test_high_bits_are_uniform() -> None:
     assert len(buckets) == 16
     # 2,000 expected per bucket; a sound hash stays well within +-15%.
     assert all(1700 < count < 2300 for count in buckets.values()), buckets
+
+
+def test_a_lone_surrogate_is_hashed_as_its_own_bytes_not_handed_to_mmh3() -> None:
+    # mmh3 5.3.1 segfaults on a str holding a lone surrogate: run it in a child, so a
+    # regression fails this test instead of killing the test run.
+    import subprocess
+    import sys
+
+    code = (
+        "from scalekit.hashing import murmur3_32, murmur3_64, make_murmur3_64, key_bytes\n"
+        "k = '\\ud800x'\n"
+        "raw = k.encode('utf-8', 'surrogatepass')\n"
+        "assert murmur3_64(k) == murmur3_64(raw)\n"
+        "assert murmur3_32(k) == murmur3_32(raw)\n"
+        "assert make_murmur3_64(3)(k) == make_murmur3_64(3)(raw)\n"
+        "assert key_bytes(k) == raw\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    assert result.stdout.strip() == "ok"
+
+
+def test_valid_text_hashes_as_plain_utf8() -> None:
+    from scalekit.hashing import key_bytes, murmur3_32
+
+    for text in ("", "user:42", "é", "日本", "\U0001f600"):
+        assert key_bytes(text) == text.encode()
+        assert murmur3_32(text) == murmur3_32(text.encode())
+
+
+def test_int_keys_hash_as_their_digits_and_other_types_are_named() -> None:
+    import pytest
+
+    from scalekit.errors import ArgumentTypeError
+    from scalekit.hashing import key_bytes, murmur3_64
+
+    assert murmur3_64(42) == murmur3_64("42") == murmur3_64(b"42")
+    assert key_bytes(10**30) == b"1" + b"0" * 30
+    for bad in (True, None, 1.5, ["a"], object()):
+        with pytest.raises(ArgumentTypeError, match="str, bytes or int"):
+            murmur3_64(bad)  # type: ignore[arg-type]

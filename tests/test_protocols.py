@@ -10,8 +10,17 @@ from dataclasses import FrozenInstanceError, dataclass
 import pytest
 
 from scalekit import protocols
+from scalekit.cache import LRUCache, ThreadSafeCache, TTLCache
 from scalekit.hashing import murmur3_64
-from scalekit.protocols import AsyncStore, Clock, HashFunction, Stats, Store, SupportsStats
+from scalekit.protocols import (
+    AsyncStore,
+    Clock,
+    HashFunction,
+    Store,
+    SupportsNodeFor,
+    SupportsPick,
+    SupportsStats,
+)
 
 
 class DictStore:
@@ -35,6 +44,17 @@ class DictStore:
     def set_many(self, items: Mapping[str, int], *, ttl: float | None = None) -> None:
         self.data.update(items)
 
+    def add(self, key: str, value: int, *, ttl: float | None = None) -> bool:
+        if key in self.data:
+            return False
+        self.data[key] = value
+        return True
+
+    def ttl_of(self, key: str) -> float | None:
+        if key not in self.data:
+            raise KeyError(key)
+        return None
+
 
 class AsyncDictStore:
     def __init__(self) -> None:
@@ -54,6 +74,12 @@ class AsyncDictStore:
 
     async def set_many(self, items: Mapping[str, int], *, ttl: float | None = None) -> None:
         self.inner.set_many(items, ttl=ttl)
+
+    async def add(self, key: str, value: int, *, ttl: float | None = None) -> bool:
+        return self.inner.add(key, value, ttl=ttl)
+
+    async def ttl_of(self, key: str) -> float | None:
+        return self.inner.ttl_of(key)
 
 
 @dataclass(frozen=True)
@@ -87,6 +113,42 @@ def test_a_dict_backed_store_conforms_and_a_mapping_does_not() -> None:
     assert store.delete("a") is True
     assert store.delete("a") is False
     assert store.get("a", 7) == 7
+    assert store.add("b", 9) is False
+    assert store.add("a", 9) is True
+    assert store.get("a") == 9
+
+
+def test_scalekit_caches_are_stores_with_an_atomic_add() -> None:
+    for cache in (LRUCache(10), TTLCache(10, ttl=60), ThreadSafeCache(LRUCache(10))):
+        assert isinstance(cache, Store)
+        assert cache.add("k", 1) is True
+        assert cache.add("k", 2) is False
+        assert cache["k"] == 1
+
+
+def test_an_expired_key_can_be_added_again() -> None:
+    from scalekit.testing import FakeClock
+
+    clock = FakeClock()
+    cache: TTLCache[str, int] = TTLCache(10, ttl=5, timer=clock)
+    assert cache.add("k", 1) is True
+    clock.advance(6)
+    assert cache.add("k", 2) is True
+    assert cache["k"] == 2
+    assert cache.ttl_of("k") == 5
+
+
+def test_sharders_and_balancers_conform_to_the_shared_protocols() -> None:
+    from scalekit.balancing import LeastConnections, RoundRobin
+    from scalekit.sharding import HashRing, JumpHash, MaglevHash, RendezvousHash, SlotMap
+
+    for sharder in (HashRing(["a"]), JumpHash(["a"]), MaglevHash(["a"]), RendezvousHash(["a"])):
+        assert isinstance(sharder, SupportsNodeFor)
+        assert sharder.node_for("k") == "a"
+    assert isinstance(SlotMap(["a"]), SupportsNodeFor)
+    for balancer in (RoundRobin(["a"]), LeastConnections(["a"])):
+        assert isinstance(balancer, SupportsPick)
+    assert not isinstance(object(), SupportsPick)
 
 
 def test_async_store_conforms() -> None:
@@ -102,7 +164,7 @@ def test_async_store_conforms() -> None:
 
 def test_stats_snapshots_are_frozen() -> None:
     counted: SupportsStats[CounterStats] = Counted()
-    assert isinstance(counted, Stats)
+    assert isinstance(counted, SupportsStats)
     snapshot = counted.stats()
     with pytest.raises(FrozenInstanceError):
         snapshot.hits = 4  # type: ignore[misc]

@@ -8,6 +8,7 @@ that situation, so code written against the standard library keeps working::
      +-- ScalekitError
           +-- ConfigurationError      (also ValueError)   bad argument or setting
           |    +-- DuplicateNode                          the node is already there
+          +-- ArgumentTypeError       (also TypeError)    an argument of the wrong type
           +-- NoNodeAvailable         (also LookupError)  nothing to route a key to
           |    +-- NoBackendAvailable                     every backend is down or ejected
           +-- UnknownNode             (also KeyError)     no such node to remove
@@ -16,6 +17,7 @@ that situation, so code written against the standard library keeps working::
           |    +-- QueueFull                              a bounded queue stayed full
           |    +-- SessionTooLarge    (also ValueError)   a session over max_bytes
           +-- ClosedError             (also RuntimeError) used after close()
+          +-- ReentrantCall           (also RecursionError) a cached call waits on itself
           +-- DeliveryExpired                             a message delivery was
           |                                               settled or timed out before
           +-- SessionConflict                             two requests changed one key
@@ -34,6 +36,7 @@ error and its traceback are never lost.
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentTypeError",
     "BackendError",
     "CapacityError",
     "ClosedError",
@@ -45,6 +48,7 @@ __all__ = [
     "NoBackendAvailable",
     "NoNodeAvailable",
     "QueueFull",
+    "ReentrantCall",
     "ScalekitError",
     "SessionConflict",
     "SessionCorrupted",
@@ -66,6 +70,12 @@ class ConfigurationError(ScalekitError, ValueError):
 
 class DuplicateNode(ConfigurationError):
     """A node, backend or replica was added twice."""
+
+
+class ArgumentTypeError(ScalekitError, TypeError):
+    """An argument has the wrong type (a ``bool`` where a count goes, ``None`` where a
+    name goes, an unhashable node). The message names the argument and the types it
+    takes. Raised before anything is changed."""
 
 
 class NoNodeAvailable(ScalekitError, LookupError):
@@ -97,6 +107,11 @@ class QueueFull(CapacityError):
 
 class ClosedError(ScalekitError, RuntimeError):
     """The object was used after it was closed."""
+
+
+class ReentrantCall(ScalekitError, RecursionError):
+    """A memoized function called itself, through its cache, with the same key while
+    that call was in flight: waiting for its own result would block forever."""
 
 
 class DeliveryExpired(ScalekitError):

@@ -5,39 +5,91 @@ builtin :func:`hash`, which is randomized per process for ``str`` and ``bytes``.
 The default is MurmurHash3 (x64, 128-bit) with a fixed seed, reduced to its high
 64 bits: fast (one C call), well mixed and the same everywhere.
 
+Every ``str`` is encoded here, by :func:`key_bytes`, before it reaches a C hash:
+UTF-8 with ``surrogatepass``, so valid text hashes exactly as Redis, libketama and
+uhashring hash it, and a lone surrogate (which JSON allows and
+``surrogateescape``-decoded input carries) hashes as its own bytes instead of
+reaching mmh3, which crashes the interpreter on it. An ``int`` key hashes as its
+decimal digits, as Redis and memcached see a key that a client sends as a number.
+
 >>> murmur3_64("user:42") == murmur3_64(b"user:42")
 True
 >>> 0 <= murmur3_64("user:42") < 2**64
 True
+>>> murmur3_64(42) == murmur3_64("42")
+True
+>>> key_bytes("\\ud800")
+b'\\xed\\xa0\\x80'
 """
 
 from __future__ import annotations
 
 import mmh3
 
-from scalekit.errors import ConfigurationError
+from scalekit.errors import ArgumentTypeError, ConfigurationError
 from scalekit.protocols import HashFunction
 
-__all__ = ["DEFAULT_SEED", "default_hash", "make_murmur3_64", "murmur3_32", "murmur3_64"]
+__all__ = [
+    "DEFAULT_SEED",
+    "Key",
+    "default_hash",
+    "key_bytes",
+    "make_murmur3_64",
+    "murmur3_32",
+    "murmur3_64",
+]
 
 DEFAULT_SEED = 0x5CA1E
 """The seed of :func:`default_hash`; changing it moves every key, so it never changes."""
 
+Key = str | bytes | int
+"""What a key placed by a hash may be: text, bytes, or an integer (not ``bool``)."""
 
-def murmur3_64(data: bytes | str, seed: int = DEFAULT_SEED) -> int:
-    """Return an unsigned 64-bit hash of ``data`` (``str`` is hashed as UTF-8).
+_hash128 = mmh3.hash128
+_hash32 = mmh3.hash
+
+
+def key_bytes(key: object) -> bytes:
+    """Return the bytes a key is hashed as.
+
+    ``bytes`` as they are (a ``bytearray`` or ``memoryview`` copied), ``str`` as UTF-8
+    with ``surrogatepass`` (identical to plain UTF-8 for valid text), ``int`` as its
+    decimal digits. Anything else, ``bool`` included, raises
+    :class:`~scalekit.errors.ArgumentTypeError` naming the accepted types.
+
+    Runtime complexity: O(len(key)).
+
+    >>> key_bytes("é"), key_bytes(b"k"), key_bytes(-7)
+    (b'\\xc3\\xa9', b'k', b'-7')
+    """
+    if isinstance(key, bytes):
+        return key
+    if isinstance(key, str):
+        try:
+            return key.encode()
+        except UnicodeEncodeError:
+            return key.encode("utf-8", "surrogatepass")
+    if isinstance(key, int) and not isinstance(key, bool):
+        return b"%d" % key
+    if isinstance(key, (bytearray, memoryview)):
+        return bytes(key)
+    raise ArgumentTypeError(f"a key must be str, bytes or int, not {type(key).__name__}")
+
+
+def murmur3_64(data: Key, seed: int = DEFAULT_SEED) -> int:
+    """Return an unsigned 64-bit hash of ``data`` (encoded by :func:`key_bytes`).
 
     Runtime complexity: O(len(data)).
     """
-    return mmh3.hash128(data, seed, signed=False) >> 64
+    return _hash128(data if type(data) is bytes else key_bytes(data), seed, signed=False) >> 64
 
 
-def murmur3_32(data: bytes | str, seed: int = DEFAULT_SEED) -> int:
-    """Return an unsigned 32-bit MurmurHash3 (x86) of ``data``.
+def murmur3_32(data: Key, seed: int = DEFAULT_SEED) -> int:
+    """Return an unsigned 32-bit MurmurHash3 (x86) of ``data`` (encoded by :func:`key_bytes`).
 
     Runtime complexity: O(len(data)).
     """
-    return mmh3.hash(data, seed, signed=False)
+    return _hash32(data if type(data) is bytes else key_bytes(data), seed, signed=False)
 
 
 def make_murmur3_64(seed: int) -> HashFunction:
@@ -49,11 +101,14 @@ def make_murmur3_64(seed: int) -> HashFunction:
     >>> h("k") == murmur3_64("k", 7)
     True
     """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ArgumentTypeError(f"seed must be an int, got {type(seed).__name__}")
     if not 0 <= seed < 2**32:
         raise ConfigurationError(f"seed must be in [0, 2**32), got {seed!r}")
 
-    def hash_function(data: bytes | str) -> int:
-        return mmh3.hash128(data, seed, signed=False) >> 64
+    def hash_function(data: Key, /) -> int:
+        raw = data if type(data) is bytes else key_bytes(data)
+        return _hash128(raw, seed, signed=False) >> 64
 
     hash_function.__name__ = f"murmur3_64_seed_{seed}"
     return hash_function

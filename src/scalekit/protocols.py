@@ -8,8 +8,13 @@ has to inherit from scalekit.
   (``time.monotonic`` by default), so tests can use
   :class:`scalekit.testing.FakeClock` instead of sleeping.
 - :class:`HashFunction`: how keys are placed (sharding, balancing by key, sketches).
-- :class:`Store` / :class:`AsyncStore`: string-keyed get/set with an optional TTL;
-  what a cache tier, a session store or a sharded store is built on.
+- :class:`Store` / :class:`AsyncStore`: string-keyed get/set with an optional TTL,
+  ``add`` (set only if absent) and ``ttl_of``; what a cache tier, a sharded store and
+  a live migration are built on.
+- :class:`SupportsNodeFor`: a sharder seen from outside (``node_for(key)``); the
+  replica router places keys on primaries with one.
+- :class:`SupportsPick`: a balancer seen from outside (``pick``, ``mark_down``,
+  ``mark_up``); the replica router spreads reads with one.
 - :class:`SupportsStats`: objects that report a frozen snapshot of their counters.
 """
 
@@ -23,14 +28,17 @@ __all__ = [
     "AsyncStore",
     "Clock",
     "HashFunction",
-    "Stats",
     "Store",
+    "SupportsNodeFor",
+    "SupportsPick",
     "SupportsStats",
     "monotonic",
 ]
 
 _V = TypeVar("_V")
 _S_co = TypeVar("_S_co", covariant=True)
+_N_co = TypeVar("_N_co", covariant=True)
+_B = TypeVar("_B")
 
 
 @runtime_checkable
@@ -75,6 +83,21 @@ class Store(Protocol[_V]):
         """Store ``value`` under ``key``, replacing any previous value."""
         ...
 
+    def add(self, key: str, value: _V, /, *, ttl: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent (or expired); return whether it did.
+
+        Atomic at the store (memcached ``add``, Redis ``SET NX``), so two processes
+        that both add one key never both succeed.
+        """
+        ...
+
+    def ttl_of(self, key: str, /) -> float | None:
+        """The seconds ``key`` has left to live; ``None`` if it never expires.
+
+        Raises :class:`KeyError` when ``key`` is missing or expired.
+        """
+        ...
+
     def delete(self, key: str, /) -> bool:
         """Remove ``key``; return whether it was present."""
         ...
@@ -100,6 +123,21 @@ class AsyncStore(Protocol[_V]):
         """Store ``value`` under ``key``, replacing any previous value."""
         ...
 
+    async def add(self, key: str, value: _V, /, *, ttl: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent (or expired); return whether it did.
+
+        Atomic at the store (memcached ``add``, Redis ``SET NX``), so two processes
+        that both add one key never both succeed.
+        """
+        ...
+
+    async def ttl_of(self, key: str, /) -> float | None:
+        """The seconds ``key`` has left to live; ``None`` if it never expires.
+
+        Raises :class:`KeyError` when ``key`` is missing or expired.
+        """
+        ...
+
     async def delete(self, key: str, /) -> bool:
         """Remove ``key``; return whether it was present."""
         ...
@@ -114,6 +152,33 @@ class AsyncStore(Protocol[_V]):
 
 
 @runtime_checkable
+class SupportsNodeFor(Protocol[_N_co]):
+    """Places keys on nodes: every sharder of :mod:`scalekit.sharding` is one."""
+
+    def node_for(self, key: str | bytes | int, /) -> _N_co:
+        """The node that owns ``key``."""
+        ...
+
+
+@runtime_checkable
+class SupportsPick(Protocol[_B]):
+    """Picks a backend per request and routes around the ones marked down: every
+    balancer of :mod:`scalekit.balancing` is one."""
+
+    def pick(self, key: object = None) -> _B:
+        """Choose a backend for one request."""
+        ...
+
+    def mark_down(self, backend: _B) -> None:
+        """Take ``backend`` out of rotation until :meth:`mark_up`."""
+        ...
+
+    def mark_up(self, backend: _B) -> None:
+        """Put ``backend`` back into rotation."""
+        ...
+
+
+@runtime_checkable
 class SupportsStats(Protocol[_S_co]):
     """An object that reports its counters as an immutable snapshot.
 
@@ -121,7 +186,3 @@ class SupportsStats(Protocol[_S_co]):
     """
 
     def stats(self) -> _S_co: ...
-
-
-Stats = SupportsStats
-"""Alias of :class:`SupportsStats`, the name the design notes use."""

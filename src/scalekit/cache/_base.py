@@ -425,6 +425,24 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
             _check_ttl(ttl)
             self._store(key, value, None if ttl == _INF else ttl, own_ttl=True)
 
+    def add(self, key: K, value: V, *, ttl: float | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent or expired; return whether it did.
+
+        The :class:`~scalekit.protocols.Store` primitive a live migration copies with
+        (memcached's ``add``); atomic under :class:`ThreadSafeCache`'s lock.
+
+        Runtime complexity: that of :meth:`set`.
+
+        >>> from scalekit.cache import LRUCache
+        >>> cache = LRUCache(2)
+        >>> cache.add("k", 1), cache.add("k", 2), cache["k"]
+        (True, False, 1)
+        """
+        if key in self:
+            return False
+        self.set(key, value, ttl=ttl)
+        return True
+
     def set_many(self, items: Mapping[K, V], *, ttl: float | None = None) -> None:
         """Store every item of ``items`` with the same ``ttl``.
 

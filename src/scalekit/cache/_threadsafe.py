@@ -124,6 +124,11 @@ class ThreadSafeCache(MutableMapping[K, V], Generic[K, V]):
         with self.lock:
             return list(self.cache)
 
+    def add(self, key: K, value: V, *, ttl: float | None = None) -> bool:
+        """``cache.add(key, value, ttl=ttl)`` under the lock: set only if absent."""
+        with self.lock:
+            return self.cache.add(key, value, ttl=ttl)
+
     def ttl_of(self, key: K) -> float | None:
         """``cache.ttl_of(key)`` under the lock."""
         with self.lock:

@@ -1,10 +1,4 @@
-"""Tools for testing code built on scalekit, and for testing your own backends.
-
-- :class:`FakeClock`: a :class:`~scalekit.protocols.Clock` that moves only when told
-  to, so TTLs, ejection windows and redelivery timeouts are tested without sleeping.
-- ``check_*`` functions: the contract each protocol's implementations must meet,
-  runnable against your own implementation (the building blocks add them).
-"""
+"""FakeClock: virtual time for tests of anything that takes ``clock=``."""
 
 from __future__ import annotations
 
