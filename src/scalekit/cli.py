@@ -56,7 +56,9 @@ def _bench(parser: argparse.ArgumentParser) -> Handler:
             rows = compare_caches(repeat=args.repeat)
         except ImportError as exc:
             print(f"scalekit bench needs the rival library installed: {exc}", file=sys.stderr)
-            print("install it with: pip install 'scalekit[test]'", file=sys.stderr)
+            print(
+                "install it with: pip install '.[test]' from a clone of scalekit", file=sys.stderr
+            )
             return 1
         print(f"{CACHE_SIZE:,}-entry caches, string keys, best of {args.repeat} x {BATCH:,} ops")
         print(f"{'policy':6} {'operation':20} {'scalekit':>10} {'cachetools':>11} {'ratio':>6}")
