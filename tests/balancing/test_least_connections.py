@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from fractions import Fraction
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scalekit.balancing import Lease, LeastConnections, OutlierEjection
-from scalekit.errors import ConfigurationError, NoBackendAvailable
+from scalekit.errors import ArgumentTypeError, ConfigurationError, NoBackendAvailable
 from scalekit.testing import FakeClock
 
 NO_EJECTION = OutlierEjection(consecutive_failures=10**9)
@@ -170,11 +171,18 @@ def test_readmitted_backend_is_least_loaded_again() -> None:
 # -- power of two choices -------------------------------------------------------
 
 
-@pytest.mark.parametrize("choices", [0, 1, 3, -2, "2", True])
+@pytest.mark.parametrize("choices", [0, 1, 3, -2, 10**400])
 def test_choices_is_none_or_two(choices: Any) -> None:
     with pytest.raises(ConfigurationError, match="choices") as caught:
         LeastConnections(["a", "b"], choices=choices)
     assert isinstance(caught.value, ValueError)
+
+
+@pytest.mark.parametrize("choices", ["2", True, 2.0, math.nan])
+def test_choices_of_another_type_is_refused(choices: Any) -> None:
+    with pytest.raises(ArgumentTypeError, match="choices") as caught:
+        LeastConnections(["a", "b"], choices=choices)
+    assert isinstance(caught.value, TypeError)
 
 
 def test_two_choices_with_one_backend_returns_it() -> None:

@@ -20,8 +20,24 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from scalekit._validate import check_weight
-from scalekit.errors import ConfigurationError, DuplicateNode, NoBackendAvailable, UnknownNode
+from scalekit._validate import (
+    MAX_WEIGHT,
+    check_callable,
+    check_count,
+    check_name,
+    check_node,
+    check_number,
+    check_seconds,
+    check_weight,
+    type_name,
+)
+from scalekit.errors import (
+    ArgumentTypeError,
+    ConfigurationError,
+    DuplicateNode,
+    NoBackendAvailable,
+    UnknownNode,
+)
 from scalekit.protocols import Clock
 
 __all__ = ["BackendStats", "Balancer", "BalancerStats", "Lease", "OutlierEjection"]
@@ -95,12 +111,14 @@ class OutlierEjection:
     max_ejection_percent: float = 50.0
 
     def __post_init__(self) -> None:
-        if self.consecutive_failures < 1:
-            raise ConfigurationError("consecutive_failures must be at least 1")
-        if not (self.base_ejection > 0 and self.max_ejection >= self.base_ejection):
-            raise ConfigurationError("need 0 < base_ejection <= max_ejection")
-        if not 0 <= self.max_ejection_percent <= 100:
-            raise ConfigurationError("max_ejection_percent must be within [0, 100]")
+        check_count(self.consecutive_failures, "consecutive_failures", minimum=1)
+        base = check_seconds(self.base_ejection, "base_ejection")
+        longest = check_seconds(self.max_ejection, "max_ejection")
+        if longest < base:
+            raise ConfigurationError(
+                f"max_ejection must be >= base_ejection, got {longest!r} < {base!r}"
+            )
+        check_number(self.max_ejection_percent, "max_ejection_percent", minimum=0, maximum=100)
 
 
 @dataclass(frozen=True)
@@ -196,6 +214,7 @@ class Lease(Generic[B]):
 
     def release(self, ok: bool | None = True) -> None:
         """Stop counting the request; ``ok=None`` records no outcome."""
+        check_ok(ok, allow_none=True)
         record, self._record = self._record, None
         if record is not None:
             self._balancer._release(record, ok, self._balancer._clock() - self._started)
@@ -234,6 +253,51 @@ def _two_choices(
     return second if load(second) < load(first) else first
 
 
+def check_backend(backend: B) -> B:
+    """``backend`` if it can name a backend: hashable, not None, equal to itself, and
+    valid text if it is a ``str`` (no lone surrogate: it must survive a log line, a
+    metrics label, a JSON document)."""
+    check_node(backend, "backend")
+    if isinstance(backend, str):
+        check_name(backend, "backend")
+    return backend
+
+
+def check_backends(backends: object) -> list[Any]:
+    """The backends of an iterable (not a lone ``str`` or ``bytes``), each checked."""
+    if isinstance(backends, (str, bytes)) or not isinstance(backends, Iterable):
+        raise ArgumentTypeError(
+            f"backends must be an iterable of backends, got {type_name(backends)}"
+        )
+    return [check_backend(backend) for backend in backends]
+
+
+def check_rng(rng: object) -> random.Random:
+    """``rng`` if it is a :class:`random.Random`; a fresh one for ``None``."""
+    if rng is None:
+        return random.Random()
+    if not isinstance(rng, random.Random):
+        raise ArgumentTypeError(f"rng must be a random.Random or None, got {type_name(rng)}")
+    return rng
+
+
+def check_ok(ok: object, *, allow_none: bool = False) -> bool | None:
+    """``ok`` if it is a ``bool`` (or ``None`` where no outcome is allowed)."""
+    if ok is None and allow_none:
+        return None
+    if not isinstance(ok, bool):
+        allowed = "a bool or None" if allow_none else "a bool"
+        raise ArgumentTypeError(f"ok must be {allowed}, got {type_name(ok)}")
+    return ok
+
+
+def check_latency(latency: object) -> float | None:
+    """``latency`` as seconds (>= 0, finite), or ``None``."""
+    if latency is None:
+        return None
+    return check_seconds(latency, "latency", allow_zero=True)
+
+
 def _outcome(kind: type[BaseException] | None) -> bool | None:
     if kind is None:
         return True
@@ -255,10 +319,16 @@ class BalancerBase(Generic[B]):
         panic_threshold: float = 50.0,
         slow_start: float = 0.0,
     ) -> None:
-        if not 0 <= panic_threshold <= 100:
-            raise ConfigurationError(f"panic_threshold is a percentage, got {panic_threshold!r}")
-        if not 0 <= slow_start < math.inf:
-            raise ConfigurationError(f"slow_start is seconds >= 0, got {slow_start!r}")
+        # Every argument is checked before anything is built.
+        listed = check_backends(backends)
+        chosen = self._check_weights(listed, weights)
+        check_callable(clock, "clock")
+        if ejection is not None and not isinstance(ejection, OutlierEjection):
+            raise ArgumentTypeError(
+                f"ejection must be an OutlierEjection or None, got {type_name(ejection)}"
+            )
+        panic_threshold = check_number(panic_threshold, "panic_threshold", minimum=0, maximum=100)
+        slow_start = check_seconds(slow_start, "slow_start", allow_zero=True)
         self._slow_start = slow_start
         self._panic_threshold = panic_threshold / 100
         self._panicking = False
@@ -270,11 +340,29 @@ class BalancerBase(Generic[B]):
         self._no_backend = 0
         self._eligible_cache: list[_Backend] | None = None
         self._next_refresh = math.inf  # an ejection runs out or a slow start steps up
-        weights = dict(weights or {})
-        for backend in backends:
-            self._insert(backend, weights.pop(backend, 1))
-        if weights:
-            raise UnknownNode(f"weights given for backends not listed: {list(weights)!r}")
+        for backend, weight in zip(listed, chosen, strict=True):
+            self._records[backend] = _Backend(backend, weight)
+
+    @staticmethod
+    def _check_weights(listed: list[Any], weights: object) -> list[float]:
+        """The weight of each listed backend (1 unless given), every one checked."""
+        if weights is None:
+            given: dict[Any, Any] = {}
+        elif isinstance(weights, Mapping):
+            given = dict(weights)
+        else:
+            raise ArgumentTypeError(
+                f"weights must be a mapping of backend to weight, got {type_name(weights)}"
+            )
+        seen: set[Any] = set()
+        for backend in listed:
+            if backend in seen:
+                raise DuplicateNode(f"{backend!r} is listed twice")
+            seen.add(backend)
+        unknown = [backend for backend in given if backend not in seen]
+        if unknown:
+            raise UnknownNode(f"weights given for backends not listed: {unknown!r}")
+        return [check_weight(given.get(backend, 1)) for backend in listed]
 
     # -- what a balancer chooses ------------------------------------------------
 
@@ -287,16 +375,21 @@ class BalancerBase(Generic[B]):
     # -- backends ---------------------------------------------------------------
 
     def _insert(self, backend: B, weight: float) -> None:
-        hash(backend)
+        check_backend(backend)
+        weight = check_weight(weight)
         if backend in self._records:
             raise DuplicateNode(f"{backend!r} is already a backend")
-        self._records[backend] = _Backend(backend, check_weight(weight))
+        self._records[backend] = _Backend(backend, weight)
 
     def _record_of(self, backend: B) -> _Backend:
         try:
             return self._records[backend]
         except KeyError:
             raise UnknownNode(f"{backend!r} is not a backend") from None
+        except TypeError:  # unhashable: it cannot be one
+            raise ArgumentTypeError(
+                f"backend must be hashable, got {type_name(backend)}"
+            ) from None
 
     def _ramp(self, record: _Backend, since: float) -> None:
         if self._slow_start > 0:
@@ -319,9 +412,10 @@ class BalancerBase(Generic[B]):
 
     def set_weight(self, backend: B, weight: float) -> None:
         """Change the weight of ``backend``."""
+        weight = check_weight(weight)
         with self._lock:
             record = self._record_of(backend)
-            record.weight = record.share = check_weight(weight)
+            record.weight = record.share = weight
             self._invalidate()
 
     def mark_down(self, backend: B) -> None:
@@ -476,7 +570,12 @@ class BalancerBase(Generic[B]):
                     self._outcome(record, ok, latency)
 
     def report(self, backend: B, ok: bool, latency: float | None = None) -> None:
-        """Record the outcome of a request sent to ``backend`` without a lease."""
+        """Record the outcome of a request sent to ``backend`` without a lease.
+
+        ``ok`` is a ``bool``; ``latency`` is seconds (>= 0, finite) or ``None``.
+        """
+        check_ok(ok)
+        latency = check_latency(latency)
         with self._lock:
             self._outcome(self._record_of(backend), ok, latency)
 
@@ -535,5 +634,60 @@ class BalancerBase(Generic[B]):
                 panicking=self._panicking,
             )
 
+    # -- invariants -------------------------------------------------------------
+
+    def _check(self) -> None:
+        """Assert the internal invariants (for tests: the stateful tests call it
+        after every step). Raises :class:`AssertionError` when one is broken.
+
+        Runtime complexity: O(n) for n backends (plus the subclass's own checks).
+        """
+        with self._lock:
+            now = self._clock()
+            policy = self._ejection
+            for backend, record in self._records.items():
+                _expect(record.backend is backend or record.backend == backend, "record key")
+                _expect(record.present, f"{backend!r} is listed but marked removed")
+                _expect(record.in_flight >= 0, f"{backend!r} has {record.in_flight} in flight")
+                _expect(0 < record.weight <= MAX_WEIGHT, f"{backend!r} weight {record.weight!r}")
+                _expect(
+                    0 < record.share <= record.weight,
+                    f"{backend!r} share {record.share!r} outside (0, {record.weight!r}]",
+                )
+                _expect(
+                    record.ramp_from is not None or record.share == record.weight,
+                    f"{backend!r} is ramped down with no slow start running",
+                )
+                counters = (record.picks, record.successes, record.failures, record.ejections)
+                _expect(min(counters) >= 0, f"{backend!r} has a negative counter {counters}")
+                _expect(record.consecutive_failures >= 0, f"{backend!r} failures in a row < 0")
+                if record.ejected_until != -math.inf:
+                    _expect(record.ejections >= 1, f"{backend!r} ejected, never counted")
+                    _expect(
+                        record.ejected_until <= now + policy.max_ejection,
+                        f"{backend!r} ejected for longer than max_ejection",
+                    )
+            _expect(self._no_backend >= 0 and self._panic_picks >= 0, "negative counters")
+            cached = self._eligible_cache
+            if cached is not None and now < self._next_refresh:
+                expected = [
+                    r for r in self._records.values() if not r.down and r.ejected_until <= now
+                ]
+                _expect(
+                    [r.backend for r in cached] == [r.backend for r in expected]
+                    and all(a is b for a, b in zip(cached, expected, strict=True)),
+                    "the eligible backends cached are not the ones eligible",
+                )
+            self._check_choice()
+
+    def _check_choice(self) -> None:
+        """The subclass's own invariants (its picking state), under the lock."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({list(self._records)!r})"
+
+
+def _expect(condition: bool, message: str) -> None:
+    """``assert``, but kept under ``python -O``."""
+    if not condition:
+        raise AssertionError(message)

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Hashable
+import time
+from collections.abc import Hashable, Iterable, Mapping
 from itertools import count
 from typing import Any, TypeVar
 
 from sortedcontainers import SortedList  # type: ignore[import-untyped]
 
-from scalekit.balancing._base import BalancerBase, _Backend, _two_choices
-from scalekit.errors import ConfigurationError
+from scalekit._validate import check_choice, check_count
+from scalekit.balancing._base import (
+    BalancerBase,
+    OutlierEjection,
+    _Backend,
+    _expect,
+    _two_choices,
+    check_rng,
+)
+from scalekit.protocols import Clock
 
 __all__ = ["LeastConnections"]
 
@@ -40,19 +49,31 @@ class LeastConnections(BalancerBase[B]):
 
     def __init__(
         self,
-        *args: Any,
+        backends: Iterable[B] = (),
+        weights: Mapping[B, float] | None = None,
+        *,
         choices: int | None = None,
         rng: random.Random | None = None,
-        **kwargs: Any,
+        clock: Clock = time.monotonic,
+        ejection: OutlierEjection | None = None,
+        panic_threshold: float = 50.0,
+        slow_start: float = 0.0,
     ) -> None:
-        if choices is not None and choices != 2:
-            raise ConfigurationError(f"choices must be None (exact) or 2, got {choices!r}")
+        if choices is not None:
+            check_choice(check_count(choices, "choices"), "choices (None: exact)", (2,))
         self._choices = choices
-        self._rng = random.Random() if rng is None else rng
+        self._rng = check_rng(rng)
         self._turns = count()
         self._order: Any = None  # SortedList of (load, turn, id, record); None: rebuild
         self._keys: dict[_Backend, tuple[float, int, int, _Backend]] = {}
-        super().__init__(*args, **kwargs)
+        super().__init__(
+            backends,
+            weights,
+            clock=clock,
+            ejection=ejection,
+            panic_threshold=panic_threshold,
+            slow_start=slow_start,
+        )
 
     def _changed(self) -> None:
         self._order = None
@@ -90,3 +111,16 @@ class LeastConnections(BalancerBase[B]):
         record: _Backend = order[0][3]
         self._requeue(record)  # behind its equals: ties go round robin
         return record
+
+    def _check_choice(self) -> None:
+        order = self._order
+        if order is None:
+            return
+        _expect(self._choices is None, "a sorted order kept for the power of two choices")
+        order._check()
+        _expect(len(order) == len(self._keys), "the order and its keys differ in size")
+        for record, key in self._keys.items():
+            _expect(key[3] is record and key[2] == id(record), "a key names another backend")
+            _expect(record.present and not record.down, "a removed or down backend is ordered")
+            _expect(key[0] == self._load(record), f"{record.backend!r} is ordered by a stale load")
+            _expect(key in order, f"{record.backend!r} is missing from the order")

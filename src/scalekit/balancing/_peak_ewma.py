@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Hashable
+import time
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from scalekit.balancing._base import BalancerBase, _Backend, _two_choices
-from scalekit.errors import ConfigurationError
+from scalekit._validate import check_seconds
+from scalekit.balancing._base import (
+    BalancerBase,
+    OutlierEjection,
+    _Backend,
+    _expect,
+    _two_choices,
+    check_rng,
+)
+from scalekit.protocols import Clock
 
 __all__ = ["PeakEwma"]
 
@@ -47,18 +56,28 @@ class PeakEwma(BalancerBase[B]):
 
     def __init__(
         self,
-        *args: Any,
+        backends: Iterable[B] = (),
+        weights: Mapping[B, float] | None = None,
+        *,
         decay: float = 10.0,
         rng: random.Random | None = None,
-        **kwargs: Any,
+        clock: Clock = time.monotonic,
+        ejection: OutlierEjection | None = None,
+        panic_threshold: float = 50.0,
+        slow_start: float = 0.0,
     ) -> None:
-        if not 0 < decay < math.inf:
-            raise ConfigurationError(f"decay is seconds > 0, got {decay!r}")
-        self._decay = decay
-        self._rng = random.Random() if rng is None else rng
+        self._decay = check_seconds(decay, "decay")
+        self._rng = check_rng(rng)
         # per record: [estimate in seconds, clock reading when it was set]
         self._estimates: dict[_Backend, list[float]] = {}
-        super().__init__(*args, **kwargs)
+        super().__init__(
+            backends,
+            weights,
+            clock=clock,
+            ejection=ejection,
+            panic_threshold=panic_threshold,
+            slow_start=slow_start,
+        )
 
     def _latency(self, record: _Backend, now: float) -> float:
         """The estimate, decayed to ``now``; 0.0 if nothing was measured yet."""
@@ -106,3 +125,9 @@ class PeakEwma(BalancerBase[B]):
             if record not in self._estimates:
                 return None
             return self._latency(record, self._clock())
+
+    def _check_choice(self) -> None:
+        listed = {id(record) for record in self._records.values()}
+        for record, (value, _since) in self._estimates.items():
+            _expect(id(record) in listed, f"an estimate kept for removed {record.backend!r}")
+            _expect(0 <= value < math.inf, f"{record.backend!r} has a latency of {value!r}")

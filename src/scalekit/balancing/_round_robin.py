@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import time
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from scalekit.balancing._base import BalancerBase, _Backend
+from scalekit.balancing._base import BalancerBase, OutlierEjection, _Backend, _expect
+from scalekit.protocols import Clock
 
 __all__ = ["RoundRobin"]
 
@@ -52,11 +54,27 @@ class RoundRobin(BalancerBase[B]):
     'aabacaa'
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        backends: Iterable[B] = (),
+        weights: Mapping[B, float] | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        ejection: OutlierEjection | None = None,
+        panic_threshold: float = 50.0,
+        slow_start: float = 0.0,
+    ) -> None:
         self._classes: list[_WeightClass] | None = None
         self._step = 0
         self._total = 0.0
-        super().__init__(*args, **kwargs)
+        super().__init__(
+            backends,
+            weights,
+            clock=clock,
+            ejection=ejection,
+            panic_threshold=panic_threshold,
+            slow_start=slow_start,
+        )
 
     def _changed(self) -> None:
         self._classes = None
@@ -98,3 +116,38 @@ class RoundRobin(BalancerBase[B]):
             group.turn = 0
             group.rounds += 1
         return record
+
+    def _check_choice(self) -> None:
+        classes = self._classes
+        if classes is None:
+            return
+        members = [record for group in classes for record in group.members]
+        _expect(len(set(map(id, members))) == len(members), "a backend is in two weight classes")
+        _expect(
+            all(record.present and not record.down for record in members),
+            "a weight class holds a removed or down backend",
+        )
+        _expect(
+            len({group.weight for group in classes}) == len(classes), "two classes of one weight"
+        )
+        for group in classes:
+            _expect(bool(group.members), "an empty weight class")
+            _expect(0 <= group.turn < len(group.members), "a turn outside its class")
+            _expect(group.rounds >= 0, "negative rounds")
+            _expect(
+                all(record.share == group.weight for record in group.members),
+                "a backend whose share is not its class's weight",
+            )
+            _expect(group.positions == sorted(set(group.positions)), "positions out of order")
+        positions = sorted(p for group in classes for p in group.positions)
+        _expect(positions == list(range(len(members))), "positions are not 0..n-1")
+        total = sum(record.share for record in members)
+        _expect(abs(self._total - total) <= 1e-9 * total, "the total weight is stale")
+        if len(classes) > 1:
+            # nginx's current weights, s*w - W*x for a backend of weight w picked x
+            # times in s steps, sum to s*W - W*(picks): zero after every pick.
+            picked = sum(group.rounds * len(group.members) + group.turn for group in classes)
+            _expect(
+                picked == self._step,
+                f"current weights do not sum to 0: {picked} picks in {self._step} steps",
+            )
