@@ -387,9 +387,7 @@ class BalancerBase(Generic[B]):
         except KeyError:
             raise UnknownNode(f"{backend!r} is not a backend") from None
         except TypeError:  # unhashable: it cannot be one
-            raise ArgumentTypeError(
-                f"backend must be hashable, got {type_name(backend)}"
-            ) from None
+            raise ArgumentTypeError(f"backend must be hashable, got {type_name(backend)}") from None
 
     def _ramp(self, record: _Backend, since: float) -> None:
         if self._slow_start > 0:

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
-import math
 import random
 import threading
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from scalekit.balancing._base import Balancer, BalancerStats, Lease
-from scalekit.errors import ConfigurationError, DuplicateNode, NoBackendAvailable, UnknownNode
+from scalekit._validate import check_count, check_number, type_name
+from scalekit.balancing._base import (
+    Balancer,
+    BalancerStats,
+    Lease,
+    _expect,
+    check_backend,
+    check_latency,
+    check_ok,
+    check_rng,
+)
+from scalekit.errors import (
+    ArgumentTypeError,
+    ConfigurationError,
+    DuplicateNode,
+    NoBackendAvailable,
+    UnknownNode,
+)
 
 __all__ = ["FailoverGroups", "FailoverStats"]
 
@@ -77,25 +92,26 @@ class FailoverGroups(Generic[B]):
         overprovisioning: float = 1.4,
         rng: random.Random | None = None,
     ) -> None:
+        given: object = groups
+        if isinstance(given, (str, bytes)) or not isinstance(given, Iterable):
+            raise ArgumentTypeError(
+                f"groups must be an iterable of balancers, got {type_name(given)}"
+            )
         groups = tuple(groups)
         if not groups:
             raise ConfigurationError("FailoverGroups needs at least one group")
         for index, group in enumerate(groups):
             if not isinstance(group, Balancer):
-                raise TypeError(
+                raise ArgumentTypeError(
                     f"group {index} is not a Balancer: {type(group).__name__} "
                     "(needs pick, lease, report, healthy, backends, ...)"
                 )
         if len({id(group) for group in groups}) != len(groups):
             raise ConfigurationError("the same balancer is given as two groups")
-        if isinstance(overprovisioning, bool) or not isinstance(overprovisioning, (int, float)):
-            raise TypeError(
-                f"overprovisioning must be a number, got {type(overprovisioning).__name__}"
-            )
-        if not (overprovisioning > 1 and math.isfinite(overprovisioning)):
-            raise ConfigurationError(
-                f"overprovisioning must be finite and greater than 1, got {overprovisioning!r}"
-            )
+        overprovisioning = check_number(
+            overprovisioning, "overprovisioning", minimum=1, min_inclusive=False
+        )
+        rng = check_rng(rng)
         owners: dict[B, int] = {}
         for index, group in enumerate(groups):
             for backend in group.backends:
@@ -106,8 +122,8 @@ class FailoverGroups(Generic[B]):
                     )
                 owners[backend] = index
         self._groups = groups
-        self._overprovisioning = float(overprovisioning)
-        self._rng = random.Random() if rng is None else rng
+        self._overprovisioning = overprovisioning
+        self._rng = rng
         self._lock = threading.RLock()
         self._picks = [0] * len(groups)
         self._no_backend = 0
@@ -199,6 +215,7 @@ class FailoverGroups(Generic[B]):
     # -- backends ---------------------------------------------------------------
 
     def _owner(self, backend: B) -> Balancer[B]:
+        check_backend(backend)
         for group in self._groups:
             if backend in group.backends:
                 return group
@@ -206,18 +223,15 @@ class FailoverGroups(Generic[B]):
 
     def report(self, backend: B, ok: bool, latency: float | None = None) -> None:
         """Record the outcome of a request sent to ``backend``, in its group."""
+        check_ok(ok)
+        latency = check_latency(latency)
         self._owner(backend).report(backend, ok, latency)
 
     def add(self, backend: B, weight: float = 1, *, group: int = 0) -> None:
         """Add ``backend`` with ``weight`` to the group at index ``group`` (the first)."""
-        if isinstance(group, bool) or not isinstance(group, int):
-            raise TypeError(f"group must be an index, got {type(group).__name__}")
-        if not 0 <= group < len(self._groups):
-            raise ConfigurationError(
-                f"group must be within 0..{len(self._groups) - 1}, got {group}"
-            )
+        group = check_count(group, "group", maximum=len(self._groups) - 1)
+        check_backend(backend)
         with self._lock:
-            hash(backend)
             for index, other in enumerate(self._groups):
                 if backend in other.backends:
                     raise DuplicateNode(f"{backend!r} is already a backend of group {index}")
@@ -257,6 +271,28 @@ class FailoverGroups(Generic[B]):
                 failovers=sum(self._picks[1:]),
                 no_backend=self._no_backend,
             )
+
+    def _check(self) -> None:
+        """Assert the internal invariants, and each group's (those that have
+        ``_check()``). Raises :class:`AssertionError` when one is broken.
+
+        Runtime complexity: O(n) for n backends in all, plus the groups' own checks.
+        """
+        with self._lock:
+            _expect(len(self._picks) == len(self._groups), "one pick counter per group")
+            _expect(min(self._picks) >= 0 and self._no_backend >= 0, "a negative counter")
+            seen: set[Any] = set()
+            for group in self._groups:
+                for backend in group.backends:
+                    _expect(backend not in seen, f"{backend!r} is in two groups")
+                    seen.add(backend)
+                check = getattr(group, "_check", None)
+                if callable(check):
+                    check()
+            shares = self._shares()
+            if shares is not None:
+                _expect(all(0 <= share <= 1 for share in shares), f"shares {shares}")
+                _expect(abs(sum(shares) - 1) <= 1e-9, f"shares {shares} do not sum to 1")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({list(self._groups)!r})"
