@@ -5,14 +5,25 @@ A new balancer adds one line to BALANCERS; the concurrency tests use the same li
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
+import time
+from typing import Any
 
 import pytest
 
 import scalekit.balancing
-from scalekit.balancing import LeastConnections, OutlierEjection, PeakEwma, RoundRobin
+from scalekit.balancing import (
+    FailoverGroups,
+    HealthChecker,
+    LeastConnections,
+    OutlierEjection,
+    PeakEwma,
+    RoundRobin,
+)
 from scalekit.errors import (
+    ArgumentTypeError,
     ConfigurationError,
     NoBackendAvailable,
     NoNodeAvailable,
@@ -56,11 +67,36 @@ class TestBalancerContract(BalancerContract):
         {"max_ejection_percent": -1.0},
         {"max_ejection_percent": 100.5},
         {"max_ejection_percent": math.nan},
+        {"max_ejection_percent": math.inf},
+        {"consecutive_failures": 10**400},
+        {"base_ejection": math.inf},
+        {"base_ejection": 10**400},
+        {"max_ejection": 1e308},
     ],
+    ids=repr,
 )
 def test_outlier_ejection_refuses_bad_settings(settings: dict[str, float]) -> None:
-    with pytest.raises(ConfigurationError):
+    name = list(settings)[-1]
+    with pytest.raises(ConfigurationError, match=name):
         OutlierEjection(**settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"consecutive_failures": True},
+        {"consecutive_failures": 2.5},
+        {"consecutive_failures": None},
+        {"base_ejection": "30"},
+        {"max_ejection": True},
+        {"max_ejection_percent": None},
+    ],
+    ids=repr,
+)
+def test_outlier_ejection_refuses_settings_of_another_type(settings: dict[str, Any]) -> None:
+    (name,) = settings
+    with pytest.raises(ArgumentTypeError, match=name):
+        OutlierEjection(**settings)
 
 
 def test_outlier_ejection_defaults_and_limits() -> None:
@@ -81,3 +117,46 @@ def test_the_package_exports_what_it_documents() -> None:
     )
     for name in scalekit.balancing.__all__:
         assert getattr(scalekit.balancing, name).__name__ == name
+
+
+COMMON = {
+    "backends": (),
+    "weights": None,
+    "clock": time.monotonic,
+    "ejection": None,
+    "panic_threshold": 50.0,
+    "slow_start": 0.0,
+}
+
+
+@pytest.mark.parametrize(
+    ("cls", "own"),
+    [
+        (RoundRobin, {}),
+        (LeastConnections, {"choices": None, "rng": None}),
+        (PeakEwma, {"decay": 10.0, "rng": None}),
+        (FailoverGroups, {"groups": inspect.Parameter.empty, "overprovisioning": 1.4, "rng": None}),
+        (
+            HealthChecker,
+            {
+                "balancer": inspect.Parameter.empty,
+                "check": inspect.Parameter.empty,
+                "interval": 5.0,
+                "timeout": None,
+                "rise": 2,
+                "fall": 3,
+            },
+        ),
+    ],
+)
+def test_constructors_show_their_parameters(cls: type, own: dict[str, Any]) -> None:
+    """No ``*args, **kwargs``: IDEs and inspect.signature see every parameter."""
+    parameters = inspect.signature(cls).parameters
+    kinds = {p.kind for p in parameters.values()}
+    assert inspect.Parameter.VAR_POSITIONAL not in kinds
+    assert inspect.Parameter.VAR_KEYWORD not in kinds
+    expected = own if cls in (FailoverGroups, HealthChecker) else {**COMMON, **own}
+    assert {name: p.default for name, p in parameters.items()} == expected
+    for name, parameter in parameters.items():
+        if name not in ("backends", "weights", "groups", "balancer", "check", "interval"):
+            assert parameter.kind is inspect.Parameter.KEYWORD_ONLY, name

@@ -17,6 +17,7 @@ import pytest
 
 from scalekit.balancing import Balancer, BalancerStats, Lease, OutlierEjection
 from scalekit.errors import (
+    ArgumentTypeError,
     ConfigurationError,
     DuplicateNode,
     NoBackendAvailable,
@@ -359,6 +360,150 @@ class BalancerContract:
         assert picks(balancer, 12) == picks(twin, 12)
         with pytest.raises(UnknownNode, match="zzz"):
             make(["a"], weights={"a": 1, "zzz": 2})
+
+    # -- hostile values (issue 13, item 12) ---------------------------------
+
+    @pytest.mark.parametrize(
+        ("backend", "error"),
+        [
+            (None, ArgumentTypeError),
+            (math.nan, ConfigurationError),
+            (["a"], ArgumentTypeError),
+            ({"a": 1}, ArgumentTypeError),
+            ("\ud800", ConfigurationError),
+            ("", ConfigurationError),
+        ],
+        ids=["None", "nan", "list", "dict", "lone-surrogate", "empty"],
+    )
+    def test_a_hostile_backend_is_refused_and_changes_nothing(
+        self, make: BalancerFactory, backend: Any, error: type[Exception]
+    ) -> None:
+        balancer, twin = make(["a", "b"]), make(["a", "b"])
+        picks(balancer, 1), picks(twin, 1)
+        before = state_of(balancer)
+        with pytest.raises(error, match="backend"):
+            balancer.add(backend)
+        assert state_of(balancer) == before
+        for attempt in (
+            balancer.remove,
+            balancer.mark_down,
+            balancer.mark_up,
+            balancer.weight_of,
+            balancer.in_flight,
+            lambda b: balancer.set_weight(b, 2),
+            lambda b: balancer.report(b, False),
+        ):
+            with pytest.raises((UnknownNode, ArgumentTypeError)):
+                attempt(backend)
+            assert state_of(balancer) == before
+        assert picks(balancer, 6) == picks(twin, 6)
+        with pytest.raises(error, match="backend"):
+            make(["a", backend])
+
+    @pytest.mark.parametrize(
+        ("weight", "error"),
+        [
+            (math.nan, ConfigurationError),
+            (math.inf, ConfigurationError),
+            pytest.param(10**400, ConfigurationError, id="10**400"),
+            (1e308, ConfigurationError),
+            (2.0**60, ConfigurationError),
+            (-1, ConfigurationError),
+            (0, ConfigurationError),
+            (True, ArgumentTypeError),
+            ("2", ArgumentTypeError),
+            (None, ArgumentTypeError),
+        ],
+    )
+    def test_a_hostile_weight_is_refused_everywhere_and_changes_nothing(
+        self, make: BalancerFactory, weight: Any, error: type[Exception]
+    ) -> None:
+        balancer, twin = make(["a", "b"], {"a": 2}), make(["a", "b"], {"a": 2})
+        picks(balancer, 1), picks(twin, 1)
+        before = state_of(balancer)
+        for change in (lambda: balancer.add("c", weight), lambda: balancer.set_weight("a", weight)):
+            with pytest.raises(error, match="weight"):
+                change()
+            assert state_of(balancer) == before
+        assert picks(balancer, 9) == picks(twin, 9)
+        with pytest.raises(error, match="weight"):
+            make(["a", "b"], {"b": weight})
+
+    @pytest.mark.parametrize(
+        ("settings", "error", "name"),
+        [
+            ({"ejection": "x"}, ArgumentTypeError, "ejection"),
+            ({"ejection": 5}, ArgumentTypeError, "ejection"),
+            ({"panic_threshold": math.nan}, ConfigurationError, "panic_threshold"),
+            ({"panic_threshold": math.inf}, ConfigurationError, "panic_threshold"),
+            ({"panic_threshold": -1}, ConfigurationError, "panic_threshold"),
+            ({"panic_threshold": 100.5}, ConfigurationError, "panic_threshold"),
+            ({"panic_threshold": 10**400}, ConfigurationError, "panic_threshold"),
+            ({"panic_threshold": True}, ArgumentTypeError, "panic_threshold"),
+            ({"panic_threshold": "50"}, ArgumentTypeError, "panic_threshold"),
+            ({"slow_start": 10**400}, ConfigurationError, "slow_start"),
+            ({"slow_start": 1e308}, ConfigurationError, "slow_start"),
+            ({"slow_start": True}, ArgumentTypeError, "slow_start"),
+            ({"slow_start": None}, ArgumentTypeError, "slow_start"),
+            ({"clock": None}, ArgumentTypeError, "clock"),
+            ({"clock": 1.5}, ArgumentTypeError, "clock"),
+            ({"weights": ["a"]}, ArgumentTypeError, "weights"),
+            ({"weights": 3}, ArgumentTypeError, "weights"),
+        ],
+        ids=lambda value: repr(value)[:40] if isinstance(value, dict) else None,
+    )
+    def test_hostile_settings_are_refused_at_construction(
+        self, make: BalancerFactory, settings: dict[str, Any], error: type[Exception], name: str
+    ) -> None:
+        settings = dict(settings)  # shared by every balancer's run
+        weights = settings.pop("weights", None)
+        with pytest.raises(error, match=name):
+            make(["a"], weights, **settings)
+
+    @pytest.mark.parametrize("backends", [None, "abc", b"ab", 42, 1.5])
+    def test_backends_that_are_not_a_collection_are_refused(
+        self, make: BalancerFactory, backends: Any
+    ) -> None:
+        with pytest.raises(ArgumentTypeError, match="backends"):
+            make(backends)
+
+    def test_a_bad_ejection_policy_is_refused_before_report_could_fail(
+        self, make: BalancerFactory
+    ) -> None:
+        with pytest.raises(ArgumentTypeError, match="ejection"):
+            make(["a"], ejection="x")
+
+    @pytest.mark.parametrize(
+        ("ok", "latency", "error", "name"),
+        [
+            ("yes", None, ArgumentTypeError, "ok"),
+            (None, None, ArgumentTypeError, "ok"),
+            (1, None, ArgumentTypeError, "ok"),
+            (True, math.nan, ConfigurationError, "latency"),
+            (True, math.inf, ConfigurationError, "latency"),
+            (True, -0.5, ConfigurationError, "latency"),
+            (False, 10**400, ConfigurationError, "latency"),
+            (False, True, ArgumentTypeError, "latency"),
+            (False, "0.1", ArgumentTypeError, "latency"),
+        ],
+        ids=lambda value: None if not isinstance(value, int) or value < 10**9 else "10**400",
+    )
+    def test_a_hostile_report_is_refused_and_changes_nothing(
+        self, make: BalancerFactory, ok: Any, latency: Any, error: type[Exception], name: str
+    ) -> None:
+        balancer = make(["a", "b"], clock=FakeClock())
+        balancer.report("a", True, 0.25)
+        before = state_of(balancer)
+        with pytest.raises(error, match=name):
+            balancer.report("a", ok, latency)
+        assert state_of(balancer) == before
+        lease = balancer.lease()
+        leased = state_of(balancer)
+        with pytest.raises(ArgumentTypeError, match="ok"):
+            lease.release("yes")  # type: ignore[arg-type]
+        assert state_of(balancer) == leased  # still held
+        lease.release(False)
+        assert balancer.stats().backends[lease.backend].failures == 1
 
     # -- health marks -------------------------------------------------------
 
