@@ -253,9 +253,7 @@ class RoundRobinMachine(BalancerMachine):
 
 class LeastConnectionsMachine(BalancerMachine):
     def build(self, backends: list[str]) -> Any:
-        return LeastConnections(
-            backends, clock=self.clock, ejection=NO_EJECTION, panic_threshold=0
-        )
+        return LeastConnections(backends, clock=self.clock, ejection=NO_EJECTION, panic_threshold=0)
 
     def check_pick(self, got: str, healthy: list[str]) -> None:
         assert got in healthy

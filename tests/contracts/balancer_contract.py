@@ -1,7 +1,9 @@
 """The contract every scalekit load ``Balancer`` meets, whatever its algorithm.
 
 Run it over a balancer by subclassing :class:`BalancerContract` with a ``make``
-parameter (a :class:`BalancerFactory`); see tests/balancing/test_contract.py.
+parameter (a :class:`BalancerFactory`); see tests/balancing/test_contract.py. The
+part a user runs on their own balancer ships as
+:func:`scalekit.testing.check_balancer`; every check of it runs here too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from scalekit.errors import (
     UnknownNode,
 )
 from scalekit.testing import FakeClock
+from scalekit.testing._balancer import BALANCER_CHECKS, check_balancer
 
 __all__ = ["NO_EJECTION", "BalancerContract", "BalancerFactory", "state_of"]
 
@@ -71,6 +74,15 @@ class Boom(Exception):
 
 class BalancerContract:
     """Every test takes ``make``, a :class:`BalancerFactory`."""
+
+    # -- the shipped contract (scalekit.testing.check_balancer) -------------
+
+    @pytest.mark.parametrize("check", list(BALANCER_CHECKS))
+    def test_the_shipped_contract(self, make: BalancerFactory, check: str) -> None:
+        BALANCER_CHECKS[check](lambda backends: make(backends), spreads=True)
+
+    def test_check_balancer_passes(self, make: BalancerFactory) -> None:
+        check_balancer(lambda backends: make(backends))
 
     # -- the protocol and the backends --------------------------------------
 
