@@ -215,7 +215,7 @@ class Lease(Generic[B]):
     def release(self, ok: bool | None = True) -> None:
         """Stop counting the request; ``ok=None`` records no outcome."""
         if ok is not True and ok is not False and ok is not None:
-            check_ok(ok, allow_none=True)  # raises: the lease stays held
+            check_ok(ok, allow_none=True)  # type: ignore[unreachable]  # raises: still held
         record, self._record = self._record, None
         if record is not None:
             self._balancer._release(record, ok, self._balancer._clock() - self._started)

@@ -196,15 +196,22 @@ class HealthChecker(Generic[B]):
             waiting = pending
             if not waiting - {stopping}:
                 break
+        if stopping is not None and stopping.done():
+            self._release(started)  # stopped mid-round: no verdict, nothing marked
+            return {}
         return self._finish(backends, started)
 
-    def _finish(self, backends: list[B], started: dict[B, _Running]) -> dict[B, bool]:
+    def _release(self, started: dict[B, _Running]) -> None:
+        """Forget the checks of this round that ended; the others when they end."""
         with self._lock:
             for backend, running in started.items():
                 if running.done() and self._running.get(backend) is running:
                     del self._running[backend]
                 elif not running.done():
                     running.add_done_callback(self._forget(backend, running))
+
+    def _finish(self, backends: list[B], started: dict[B, _Running]) -> dict[B, bool]:
+        self._release(started)
         # A check still running from an earlier round has no answer for this one.
         results = {backend: self._verdict(backend, started.get(backend)) for backend in backends}
         self._record(results)
@@ -297,10 +304,12 @@ class HealthChecker(Generic[B]):
         """Stop the thread or the task, without waiting for a check in flight.
 
         Returns as soon as the checker's thread has seen the stop, which it does at
-        once: it only ever waits on the stop signal, and otherwise spends its time
-        in ``balancer.mark_down``/``mark_up``. The wait is bounded by ``timeout``
-        seconds in any case. An async checker's task is cancelled, with the
-        checks it runs, and ``stop()`` returns at once.
+        once: it only ever waits on the stop signal or on checks, and otherwise
+        spends its time in ``balancer.mark_down``/``mark_up``. Even if those
+        block, ``stop()`` returns within ``timeout + 1`` seconds. An async
+        checker's task is cancelled, with the checks it runs, and ``stop()``
+        returns at once. No check starts after ``stop()`` returns; one that was
+        running goes on on its daemon thread, and its answer is dropped.
         """
         with self._lock:
             thread, self._thread = self._thread, None
@@ -309,7 +318,7 @@ class HealthChecker(Generic[B]):
         if stopping is not None and not stopping.done():
             stopping.set_result(None)
         if thread is not None and thread is not threading.current_thread():
-            thread.join(self.timeout)
+            thread.join(self.timeout + 1.0)
         if task is not None:
             task.cancel()
 
