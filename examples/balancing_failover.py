@@ -69,8 +69,9 @@ def request(balancer: RoundRobin[str], attempts: int = 3) -> str:
 servers = [serve() for _ in range(3)]
 backends = [f"127.0.0.1:{server.server_address[1]}" for server in servers]
 balancer = RoundRobin(backends, ejection=OutlierEjection(consecutive_failures=2))
-checker = HealthChecker(balancer, healthy, interval=0.05, rise=2, fall=1)
-checker.start()
+# A refused connection fails a check at once; the timeout only bounds a probe that
+# hangs. It may exceed the interval: a round then lasts until its checks answer.
+checker = HealthChecker(balancer, healthy, interval=0.05, timeout=1.0, rise=2, fall=1).start()
 
 answers: Counter[str] = Counter()
 for i in range(300):
