@@ -39,6 +39,8 @@ from scalekit.testing import FakeClock
 NAMES = st.sampled_from("abcdef")
 WEIGHTS = st.integers(1, 5)
 NO_EJECTION = OutlierEjection(consecutive_failures=10**9)
+# Ejection on, and quick: two failures in a row eject for 10 s, 20 s, 25 s at most.
+EJECTION = OutlierEjection(consecutive_failures=2, base_ejection=10.0, max_ejection=25.0)
 BAD_BACKENDS = st.sampled_from([None, math.nan, ["x"], {}, "\ud800", ""])
 BAD_WEIGHTS = st.sampled_from([math.nan, math.inf, 10**400, 1e308, True, -1, 0, None, "2"])
 BAD_OUTCOMES = st.sampled_from([None, 1, "yes"])
@@ -64,6 +66,9 @@ class BalancerMachine(RuleBasedStateMachine):
         self.no_backend = 0
         self.held: list[tuple[Lease[str], str, int]] = []
         self.generation: dict[str, int] = {"a": 0, "b": 0}  # bumped when re-added
+        self.consecutive: Counter[str] = Counter()  # failures in a row
+        self.ejections: Counter[str] = Counter()
+        self.ejected_until: dict[str, float] = {}  # absent: not ejected
         self.current: dict[str, float] = {}  # nginx's current weights
         self.reset()
 
@@ -73,7 +78,46 @@ class BalancerMachine(RuleBasedStateMachine):
     # -- the model -----------------------------------------------------------------
 
     def healthy(self) -> list[str]:
-        return [name for name in self.weights if name not in self.down]
+        self.readmit()
+        now = self.clock()
+        return [
+            name
+            for name in self.weights
+            if name not in self.down and self.ejected_until.get(name, -math.inf) <= now
+        ]
+
+    def readmit(self) -> None:
+        """Ejections that ran out end (the balancer notices at its next look)."""
+        now = self.clock()
+        ended = [name for name, until in self.ejected_until.items() if until <= now]
+        for name in ended:
+            del self.ejected_until[name]
+        if ended:
+            self.reset()
+
+    def outcome(self, name: str, ok: bool) -> None:
+        """Envoy's outlier detection, as OutlierEjection documents it."""
+        if ok:
+            self.successes[name] += 1
+            self.consecutive[name] = 0
+            return
+        self.failures[name] += 1
+        now = self.clock()
+        if self.ejected_until.get(name, -math.inf) > now:
+            return  # failures of requests sent before the ejection do not count twice
+        self.consecutive[name] += 1
+        if self.consecutive[name] < EJECTION.consecutive_failures:
+            return
+        ejected = sum(1 for until in self.ejected_until.values() if until > now)
+        limit = max(1, math.floor(len(self.weights) * EJECTION.max_ejection_percent / 100))
+        if ejected >= limit:
+            return
+        self.ejections[name] += 1
+        self.consecutive[name] = 0
+        self.ejected_until[name] = now + min(
+            EJECTION.base_ejection * self.ejections[name], EJECTION.max_ejection
+        )
+        self.reset()
 
     def reset(self) -> None:
         """Something changed: nginx starts its current weights again from zero."""
@@ -83,8 +127,16 @@ class BalancerMachine(RuleBasedStateMachine):
         assert got in healthy
 
     def forget(self, name: str) -> None:
-        for counter in (self.in_flight, self.picks, self.successes, self.failures):
+        for counter in (
+            self.in_flight,
+            self.picks,
+            self.successes,
+            self.failures,
+            self.consecutive,
+            self.ejections,
+        ):
             counter.pop(name, None)
+        self.ejected_until.pop(name, None)
 
     # -- rules ---------------------------------------------------------------------
 
@@ -134,6 +186,8 @@ class BalancerMachine(RuleBasedStateMachine):
         change(name)
         if up:
             self.down.discard(name)
+            self.ejected_until.pop(name, None)  # mark_up also ends an ejection
+            self.consecutive[name] = 0
         else:
             self.down.add(name)
         self.reset()
@@ -173,10 +227,8 @@ class BalancerMachine(RuleBasedStateMachine):
         held.release(ok)
         if name in self.weights and self.generation[name] == generation:
             self.in_flight[name] -= 1
-            if ok is True:
-                self.successes[name] += 1
-            elif ok is False:
-                self.failures[name] += 1
+            if ok is not None:
+                self.outcome(name, ok)
 
     @rule(name=NAMES, ok=st.booleans(), latency=st.sampled_from([None, 0.0, 0.01, 0.5]))
     def report(self, name: str, ok: bool, latency: float | None) -> None:
@@ -185,9 +237,18 @@ class BalancerMachine(RuleBasedStateMachine):
                 self.balancer.report(name, ok, latency)
             return
         self.balancer.report(name, ok, latency)
-        (self.successes if ok else self.failures)[name] += 1
+        self.outcome(name, ok)
 
-    @rule(seconds=st.sampled_from([0.0, 0.5, 30.0]))
+    @precondition(lambda self: bool(self.weights))
+    @rule(data=st.data())
+    def fail_in_a_row(self, data: st.DataObject) -> None:
+        """Failures in a row on one backend: what ejects it."""
+        name = data.draw(st.sampled_from(sorted(self.weights)))
+        for _ in range(EJECTION.consecutive_failures):
+            self.balancer.report(name, False)
+            self.outcome(name, False)
+
+    @rule(seconds=st.sampled_from([0.0, 0.5, 5.0, 10.0, 30.0]))
     def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
 
@@ -223,6 +284,7 @@ class BalancerMachine(RuleBasedStateMachine):
         assert balancer.healthy() == tuple(self.healthy())
         stats = balancer.stats()
         assert stats.no_backend == self.no_backend
+        now = self.clock()
         for name, weight in self.weights.items():
             backend = stats.backends[name]
             assert (backend.weight, backend.share) == (weight, weight)
@@ -233,12 +295,13 @@ class BalancerMachine(RuleBasedStateMachine):
                 self.failures[name],
             )
             assert backend.down == (name in self.down)
-            assert not backend.ejected
+            assert backend.ejected == (self.ejected_until.get(name, -math.inf) > now)
+            assert backend.ejections == self.ejections[name]
 
 
 class RoundRobinMachine(BalancerMachine):
     def build(self, backends: list[str]) -> Any:
-        return RoundRobin(backends, clock=self.clock, ejection=NO_EJECTION, panic_threshold=0)
+        return RoundRobin(backends, clock=self.clock, ejection=EJECTION, panic_threshold=0)
 
     def check_pick(self, got: str, healthy: list[str]) -> None:
         """nginx's ngx_http_upstream_get_peer, step by step."""
@@ -253,7 +316,7 @@ class RoundRobinMachine(BalancerMachine):
 
 class LeastConnectionsMachine(BalancerMachine):
     def build(self, backends: list[str]) -> Any:
-        return LeastConnections(backends, clock=self.clock, ejection=NO_EJECTION, panic_threshold=0)
+        return LeastConnections(backends, clock=self.clock, ejection=EJECTION, panic_threshold=0)
 
     def check_pick(self, got: str, healthy: list[str]) -> None:
         assert got in healthy
@@ -270,7 +333,7 @@ class TwoChoicesMachine(BalancerMachine):
             choices=2,
             rng=random.Random(13),
             clock=self.clock,
-            ejection=NO_EJECTION,
+            ejection=EJECTION,
             panic_threshold=0,
         )
 
@@ -281,7 +344,7 @@ class PeakEwmaMachine(BalancerMachine):
             backends,
             rng=random.Random(13),
             clock=self.clock,
-            ejection=NO_EJECTION,
+            ejection=EJECTION,
             panic_threshold=0,
         )
 
@@ -336,8 +399,9 @@ class FailoverMachine(RuleBasedStateMachine):
         assert self.groups.healthy() == tuple(n for n in "abcxy" if n not in self.down)
 
 
-# Fewer, shorter runs than the profile's default: five machines share the budget.
-SHORT = settings(max_examples=min(settings.default.max_examples, 40), stateful_step_count=30)
+# Half the profile's examples (30 by default, 100 under ci), 30 steps each: five
+# machines share the time budget.
+SHORT = settings(max_examples=max(10, settings.default.max_examples // 2), stateful_step_count=30)
 
 TestRoundRobinMachine = RoundRobinMachine.TestCase
 TestLeastConnectionsMachine = LeastConnectionsMachine.TestCase
