@@ -326,3 +326,22 @@ def test_stopping_mid_round_marks_nothing_down(hang: threading.Event) -> None:
     time.sleep(0.05)
     assert balancer.healthy() == ("stuck", "fine")
     assert "stuck" not in checker.last_error
+
+
+def test_stop_is_bounded_even_while_the_balancer_blocks_a_mark(hang: threading.Event) -> None:
+    class SlowMarks(RoundRobin[str]):
+        entered = threading.Event()
+
+        def mark_down(self, backend: str) -> None:
+            self.entered.set()
+            hang.wait()  # a balancer whose mark_down never returns
+            super().mark_down(backend)
+
+    balancer = SlowMarks(["a"], panic_threshold=0)
+    checker = HealthChecker(balancer, lambda backend: False, interval=0.05, timeout=0.1, fall=1)
+    checker.start()
+    assert SlowMarks.entered.wait(5)
+    began = time.monotonic()
+    checker.stop()
+    assert time.monotonic() - began < 0.1 + 1.0 + 0.5  # timeout + 1 s, and slack
+    assert not checker.running

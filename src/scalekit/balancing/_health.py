@@ -96,6 +96,7 @@ class HealthChecker(Generic[B]):
         self.last_error: dict[B, BaseException] = {}
         self._is_async = _is_coroutine_function(check)
         self._lock = threading.RLock()  # the streaks, the marks and the checks running
+        self._life = threading.Lock()  # the thread or task: never held around a mark
         self._streaks: dict[B, int] = {}  # > 0: passes in a row; < 0: failures in a row
         self._took_down: set[B] = set()  # what this checker marked down (and may mark up)
         self._running: dict[B, _Running] = {}  # each backend's check still in flight
@@ -266,7 +267,7 @@ class HealthChecker(Generic[B]):
         return the checker."""
         if self._is_async:
             raise ConfigurationError("an async check needs start_async()")
-        with self._lock:
+        with self._life:
             if self._thread is not None or self._task is not None:
                 raise ConfigurationError("the health checker is already running")
             stopping: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -286,7 +287,7 @@ class HealthChecker(Generic[B]):
     def start_async(self) -> asyncio.Task[None]:
         """Check as a task of the running event loop every ``interval`` seconds
         until :meth:`stop`; return the task."""
-        with self._lock:
+        with self._life:
             if self._thread is not None or self._task is not None:
                 raise ConfigurationError("the health checker is already running")
             loop = asyncio.get_running_loop()
@@ -311,7 +312,7 @@ class HealthChecker(Generic[B]):
         returns at once. No check starts after ``stop()`` returns; one that was
         running goes on on its daemon thread, and its answer is dropped.
         """
-        with self._lock:
+        with self._life:
             thread, self._thread = self._thread, None
             task, self._task = self._task, None
             stopping, self._stopping = self._stopping, None
