@@ -59,6 +59,17 @@ class LeastConnections(BalancerBase[B]):
         panic_threshold: float = 50.0,
         slow_start: float = 0.0,
     ) -> None:
+        """``backends`` in the order picks visit them; ``weights`` maps some of them to a
+        relative weight (1 for the others); ``clock`` returns seconds; ``ejection``
+        is the passive health policy (:class:`OutlierEjection`'s defaults when
+        ``None``); ``panic_threshold`` is the percentage of healthy backends under
+        which picks spread over all; ``slow_start`` is seconds of ramp-up (0: off).
+        ``choices``: ``None`` for the exact least loaded, ``2`` for the power of
+        two choices drawn with ``rng``.
+        Every argument is checked before anything is built: a bad one raises
+        :class:`~scalekit.errors.ArgumentTypeError` or
+        :class:`~scalekit.errors.ConfigurationError` naming it.
+        """
         if choices is not None:
             check_choice(check_count(choices, "choices"), "choices (None: exact)", (2,))
         self._choices = choices
