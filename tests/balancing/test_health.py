@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from scalekit.balancing import LeastConnections, OutlierEjection, RoundRobin
@@ -133,5 +135,9 @@ def test_health_checker_thread_starts_and_stops() -> None:
     checker = HealthChecker(balancer, check, interval=0.01, fall=1)
     checker.start()
     assert seen.wait(5)
+    deadline = time.monotonic() + 5
+    while balancer.healthy() and time.monotonic() < deadline:
+        time.sleep(0.005)  # stop() abandons a round in progress: wait for one to end
     checker.stop()
     assert balancer.healthy() == ()
+    assert not checker.running
