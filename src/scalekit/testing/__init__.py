@@ -2,13 +2,19 @@
 
 - :class:`FakeClock`: a :class:`~scalekit.protocols.Clock` that moves only when told
   to, so TTLs, ejection windows and redelivery timeouts are tested without sleeping.
+- :func:`check_balancer`: the :class:`~scalekit.protocols.SupportsPick` contract,
+  for your own balancer.
 
+Each ``check_*`` function runs a protocol's whole contract on the implementation
+its factory builds and raises :class:`AssertionError` naming the first broken
+promise; scalekit's own implementations pass the same functions in its test suite.
 Importing this module imports no test framework: everything here runs under any
 runner, or none.
 """
 
 from __future__ import annotations
 
+from scalekit.testing._balancer import BALANCER_CHECKS, check_balancer
 from scalekit.testing._clock import FakeClock
 
-__all__ = ["FakeClock"]
+__all__ = ["BALANCER_CHECKS", "FakeClock", "check_balancer"]
