@@ -641,6 +641,18 @@ class ReplicaRouter(Generic[R]):
                 f"token {token!r} does not compare with replica positions such as {known!r}"
             )
 
+    def _begin(self, token: Any) -> _Holder:
+        """Begin a fresh scope from ``token`` in the current context, not to be
+        reset: for a context made for one unit of work and then dropped (the WSGI
+        middleware's per-request context)."""
+        if token is not None and self._mode == "token":
+            self._check_token(token)
+        holder = _Holder()
+        self._causality.set(holder)
+        self._pins.set(0)
+        self.use_token(token)
+        return holder
+
     def _known_position(self) -> Any:
         with self._lock:
             return next(
