@@ -37,7 +37,6 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
-from http.cookies import SimpleCookie
 from typing import TYPE_CHECKING, Any, Literal
 
 from scalekit._validate import (
@@ -239,19 +238,23 @@ class _TokenCarrier:
 
 
 def _cookie(header: str, name: str) -> str | None:
-    """The value of cookie ``name`` in a ``Cookie`` header, or None."""
-    try:
-        cookies: SimpleCookie = SimpleCookie()
-        cookies.load(header)
-    except Exception:  # http.cookies.CookieError and worse on hostile headers
-        cookies = SimpleCookie()
-        for part in header.split(";"):
-            key, sep, value = part.strip().partition("=")
-            if sep and key == name:
-                return value
-        return None
-    morsel = cookies.get(name)
-    return None if morsel is None else morsel.value
+    """The value of cookie ``name`` in a ``Cookie`` header (the first one), or None.
+
+    Split by hand rather than with :class:`http.cookies.SimpleCookie`, which drops
+    a whole header silently when one cookie in it is malformed (then a bad token
+    could not be told from no token, and expired).
+
+    >>> _cookie('a=1; scalekit_rw="42"; b=2', "scalekit_rw")
+    '42'
+    """
+    for part in header.split(";"):
+        key, sep, value = part.partition("=")
+        if sep and key.strip() == name:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            return value
+    return None
 
 
 def _signer(secret_key: str | bytes | Sequence[str | bytes]) -> Any:
