@@ -148,7 +148,7 @@ def asgi_site(**options: Any) -> tuple[Site, TestClient]:
 @pytest.mark.parametrize("kind", ["sync", "async"])
 @pytest.mark.parametrize("behind", [False, True])
 def test_a_write_carries_its_token_to_the_next_request(kind: str, behind: bool) -> None:
-    site, http = asgi_site(behind_base_http_middleware=behind)
+    _site, http = asgi_site(behind_base_http_middleware=behind)
     with http:
         assert http.get(f"/{kind}/read").text in ("a", "b")
         response = http.post(f"/{kind}/write")
@@ -167,7 +167,7 @@ def test_a_write_carries_its_token_to_the_next_request(kind: str, behind: bool) 
 
 
 def test_a_request_that_does_not_write_sets_no_cookie() -> None:
-    site, http = asgi_site()
+    _site, http = asgi_site()
     with http:
         assert "set-cookie" not in http.get("/sync/read").headers
         # the same token again: not sent again
@@ -180,7 +180,7 @@ def test_a_request_that_does_not_write_sets_no_cookie() -> None:
 
 
 def test_the_token_in_a_header_for_api_clients() -> None:
-    site, http = asgi_site(cookie_name=None, header_name="X-Replica-Token")
+    _site, http = asgi_site(cookie_name=None, header_name="X-Replica-Token")
     with http:
         response = http.post("/async/write")
         assert response.headers["x-replica-token"] == "10"
@@ -190,7 +190,7 @@ def test_the_token_in_a_header_for_api_clients() -> None:
 
 def test_a_signed_token_and_a_forged_one() -> None:
     pytest.importorskip("itsdangerous")
-    site, http = asgi_site(secret_key="s3cret")
+    _site, http = asgi_site(secret_key="s3cret")
     with http:
         cookie = http.post("/sync/write").headers["set-cookie"].split(";")[0]
         name, _, value = cookie.partition("=")
@@ -207,7 +207,7 @@ def test_a_signed_token_and_a_forged_one() -> None:
 
 
 def test_a_token_the_router_refuses_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
-    site, http = asgi_site(decode_token=lambda text: text)  # strings, where positions are ints
+    _site, http = asgi_site(decode_token=lambda text: text)  # strings, where positions are ints
     with http, caplog.at_level(logging.WARNING, "scalekit.replication"):
         response = http.get("/sync/read", headers={"cookie": "scalekit_rw=abc"})
     assert response.text in ("a", "b")
@@ -216,7 +216,7 @@ def test_a_token_the_router_refuses_is_ignored(caplog: pytest.LogCaptureFixture)
 
 @pytest.mark.parametrize("value", ["", "-1", "1e3", "9" * 21, "0x10", "1 2", "١٢"])
 def test_a_malformed_token_is_ignored(value: str) -> None:
-    site, http = asgi_site()
+    _site, http = asgi_site()
     with http:
         cookie = f"scalekit_rw={value}".encode()
         response = http.get("/sync/read", headers={"cookie": cookie})
@@ -224,7 +224,7 @@ def test_a_malformed_token_is_ignored(value: str) -> None:
 
 
 def test_websockets_and_lifespan_pass_through() -> None:
-    site, http = asgi_site()
+    _site, http = asgi_site()
     with http:  # lifespan ran through the middleware
         assert http.get("/async/read").status_code == 200
 
@@ -266,7 +266,7 @@ def wsgi_site(late_start: bool) -> tuple[Site, Any]:
 
 @pytest.mark.parametrize("late_start", [False, True])
 def test_wsgi_carries_the_token(late_start: bool) -> None:
-    site, app = wsgi_site(late_start)
+    _site, app = wsgi_site(late_start)
     headers, body = wsgi_call(app, "/write")
     assert body == b"wrote"
     assert headers["set-cookie"].startswith("scalekit_rw=10;")
