@@ -167,7 +167,7 @@ def test_a_write_carries_its_token_to_the_next_request(kind: str, behind: bool) 
 
 
 def test_a_request_that_does_not_write_sets_no_cookie() -> None:
-    _site, http = asgi_site()
+    site, http = asgi_site()
     with http:
         assert "set-cookie" not in http.get("/sync/read").headers
         # the same token again: not sent again
