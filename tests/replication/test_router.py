@@ -869,3 +869,18 @@ def test_check_catches_a_broken_invariant() -> None:
     router._replicas["a"].lagging = True  # lagging but not marked down
     with pytest.raises(AssertionError):
         router._check()
+
+
+def test_read_and_report_failure_refuse_hostile_arguments() -> None:
+    router = ReplicaRouter("p", ["a"], clock=FakeClock())
+    with pytest.raises(ArgumentTypeError, match="fn"):
+        router.read(None)  # type: ignore[arg-type]
+    for bad, error in (
+        (NAN, ConfigurationError),
+        (None, ArgumentTypeError),
+        ({}, ArgumentTypeError),
+    ):
+        with pytest.raises(error, match="replica"):
+            router.report_failure(bad)
+    assert router.stats().failures == 0
+    assert router.stats().reads == 0

@@ -160,3 +160,31 @@ def test_the_module_imports_and_routes_without_greenlet() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "sync routing works without greenlet" in result.stdout
+
+
+# -- arguments (issue 13, item 12) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"router": "router"}, "router"),
+        ({"snapshot_reads": "yes"}, "snapshot_reads"),
+        ({"snapshot_reads": 1}, "snapshot_reads"),
+        ({"commit_token": 3}, "commit_token"),
+    ],
+)
+def test_session_makers_refuse_bad_arguments(options: dict[str, Any], match: str) -> None:
+    from scalekit.errors import ArgumentTypeError
+
+    router = ReplicaRouter(create_engine("sqlite://"), [create_engine("sqlite://")])
+    arguments = {"router": router, **options}
+    for make in (sk.routing_sessionmaker, sk.async_routing_sessionmaker):
+        with pytest.raises(ArgumentTypeError, match=match):
+            make(**arguments)
+
+
+@pytest.mark.parametrize("samples", [0, 1, True, 1.5, None, 10**400])
+def test_pg_lag_probe_refuses_bad_sample_counts(samples: Any) -> None:
+    with pytest.raises((ConfigurationError, TypeError), match="samples"):
+        sk.PgLagProbe(create_engine("sqlite://"), samples=samples)

@@ -563,6 +563,7 @@ class ReplicaRouter(Generic[R]):
         """Run ``fn(target)`` on :meth:`for_read`'s choice; when it fails because the
         replica is unreachable (``is_failure``), mark it down and run it again on
         another replica, and at last on the primary. Other errors propagate."""
+        check_callable(fn, "fn")
         tried: list[R] = []
         while True:
             target, on_replica = self._route_read(key, tried)
@@ -710,7 +711,9 @@ class ReplicaRouter(Generic[R]):
 
     def report_failure(self, replica: R) -> None:
         """``replica`` could not be reached: no reads until a probe passes (or for
-        ``down_for`` seconds without probes)."""
+        ``down_for`` seconds without probes). A target that is no replica (the
+        primary, a replica removed meanwhile) is ignored."""
+        _check_target(replica, "replica")
         with self._lock:
             state = self._replicas.get(replica)
             if state is None:

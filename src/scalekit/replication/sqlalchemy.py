@@ -35,7 +35,8 @@ from sqlalchemy.orm.session import SessionTransactionOrigin
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import CTE, TextualSelect
 
-from scalekit.errors import ConfigurationError
+from scalekit._validate import check_count
+from scalekit.errors import ArgumentTypeError, ConfigurationError
 from scalekit.replication._router import ReplicaRouter, is_connection_error
 
 if TYPE_CHECKING:
@@ -243,6 +244,7 @@ class PgLagProbe:
     """
 
     def __init__(self, primary: Any, *, samples: int = 1024) -> None:
+        samples = check_count(samples, "samples", minimum=2)
         self.primary = primary  # an engine, or a callable returning the current one
         self._positions: list[int] = []  # increasing, with the last time seen at each
         self._times: list[float] = []
@@ -356,6 +358,7 @@ class RoutingSession(Session):
         snapshot_reads: bool = False,
         **kwargs: Any,
     ) -> None:
+        _check_session_options(router, snapshot_reads)
         if kwargs.get("bind") is not None or kwargs.get("binds"):
             raise ConfigurationError(
                 "a routing session takes its engines from the router, not bind= or binds="
@@ -516,7 +519,24 @@ class RoutingSession(Session):
             self._read_replica = self._read_bind = None
 
 
+def _check_session_options(router: Any, snapshot_reads: Any) -> None:
+    if not isinstance(router, ReplicaRouter):
+        raise ArgumentTypeError(f"router must be a ReplicaRouter, got {type(router).__name__}")
+    if not isinstance(snapshot_reads, bool):
+        raise ArgumentTypeError(
+            f"snapshot_reads must be a bool, got {type(snapshot_reads).__name__}"
+        )
+
+
 def _token_reader(router: ReplicaRouter[Any], commit_token: Any) -> CommitToken | None:
+    if (
+        commit_token is not None
+        and not isinstance(commit_token, str)
+        and not callable(commit_token)
+    ):
+        raise ArgumentTypeError(
+            f'commit_token must be "auto", a callable or None, got {type(commit_token).__name__}'
+        )
     if commit_token == "auto":
         dialect = _engine(router.primary).dialect.name
         return pg_commit_token if dialect == "postgresql" else None
@@ -593,6 +613,7 @@ def routing_sessionmaker(
     wrote; ``"auto"`` uses :func:`pg_commit_token` on PostgreSQL and no token
     elsewhere (reads then stay on the primary for the router's ``window``).
     """
+    _check_session_options(router, snapshot_reads)
     return sessionmaker(
         class_=RoutingSession,
         router=router,
@@ -616,6 +637,7 @@ def async_routing_sessionmaker(
     The probes and the commit token run inside the session's own greenlet, the
     way SQLAlchemy runs all of an async session's I/O, so they need no awaiting.
     """
+    _check_session_options(router, snapshot_reads)
     from sqlalchemy.ext.asyncio import async_sessionmaker
 
     return async_sessionmaker(
