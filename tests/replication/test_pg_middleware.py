@@ -107,6 +107,7 @@ def servers(pg_cluster: ReplicaCluster) -> Iterator[tuple[Server, Server]]:
     finally:
         for server in started:
             server.stop()
+        pg_cluster.wait_caught_up()  # the next module finds the replicas as it expects
 
 
 @pytest.fixture
