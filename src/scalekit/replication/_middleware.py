@@ -139,6 +139,7 @@ class _TokenCarrier:
         self.router = router
         self.cookie_name = cookie_name
         self.header_name = None if header_name is None else header_name.lower()
+        self.header_title = header_name or ""  # as given, for the response
         self._signer = signer
         self._encode = encode_int_token if encode_token is None else encode_token
         self._decode = decode_int_token if decode_token is None else decode_token
@@ -219,7 +220,7 @@ class _TokenCarrier:
         added: list[tuple[str, str]] = []
         if token is None or token == incoming:
             if expire and self.cookie_name is not None:
-                added.append(("set-cookie", f"{self.cookie_name}={self._expire}"))
+                added.append(("Set-Cookie", f"{self.cookie_name}={self._expire}"))
             return added
         text = self._encode(token)
         if not isinstance(text, str):
@@ -231,9 +232,9 @@ class _TokenCarrier:
                 "characters (letters, digits and !#$%&'*+-.^_`|~:/=?@)"
             )
         if self.cookie_name is not None:
-            added.append(("set-cookie", f"{self.cookie_name}={value}{self._attributes}"))
+            added.append(("Set-Cookie", f"{self.cookie_name}={value}{self._attributes}"))
         if self.header_name is not None:
-            added.append((self.header_name, value))
+            added.append((self.header_title, value))
         return added
 
 
@@ -377,7 +378,7 @@ class ReplicaRouterMiddleware:
                     added = core.headers(incoming, expire, holder)
                     if added:
                         headers = list(message.get("headers", ()))
-                        headers.extend((n.encode(), v.encode("latin-1")) for n, v in added)
+                        headers.extend((n.lower().encode(), v.encode("latin-1")) for n, v in added)
                         message = {**message, "headers": headers}
                 await send(message)
 
