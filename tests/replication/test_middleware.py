@@ -5,6 +5,7 @@ The cross-process proof over real PostgreSQL replicas is in test_pg_middleware.p
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import warnings
 from collections.abc import Iterator
@@ -345,3 +346,54 @@ def test_a_token_the_default_encoding_cannot_carry_fails_the_response() -> None:
     )
     with client(app) as http, pytest.raises(ArgumentTypeError, match="encode_token"):
         http.post("/sync/write")
+
+
+# -- the core, on any input -------------------------------------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from scalekit.replication._middleware import _TokenCarrier  # noqa: E402
+
+
+def carrier(**options: Any) -> _TokenCarrier:
+    settings: dict[str, Any] = {
+        "cookie_name": "scalekit_rw",
+        "header_name": "x-replica-token",
+        "secret_key": None,
+        "max_age": 60,
+        "path": "/",
+        "domain": None,
+        "secure": True,
+        "samesite": "lax",
+        "encode_token": None,
+        "decode_token": None,
+    }
+    settings.update(options)
+    world = World("a")
+    world.position["a"] = 0
+    return _TokenCarrier(token_router(world, FakeClock()), **settings)
+
+
+@given(cookie=st.text(), header=st.text())
+def test_any_request_headers_give_a_token_or_none(cookie: str, header: str) -> None:
+    core = carrier()
+    token, expire = core.read(cookie, header)
+    assert token is None or (type(token) is int and 0 <= token < 10**20)
+    assert isinstance(expire, bool)
+
+
+@given(token=st.integers(0, 2**64 - 1), other=st.text(alphabet='; =abc\\"', max_size=20))
+def test_a_token_round_trips_through_the_cookie(token: int, other: str) -> None:
+    pytest.importorskip("itsdangerous")
+    for core in (carrier(), carrier(secret_key=["old", "new"])):
+        context = contextvars.copy_context()  # as the WSGI shell does: one per request
+        holder = context.run(core.begin, None)
+        context.run(core.router.note_write, token)
+        (set_cookie, value), (header, same) = core.headers(None, False, holder)
+        assert set_cookie == "Set-Cookie"
+        assert header == "x-replica-token"
+        cookie = value.split(";")[0]
+        assert cookie.split("=", 1)[1] == same
+        assert core.read(f"{other}; {cookie}", None) == (token, False)
+        assert core.read(None, same) == (token, False)

@@ -264,6 +264,7 @@ class ReplicaRouter(Generic[R]):
         self._pins: ContextVar[int] = ContextVar(f"scalekit.replication.pins.{id(self)}", default=0)
         # a token accepted before any position was known: later tokens must compare with it
         self._reference: Any = None
+        self._accepted: set[type] = set()  # kinds of token known to order with the positions
         self._counters = _Counters()
         self._replicas: dict[R, _Replica] = {r: self._new_replica() for r in replicas}
         if balancer is None:
@@ -617,6 +618,8 @@ class ReplicaRouter(Generic[R]):
         Should a probe later report positions of another kind all the same, reads
         that wait for such a token go to the primary (:func:`_replayed`): never an
         error on the read path."""
+        if type(token) is int and int in self._accepted:
+            return  # the common case, PostgreSQL's positions: an int always orders
         if isinstance(token, bool):
             raise ArgumentTypeError("token must be a causal position, got bool")
         try:
@@ -641,6 +644,8 @@ class ReplicaRouter(Generic[R]):
             raise ArgumentTypeError(
                 f"token {token!r} does not compare with replica positions such as {known!r}"
             )
+        if type(known) is int and type(token) is int:
+            self._accepted.add(int)
 
     def _begin(self, token: Any) -> _Holder:
         """Begin a fresh scope from ``token`` in the current context, not to be
