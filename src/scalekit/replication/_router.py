@@ -139,8 +139,13 @@ class ReplicaRouter(Generic[R]):
     primary and ``for_read()`` a healthy replica within ``max_lag`` (spread by the
     ``balancer``, round robin by default), or the primary when none qualifies.
 
-    Read-your-writes is tracked per logical context (a ``ContextVar``: each thread
-    and each asyncio task has its own):
+    Read-your-writes is tracked per unit of work: :meth:`scope` (one web request;
+    :class:`~scalekit.replication.ReplicaRouterMiddleware` opens one per request)
+    starts a record that every context copied inside it shares, so a write made in
+    a thread pool or a task of the request counts for the whole request. Outside
+    a scope, a context's first write makes a record for it, which the contexts
+    copied from it afterwards share (a new thread starts with none): open a scope
+    per unit of work to keep units apart. The modes:
 
     - ``"window"``: after a write, the context reads from the primary for
       ``window`` seconds (what django-multidb-router does).
@@ -446,12 +451,13 @@ class ReplicaRouter(Generic[R]):
         self._note(primary, token)
 
     def _note(self, primary: R, token: Any) -> None:
-        with self._lock:
-            self._counters.writes += 1
         if self._mode is None:
+            with self._lock:
+                self._counters.writes += 1
             return
         holder = self._holder()
         with self._lock:
+            self._counters.writes += 1
             before = holder.causality
             if self._mode == "token" and token is not None:
                 newest = (
