@@ -225,9 +225,24 @@ def test_a_malformed_token_is_ignored(value: str) -> None:
 
 
 def test_websockets_and_lifespan_pass_through() -> None:
-    _site, http = asgi_site()
-    with http:  # lifespan ran through the middleware
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    site = Site()
+
+    async def socket(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text(site.router.for_read())
+        await websocket.close()
+
+    app = Starlette(
+        routes=[*site.routes(), WebSocketRoute("/ws", socket)],
+        middleware=[Middleware(ReplicaRouterMiddleware, router=site.router)],
+    )
+    with client(app) as http:  # lifespan ran through the middleware
         assert http.get("/async/read").status_code == 200
+        with http.websocket_connect("/ws", headers={"cookie": "scalekit_rw=10"}) as ws:
+            assert ws.receive_text() in ("a", "b")  # no scope, no token: passed through
 
 
 # -- WSGI ----------------------------------------------------------------------------

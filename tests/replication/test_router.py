@@ -884,3 +884,35 @@ def test_read_and_report_failure_refuse_hostile_arguments() -> None:
             router.report_failure(bad)
     assert router.stats().failures == 0
     assert router.stats().reads == 0
+
+
+# -- one record per scope (issue 13, item 3) -------------------------------------------
+
+
+def test_writes_in_copied_contexts_inside_a_scope_reach_the_scope() -> None:
+    """A thread pool's copy (asyncio.to_thread, a Starlette sync endpoint) and a task's
+    copy (asyncio.gather, BaseHTTPMiddleware) share the scope's record."""
+    clock, world = FakeClock(), World("a")
+    router = token_router(world, clock)
+
+    async def request() -> tuple[Any, Any]:
+        with router.scope():
+            await asyncio.to_thread(router.note_write, 10)
+            after_thread = router.token()
+            await asyncio.gather(asyncio.create_task(asyncio.sleep(0)), _write(router, 20))
+            return after_thread, router.token()
+
+    assert asyncio.run(request()) == (10, 20)
+    assert router.token() is None  # the scope's record went with it
+
+
+async def _write(router: ReplicaRouter[str], token: int) -> None:
+    router.note_write(token)
+
+
+def test_a_plain_context_set_in_a_copy_is_not_seen_outside_a_scope() -> None:
+    """Without a scope (and no write before), a copy's first write stays in the copy,
+    as a ContextVar would: this is why requests need a scope."""
+    router = token_router(World("a"), FakeClock())
+    contextvars.copy_context().run(router.note_write, 10)
+    assert router.token() is None

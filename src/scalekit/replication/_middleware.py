@@ -21,6 +21,9 @@ request starts with no token, as a first visit would; a bad cookie is expired.
 Both shells drive one core, :class:`_TokenCarrier`, that does no I/O: it parses the
 request's headers into a token and renders the response's headers from the token.
 
+Only HTTP requests get a scope: websocket connections and lifespan events pass
+through untouched (a websocket has no response headers to carry a token in).
+
 Limits: a write made after the response has started (while a body streams, in a
 background task) reaches no response; the next response of the same user carries
 it only if that request writes again. Without ``secret_key`` a client can send any
