@@ -39,7 +39,6 @@ import inspect
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 from scalekit._validate import (
@@ -200,13 +199,11 @@ class _TokenCarrier:
             return None
         return token
 
-    @contextmanager
-    def scope(self, token: Any) -> Iterator[_Holder]:
-        """The router's scope for one request, from ``token`` (already checked)."""
-        with self.router.scope(token):
-            holder = self.router._causality.get()
-            assert holder is not None  # scope() always sets one
-            yield holder
+    def holder(self) -> _Holder:
+        """The record of the router's scope just entered in this context."""
+        holder = self.router._causality.get()
+        assert holder is not None  # scope() always sets one
+        return holder
 
     def begin(self, token: Any) -> _Holder:
         """Enter a fresh scope in the current context without leaving it: for a
@@ -374,7 +371,8 @@ class ReplicaRouterMiddleware:
             elif name == core.header_name:
                 header_value = raw_value.decode("latin-1")
         incoming, expire = core.read(cookie_header, header_value)
-        with core.scope(incoming) as holder:
+        with core.router.scope(incoming):
+            holder = core.holder()
 
             async def send_with_token(message: Message) -> None:
                 if message["type"] == "http.response.start":
