@@ -70,6 +70,7 @@ _SALT = b"scalekit.replication.token"
 _INT_TOKEN = re.compile(r"[0-9]{1,20}")  # a 64-bit position (PostgreSQL's WAL) in digits
 _COOKIE_SAFE = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~:/=?@]{1,1024}")  # RFC 6265 cookie-octets
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]+")  # an RFC 9110 token
+_ATTRIBUTE = re.compile(r"[\x21-\x3a\x3c-\x7e]+")  # a cookie attribute's value: no ";", no CTL
 
 
 def encode_int_token(token: Any) -> str:
@@ -125,8 +126,12 @@ class _TokenCarrier:
         if max_age is not None:
             max_age = check_count(max_age, "max_age", minimum=1)
         check_str(path, "path")
+        if not path.startswith("/") or _ATTRIBUTE.fullmatch(path) is None:
+            raise ConfigurationError(f"path must be a URL path without ';' or spaces: {path!r}")
         if domain is not None:
             check_name(domain, "domain")
+            if _ATTRIBUTE.fullmatch(domain) is None:
+                raise ConfigurationError(f"domain must be a host name: {domain!r}")
         for flag_name, flag in (("secure", secure),):
             if not isinstance(flag, bool):
                 raise ArgumentTypeError(f"{flag_name} must be a bool, got {type_name(flag)}")
