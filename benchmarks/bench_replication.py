@@ -54,6 +54,41 @@ def test_for_write(benchmark: Any) -> None:
     assert benchmark(router.for_write) == "primary"
 
 
+# -- carrying the token: what the middleware adds to one request --------------------
+
+
+def _wsgi_app(router: Any) -> Any:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        router.for_read()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    return app
+
+
+def _wsgi_request(app: Any) -> Callable[[], bytes]:
+    from wsgiref.util import setup_testing_defaults
+
+    environ: dict[str, Any] = {"HTTP_COOKIE": "session=abc; scalekit_rw=50"}
+    setup_testing_defaults(environ)
+    return lambda: b"".join(app(dict(environ), lambda status, headers: None))
+
+
+def test_wsgi_request_bare(benchmark: Any) -> None:
+    benchmark.group = "one WSGI request (token in the cookie)"
+    router = decision_router("token")
+    assert benchmark(_wsgi_request(_wsgi_app(router))) == b"ok"
+
+
+def test_wsgi_request_through_the_middleware(benchmark: Any) -> None:
+    from scalekit.replication import ReplicaRouterWSGIMiddleware
+
+    benchmark.group = "one WSGI request (token in the cookie)"
+    router = decision_router("token")
+    app = ReplicaRouterWSGIMiddleware(_wsgi_app(router), router)
+    assert benchmark(_wsgi_request(app)) == b"ok"
+
+
 # -- on PostgreSQL ---------------------------------------------------------------
 
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from typing import Any
+from wsgiref.util import setup_testing_defaults
 
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.orm import Session
 
+from scalekit.replication import ReplicaRouterWSGIMiddleware
 from scalekit.replication.sqlalchemy import int_to_lsn, pg_router, routing_sessionmaker
 
 PRIMARY_URL = os.environ.get(
@@ -99,17 +100,48 @@ try:
         session.execute(text(update), {"b": "hello again", "id": note_id})
         session.commit()
 
-    token = router.token()  # carry it to the next request: a cookie, a header
+    # Two app servers, each with its own router (as two processes would have), behind
+    # ReplicaRouterWSGIMiddleware: the token of a write on app-1 rides in a cookie to
+    # app-2, whose next read must see the write.
+    def notes_app(sessions: Any) -> Any:
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            with sessions() as session:
+                if environ["REQUEST_METHOD"] == "POST":
+                    update = "UPDATE example_replication_notes SET body = :b WHERE id = :id"
+                    session.execute(text(update), {"b": "hello from app-1", "id": note_id})
+                    session.commit()  # its token goes into the response's cookie
+                    answer = "updated"
+                else:
+                    body, server = who(session, note_id)
+                    answer = f"{body}|{server}"
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [answer.encode()]
 
-    def another_app_server() -> None:
-        with router.scope(token=token), Sessions() as session:
-            body, server = who(session, note_id)
-        found.append(body == "hello again")
-        print(f"another thread, given token {int_to_lsn(token)}, read {body!r} {server}")
+        return app
 
-    thread = threading.Thread(target=another_app_server)
-    thread.start()
-    thread.join()
+    def call(app: Any, method: str, cookie: str | None = None) -> tuple[str | None, str]:
+        """One request, by hand (a WSGI server does this): (Set-Cookie, body)."""
+        environ: dict[str, Any] = {"REQUEST_METHOD": method, "PATH_INFO": "/note"}
+        if cookie:
+            environ["HTTP_COOKIE"] = cookie
+        setup_testing_defaults(environ)
+        started: list[list[tuple[str, str]]] = []
+        body = b"".join(app(environ, lambda status, headers: started.append(headers)))
+        return dict(started[0]).get("Set-Cookie"), body.decode()
+
+    router_2 = pg_router(primary, replicas, max_lag=5.0, probe_interval=0.5)
+    app_1 = ReplicaRouterWSGIMiddleware(notes_app(Sessions), router, secure=False)
+    app_2 = ReplicaRouterWSGIMiddleware(
+        notes_app(routing_sessionmaker(router_2)), router_2, secure=False
+    )
+    set_cookie, _ = call(app_1, "POST")
+    assert set_cookie is not None
+    cookie = set_cookie.split(";")[0]
+    print(f"app-1 wrote; its response sets the cookie {cookie}")
+    _, answer = call(app_2, "GET", cookie)
+    body, server = answer.split("|")
+    found.append(body == "hello from app-1")
+    print(f"app-2, given that cookie, read {body!r} {server}")
 
     stats = router.stats()
     # a session asks the router once per transaction, and not when pinned or after a write

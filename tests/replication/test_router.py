@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from scalekit.balancing import LeastConnections, RoundRobin
-from scalekit.errors import ConfigurationError, DuplicateNode, UnknownNode
+from scalekit.errors import ArgumentTypeError, ConfigurationError, DuplicateNode, UnknownNode
 from scalekit.replication import ReplicaRouter
 from scalekit.sharding import HashRing
 from scalekit.testing import FakeClock
@@ -648,3 +648,271 @@ def test_a_token_of_the_wrong_kind_is_refused_where_it_is_imported() -> None:
     assert router.for_read() == "a"
     router.use_token(7)
     assert router.token() == 7
+
+
+# -- tokens are checked where they come in (issue 13, item 11) -------------------------
+
+
+@pytest.mark.parametrize("method", ["use_token", "note_write"])
+def test_a_token_of_the_wrong_kind_is_refused_before_the_first_probe(method: str) -> None:
+    clock, world = FakeClock(), World("a", "b")
+    world.position.update(a=7, b=7)
+    router = token_router(world, clock)
+    assert not world.probes  # nothing probed yet: no position is known
+    with pytest.raises(TypeError, match="does not compare"):
+        getattr(router, method)("7")
+    assert router.token() is None
+    assert router.stats().writes == 0
+    assert router.for_read() in ("a", "b")  # and later reads work
+    getattr(router, method)(7)
+    assert router.token() == 7
+    router._check()
+
+
+def test_without_any_position_the_first_token_is_the_reference() -> None:
+    clock, world = FakeClock(), World("a")
+    world.unreachable.add("a")  # every probe fails: no position is known
+    router = token_router(world, clock)
+    router.note_write(5)
+    with pytest.raises(ArgumentTypeError, match="does not compare"):
+        router.use_token("5")
+    with pytest.raises(ArgumentTypeError, match="does not compare"):
+        router.note_write(b"5")
+    assert router.token() == 5
+    assert router.for_read() == "p"
+
+
+def test_a_probe_reporting_positions_of_another_kind_sends_such_reads_to_the_primary() -> None:
+    clock, world = FakeClock(), World("a")
+    world.unreachable.add("a")
+    router = token_router(world, clock)
+    router.use_token(5)  # accepted: nothing to compare with
+    world.unreachable.clear()
+    world.position["a"] = "zzz"  # type: ignore[assignment]
+    clock.advance(1)
+    assert router.for_read() == "p"  # not a TypeError
+
+
+@pytest.mark.parametrize(
+    ("token", "error"),
+    [
+        (float("nan"), ConfigurationError),
+        (True, ArgumentTypeError),
+        ({}, ArgumentTypeError),
+        (object(), ArgumentTypeError),
+        ({1, 2}, ArgumentTypeError),  # a set: >= is a subset test, and not with an int
+    ],
+)
+@pytest.mark.parametrize("method", ["use_token", "note_write", "scope"])
+def test_a_token_that_cannot_be_ordered_is_refused(token: Any, error: type, method: str) -> None:
+    clock, world = FakeClock(), World("a")
+    world.position["a"] = 3
+    router = token_router(world, clock)
+    router.note_write(2)
+    call = router.scope if method == "scope" else getattr(router, method)
+    with pytest.raises(error):
+        call(token).__enter__() if method == "scope" else call(token)
+    assert router.token() == 2
+    assert router.stats().writes == 1
+
+
+# -- every argument (issue 13, item 12) --------------------------------------------------
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("args", "options", "error", "message"),
+    [
+        (("p", ["a"]), {"window": NAN}, ConfigurationError, "window"),
+        (("p", ["a"]), {"window": 10**400}, ConfigurationError, "window"),
+        (("p", ["a"]), {"window": True}, ArgumentTypeError, "window"),
+        (("p", ["a"]), {"window": None}, ArgumentTypeError, "window"),
+        (("p", ["a"]), {"window": 1e308}, ConfigurationError, "window"),
+        (("p", ["a"]), {"probe_interval": NAN}, ConfigurationError, "probe_interval"),
+        (("p", ["a"]), {"probe_interval": "1"}, ArgumentTypeError, "probe_interval"),
+        (("p", ["a"]), {"down_for": float("inf")}, ConfigurationError, "down_for"),
+        (("p", ["a"]), {"down_for": False}, ArgumentTypeError, "down_for"),
+        (("p", ["a"]), {"max_lag": NAN, "lag_probe": float}, ConfigurationError, "max_lag"),
+        (("p", ["a"]), {"max_lag": 1e999, "lag_probe": float}, ConfigurationError, "max_lag"),
+        (("p", ["a"]), {"max_lag": 10**400, "lag_probe": float}, ConfigurationError, "max_lag"),
+        (("p", ["a"]), {"max_lag": True, "lag_probe": float}, ArgumentTypeError, "max_lag"),
+        (("p", ["a"]), {"max_lag": 1, "lag_probe": 3}, ArgumentTypeError, "lag_probe"),
+        (("p", ["a"]), {"position_probe": "x"}, ArgumentTypeError, "position_probe"),
+        (("p", ["a"]), {"is_failure": None}, ArgumentTypeError, "is_failure"),
+        (("p", ["a"]), {"clock": 5}, ArgumentTypeError, "clock"),
+        (("p", ["a"]), {"read_your_writes": True}, ConfigurationError, "read_your_writes"),
+        (("p", ["a"]), {"read_your_writes": []}, ConfigurationError, "read_your_writes"),
+        (("p", ["a"]), {"balancer": "rr"}, ArgumentTypeError, "balancer"),
+        ((["p", "q"], ["a"]), {"sharder": "ring"}, ArgumentTypeError, "sharder"),
+        ((None, ["a"]), {}, ArgumentTypeError, "primary"),
+        ((NAN, ["a"]), {}, ConfigurationError, "primary"),
+        (("\ud800", ["a"]), {}, ConfigurationError, "primary"),
+        (([[1]], ["a"]), {}, ArgumentTypeError, "primary"),
+        (({"\ud800": "p"}, ["a"]), {}, ConfigurationError, "primary name"),
+        (({"x": "p", "y": "p"}, ["a"]), {}, DuplicateNode, "twice"),
+        (("p", [NAN]), {}, ConfigurationError, "replica"),
+        (("p", [None]), {}, ArgumentTypeError, "replica"),
+        (("p", ["\ud800"]), {}, ConfigurationError, "replica"),
+        (("p", [{}]), {}, ArgumentTypeError, "replica"),
+        (("p", "ab"), {}, ArgumentTypeError, "replicas"),
+        (("p", None), {}, ArgumentTypeError, "replicas"),
+    ],
+)
+def test_hostile_arguments_are_refused_by_name(
+    args: Any, options: Any, error: type, message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        ReplicaRouter(*args, **options)
+
+
+@pytest.mark.parametrize(
+    ("replica", "weight", "error"),
+    [
+        (NAN, 1, ConfigurationError),
+        ("\ud800", 1, ConfigurationError),
+        (None, 1, ArgumentTypeError),
+        ([], 1, ArgumentTypeError),
+        ("c", NAN, ConfigurationError),
+        ("c", float("inf"), ConfigurationError),
+        ("c", 10**400, ConfigurationError),
+        ("c", 0, ConfigurationError),
+        ("c", True, ArgumentTypeError),
+        ("c", None, ArgumentTypeError),
+        ("a", 1, DuplicateNode),
+        ("p", 1, DuplicateNode),
+    ],
+)
+def test_a_refused_add_replica_changes_nothing(replica: Any, weight: Any, error: type) -> None:
+    router = ReplicaRouter("p", ["a", "b"], clock=FakeClock())
+    before = (router.replicas, router.balancer.backends, router.stats())  # type: ignore[attr-defined]
+    with pytest.raises(error):
+        router.add_replica(replica, weight)
+    assert (router.replicas, router.balancer.backends, router.stats()) == before  # type: ignore[attr-defined]
+    router._check()
+
+
+@pytest.mark.parametrize(
+    ("args", "options"),
+    [
+        ((NAN,), {}),
+        (("\ud800",), {}),
+        ((None,), {}),
+        (("a",), {"replicas": ["b", NAN]}),
+        (("a",), {"replicas": "bc"}),
+        (("a",), {"replacing": NAN}),
+        (("a",), {"replacing": "\ud800"}),
+    ],
+)
+def test_a_refused_promote_changes_nothing(args: Any, options: Any) -> None:
+    router = ReplicaRouter("p", ["a", "b"], clock=FakeClock())
+    before = (router.primaries, router.replicas, router.balancer.backends)  # type: ignore[attr-defined]
+    with pytest.raises((ArgumentTypeError, ConfigurationError)):
+        router.promote(*args, **options)
+    assert (router.primaries, router.replicas, router.balancer.backends) == before  # type: ignore[attr-defined]
+    router._check()
+
+
+def test_remove_replica_refuses_hostile_names() -> None:
+    router = ReplicaRouter("p", ["a"], clock=FakeClock())
+    for bad, error in (
+        (NAN, ConfigurationError),
+        (None, ArgumentTypeError),
+        ([], ArgumentTypeError),
+    ):
+        with pytest.raises(error):
+            router.remove_replica(bad)
+    assert router.replicas == ("a",)
+
+
+# -- the balancer and the sharder are protocols (issue 13, structure) ------------------
+
+
+class BarePicker:
+    """A balancer with only what SupportsPick asks: pick, mark_down, mark_up."""
+
+    def __init__(self, backends: list[str]) -> None:
+        self.up = list(backends)
+
+    def pick(self, key: object = None) -> str:
+        if not self.up:
+            from scalekit.errors import NoBackendAvailable
+
+            raise NoBackendAvailable("none")
+        return self.up[0]
+
+    def mark_down(self, backend: str) -> None:
+        self.up.remove(backend)
+
+    def mark_up(self, backend: str) -> None:
+        self.up.append(backend)
+
+
+def test_a_bare_supports_pick_balancer_routes_reads() -> None:
+    from scalekit.protocols import SupportsPick
+
+    picker = BarePicker(["a", "b"])
+    assert isinstance(picker, SupportsPick)
+    router = ReplicaRouter("p", ["a", "b"], balancer=picker, clock=FakeClock())
+    assert router.for_read() == "a"
+    router.report_failure("a")
+    assert router.for_read() == "b"
+    with pytest.raises(ConfigurationError, match="add"):
+        router.add_replica("c")
+    assert router.replicas == ("a", "b")
+    router._check()
+
+
+def test_check_catches_a_broken_invariant() -> None:
+    router = ReplicaRouter("p", ["a", "b"], clock=FakeClock())
+    router._check()
+    router._replicas["a"].lagging = True  # lagging but not marked down
+    with pytest.raises(AssertionError):
+        router._check()
+
+
+def test_read_and_report_failure_refuse_hostile_arguments() -> None:
+    router = ReplicaRouter("p", ["a"], clock=FakeClock())
+    with pytest.raises(ArgumentTypeError, match="fn"):
+        router.read(None)  # type: ignore[arg-type]
+    for bad, error in (
+        (NAN, ConfigurationError),
+        (None, ArgumentTypeError),
+        ({}, ArgumentTypeError),
+    ):
+        with pytest.raises(error, match="replica"):
+            router.report_failure(bad)
+    assert router.stats().failures == 0
+    assert router.stats().reads == 0
+
+
+# -- one record per scope (issue 13, item 3) -------------------------------------------
+
+
+def test_writes_in_copied_contexts_inside_a_scope_reach_the_scope() -> None:
+    """A thread pool's copy (asyncio.to_thread, a Starlette sync endpoint) and a task's
+    copy (asyncio.gather, BaseHTTPMiddleware) share the scope's record."""
+    clock, world = FakeClock(), World("a")
+    router = token_router(world, clock)
+
+    async def request() -> tuple[Any, Any]:
+        with router.scope():
+            await asyncio.to_thread(router.note_write, 10)
+            after_thread = router.token()
+            await asyncio.gather(asyncio.create_task(asyncio.sleep(0)), _write(router, 20))
+            return after_thread, router.token()
+
+    assert asyncio.run(request()) == (10, 20)
+    assert router.token() is None  # the scope's record went with it
+
+
+async def _write(router: ReplicaRouter[str], token: int) -> None:
+    router.note_write(token)
+
+
+def test_a_plain_context_set_in_a_copy_is_not_seen_outside_a_scope() -> None:
+    """Without a scope (and no write before), a copy's first write stays in the copy,
+    as a ContextVar would: this is why requests need a scope."""
+    router = token_router(World("a"), FakeClock())
+    contextvars.copy_context().run(router.note_write, 10)
+    assert router.token() is None

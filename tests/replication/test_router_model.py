@@ -130,7 +130,11 @@ class RouterMachine(RuleBasedStateMachine):
         assert stats.reads == served
         assert set(stats.down) >= set(stats.lagging)
         assert set(self.router.healthy()) == set(self.router.replicas) - set(stats.down)
-        assert set(self.router.balancer.backends) == set(self.router.replicas)
+        assert set(self.router.balancer.backends) == set(self.router.replicas)  # type: ignore[attr-defined]
+
+    @invariant()
+    def router_invariants_hold(self) -> None:
+        self.router._check()
 
 
 TestRouterMachine = RouterMachine.TestCase

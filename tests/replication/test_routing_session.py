@@ -101,3 +101,90 @@ def test_a_router_with_several_primaries_is_refused() -> None:
     several = ReplicaRouter(["p1", "p2"], [], sharder=HashRing(["p1", "p2"]))
     with pytest.raises(ConfigurationError, match="one primary"):
         sk.RoutingSession(router=several, commit_token=None)
+
+
+# -- without greenlet (issue 13, item 14) ------------------------------------------------
+
+NO_GREENLET = r'''
+import sys
+
+class NoGreenlet:
+    """greenlet is not installed (it is optional since SQLAlchemy 2.1)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "greenlet" or name.startswith("greenlet."):
+            raise ImportError("No module named 'greenlet' (blocked by the test)")
+        return None
+
+sys.meta_path.insert(0, NoGreenlet())
+for name in [n for n in sys.modules if n == "greenlet" or n.startswith("greenlet.")]:
+    del sys.modules[name]
+
+from sqlalchemy import create_engine, text
+from scalekit.replication import ReplicaRouter
+from scalekit.replication import sqlalchemy as sk
+
+assert "greenlet" not in sys.modules
+assert "sqlalchemy.ext.asyncio" not in sys.modules
+
+primary = create_engine("sqlite://")
+replica = create_engine("sqlite://")
+router = ReplicaRouter(primary, [replica], position_probe=None)
+Session = sk.routing_sessionmaker(router)
+with Session() as session:
+    assert session.execute(text("SELECT 1")).scalar() == 1
+    session.execute(text("CREATE TABLE t (x int)"))
+    session.commit()
+assert router.stats().writes == 1
+assert sk._probe_engine(replica) is replica
+try:
+    sk.async_routing_sessionmaker(router)
+except ImportError as exc:
+    assert "greenlet" in str(exc), exc
+else:
+    raise AssertionError("async sessions need greenlet")
+print("sync routing works without greenlet")
+'''
+
+
+def test_the_module_imports_and_routes_without_greenlet() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])}
+    result = subprocess.run(
+        [sys.executable, "-c", NO_GREENLET], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sync routing works without greenlet" in result.stdout
+
+
+# -- arguments (issue 13, item 12) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"router": "router"}, "router"),
+        ({"snapshot_reads": "yes"}, "snapshot_reads"),
+        ({"snapshot_reads": 1}, "snapshot_reads"),
+        ({"commit_token": 3}, "commit_token"),
+    ],
+)
+def test_session_makers_refuse_bad_arguments(options: dict[str, Any], match: str) -> None:
+    from scalekit.errors import ArgumentTypeError
+
+    router = ReplicaRouter(create_engine("sqlite://"), [create_engine("sqlite://")])
+    arguments = {"router": router, **options}
+    for make in (sk.routing_sessionmaker, sk.async_routing_sessionmaker):
+        with pytest.raises(ArgumentTypeError, match=match):
+            make(**arguments)
+
+
+@pytest.mark.parametrize("samples", [0, 1, True, 1.5, None, 10**400])
+def test_pg_lag_probe_refuses_bad_sample_counts(samples: Any) -> None:
+    with pytest.raises((ConfigurationError, TypeError), match="samples"):
+        sk.PgLagProbe(create_engine("sqlite://"), samples=samples)

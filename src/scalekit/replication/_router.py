@@ -11,14 +11,29 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, TypeVar, cast
 
-from scalekit.errors import ConfigurationError, DuplicateNode, NoBackendAvailable, UnknownNode
-from scalekit.protocols import Clock
+from scalekit._validate import (
+    check_callable,
+    check_choice,
+    check_name,
+    check_node,
+    check_seconds,
+    check_weight,
+    type_name,
+)
+from scalekit.errors import (
+    ArgumentTypeError,
+    ConfigurationError,
+    DuplicateNode,
+    NoBackendAvailable,
+    UnknownNode,
+)
+from scalekit.protocols import Clock, SupportsNodeFor, SupportsPick
 
 __all__ = ["ReadYourWrites", "ReplicaRouter", "RouterStats", "is_connection_error"]
 
@@ -28,18 +43,6 @@ T = TypeVar("T")
 R = TypeVar("R")  # a target: an engine, a DSN, a pool... anything hashable
 
 ReadYourWrites = Literal["window", "token"] | None
-
-
-class _Picker(Protocol[R]):
-    """The part of the :class:`~scalekit.balancing.Balancer` protocol the router uses."""
-
-    def pick(self, key: Any = None) -> R: ...
-    def add(self, backend: R, weight: float = 1) -> None: ...
-    def remove(self, backend: R) -> None: ...
-    def mark_down(self, backend: R) -> None: ...
-    def mark_up(self, backend: R) -> None: ...
-    @property
-    def backends(self) -> tuple[R, ...]: ...
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -55,6 +58,23 @@ class _Causality:
     written_at: float = -math.inf  # the last write that has no token (yet)
     token: Any = None  # the newest causal token the context must read
     primary: Any = None  # the primary written last (several primaries)
+
+
+class _Holder:
+    """One unit of work's read-your-writes record (one web request, say).
+
+    The context variable holds this object, and a write replaces its attribute
+    rather than setting the variable: a context copied from the one that holds it
+    (a thread pool's copy for a sync endpoint, the task of a ``BaseHTTPMiddleware``)
+    shares the object, so its writes are seen by the code that began the unit of
+    work, which reads the token when the response starts. ``ContextVar.set`` in a
+    copy is seen by nobody else.
+    """
+
+    __slots__ = ("causality",)
+
+    def __init__(self, causality: _Causality | None = None) -> None:
+        self.causality = causality
 
 
 @dataclass(slots=True)
@@ -119,8 +139,13 @@ class ReplicaRouter(Generic[R]):
     primary and ``for_read()`` a healthy replica within ``max_lag`` (spread by the
     ``balancer``, round robin by default), or the primary when none qualifies.
 
-    Read-your-writes is tracked per logical context (a ``ContextVar``: each thread
-    and each asyncio task has its own):
+    Read-your-writes is tracked per unit of work: :meth:`scope` (one web request;
+    :class:`~scalekit.replication.ReplicaRouterMiddleware` opens one per request)
+    starts a record that every context copied inside it shares, so a write made in
+    a thread pool or a task of the request counts for the whole request. Outside
+    a scope, a context's first write makes a record for it, which the contexts
+    copied from it afterwards share (a new thread starts with none): open a scope
+    per unit of work to keep units apart. The modes:
 
     - ``"window"``: after a write, the context reads from the primary for
       ``window`` seconds (what django-multidb-router does).
@@ -160,7 +185,7 @@ class ReplicaRouter(Generic[R]):
         primary: R | Sequence[R] | Mapping[Any, R],
         replicas: Sequence[R] = (),
         *,
-        balancer: Any = None,
+        balancer: SupportsPick[R] | None = None,
         max_lag: float | None = None,
         lag_probe: Callable[[R], float] | None = None,
         position_probe: Callable[[R], Any] | None = None,
@@ -168,30 +193,37 @@ class ReplicaRouter(Generic[R]):
         window: float = 15.0,
         probe_interval: float = 1.0,
         down_for: float = 5.0,
-        sharder: Any = None,
+        sharder: SupportsNodeFor[Any] | None = None,
         is_failure: Callable[[BaseException], bool] = is_connection_error,
         clock: Clock | None = None,
     ) -> None:
-        if read_your_writes not in ("window", "token", None):
-            raise ConfigurationError(
-                f'read_your_writes is "window", "token" or None, got {read_your_writes!r}'
-            )
-        for name, value in (("window", window), ("probe_interval", probe_interval)):
-            if not 0 <= value < math.inf:
-                raise ConfigurationError(f"{name} is seconds >= 0, got {value!r}")
-        if not 0 < down_for < math.inf:
-            raise ConfigurationError(f"down_for is seconds > 0, got {down_for!r}")
+        # every argument is checked before anything is built: a refused call changes nothing
+        check_choice(read_your_writes, "read_your_writes", ("window", "token", None))
+        window = check_seconds(window, "window", allow_zero=True)
+        probe_interval = check_seconds(probe_interval, "probe_interval", allow_zero=True)
+        down_for = check_seconds(down_for, "down_for")
         if max_lag is not None:
-            if not 0 <= max_lag < math.inf:
-                raise ConfigurationError(f"max_lag is seconds >= 0, got {max_lag!r}")
+            max_lag = check_seconds(max_lag, "max_lag", allow_zero=True)
             if lag_probe is None:
                 raise ConfigurationError("max_lag needs a lag_probe to measure the lag")
+        for probe_name, probe in (("lag_probe", lag_probe), ("position_probe", position_probe)):
+            if probe is not None:
+                check_callable(probe, probe_name)
+        check_callable(is_failure, "is_failure")
+        if clock is not None:
+            check_callable(clock, "clock")
         if read_your_writes == "token" and position_probe is None:
             raise ConfigurationError(
                 'read_your_writes="token" needs a position_probe: how far a replica has replayed'
             )
         names, primaries = _primaries(primary)
-        self._names: dict[Any, R] | None = names
+        if isinstance(replicas, (str, bytes)) or not isinstance(replicas, (Sequence, Set)):
+            raise ArgumentTypeError(
+                f"replicas must be a sequence of targets, got {type_name(replicas)}"
+            )
+        replicas = list(replicas)
+        for replica in replicas:
+            _check_target(replica, "replica")
         if len(primaries) > 1:
             if sharder is None:
                 raise ConfigurationError("several primaries need a sharder to route writes by key")
@@ -199,8 +231,28 @@ class ReplicaRouter(Generic[R]):
                 raise ConfigurationError(
                     "token mode needs one primary: positions of different primaries don't compare"
                 )
+        if sharder is not None and not callable(getattr(sharder, "node_for", None)):
+            raise ArgumentTypeError(
+                f"sharder must have node_for(key) (scalekit.protocols.SupportsNodeFor), "
+                f"got {type_name(sharder)}"
+            )
+        if balancer is not None:
+            _check_balancer(balancer)
+        seen: set[Any] = set(primaries)
+        for replica in replicas:
+            if replica in seen:
+                raise DuplicateNode(f"{replica!r} is listed twice")
+            seen.add(replica)
+        if balancer is not None:
+            listed = _backends(balancer)
+            if listed is not None and set(listed) != set(replicas):
+                raise ConfigurationError(
+                    f"the balancer's backends {sorted(map(repr, set(listed)))} are not the "
+                    f"replicas {sorted(map(repr, replicas))}"
+                )
+        self._names: dict[Any, R] | None = names
         self._primaries: tuple[R, ...] = primaries
-        self._sharder = sharder
+        self._sharder: SupportsNodeFor[Any] | None = sharder
         self._mode = read_your_writes
         self._window = window
         self._max_lag = max_lag
@@ -211,29 +263,21 @@ class ReplicaRouter(Generic[R]):
         self._is_failure = is_failure
         self._clock: Clock = time.monotonic if clock is None else clock
         self._lock = threading.Lock()
-        self._causality: ContextVar[_Causality | None] = ContextVar(
+        self._causality: ContextVar[_Holder | None] = ContextVar(
             f"scalekit.replication.causality.{id(self)}", default=None
         )
         self._pins: ContextVar[int] = ContextVar(f"scalekit.replication.pins.{id(self)}", default=0)
+        # a token accepted before any position was known: later tokens must compare with it
+        self._reference: Any = None
+        self._accepted: set[type] = set()  # kinds of token known to order with the positions
         self._counters = _Counters()
-        self._replicas: dict[R, _Replica] = {}
-        for replica in replicas:
-            if replica in self._replicas or replica in primaries:
-                raise DuplicateNode(f"{replica!r} is listed twice")
-            self._replicas[replica] = self._new_replica()
+        self._replicas: dict[R, _Replica] = {r: self._new_replica() for r in replicas}
         if balancer is None:
             from scalekit.balancing import RoundRobin
 
             # No panic mode: a replica the router marks down must get no reads.
             balancer = RoundRobin(self._replicas, panic_threshold=0, clock=self._clock)
-        else:
-            listed = set(balancer.backends)
-            if listed != set(self._replicas):
-                raise ConfigurationError(
-                    f"the balancer's backends {sorted(map(repr, listed))} are not the replicas "
-                    f"{sorted(map(repr, self._replicas))}"
-                )
-        self._balancer: _Picker[R] = balancer
+        self._balancer: SupportsPick[R] = balancer
         for replica, state in self._replicas.items():
             self._apply(replica, state)
         self._next_poll = math.inf
@@ -261,7 +305,7 @@ class ReplicaRouter(Generic[R]):
         return tuple(self._replicas)
 
     @property
-    def balancer(self) -> Any:
+    def balancer(self) -> SupportsPick[R]:
         """The balancer that spreads reads over the replicas."""
         return self._balancer
 
@@ -276,22 +320,42 @@ class ReplicaRouter(Generic[R]):
             return tuple(r for r, state in self._replicas.items() if not state.down)
 
     def add_replica(self, replica: R, weight: float = 1) -> None:
-        """Start sending reads to ``replica`` (its probes run on the next read)."""
+        """Start sending reads to ``replica`` (its probes run on the next read).
+
+        The balancer must have ``add(backend, weight)``, as every balancer of
+        :mod:`scalekit.balancing` has. Runtime complexity: O(1) plus the balancer's add.
+        """
+        _check_target(replica, "replica")
+        weight = check_weight(weight)
+        add = getattr(self._balancer, "add", None)
+        if not callable(add):
+            raise ConfigurationError(f"the balancer {self._balancer!r} has no add(backend, weight)")
         with self._lock:
             if replica in self._replicas or replica in self._primaries:
                 raise DuplicateNode(f"{replica!r} is already a target")
-            self._balancer.add(replica, weight)
+            add(replica, weight)
             self._replicas[replica] = state = self._new_replica()
             self._apply(replica, state)
             self._poll_on_next_read()
 
     def remove_replica(self, replica: R) -> None:
-        """Stop sending reads to ``replica``."""
+        """Stop sending reads to ``replica``. Runtime complexity: O(1) plus the
+        balancer's remove."""
+        _check_target(replica, "replica")
+        remove = self._balancer_method("remove")
         with self._lock:
             if replica not in self._replicas:
                 raise UnknownNode(f"{replica!r} is not a replica")
-            self._balancer.remove(replica)
+            remove(replica)
             del self._replicas[replica]
+
+    def _balancer_method(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._balancer, name, None)
+        if not callable(method):
+            raise ConfigurationError(
+                f"the balancer {self._balancer!r} has no {name}(): it cannot change its backends"
+            )
+        return cast("Callable[..., Any]", method)
 
     def promote(
         self, new_primary: R, replicas: Sequence[R] | None = None, *, replacing: R | None = None
@@ -303,6 +367,18 @@ class ReplicaRouter(Generic[R]):
         Causal tokens stay valid: a promoted PostgreSQL standby continues the WAL
         positions of its old primary.
         """
+        _check_target(new_primary, "new_primary")
+        if replacing is not None:
+            _check_target(replacing, "replacing")
+        if replicas is not None:
+            if isinstance(replicas, (str, bytes)) or not isinstance(replicas, (Sequence, Set)):
+                raise ArgumentTypeError(
+                    f"replicas must be a sequence of targets, got {type_name(replicas)}"
+                )
+            replicas = list(replicas)
+            for replica in replicas:
+                _check_target(replica, "replica")
+        add, remove = self._balancer_method("add"), self._balancer_method("remove")
         with self._lock:
             if replacing is None:
                 if len(self._primaries) > 1:
@@ -319,11 +395,11 @@ class ReplicaRouter(Generic[R]):
             if new_primary in wanted or len(set(primaries)) != len(primaries):
                 raise DuplicateNode(f"{new_primary!r} would be a primary twice, or also a replica")
             for replica in [r for r in self._replicas if r not in wanted]:
-                self._balancer.remove(replica)
+                remove(replica)
                 del self._replicas[replica]
             for replica in wanted:
                 if replica not in self._replicas:
-                    self._balancer.add(replica, 1)
+                    add(replica, 1)
             self._replicas = {r: self._replicas.get(r) or self._new_replica() for r in wanted}
             for replica, state in self._replicas.items():
                 self._apply(replica, state)
@@ -363,24 +439,51 @@ class ReplicaRouter(Generic[R]):
     def note_write(self, token: Any = None, *, key: Any = None) -> None:
         """Record that this context wrote: with its causal ``token`` (in token mode,
         reads then go to replicas that have replayed it), or without one (reads go
-        to the primary for ``window`` seconds)."""
-        self._note(self._primary_for(key, None), token)
+        to the primary for ``window`` seconds).
+
+        In token mode a token that cannot be compared with the replicas' positions
+        (or with the tokens accepted before any position was known), or that is not
+        equal to itself (NaN), is refused here, and nothing is recorded.
+        """
+        primary = self._primary_for(key, None)
+        if token is not None and self._mode == "token":
+            self._check_token(token)
+        self._note(primary, token)
 
     def _note(self, primary: R, token: Any) -> None:
+        if self._mode is None:
+            with self._lock:
+                self._counters.writes += 1
+            return
+        holder = self._holder()
         with self._lock:
             self._counters.writes += 1
-        if self._mode is None:
-            return
-        before = self._causality.get()
-        if self._mode == "token" and token is not None:
-            newest = token if before is None or before.token is None else max(before.token, token)
-            # a write noted without a token keeps pinning for its window: its
-            # commit may come after the one this token is from
-            written_at = -math.inf if before is None else before.written_at
-            self._causality.set(_Causality(written_at, newest, primary))
-        else:
-            kept = None if before is None else before.token
-            self._causality.set(_Causality(self._clock(), kept, primary))
+            before = holder.causality
+            if self._mode == "token" and token is not None:
+                newest = (
+                    token if before is None or before.token is None else max(before.token, token)
+                )
+                # a write noted without a token keeps pinning for its window: its
+                # commit may come after the one this token is from
+                written_at = -math.inf if before is None else before.written_at
+                holder.causality = _Causality(written_at, newest, primary)
+            else:
+                kept = None if before is None else before.token
+                holder.causality = _Causality(self._clock(), kept, primary)
+
+    def _holder(self) -> _Holder:
+        """This context's record, made and set here when it has none (outside any
+        :meth:`scope`): then the record is this context's and the ones copied from it
+        later, as a plain ``ContextVar`` would be."""
+        holder = self._causality.get()
+        if holder is None:
+            holder = _Holder()
+            self._causality.set(holder)
+        return holder
+
+    def _current(self) -> _Causality | None:
+        holder = self._causality.get()
+        return None if holder is None else holder.causality
 
     def _primary_for(self, key: Any, causality: _Causality | None) -> R:
         primaries = self._primaries
@@ -391,6 +494,7 @@ class ReplicaRouter(Generic[R]):
                 written: R = causality.primary
                 return written
             return primaries[0]
+        assert self._sharder is not None  # several primaries always have one
         node = self._sharder.node_for(key)
         owner = node if self._names is None else self._names.get(node)
         if owner not in primaries:
@@ -407,7 +511,7 @@ class ReplicaRouter(Generic[R]):
 
     def _route_read(self, key: Any, excluded: Sequence[R]) -> tuple[R, bool]:
         now = self._clock()
-        causality = self._causality.get()
+        causality = self._current()
         if self._pins.get():
             with self._lock:
                 self._counters.reads += 1
@@ -453,12 +557,12 @@ class ReplicaRouter(Generic[R]):
             state = replicas.get(replica)
             if state is None or state.down or replica in excluded:
                 break  # the balancer offers what the router ruled out: look at all of them
-            if token is None or (state.position is not None and state.position >= token):
+            if token is None or _replayed(state.position, token):
                 return replica
         for replica, state in list(replicas.items()):
             if state.down or replica in excluded:
                 continue
-            if token is None or (state.position is not None and state.position >= token):
+            if token is None or _replayed(state.position, token):
                 return replica
         return None
 
@@ -466,6 +570,7 @@ class ReplicaRouter(Generic[R]):
         """Run ``fn(target)`` on :meth:`for_read`'s choice; when it fails because the
         replica is unreachable (``is_failure``), mark it down and run it again on
         another replica, and at last on the primary. Other errors propagate."""
+        check_callable(fn, "fn")
         tried: list[R] = []
         while True:
             target, on_replica = self._route_read(key, tried)
@@ -481,41 +586,104 @@ class ReplicaRouter(Generic[R]):
 
     def token(self) -> Any:
         """This context's causal token (None before a write with a token): carry it to
-        the next request, on any server, and pass it to :meth:`use_token` there."""
-        causality = self._causality.get()
+        the next request, on any server, and pass it to :meth:`use_token` there.
+        :class:`~scalekit.replication.ReplicaRouterMiddleware` does both."""
+        causality = self._current()
         return None if causality is None else causality.token
 
     def use_token(self, token: Any) -> None:
         """Make this context read at least what ``token`` covers (a token exported by
-        :meth:`token` elsewhere). The newer of it and the context's own is kept."""
+        :meth:`token` elsewhere). The newer of it and the context's own is kept.
+
+        A token that cannot be compared with the replicas' positions (a cookie's
+        unparsed string where positions are ints), with the tokens accepted before
+        any position was known, or with itself (NaN), raises
+        :class:`~scalekit.errors.ArgumentTypeError` (a ``TypeError``) or
+        :class:`~scalekit.errors.ConfigurationError` here, not on a later read, and
+        changes nothing. Outside token mode the token is ignored.
+        """
         if token is None or self._mode != "token":
             return
-        self._check_comparable(token)
-        before = self._causality.get()
-        if before is not None and before.token is not None and before.token >= token:
-            return
-        written_at = -math.inf if before is None else before.written_at
-        primary = None if before is None else before.primary
-        self._causality.set(_Causality(written_at, token, primary))
+        self._check_token(token)
+        holder = self._holder()
+        with self._lock:
+            before = holder.causality
+            if before is not None and before.token is not None and before.token >= token:
+                return
+            written_at = -math.inf if before is None else before.written_at
+            primary = None if before is None else before.primary
+            holder.causality = _Causality(written_at, token, primary)
 
-    def _check_comparable(self, token: Any) -> None:
-        """Raise here, not on some later read, for a token of the wrong kind (a
-        cookie's string where positions are ints, say)."""
-        known = next((s.position for s in self._replicas.values() if s.position is not None), None)
-        if known is None:
-            return
+    def _check_token(self, token: Any) -> None:
+        """Raise here, not on some later read, for a token of the wrong kind.
+
+        The token must compare with itself (``token >= token``: NaN does not) and
+        with a reference: a replica's known position, else (before the first probe
+        has answered) the first token accepted, so that tokens of two kinds never
+        mix. When no position is known yet and the probes are due, they run here.
+        Should a probe later report positions of another kind all the same, reads
+        that wait for such a token go to the primary (:func:`_replayed`): never an
+        error on the read path."""
+        if type(token) is int and int in self._accepted:
+            return  # the common case, PostgreSQL's positions: an int always orders
+        if isinstance(token, bool):
+            raise ArgumentTypeError("token must be a causal position, got bool")
         try:
-            _ = known >= token
+            same = token >= token
         except TypeError:
-            raise TypeError(
-                f"token {token!r} does not compare with replica positions such as {known!r}"
+            raise ArgumentTypeError(
+                f"token {token!r} does not compare: a token needs >= ({type_name(token)})"
             ) from None
+        if same is not True:
+            raise ConfigurationError(f"token must equal itself, got {token!r}")
+        known = self._known_position()
+        if known is None and self._position_probe is not None and self._clock() >= self._next_poll:
+            self.poll()  # the first probe is due anyway: take it now, to check against
+            known = self._known_position()
+        with self._lock:
+            if known is None:
+                known = self._reference
+            if known is None:
+                self._reference = token
+                return
+        if not _comparable(known, token):
+            raise ArgumentTypeError(
+                f"token {token!r} does not compare with replica positions such as {known!r}"
+            )
+        if type(known) is int and type(token) is int:
+            self._accepted.add(int)
+
+    def _begin(self, token: Any) -> _Holder:
+        """Begin a fresh scope from ``token`` in the current context, not to be
+        reset: for a context made for one unit of work and then dropped (the WSGI
+        middleware's per-request context)."""
+        if token is not None and self._mode == "token":
+            self._check_token(token)
+        holder = _Holder()
+        self._causality.set(holder)
+        self._pins.set(0)
+        self.use_token(token)
+        return holder
+
+    def _known_position(self) -> Any:
+        with self._lock:
+            return next(
+                (s.position for s in self._replicas.values() if s.position is not None), None
+            )
 
     @contextmanager
     def scope(self, token: Any = None) -> Iterator[None]:
         """A fresh read-your-writes context for the block (one web request, say),
-        starting from ``token``; the outer context is restored afterwards."""
-        reset_causality = self._causality.set(None)
+        starting from ``token``; the outer context is restored afterwards.
+
+        The block's record is one object shared by every context copied inside the
+        block: a write made in a thread pool (a Starlette sync endpoint) or in a
+        task (behind a ``BaseHTTPMiddleware``) is seen by :meth:`token` after it.
+        A token refused by :meth:`use_token` is raised before the block is entered.
+        """
+        if token is not None and self._mode == "token":
+            self._check_token(token)
+        reset_causality = self._causality.set(_Holder())
         reset_pins = self._pins.set(0)
         try:
             self.use_token(token)
@@ -533,7 +701,7 @@ class ReplicaRouter(Generic[R]):
         """Send every read in the block to the primary (yielded)."""
         reset = self._pins.set(self._pins.get() + 1)
         try:
-            yield self._primary_for(key, self._causality.get())
+            yield self._primary_for(key, self._current())
         finally:
             self._pins.reset(reset)
 
@@ -542,7 +710,7 @@ class ReplicaRouter(Generic[R]):
         """A unit of work on the primary (yielded): every read in the block goes
         there, and the context counts as having written (without a token) when
         it ends: what the block wrote directly has no token to wait for."""
-        primary = self._primary_for(key, self._causality.get())
+        primary = self._primary_for(key, self._current())
         reset = self._pins.set(self._pins.get() + 1)
         try:
             yield primary
@@ -554,7 +722,9 @@ class ReplicaRouter(Generic[R]):
 
     def report_failure(self, replica: R) -> None:
         """``replica`` could not be reached: no reads until a probe passes (or for
-        ``down_for`` seconds without probes)."""
+        ``down_for`` seconds without probes). A target that is no replica (the
+        primary, a replica removed meanwhile) is ignored."""
+        _check_target(replica, "replica")
         with self._lock:
             state = self._replicas.get(replica)
             if state is None:
@@ -673,7 +843,7 @@ class ReplicaRouter(Generic[R]):
                 replica
                 for replica, state in self._replicas.items()
                 if not state.down
-                and (state.position is None or state.position < token)
+                and not _replayed(state.position, token)
                 and now - state.position_at >= 0.01
             ]
             for replica in stale:  # claimed: concurrent reads don't probe it again
@@ -710,6 +880,47 @@ class ReplicaRouter(Generic[R]):
                 down=tuple(r for r, s in self._replicas.items() if s.down),
             )
 
+    def _check(self) -> None:
+        """Assert the router's invariants (for tests; O(replicas)).
+
+        - primaries are distinct, and no target is both a primary and a replica;
+        - with names, the names map onto exactly the primaries;
+        - the balancer lists exactly the replicas (when it lists its backends);
+        - a replica is marked down when it lags, and up when it neither lags nor
+          has ever failed without a probe passing since;
+        - a replica's position, once known, compares with the others';
+        - the counters add up: every read is counted once, by where it went.
+        """
+        with self._lock:
+            primaries, replicas = self._primaries, self._replicas
+            assert len(set(primaries)) == len(primaries), primaries
+            assert not set(primaries) & set(replicas), (primaries, list(replicas))
+            if self._names is not None:
+                assert set(self._names.values()) == set(primaries), (self._names, primaries)
+            listed = _backends(self._balancer)
+            if listed is not None:
+                assert set(listed) == set(replicas), (listed, list(replicas))
+            positions = [s.position for s in replicas.values() if s.position is not None]
+            for replica, state in replicas.items():
+                if state.lagging:
+                    assert state.down, replica
+                if not state.lagging and state.failed_until == -math.inf:
+                    assert not state.down, replica
+                if self._max_lag is None or self._lag_probe is None:
+                    assert not state.lagging, replica
+                assert min(state.reads, state.failures) >= 0, replica
+                assert state.failures_seen >= state.failures, replica
+            if positions:
+                assert all(_comparable(positions[0], p) for p in positions), positions
+            c = self._counters
+            counted = (c.reads, c.writes, c.pinned, c.read_your_writes, c.fallbacks, c.retries)
+            assert min(*counted, c.probe_errors) >= 0, c
+            to_primary = c.pinned + c.read_your_writes + c.fallbacks
+            # replicas removed since took their read counts with them
+            assert c.reads >= to_primary + sum(s.reads for s in replicas.values()), c
+            assert self._mode in ("window", "token", None)
+            assert self._next_revival == math.inf or not self._probing
+
     def __repr__(self) -> str:
         primaries, replicas = list(self._primaries), list(self._replicas)
         return (
@@ -718,15 +929,70 @@ class ReplicaRouter(Generic[R]):
         )
 
 
+def _replayed(position: Any, token: Any) -> bool:
+    """Whether a replica at ``position`` has replayed ``token``; a position that is
+    unknown, or of another kind than the token, has not."""
+    if position is None:
+        return False
+    try:
+        return bool(position >= token)
+    except TypeError:
+        return False
+
+
+def _comparable(a: Any, b: Any) -> bool:
+    """Whether ``a >= b`` and ``b >= a`` both answer (positions and tokens must)."""
+    try:
+        _ = a >= b
+        _ = b >= a
+    except TypeError:
+        return False
+    return True
+
+
+def _check_target(target: Any, name: str) -> None:
+    """A primary or replica: hashable, not None, equal to itself (not NaN), and when
+    it is a ``str``, valid text (no lone surrogate)."""
+    check_node(target, name)
+    if isinstance(target, str):
+        check_name(target, name)
+
+
+def _check_balancer(balancer: Any) -> None:
+    missing = [
+        m for m in ("pick", "mark_down", "mark_up") if not callable(getattr(balancer, m, None))
+    ]
+    if missing:
+        raise ArgumentTypeError(
+            f"balancer must have pick(), mark_down() and mark_up() "
+            f"(scalekit.protocols.SupportsPick), got {type_name(balancer)}"
+        )
+
+
+def _backends(balancer: Any) -> tuple[Any, ...] | None:
+    """The backends a balancer lists, or None when it lists none (a bare ``SupportsPick``)."""
+    listed = getattr(balancer, "backends", None)
+    return None if listed is None else tuple(listed)
+
+
 def _primaries(primary: Any) -> tuple[dict[Any, Any] | None, tuple[Any, ...]]:
     if isinstance(primary, Mapping):
         if not primary:
             raise ConfigurationError("at least one primary is needed")
-        return dict(primary), tuple(primary.values())
+        for name, target in primary.items():
+            _check_target(name, "primary name")
+            _check_target(target, "primary")
+        targets = tuple(primary.values())
+        if len(set(targets)) != len(targets):
+            raise DuplicateNode(f"a primary is listed twice in {primary!r}")
+        return dict(primary), targets
     if isinstance(primary, (list, tuple)):
         if not primary:
             raise ConfigurationError("at least one primary is needed")
+        for target in primary:
+            _check_target(target, "primary")
         if len(set(primary)) != len(primary):
             raise DuplicateNode(f"a primary is listed twice in {primary!r}")
         return None, tuple(primary)
+    _check_target(primary, "primary")
     return None, (primary,)

@@ -20,30 +20,50 @@ import bisect
 import logging
 import math
 import re
+import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from sqlalchemy.orm.session import SessionTransactionOrigin
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import CTE, TextualSelect
 
-from scalekit.errors import ConfigurationError
+from scalekit._validate import check_count
+from scalekit.errors import ArgumentTypeError, ConfigurationError
 from scalekit.replication._router import ReplicaRouter, is_connection_error
 
-try:
-    from sqlalchemy.util.concurrency import in_greenlet
-except ImportError:  # pragma: no cover - an older SQLAlchemy 2.0
+if TYPE_CHECKING:
+    # The asyncio parts need greenlet, optional since SQLAlchemy 2.1: they are
+    # imported where they are used, so sync-only users need no greenlet.
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-    def in_greenlet() -> bool:
+_ASYNCIO = "sqlalchemy.ext.asyncio"
+
+
+def _is_async_engine(target: Any) -> bool:
+    """Whether ``target`` is an ``AsyncEngine``, without importing the asyncio
+    extension: an async engine exists only once that extension is imported."""
+    module = sys.modules.get(_ASYNCIO)
+    return module is not None and isinstance(target, module.AsyncEngine)
+
+
+def _in_greenlet() -> bool:
+    """Whether this code runs inside SQLAlchemy's greenlet (an async session's I/O);
+    False whenever the asyncio extension, and so greenlet, was never loaded."""
+    if sys.modules.get(_ASYNCIO) is None:
+        return False
+    try:
+        from sqlalchemy.util.concurrency import in_greenlet as sqlalchemy_in_greenlet
+    except ImportError:  # pragma: no cover - an older SQLAlchemy 2.0
         return False  # probes of async engines then always use the sync twin
+    return bool(sqlalchemy_in_greenlet())
 
 
 __all__ = [
@@ -62,7 +82,10 @@ __all__ = [
 
 _log = logging.getLogger("scalekit.replication")
 
-Target = Engine | AsyncEngine
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    Target: TypeAlias = Engine | AsyncEngine
 CommitToken = Callable[[Engine], Any]
 
 # A text() statement is a read when it starts with one of these and locks nothing.
@@ -108,7 +131,7 @@ def _query(target: Any, sql: str) -> Any:
         return connection.exec_driver_sql(sql).one()
 
 
-_SYNC_TWINS: weakref.WeakKeyDictionary[AsyncEngine, Engine] = weakref.WeakKeyDictionary()
+_SYNC_TWINS: weakref.WeakKeyDictionary[Any, Engine] = weakref.WeakKeyDictionary()
 
 
 def _probe_engine(target: Any) -> Engine:
@@ -116,12 +139,12 @@ def _probe_engine(target: Any) -> Engine:
     inside a greenlet (an async session's I/O); elsewhere (a poller thread, a
     direct ``for_read()``) a psycopg async engine gets a small sync twin on the
     same URL, so probing never needs a greenlet."""
-    if not isinstance(target, AsyncEngine) or in_greenlet():
+    if not _is_async_engine(target) or _in_greenlet():
         return _engine(target)
     twin = _SYNC_TWINS.get(target)
     if twin is None:
         if target.dialect.driver != "psycopg":
-            return target.sync_engine  # no sync twin of this driver: fails here
+            return _engine(target)  # no sync twin of this driver: fails here
         url = target.url.set(drivername="postgresql+psycopg")
         twin = _SYNC_TWINS[target] = create_engine(url, pool_size=2, pool_pre_ping=True)
         weakref.finalize(target, twin.dispose)  # close its connections with the original
@@ -221,6 +244,7 @@ class PgLagProbe:
     """
 
     def __init__(self, primary: Any, *, samples: int = 1024) -> None:
+        samples = check_count(samples, "samples", minimum=2)
         self.primary = primary  # an engine, or a callable returning the current one
         self._positions: list[int] = []  # increasing, with the last time seen at each
         self._times: list[float] = []
@@ -334,6 +358,7 @@ class RoutingSession(Session):
         snapshot_reads: bool = False,
         **kwargs: Any,
     ) -> None:
+        _check_session_options(router, snapshot_reads)
         if kwargs.get("bind") is not None or kwargs.get("binds"):
             raise ConfigurationError(
                 "a routing session takes its engines from the router, not bind= or binds="
@@ -494,7 +519,24 @@ class RoutingSession(Session):
             self._read_replica = self._read_bind = None
 
 
+def _check_session_options(router: Any, snapshot_reads: Any) -> None:
+    if not isinstance(router, ReplicaRouter):
+        raise ArgumentTypeError(f"router must be a ReplicaRouter, got {type(router).__name__}")
+    if not isinstance(snapshot_reads, bool):
+        raise ArgumentTypeError(
+            f"snapshot_reads must be a bool, got {type(snapshot_reads).__name__}"
+        )
+
+
 def _token_reader(router: ReplicaRouter[Any], commit_token: Any) -> CommitToken | None:
+    if (
+        commit_token is not None
+        and not isinstance(commit_token, str)
+        and not callable(commit_token)
+    ):
+        raise ArgumentTypeError(
+            f'commit_token must be "auto", a callable or None, got {type(commit_token).__name__}'
+        )
     if commit_token == "auto":
         dialect = _engine(router.primary).dialect.name
         return pg_commit_token if dialect == "postgresql" else None
@@ -571,6 +613,7 @@ def routing_sessionmaker(
     wrote; ``"auto"`` uses :func:`pg_commit_token` on PostgreSQL and no token
     elsewhere (reads then stay on the primary for the router's ``window``).
     """
+    _check_session_options(router, snapshot_reads)
     return sessionmaker(
         class_=RoutingSession,
         router=router,
@@ -589,10 +632,14 @@ def async_routing_sessionmaker(
 ) -> async_sessionmaker[AsyncSession]:
     """An ``async_sessionmaker`` whose sessions route like :class:`RoutingSession`;
     the router's targets are :class:`~sqlalchemy.ext.asyncio.AsyncEngine` objects.
+    Needs greenlet (``SQLAlchemy[asyncio]``), imported here and not before.
 
     The probes and the commit token run inside the session's own greenlet, the
     way SQLAlchemy runs all of an async session's I/O, so they need no awaiting.
     """
+    _check_session_options(router, snapshot_reads)
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
     return async_sessionmaker(
         sync_session_class=RoutingSession,
         router=router,
