@@ -109,6 +109,8 @@ class Entry:
     deadline: float  # INF: never expires
     count: int  # LFU uses: 1 for the insert, +1 per read or overwrite
     stamp: int  # LRU: last use; FIFO: last write; LFU: when it reached ``count``
+    written: int = 0  # the stamp of the last write
+    default_ttl: bool = False  # its deadline is the cache's ttl
 
 
 class CacheMachine(RuleBasedStateMachine):
@@ -195,6 +197,16 @@ class CacheMachine(RuleBasedStateMachine):
         live = self.live()
         return sorted(live, key=lambda key: self.rank(live[key]))
 
+    def iteration_order(self) -> list[int]:
+        """Eviction order, but TTLCache iterates as cachetools: the keys with the
+        cache's ttl in write order first, then the others least recently used first."""
+        order = self.eviction_order()
+        if self.cache_class is not TTLCache:
+            return order
+        live = self.live()
+        timed = sorted((k for k in order if live[k].default_ttl), key=lambda k: live[k].written)
+        return timed + [k for k in order if not live[k].default_ttl]
+
     def victim(self) -> int:
         return self.eviction_order()[0]
 
@@ -271,12 +283,16 @@ class CacheMachine(RuleBasedStateMachine):
             if key in self.entries:
                 entry.value, entry.size, entry.deadline = value, size, deadline
                 self.overwritten(entry)
+                entry.written = self.stamp()
+                entry.default_ttl = ttl is None and self.ttl is not None
                 return None, evicted
         if self.live() and self.live_size() + size > self.maxsize:
             self.owe_all_expired()
             while self.entries and self.live_size() + size > self.maxsize:
                 evicted.append(self.evict())
-        self.entries[key] = Entry(value, size, deadline, 1, self.stamp())
+        stamp = self.stamp()
+        default_ttl = ttl is None and self.ttl is not None
+        self.entries[key] = Entry(value, size, deadline, 1, stamp, stamp, default_ttl)
         return None, evicted
 
     def settle(self, result: Any = None, evicted: list[tuple[int, Value]] | None = None) -> None:
@@ -499,9 +515,10 @@ class CacheMachine(RuleBasedStateMachine):
 
     @rule(view=st.sampled_from(["len", "iter", "keys", "items", "values", "currsize"]))
     def check_view(self, view: str) -> None:
-        """Iteration is in eviction order for LRU and FIFO (LFU: in no particular order)."""
+        """Iteration is in eviction order for LRU and FIFO (LFU: in no particular order;
+        TTLCache: see ``iteration_order``)."""
         live = self.live()
-        order = self.eviction_order()
+        order = self.iteration_order()
         if view == "len":
             result = attempt(len, self.cache)
             expected: Any = len(live)

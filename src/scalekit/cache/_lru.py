@@ -188,7 +188,7 @@ class _LeanTimedLRU(LRUCache[K, V]):
         if len(data) >= self._maxlen:
             old_key = data.popitem(False)[0]
             if expires.pop(old_key, None) is None and self._own_expires:
-                self._own_expires.pop(old_key, None)
+                self._forget_own_expiry(old_key)
         data[key] = value
         expires_at = now + self._ttl  # type: ignore[operator]
         if expires_at < self._queue_tail:
