@@ -338,7 +338,12 @@ def test_cached_refuses_bad_arguments_naming_them(kwargs: dict[str, Any], name: 
 
 @pytest.mark.parametrize(
     ("kwargs", "name"),
-    [({"cache": None}, "cache"), ({"key": 1}, "key"), ({"lock": 1}, "lock"), ({"info": None}, "info")],
+    [
+        ({"cache": None}, "cache"),
+        ({"key": 1}, "key"),
+        ({"lock": 1}, "lock"),
+        ({"info": None}, "info"),
+    ],
 )
 def test_cachedmethod_refuses_bad_arguments_naming_them(kwargs: dict[str, Any], name: str) -> None:
     arguments: dict[str, Any] = {"cache": lambda self: self.cache, **kwargs}

@@ -25,6 +25,7 @@ from scalekit.cache import Cache, CacheStats
 from scalekit.errors import ConfigurationError, ItemTooLarge
 from scalekit.protocols import Clock, Store, SupportsStats
 from scalekit.testing import FakeClock
+from scalekit.testing._cache import check_cache
 
 __all__ = ["CacheContract", "CacheFactory", "Listener", "by_policy", "stats_kwargs"]
 
@@ -167,6 +168,10 @@ def drain(cache: Cache[Any, Any]) -> list[Any]:
 
 class CacheContract:
     """Tests every cache passes; mix into a class parametrized with ``make``."""
+
+    def test_the_shipped_contract(self, make: CacheFactory) -> None:
+        """``scalekit.testing.check_cache``, the contract users run on their caches."""
+        check_cache(lambda maxsize, timer: make(maxsize, timer=timer))
 
     # -- the mapping ------------------------------------------------------------
 
@@ -454,6 +459,7 @@ class CacheContract:
     def test_missing_hook_of_a_subclass(self, make: CacheFactory) -> None:
         if make.wrapper is not None:
             pytest.skip("a wrapper has no __missing__ hook: its cache's is the one called")
+
         class Computing(make.cls):  # type: ignore[name-defined, misc]
             def __missing__(self, key: Any) -> Any:
                 value = f"computed {key}"

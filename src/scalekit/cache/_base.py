@@ -44,7 +44,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, cast
 
 from scalekit._validate import (
     MAX_COUNT,
@@ -270,7 +270,7 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         maxsize: float,
         getsizeof: Callable[[V], float] | None = None,
         *,
-        ttl: float | None = None,
+        ttl: float | timedelta | None = None,
         timer: Clock = time.monotonic,
         on_evict: EvictionListener | None = None,
         stats: bool = False,
@@ -284,11 +284,11 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
             check_callable(getsizeof, "getsizeof")
         _check_bool(stats, "stats")
         clock: Callable[[], float] = timer
-        if isinstance(ttl, timedelta) and isinstance(timer(), datetime):
+        if isinstance(ttl, timedelta) and isinstance(cast(Any, timer)(), datetime):
             # cachetools' TTLCache(ttl=timedelta(...), timer=datetime.now): read the
             # datetimes as seconds, and take the general paths, which check that a
             # deadline stays within datetime.max.
-            clock = _DatetimeClock(timer)
+            clock = _DatetimeClock(cast(Any, timer))
             general = type(self).__dict__.get("_general")
             if general is not None:
                 self.__class__ = general
@@ -395,7 +395,9 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
 
     @property
     def timer(self) -> _Timer:
-        """The clock the TTLs are measured with; ``with cache.timer:`` stops it (see :class:`_Timer`)."""
+        """The clock the TTLs are measured with; ``with cache.timer:`` stops it.
+
+        See :class:`_Timer`."""
         return self._timer_view
 
     @staticmethod
@@ -581,7 +583,7 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
 
     # -- writing ------------------------------------------------------------
 
-    def set(self, key: K, value: V, *, ttl: float | None = None) -> None:
+    def set(self, key: K, value: V, *, ttl: float | timedelta | None = None) -> None:
         """Store ``value`` under ``key``, living ``ttl`` seconds (default: the cache's ``ttl``).
 
         ``ttl=math.inf`` stores an item that never expires, whatever the cache's ``ttl``;
@@ -601,7 +603,7 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
             seconds = _check_ttl(ttl)
             self._store(key, value, None if seconds == _INF else seconds, own_ttl=True)
 
-    def add(self, key: K, value: V, *, ttl: float | None = None) -> bool:
+    def add(self, key: K, value: V, *, ttl: float | timedelta | None = None) -> bool:
         """Store ``value`` only if ``key`` is absent or expired; return whether it did.
 
         The :class:`~scalekit.protocols.Store` primitive a live migration copies with
@@ -621,7 +623,7 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         self.set(key, value, ttl=ttl)
         return True
 
-    def set_many(self, items: Mapping[K, V], *, ttl: float | None = None) -> None:
+    def set_many(self, items: Mapping[K, V], *, ttl: float | timedelta | None = None) -> None:
         """Store every item of ``items`` with the same ``ttl``.
 
         Every item is checked first (size, hashability, ``ttl``), so a bad item
@@ -919,7 +921,7 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
             self._notify(removed)
         return [(key, value) for key, value, _ in removed]
 
-    def expire(self, time: float | None = None) -> list[tuple[K, V]]:
+    def expire(self, time: float | datetime | None = None) -> list[tuple[K, V]]:
         """Remove the items expired at ``time`` (default: now) and return them.
 
         ``time`` is a number on the scale of ``timer`` (or a datetime, when

@@ -23,9 +23,9 @@ import functools
 import inspect
 import threading
 import weakref
-from threading import get_ident
 from collections.abc import Callable, Hashable, MutableMapping
 from contextlib import AbstractContextManager
+from threading import get_ident
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -473,8 +473,7 @@ def cachedmethod(
     """
     if not callable(cache):
         raise ArgumentTypeError(
-            "cache must be a function of the instance returning its cache, "
-            f"got {type_name(cache)}"
+            f"cache must be a function of the instance returning its cache, got {type_name(cache)}"
         )
     check_callable(key, "key")
     if lock is not None:

@@ -6,6 +6,7 @@ import copy
 import threading
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import AbstractContextManager
+from datetime import timedelta
 from typing import Any, Generic
 
 from scalekit._validate import type_name
@@ -42,7 +43,9 @@ class ThreadSafeCache(MutableMapping[K, V], Generic[K, V]):
         if not isinstance(cache, MutableMapping):
             raise ArgumentTypeError(f"cache must be a cache, got {type_name(cache)}")
         if lock is not None and not (hasattr(lock, "__enter__") and hasattr(lock, "__exit__")):
-            raise ArgumentTypeError(f"lock must be a context manager (a lock), got {type_name(lock)}")
+            raise ArgumentTypeError(
+                f"lock must be a context manager (a lock), got {type_name(lock)}"
+            )
         self.cache = cache
         self._given_lock = lock
         self.lock: AbstractContextManager[Any] = lock if lock is not None else threading.RLock()
@@ -116,7 +119,7 @@ class ThreadSafeCache(MutableMapping[K, V], Generic[K, V]):
         with self.lock:
             return self.cache.peek(key, default)
 
-    def set(self, key: K, value: V, *, ttl: float | None = None) -> None:
+    def set(self, key: K, value: V, *, ttl: float | timedelta | None = None) -> None:
         """``cache.set(key, value, ttl=ttl)`` under the lock."""
         with self.lock:
             self.cache.set(key, value, ttl=ttl)
@@ -126,7 +129,7 @@ class ThreadSafeCache(MutableMapping[K, V], Generic[K, V]):
         with self.lock:
             return self.cache.get_many(keys)
 
-    def set_many(self, items: Mapping[K, V], *, ttl: float | None = None) -> None:
+    def set_many(self, items: Mapping[K, V], *, ttl: float | timedelta | None = None) -> None:
         """``cache.set_many(items, ttl=ttl)`` under the lock, as one atomic step."""
         with self.lock:
             self.cache.set_many(items, ttl=ttl)
@@ -171,7 +174,7 @@ class ThreadSafeCache(MutableMapping[K, V], Generic[K, V]):
         with self.lock:
             return list(self.cache)
 
-    def add(self, key: K, value: V, *, ttl: float | None = None) -> bool:
+    def add(self, key: K, value: V, *, ttl: float | timedelta | None = None) -> bool:
         """``cache.add(key, value, ttl=ttl)`` under the lock: set only if absent."""
         with self.lock:
             return self.cache.add(key, value, ttl=ttl)

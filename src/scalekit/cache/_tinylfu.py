@@ -20,6 +20,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from scalekit._validate import check_count, check_number
@@ -169,7 +170,7 @@ class TinyLFUCache(Cache[K, V]):
         maxsize: float,
         getsizeof: Callable[[V], float] | None = None,
         *,
-        ttl: float | None = None,
+        ttl: float | timedelta | None = None,
         timer: Clock = time.monotonic,
         on_evict: EvictionListener | None = None,
         stats: bool = False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 from scalekit.cache._base import EvictionListener, K, V
 from scalekit.cache._lru import LRUCache, _LeanTimedLRU
@@ -41,7 +42,7 @@ class TTLCache(LRUCache[K, V]):
     def __init__(
         self,
         maxsize: float,
-        ttl: float,
+        ttl: float | timedelta,
         timer: Clock = time.monotonic,
         getsizeof: Callable[[V], float] | None = None,
         *,
