@@ -323,7 +323,7 @@ def test_other_tasks_still_wait_for_the_call_in_flight() -> None:
     ("kwargs", "name"),
     [
         ({"cache": None}, "cache"),
-        ({"cache": [1]}, "cache"),
+        ({"cache": (1,)}, "cache"),
         ({"key": "x"}, "key"),
         ({"lock": 3}, "lock"),
         ({"condition": "x"}, "condition"),

@@ -463,13 +463,18 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         O(n) for the whole iteration.
         """
         data = self._data
+        order = self._iteration_order()
         if self._next_expiry == _INF:
-            for key in self._iteration_order():
+            for key in order:
                 if key in data:
                     yield key
-        else:
-            for key in self._iteration_order():
-                if key in self:
+            return
+        now = self._timer()  # one clock read: the iteration sees one instant
+        deadline_of = self._deadline
+        for key in order:
+            if key in data:
+                deadline = deadline_of(key)
+                if deadline is None or now < deadline:
                     yield key
 
     def _iteration_order(self) -> list[K]:

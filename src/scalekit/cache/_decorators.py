@@ -412,7 +412,7 @@ def cached(
     >>> square.invalidate(4), square.invalidate(4)
     (True, False)
     """
-    if not isinstance(cache, MutableMapping):
+    if not all(hasattr(type(cache), name) for name in ("__getitem__", "__setitem__")):
         raise ArgumentTypeError(f"cache must be a mutable mapping, got {type_name(cache)}")
     check_callable(key, "key")
     _check_lock(lock, "lock")
