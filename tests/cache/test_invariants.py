@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 import subprocess
 import sys
 from datetime import timedelta
@@ -252,3 +254,40 @@ def test_tinylfu_with_lone_surrogate_keys_does_not_crash_the_interpreter() -> No
     )
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout.startswith("survived")
+
+
+# -- with cache.timer ------------------------------------------------------------
+
+
+class Ticker:
+    """A picklable manual clock (FakeClock holds a lock)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.mark.parametrize("how", ["copy", "deepcopy", "pickle"])
+@pytest.mark.parametrize("cls", [*POLICIES, TTLCache])
+def test_a_copy_made_while_the_timer_is_held_runs_on_its_own_clock(
+    cls: type[Any], how: str
+) -> None:
+    cache = cls(10, ttl=5, timer=Ticker()) if cls is not TTLCache else cls(10, 5, Ticker())
+    cache["k"] = 1
+    with cache.timer as now:
+        assert now == 0.0
+        if how == "copy":
+            clone = copy.copy(cache)
+        elif how == "deepcopy":
+            clone = copy.deepcopy(cache)
+        else:
+            clone = pickle.loads(pickle.dumps(cache))
+        assert clone.timer is not cache.timer
+    clone.timer.advance(5)  # the clone's clock (a copy of the ticker, or the same one)
+    assert "k" not in clone, "the copy still reads the time held when it was made"
+    assert clone.timer() == 5.0

@@ -1009,6 +1009,11 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         clone._copy_policy_from(self)
         return clone
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_timer"] = self._clock  # a copy made in `with cache.timer:` is not held
+        return state
+
     def copy(self) -> Cache[K, V]:
         """A shallow copy: new structures, the same keys and values."""
         return self.__copy__()

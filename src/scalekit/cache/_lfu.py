@@ -204,7 +204,7 @@ class LFUCache(Cache[K, V]):
         self._rebuild(other._buckets())
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         del state["_root"], state["_nodes"]
         state["_lfu_buckets"] = self._buckets()
         return state
