@@ -349,3 +349,57 @@ def test_cachedmethod_refuses_bad_arguments_naming_them(kwargs: dict[str, Any], 
     arguments: dict[str, Any] = {"cache": lambda self: self.cache, **kwargs}
     with pytest.raises(ArgumentTypeError, match=name):
         cachedmethod(**arguments)
+
+
+# -- stress ------------------------------------------------------------------------
+
+
+def test_stress_writers_that_invalidate_never_leave_a_stale_value_behind() -> None:
+    """8 readers and 2 writers on one key; after every write the writer invalidates.
+
+    Each write, and the check after each writer's last write, must see the
+    cache serve no value older than that write once no read that started
+    before it is still in flight. A read sleeps between reading the "database"
+    and returning, to widen the window in which a stale result could be stored.
+    """
+    import random
+    import time
+
+    version = [0]
+    version_lock = threading.Lock()
+    stop = threading.Event()
+    problems: list[str] = []
+
+    @cached(TTLCache(maxsize=10, ttl=3600))
+    def read(key: str) -> int:
+        seen = version[0]
+        time.sleep(random.random() * 0.001)
+        return seen
+
+    def reader() -> None:
+        while not stop.is_set():
+            read("k")
+
+    def writer() -> None:
+        for _ in range(60):
+            with version_lock:
+                version[0] += 1
+                written = version[0]
+            invalidate_of(read)("k")
+            time.sleep(random.random() * 0.001)
+            # Reads that began after the invalidation must see this write or a later one.
+            got = read("k")
+            if got < written:
+                problems.append(f"read {got} after writing {written}")
+
+    readers = [threading.Thread(target=reader) for _ in range(8)]
+    writers = [threading.Thread(target=writer) for _ in range(2)]
+    for thread in readers + writers:
+        thread.start()
+    for thread in writers:
+        thread.join(TIMEOUT * 3)
+    stop.set()
+    for thread in readers:
+        thread.join(TIMEOUT)
+    assert not problems, problems[:5]
+    assert read("k") == version[0]
