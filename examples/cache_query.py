@@ -50,6 +50,13 @@ def main() -> None:
         thread.join()
     print(f"100 concurrent requests for product 7: {queries - 1} query")
 
+    # A write: invalidate the cached row, so the next read sees the new price
+    # (a read already in flight for it would answer its callers but not be stored).
+    with database_lock:
+        database.execute("UPDATE products SET price = 1.0 WHERE id = 42")
+    product.invalidate(42)  # type: ignore[attr-defined]
+    print(f"after the update and invalidate(42): price {product(42)[2]}")  # type: ignore[index]
+
     time.sleep(2.0)  # the TTL passes: the next read asks the database again
     product(42)
     print(f"after the TTL: {queries} queries in all")

@@ -33,7 +33,15 @@ from hypothesis.stateful import (
     rule,
 )
 
-from scalekit.cache import Cache, FIFOCache, LFUCache, LRUCache, TTLCache
+from scalekit.cache import (
+    Cache,
+    FIFOCache,
+    LFUCache,
+    LRUCache,
+    ThreadSafeCache,
+    TinyLFUCache,
+    TTLCache,
+)
 from scalekit.errors import ConfigurationError, ItemTooLarge
 from scalekit.testing import FakeClock
 from tests.contracts.cache_contract import stats_kwargs
@@ -109,6 +117,8 @@ class Entry:
     deadline: float  # INF: never expires
     count: int  # LFU uses: 1 for the insert, +1 per read or overwrite
     stamp: int  # LRU: last use; FIFO: last write; LFU: when it reached ``count``
+    written: int = 0  # the stamp of the last write
+    default_ttl: bool = False  # its deadline is the cache's ttl
 
 
 class CacheMachine(RuleBasedStateMachine):
@@ -117,6 +127,10 @@ class CacheMachine(RuleBasedStateMachine):
     policy: ClassVar[str] = "lru"
     cache_class: ClassVar[type[Cache[Any, Any]]] = LRUCache
     needs_ttl: ClassVar[bool] = False
+    exact_victims: ClassVar[bool] = True
+    """False for TinyLFU, whose victims depend on its frequency sketch: the model
+    then learns them from the cache (each must be a live item, with its value)
+    and checks everything else as usual."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -131,6 +145,7 @@ class CacheMachine(RuleBasedStateMachine):
         self.tick = 0
         self.uid = 0
         self.hits = self.misses = self.evictions = self.expirations = 0
+        self.replaced: list[tuple[int, Value]] = []  # loose: old values written over
 
     def teardown(self) -> None:
         _clocks.pop(self.ident, None)
@@ -194,6 +209,16 @@ class CacheMachine(RuleBasedStateMachine):
     def eviction_order(self) -> list[int]:
         live = self.live()
         return sorted(live, key=lambda key: self.rank(live[key]))
+
+    def iteration_order(self) -> list[int]:
+        """Eviction order, but TTLCache iterates as cachetools: the keys with the
+        cache's ttl in write order first, then the others least recently used first."""
+        order = self.eviction_order()
+        if self.cache_class is not TTLCache:
+            return order
+        live = self.live()
+        timed = sorted((k for k in order if live[k].default_ttl), key=lambda k: live[k].written)
+        return timed + [k for k in order if not live[k].default_ttl]
 
     def victim(self) -> int:
         return self.eviction_order()[0]
@@ -261,6 +286,18 @@ class CacheMachine(RuleBasedStateMachine):
         evicted: list[tuple[int, Value]] = []
         if key in self.entries and self.entries[key].deadline <= now:
             self.owe(key)  # an expired key is absent: this is a fresh insert
+        if not self.exact_victims:
+            # The victims are learnt from the cache afterwards (see ``learn_victims``).
+            if key in self.entries:
+                self.replaced.append((key, self.entries[key].value))
+            if self.live_size() - (self.entries[key].size if key in self.entries else 0) + size > (
+                self.maxsize
+            ):
+                self.owe_all_expired()
+            stamp = self.stamp()
+            default_ttl = ttl is None and self.ttl is not None
+            self.entries[key] = Entry(value, size, deadline, 1, stamp, stamp, default_ttl)
+            return None, []
         if key in self.entries:
             entry = self.entries[key]
             if self.live_size() - entry.size + size > self.maxsize:
@@ -271,17 +308,23 @@ class CacheMachine(RuleBasedStateMachine):
             if key in self.entries:
                 entry.value, entry.size, entry.deadline = value, size, deadline
                 self.overwritten(entry)
+                entry.written = self.stamp()
+                entry.default_ttl = ttl is None and self.ttl is not None
                 return None, evicted
         if self.live() and self.live_size() + size > self.maxsize:
             self.owe_all_expired()
             while self.entries and self.live_size() + size > self.maxsize:
                 evicted.append(self.evict())
-        self.entries[key] = Entry(value, size, deadline, 1, self.stamp())
+        stamp = self.stamp()
+        default_ttl = ttl is None and self.ttl is not None
+        self.entries[key] = Entry(value, size, deadline, 1, stamp, stamp, default_ttl)
         return None, evicted
 
     def settle(self, result: Any = None, evicted: list[tuple[int, Value]] | None = None) -> None:
         """Account for the listener calls of the last step and check them."""
         raised = result is BOOMED
+        if not self.exact_victims:
+            self.learn_victims()
         if self.mode == "bare":
             assert not raised
             self.owed.clear()
@@ -294,6 +337,8 @@ class CacheMachine(RuleBasedStateMachine):
         for key, value, cause in new:
             if cause == "size":
                 size_events.append((key, value))
+                continue
+            if cause == "learnt":
                 continue
             assert cause == "expired", f"unknown cause {cause!r}"
             assert not size_events, f"{key!r} expired after a live item was evicted: {new}"
@@ -313,6 +358,33 @@ class CacheMachine(RuleBasedStateMachine):
             assert raised == expected_raise, f"listener error raised={raised}, calls={new}"
         else:
             assert not raised
+
+    def learn_victims(self) -> None:
+        """Loose model: drop the live items the cache evicted, after checking each.
+
+        With a listener, every ``"size"`` event must name a live item with its
+        value (or a value just written over); without one, a live item missing
+        from the cache was evicted. Either way the cache holds every other item.
+        """
+        replaced, self.replaced = self.replaced, []
+        if self.mode == "bare":
+            for key in list(self.live()):
+                if self.cache.peek(key, MISSING) is MISSING:
+                    del self.entries[key]
+            return
+        new = self.log[self.seen :]
+        for index, (key, value, cause) in enumerate(new):
+            if cause != "size":
+                continue
+            entry = self.entries.get(key)
+            if entry is not None and entry.value == value and entry.deadline > self.clock():
+                del self.entries[key]
+            else:
+                assert (key, value) in replaced, f"evicted {key!r}={value!r}: not a live item"
+                replaced.remove((key, value))
+            self.evictions += 1
+            self.log[self.seen + index] = (key, value, "learnt")
+        assert self.live_size() <= self.maxsize or not self.live()
 
     def expect(self, result: Any, error: type[Exception] | None, value: Any = None) -> None:
         """``result`` is ``value`` when no error is expected, else an ``error``.
@@ -472,6 +544,11 @@ class CacheMachine(RuleBasedStateMachine):
         result = attempt(self.cache.popitem)
         if not self.live():
             self.expect(result, KeyError)
+        elif not self.exact_victims:
+            assert isinstance(result, tuple), result
+            key, value = result
+            assert key in self.live(), result
+            assert self.entries.pop(key).value == value, result
         else:
             key = self.victim()
             self.expect(result, None, (key, self.entries.pop(key).value))
@@ -499,9 +576,10 @@ class CacheMachine(RuleBasedStateMachine):
 
     @rule(view=st.sampled_from(["len", "iter", "keys", "items", "values", "currsize"]))
     def check_view(self, view: str) -> None:
-        """Iteration is in eviction order for LRU and FIFO (LFU: in no particular order)."""
+        """Iteration is in eviction order for LRU and FIFO (LFU: in no particular order;
+        TTLCache: see ``iteration_order``)."""
         live = self.live()
-        order = self.eviction_order()
+        order = self.iteration_order()
         if view == "len":
             result = attempt(len, self.cache)
             expected: Any = len(live)
@@ -517,7 +595,7 @@ class CacheMachine(RuleBasedStateMachine):
         else:
             result = attempt(lambda: list(self.cache.values()))
             expected = [live[key].value for key in order]
-        if self.policy == "lfu" and isinstance(result, list):
+        if self.policy in ("lfu", "tinylfu") and isinstance(result, list):
             result, expected = sorted(result), sorted(expected)
         self.expect(result, None, expected)
         self.settle(result)
@@ -625,6 +703,24 @@ class TTLMachine(CacheMachine):
         )
 
 
+class TinyLFUMachine(CacheMachine):
+    """TinyLFUCache: every rule of the model, with the victims learnt from the cache."""
+
+    policy = "tinylfu"
+    cache_class = TinyLFUCache
+    exact_victims = False
+
+
+class ThreadSafeMachine(CacheMachine):
+    """ThreadSafeCache around an LRUCache: the wrapper must change nothing."""
+
+    policy = "lru"
+    cache_class = LRUCache
+
+    def make(self, maxsize: float, *, extra: dict[str, Any], **kwargs: Any) -> Any:
+        return ThreadSafeCache(LRUCache(maxsize, **kwargs, **extra))
+
+
 MACHINE_SETTINGS = settings(
     max_examples=2 * settings().max_examples,
     stateful_step_count=50,
@@ -640,3 +736,9 @@ TestFIFOCache = FIFOMachine.TestCase
 TestFIFOCache.settings = MACHINE_SETTINGS
 TestTTLCache = TTLMachine.TestCase
 TestTTLCache.settings = MACHINE_SETTINGS
+# Half the examples: TinyLFU's model is looser, and the wrapper adds only a lock.
+LIGHTER_SETTINGS = settings(MACHINE_SETTINGS, max_examples=settings().max_examples)
+TestTinyLFUCache = TinyLFUMachine.TestCase
+TestTinyLFUCache.settings = LIGHTER_SETTINGS
+TestThreadSafeCache = ThreadSafeMachine.TestCase
+TestThreadSafeCache.settings = LIGHTER_SETTINGS

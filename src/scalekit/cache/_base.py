@@ -43,9 +43,17 @@ from collections.abc import (
     ValuesView,
 )
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, cast
 
-from scalekit.errors import ConfigurationError, ItemTooLarge
+from scalekit._validate import (
+    MAX_COUNT,
+    check_callable,
+    check_number,
+    check_seconds,
+    type_name,
+)
+from scalekit.errors import ArgumentTypeError, ConfigurationError, ItemTooLarge
 from scalekit.protocols import Clock
 
 K = TypeVar("K", bound=Hashable)
@@ -86,22 +94,148 @@ class CacheStats:
         return self.hits / lookups if lookups else 0.0
 
 
-def _check_ttl(ttl: float, what: str = "ttl") -> float:
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds, got {type(ttl).__name__}")
-    if not ttl > 0:  # also refuses NaN
-        raise ConfigurationError(f"{what} must be positive, got {ttl!r}")
-    return ttl
+def _check_ttl(ttl: object, what: str = "ttl") -> float:
+    """A TTL in seconds (a number or a timedelta), > 0, at most a century, or ``math.inf``."""
+    return check_seconds(ttl, what, allow_inf=True)
+
+
+def _check_maxsize(maxsize: object) -> None:
+    if not (isinstance(maxsize, float) and maxsize == _INF):
+        check_number(maxsize, "maxsize", minimum=0, maximum=MAX_COUNT)
+
+
+def _check_bool(value: object, name: str) -> None:
+    if not isinstance(value, bool):
+        raise ArgumentTypeError(f"{name} must be a bool, got {type_name(value)}")
+
+
+_EPOCH = datetime(1970, 1, 1)
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_DATETIME_MAX = (datetime.max - _EPOCH).total_seconds()
+
+
+def _datetime_seconds(moment: datetime) -> float:
+    """A datetime as seconds since 1970 (naive and aware ones each on their own scale)."""
+    return (moment - (_EPOCH if moment.tzinfo is None else _EPOCH_UTC)).total_seconds()
+
+
+class _DatetimeClock:
+    """The clock a cache reads when its ``timer`` returns datetimes: their seconds."""
+
+    __slots__ = ("timer",)
+
+    def __init__(self, timer: Callable[[], datetime]) -> None:
+        self.timer = timer
+
+    def __call__(self) -> float:
+        return _datetime_seconds(self.timer())
+
+    def __getstate__(self) -> Any:
+        return self.timer
+
+    def __setstate__(self, timer: Callable[[], datetime]) -> None:
+        self.timer = timer
+
+
+class _FrozenClock:
+    """The clock a cache reads while ``with cache.timer:`` holds its time still."""
+
+    __slots__ = ("now",)
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def __getstate__(self) -> Any:
+        return self.now
+
+    def __setstate__(self, now: float) -> None:
+        self.now = now
+
+
+class _Timer:
+    """What ``cache.timer`` is: the cache's clock, which ``with cache.timer:`` stops.
+
+    Calling it returns the time of the ``timer`` the cache was built with. Inside
+    ``with cache.timer as now:`` the cache's time stands still at ``now``: every
+    operation of the block sees the same instant (as in cachetools, to make a
+    sequence of steps atomic with respect to expiry). Other attributes are those of
+    the wrapped timer (a fake clock's ``tick()``). Each cache, and each copy of a
+    cache, has one of its own over the same wrapped timer.
+
+    >>> from scalekit.cache import TTLCache
+    >>> from scalekit.testing import FakeClock
+    >>> clock = FakeClock()
+    >>> cache = TTLCache(maxsize=10, ttl=1, timer=clock)
+    >>> cache["k"] = 1
+    >>> with cache.timer as now:
+    ...     clock.advance(5)
+    ...     ("k" in cache, cache.timer() == now)
+    5.0
+    (True, True)
+    >>> "k" in cache
+    False
+    """
+
+    __slots__ = ("_cache", "_frozen", "_nesting", "_timer")
+
+    def __init__(self, cache: Cache[Any, Any], timer: Callable[[], Any]) -> None:
+        self._cache = cache
+        self._timer = timer
+        self._nesting = 0
+        self._frozen: Any = None
+
+    def __call__(self) -> Any:
+        return self._frozen if self._nesting else self._timer()
+
+    def __enter__(self) -> Any:
+        if not self._nesting:
+            self._frozen = now = self._timer()
+            cache = self._cache
+            cache._timer = _FrozenClock(
+                _datetime_seconds(now) if isinstance(now, datetime) else now
+            )
+        self._nesting += 1
+        return self._frozen
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._nesting -= 1
+        if not self._nesting:
+            self._frozen = None
+            self._cache._timer = self._cache._clock
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in _Timer.__slots__:
+            raise AttributeError(name)
+        return getattr(self._timer, name)
+
+    def __repr__(self) -> str:
+        return f"Timer({self._timer!r})"
+
+    def __getstate__(self) -> Any:
+        return (self._cache, self._timer)
+
+    def __setstate__(self, state: Any) -> None:
+        self._cache, self._timer = state
+        self._nesting = 0
+        self._frozen = None
 
 
 class Cache(MutableMapping[K, V], Generic[K, V]):
     """Base class of the cache policies; a bounded :class:`~collections.abc.MutableMapping`.
 
     Args:
-        maxsize: the capacity, counted in items, or in the units of ``getsizeof``.
+        maxsize: the capacity, counted in items, or in the units of ``getsizeof``
+            (a number >= 0 up to 2**63 - 1, or ``math.inf``).
         getsizeof: returns the size of a value (default: every value has size 1).
-        ttl: seconds an item lives after it is written (default: forever).
-        timer: the clock for ``ttl`` (default :func:`time.monotonic`).
+        ttl: seconds an item lives after it is written (default: forever): a
+            number or a :class:`~datetime.timedelta`, > 0 and at most a century,
+            or ``math.inf``.
+        timer: the clock for ``ttl`` (default :func:`time.monotonic`). With a
+            ``timedelta`` ttl it may return :class:`~datetime.datetime` objects
+            (``timer=datetime.now``), as in cachetools.
         on_evict: called as ``on_evict(key, value, cause)`` for every item removed
             to make room (``cause="size"``) or because it expired
             (``cause="expired"``), after the cache is consistent again.
@@ -114,7 +248,9 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
     first time an item is given its own TTL. ``isinstance`` is unaffected.
 
     Raises:
-        ConfigurationError: ``maxsize`` is negative or ``ttl`` is not positive.
+        ArgumentTypeError: an argument has the wrong type (``bool`` is no number).
+        ConfigurationError: ``maxsize`` is negative, NaN or too large, or ``ttl``
+            is not positive, NaN or longer than a century.
     """
 
     _builtin_popitems: ClassVar[set[Any]] = set()
@@ -134,28 +270,38 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         maxsize: float,
         getsizeof: Callable[[V], float] | None = None,
         *,
-        ttl: float | None = None,
+        ttl: float | timedelta | None = None,
         timer: Clock = time.monotonic,
         on_evict: EvictionListener | None = None,
         stats: bool = False,
     ) -> None:
-        if isinstance(maxsize, bool) or not isinstance(maxsize, (int, float)):
-            raise TypeError(f"maxsize must be a number, got {type(maxsize).__name__}")
-        if not maxsize >= 0:
-            raise ConfigurationError(f"maxsize must be non-negative, got {maxsize!r}")
-        if ttl is not None:
-            _check_ttl(ttl)
-        if not callable(timer):
-            raise TypeError("timer must be a zero-argument callable returning seconds")
-        if on_evict is not None and not callable(on_evict):
-            raise TypeError("on_evict must be callable as on_evict(key, value, cause)")
+        _check_maxsize(maxsize)
+        seconds = None if ttl is None else _check_ttl(ttl)
+        check_callable(timer, "timer")
+        if on_evict is not None:
+            check_callable(on_evict, "on_evict")
+        if getsizeof is not None:
+            check_callable(getsizeof, "getsizeof")
+        _check_bool(stats, "stats")
+        clock: Callable[[], float] = timer
+        if isinstance(ttl, timedelta) and isinstance(cast(Any, timer)(), datetime):
+            # cachetools' TTLCache(ttl=timedelta(...), timer=datetime.now): read the
+            # datetimes as seconds, and take the general paths, which check that a
+            # deadline stays within datetime.max.
+            clock = _DatetimeClock(cast(Any, timer))
+            general = type(self).__dict__.get("_general")
+            if general is not None:
+                self.__class__ = general
         if getsizeof is not None:
             self.getsizeof = getsizeof  # type: ignore[method-assign, assignment]
         self._maxsize = maxsize
         # The most unit-sized items that fit: what the inline __setitem__ compares with.
         self._maxlen = maxsize if maxsize == _INF else int(maxsize)
-        self._ttl: float | None = None if ttl == _INF else ttl
-        self._timer = timer
+        self._ttl: float | None = None if seconds == _INF else seconds
+        self._clock = clock  # the clock while no `with cache.timer:` holds it still
+        self._timer = clock  # the clock every operation reads
+        self._timer_view = _Timer(self, timer)
+        self._datetime_clock = clock is not timer
         self._on_evict = on_evict
         self._sized = self.getsizeof is not Cache.getsizeof
         self._sizes: dict[K, float] = {}
@@ -165,7 +311,12 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         self._record_stats = bool(stats)
         self._deferred_errors: list[Exception] | None = None
         # New unit-sized items take the short path of _store().
-        self._fast_store = not self._sized and not self._evict_via_popitem and self._maxlen >= 1
+        self._fast_store = (
+            not self._sized
+            and not self._evict_via_popitem
+            and self._maxlen >= 1
+            and not self._datetime_clock
+        )
         self._expires: OrderedDict[K, float] = OrderedDict()
         self._queue_tail = -_INF  # the deadline of the last key of _expires
         self._own_expires: dict[K, float] = {}
@@ -176,6 +327,14 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         self._misses = 0
         self._evictions = 0
         self._expirations = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        general = cls.__dict__.get("_general")
+        if general is not None:
+            # A lean twin answers type(cache).__name__ (and so repr) with its public
+            # name, as cachetools' tests expect; its __qualname__ stays its own, for pickle.
+            cls.__name__ = general.__name__
 
     _lean_variants: ClassVar[dict[str, type[Cache[Any, Any]]]] = {}
     """Set on each public policy class: its lean twins for caches with no extras,
@@ -235,9 +394,11 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         return self._ttl
 
     @property
-    def timer(self) -> Clock:
-        """The clock the TTLs are measured with."""
-        return self._timer
+    def timer(self) -> _Timer:
+        """The clock the TTLs are measured with; ``with cache.timer:`` stops it.
+
+        See :class:`_Timer`."""
+        return self._timer_view
 
     @staticmethod
     def getsizeof(value: Any) -> float:
@@ -293,15 +454,32 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         return len(self._data)
 
     def __iter__(self) -> Iterator[K]:
-        """Iterate over a snapshot of the live keys, in eviction order where there is one.
+        """Iterate over the live keys, in eviction order where there is one.
 
-        Reading the cache while iterating is safe (it does not invalidate the
-        iterator). Runtime complexity: O(n).
+        As in cachetools: the keys are those present when the iteration starts;
+        keys inserted meanwhile are not visited, keys removed meanwhile are
+        skipped, and so are expired keys (which stay until something purges them).
+        Reading or writing the cache while iterating is safe. Runtime complexity:
+        O(n) for the whole iteration.
         """
-        now = self._timer()
-        if self._next_expiry <= now:
-            self._purge_and_notify(now)
-        return iter(list(self._data))
+        data = self._data
+        order = self._iteration_order()
+        if self._next_expiry == _INF:
+            for key in order:
+                if key in data:
+                    yield key
+            return
+        now = self._timer()  # one clock read: the iteration sees one instant
+        deadline_of = self._deadline
+        for key in order:
+            if key in data:
+                deadline = deadline_of(key)
+                if deadline is None or now < deadline:
+                    yield key
+
+    def _iteration_order(self) -> list[K]:
+        """The keys in the order iteration gives them (a snapshot)."""
+        return list(self._data)
 
     @classmethod
     def _public_name(cls) -> str:
@@ -319,7 +497,8 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         now = self._timer()
         if self._next_expiry <= now:
             self._purge_and_notify(now)
-        return list(self._data.items())
+        data = self._data
+        return [(key, data[key]) for key in self._iteration_order()]
 
     def items(self) -> ItemsView[K, V]:
         """A view of the live ``(key, value)`` pairs; reading it counts no use and no hit."""
@@ -381,6 +560,8 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
 
         Runtime complexity: O(len(keys)).
         """
+        if not isinstance(keys, Iterable) or isinstance(keys, (str, bytes)):
+            raise ArgumentTypeError(f"keys must be an iterable of keys, got {type_name(keys)}")
         found: dict[K, V] = {}
         with _ListenerErrorsDeferred(self):
             for key in keys:
@@ -407,25 +588,27 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
 
     # -- writing ------------------------------------------------------------
 
-    def set(self, key: K, value: V, *, ttl: float | None = None) -> None:
+    def set(self, key: K, value: V, *, ttl: float | timedelta | None = None) -> None:
         """Store ``value`` under ``key``, living ``ttl`` seconds (default: the cache's ``ttl``).
 
-        ``ttl=math.inf`` stores an item that never expires, whatever the cache's ``ttl``.
+        ``ttl=math.inf`` stores an item that never expires, whatever the cache's ``ttl``;
+        a :class:`~datetime.timedelta` is read as its seconds.
 
         Raises:
             ItemTooLarge: the value alone is larger than ``maxsize`` (a ``ValueError``).
             ValueError: ``getsizeof`` returned a negative size.
-            ConfigurationError: ``ttl`` is not positive.
+            ConfigurationError: ``ttl`` is not positive, NaN or above a century.
+            ArgumentTypeError: ``ttl`` is not a number (``bool`` included).
 
         Runtime complexity: O(1) amortized; O(log n) with a per-item ``ttl``.
         """
         if ttl is None:
             self._store(key, value, self._ttl)
         else:
-            _check_ttl(ttl)
-            self._store(key, value, None if ttl == _INF else ttl, own_ttl=True)
+            seconds = _check_ttl(ttl)
+            self._store(key, value, None if seconds == _INF else seconds, own_ttl=True)
 
-    def add(self, key: K, value: V, *, ttl: float | None = None) -> bool:
+    def add(self, key: K, value: V, *, ttl: float | timedelta | None = None) -> bool:
         """Store ``value`` only if ``key`` is absent or expired; return whether it did.
 
         The :class:`~scalekit.protocols.Store` primitive a live migration copies with
@@ -438,19 +621,26 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         >>> cache.add("k", 1), cache.add("k", 2), cache["k"]
         (True, False, 1)
         """
+        if ttl is not None:
+            _check_ttl(ttl)
         if key in self:
             return False
         self.set(key, value, ttl=ttl)
         return True
 
-    def set_many(self, items: Mapping[K, V], *, ttl: float | None = None) -> None:
+    def set_many(self, items: Mapping[K, V], *, ttl: float | timedelta | None = None) -> None:
         """Store every item of ``items`` with the same ``ttl``.
 
         Every item is checked first (size, hashability, ``ttl``), so a bad item
         stores nothing; an error of ``on_evict`` is raised after all are stored.
 
+        Raises:
+            ArgumentTypeError: ``items`` is not a mapping.
+
         Runtime complexity: O(len(items)).
         """
+        if not isinstance(items, Mapping):
+            raise ArgumentTypeError(f"items must be a mapping, got {type_name(items)}")
         if ttl is not None:
             _check_ttl(ttl)
         for key, value in items.items():
@@ -494,7 +684,7 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
             if self._ordered_data:
                 old_key, old_value = data.popitem(False)  # type: ignore[call-arg]
                 if expires.pop(old_key, None) is None and self._own_expires:
-                    self._own_expires.pop(old_key, None)
+                    self._forget_own_expiry(old_key)
             else:
                 old_key = self._policy_victim()
                 old_value = self._remove(old_key)
@@ -528,6 +718,8 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
     def _store_slow(self, key: K, value: V, ttl: float | None, own_ttl: bool) -> None:
         hash(key)  # an unhashable key fails here, before anything changes
         size = self._size_of(value)
+        if self._datetime_clock and ttl is not None and self._timer() + ttl > _DATETIME_MAX:
+            raise OverflowError("date value out of range: the deadline is past datetime.max")
         # A popitem() overridden by a subclass may notify mid-way: finish first.
         with _ListenerErrorsDeferred(self):
             self._store_sized(key, value, size, ttl, own_ttl)
@@ -589,7 +781,15 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
     def _forget_expiry(self, key: K) -> None:
         """Drop the deadline of ``key`` if it has one (a heap entry goes stale)."""
         if self._expires.pop(key, None) is None and self._own_expires:
-            self._own_expires.pop(key, None)
+            self._forget_own_expiry(key)
+
+    def _forget_own_expiry(self, key: K) -> None:
+        """Drop ``key`` from ``_own_expires``; compact the heap once stale entries
+        outnumber the live ones (by more than 64), so that it stays within
+        ``2 * len(_own_expires) + 64`` entries: O(1) amortized."""
+        own = self._own_expires
+        if own.pop(key, None) is not None and len(self._expiry_heap) > 2 * len(own) + 64:
+            self._compact_heap()
 
     def _compact_heap(self) -> None:
         """Drop the stale heap entries. Runtime complexity: O(n)."""
@@ -666,7 +866,7 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
             if self._next_expiry <= now:
                 self._purge_and_notify(now)
             if not self._data:
-                raise KeyError(f"{self._public_name()} is empty")
+                raise KeyError(f"{self._public_name()} is empty") from None
             key = self._policy_victim()
             return key, self._remove(key)
 
@@ -726,12 +926,22 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
             self._notify(removed)
         return [(key, value) for key, value, _ in removed]
 
-    def expire(self, time: float | None = None) -> list[tuple[K, V]]:
+    def expire(self, time: float | datetime | None = None) -> list[tuple[K, V]]:
         """Remove the items expired at ``time`` (default: now) and return them.
+
+        ``time`` is a number on the scale of ``timer`` (or a datetime, when
+        ``timer`` returns datetimes).
+
+        Raises:
+            ConfigurationError: ``time`` is NaN or infinite (nothing is removed).
 
         Runtime complexity: O(1) amortized per expired item.
         """
-        return self._purge_and_notify(self._timer() if time is None else time)
+        if time is None:
+            return self._purge_and_notify(self._timer())
+        if isinstance(time, datetime) and self._datetime_clock:
+            return self._purge_and_notify(_datetime_seconds(time))
+        return self._purge_and_notify(check_number(time, "time"))
 
     def _expired_miss(self, key: K, call_missing: bool = True) -> V:
         """A lookup found ``key`` expired: remove it, count a miss, call ``__missing__``."""
@@ -794,8 +1004,15 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         clone._expires = self._expires.copy()
         clone._own_expires = self._own_expires.copy()
         clone._expiry_heap = self._expiry_heap.copy()
+        clone._timer = clone._clock  # a copy made in `with cache.timer:` is not held
+        clone._timer_view = _Timer(clone, self._timer_view._timer)
         clone._copy_policy_from(self)
         return clone
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_timer"] = self._clock  # a copy made in `with cache.timer:` is not held
+        return state
 
     def copy(self) -> Cache[K, V]:
         """A shallow copy: new structures, the same keys and values."""
@@ -827,7 +1044,9 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
             assert self._queue_tail >= deadlines[-1]
         live_heap = {k for d, _, k in self._expiry_heap if self._own_expires.get(k) == d}
         assert live_heap == owned, "every own deadline has a heap entry"
-        assert len(self._expiry_heap) <= 2 * len(owned) + 65
+        assert len(self._expiry_heap) <= 2 * len(owned) + 64, (
+            f"heap {len(self._expiry_heap)} > 2*{len(owned)}+64"
+        )
         if deadlines or owned:
             assert self._next_expiry <= min([*deadlines, *self._own_expires.values()])
         assert min(self._hits, self._misses, self._evictions, self._expirations) >= 0

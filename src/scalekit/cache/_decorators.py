@@ -3,6 +3,16 @@
 When many callers miss on the same key at once, only the first (the leader)
 calls the function; the others wait for its result, or its exception, instead of
 all hitting the database together. Failures are never cached.
+
+``wrapper.invalidate(*args, **kwargs)`` drops one key: the entry, and the call in
+flight for it, if any. That call still answers the callers that joined it, but
+its result is not stored (it may have read the data before the write that
+prompted the invalidation), and callers arriving after the invalidation start a
+new call instead of joining it.
+
+A call that calls its own wrapper with the same key, from the same thread (or the
+same asyncio task) that is computing it, raises
+:class:`~scalekit.errors.ReentrantCall` instead of waiting for itself forever.
 """
 
 from __future__ import annotations
@@ -15,10 +25,13 @@ import threading
 import weakref
 from collections.abc import Callable, Hashable, MutableMapping
 from contextlib import AbstractContextManager
+from threading import get_ident
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar, cast
 
+from scalekit._validate import check_callable, type_name
 from scalekit.cache.keys import hashkey, methodkey
+from scalekit.errors import ArgumentTypeError, ReentrantCall
 
 __all__ = ["CacheInfo", "cached", "cachedmethod"]
 
@@ -41,11 +54,17 @@ class CacheInfo(NamedTuple):
 
 
 class _Call:
-    """One computation in flight, shared by every caller of its key."""
+    """One computation in flight, shared by every caller of its key.
 
-    __slots__ = ("done", "error", "event", "traceback", "value", "waiters")
+    ``runner`` is who computes it (a thread id, or an asyncio task), to refuse a
+    re-entry; ``stale`` is set by an invalidation: the result is then not stored.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("done", "error", "event", "runner", "stale", "traceback", "value", "waiters")
+
+    def __init__(self, runner: object) -> None:
+        self.runner = runner
+        self.stale = False
         self.done = False
         self.value: Any = None
         self.error: BaseException | None = None
@@ -96,11 +115,16 @@ class _Flights:
         owner: object,
         flight_key: Hashable,
         key: Hashable,
+        runner: object,
     ) -> tuple[Any, _Call | None, bool]:
         """Return ``(value, None, False)`` on a hit, else ``(_MISSING, call, leads)``.
 
         Counts the hits and the calls that lead; a follower is counted when it
         gets the leader's outcome, so a retry is never counted twice.
+
+        Raises:
+            ReentrantCall: ``runner`` (this thread, or this task) is computing
+                ``key`` already: waiting for the call would wait for itself.
         """
         with lock:
             try:
@@ -113,8 +137,15 @@ class _Flights:
             with self._registry:
                 call = self.calls.get(flight_key)
                 if call is not None:
+                    if call.runner == runner:
+                        raise ReentrantCall(
+                            f"the cached function called itself with the key {key!r} "
+                            "it is computing, from the same "
+                            f"{'task' if isinstance(runner, asyncio.Task) else 'thread'}: "
+                            "waiting for its own result would never end"
+                        )
                     return _MISSING, call, False
-                call = self.calls[flight_key] = _Call()
+                call = self.calls[flight_key] = _Call(runner)
             self.count(owner, hit=False)
             return _MISSING, call, True
 
@@ -129,11 +160,33 @@ class _Flights:
     ) -> None:
         with lock:
             try:
-                cache[key] = value
+                if not call.stale:  # an invalidated call answers its callers only
+                    cache[key] = value
             except ValueError:
                 pass  # too large to cache: the callers still get it
             finally:
                 self._finish(flight_key, call, value, None)
+
+    def invalidate(
+        self, lock: Lock, cache: MutableMapping[Any, Any], flight_key: Hashable, key: Hashable
+    ) -> bool:
+        """Drop ``key`` from ``cache`` and detach its call in flight (marked stale).
+
+        Returns whether there was an entry or a call to drop.
+        """
+        with lock:
+            try:
+                del cache[key]
+            except KeyError:
+                dropped = False
+            else:
+                dropped = True
+            with self._registry:
+                call = self.calls.pop(flight_key, None)
+                if call is not None:
+                    call.stale = True
+                    dropped = True
+        return dropped
 
     def fail(self, flight_key: Hashable, call: _Call, error: BaseException) -> None:
         self._finish(flight_key, call, None, error)
@@ -142,7 +195,8 @@ class _Flights:
         self, flight_key: Hashable, call: _Call, value: Any, error: BaseException | None
     ) -> None:
         with self._registry:
-            del self.calls[flight_key]
+            if self.calls.get(flight_key) is call:  # else invalidated, maybe replaced
+                del self.calls[flight_key]
             call.value = value
             call.error = error
             call.traceback = None if error is None else error.__traceback__
@@ -185,9 +239,12 @@ class _Flights:
             )
 
     def clear(self, lock: Lock, cache: MutableMapping[Any, Any], owner: object) -> None:
+        """Empty ``cache``; its calls in flight answer their callers but store nothing."""
         with lock:
             cache.clear()
             with self._registry:
+                for flight_key in [fk for fk in self.calls if fk[0] == id(cache)]:  # type: ignore[index]
+                    self.calls.pop(flight_key).stale = True
                 counts = self._counts.get(id(owner))
                 if counts is not None:
                     counts[:] = [0, 0]
@@ -206,6 +263,16 @@ def _outcome(flights: _Flights, owner: object, call: _Call) -> Any:
 CacheOf = Callable[[tuple[Any, ...]], MutableMapping[Any, Any]]
 LockOf = Callable[[tuple[Any, ...]], Lock]
 OwnerOf = Callable[[tuple[Any, ...], MutableMapping[Any, Any]], object]
+
+
+def _check_lock(lock: object, name: str) -> None:
+    if lock is not None and not (hasattr(lock, "__enter__") and hasattr(lock, "__exit__")):
+        raise ArgumentTypeError(f"{name} must be a context manager (a lock), got {type_name(lock)}")
+
+
+def _check_bool(value: object, name: str) -> None:
+    if not isinstance(value, bool):
+        raise ArgumentTypeError(f"{name} must be a bool, got {type_name(value)}")
 
 
 def _cache_owns(args: tuple[Any, ...], cache: MutableMapping[Any, Any]) -> object:
@@ -230,7 +297,7 @@ def _sync_wrapper(
         lock = lock_of(args)
         k = key(*args, **kwargs)
         flight_key = (id(cache), k)
-        value, call, leads = flights.begin(lock, cache, owner, flight_key, k)
+        value, call, leads = flights.begin(lock, cache, owner, flight_key, k, get_ident())
         if call is None:
             return value
         if not leads:
@@ -261,8 +328,9 @@ def _async_wrapper(
         lock = lock_of(args)
         k = key(*args, **kwargs)
         flight_key = (id(cache), k)
+        task: object = asyncio.current_task() or object()
         while True:
-            value, call, leads = flights.begin(lock, cache, owner, flight_key, k)
+            value, call, leads = flights.begin(lock, cache, owner, flight_key, k, task)
             if call is None:
                 return value
             if leads:
@@ -318,10 +386,20 @@ def cached(
         condition: accepted for cachetools compatibility; used as ``lock``.
         info: accepted for cachetools compatibility; ``cache_info()`` is always there.
 
-    The wrapper has ``cache_info()``, ``cache_clear()``, and the attributes
-    ``cache``, ``cache_key`` and ``cache_lock``.
+    The wrapper has ``cache_info()``, ``cache_clear()``, ``invalidate(*args,
+    **kwargs)`` and the attributes ``cache``, ``cache_key`` and ``cache_lock``.
+    ``invalidate`` drops the entry of those arguments and detaches their call in
+    flight: its callers still get its result, but it is not stored, and later
+    callers start a new call (O(1); returns whether anything was dropped).
+    ``cache_clear()`` detaches every call in flight the same way.
 
     Runtime complexity: one cache lookup per call, plus the call on a miss.
+
+    Raises:
+        ArgumentTypeError: ``cache`` is not a mutable mapping, ``key`` is not
+            callable, ``lock`` is not a context manager or ``info`` not a bool.
+        ReentrantCall: (from a call) the function called itself with the same
+            key from the thread or task computing it.
 
     >>> from scalekit.cache import LRUCache
     >>> @cached(LRUCache(maxsize=128))
@@ -331,9 +409,15 @@ def cached(
     (16, 16)
     >>> square.cache_info()
     CacheInfo(hits=1, misses=1, maxsize=128, currsize=1)
+    >>> square.invalidate(4), square.invalidate(4)
+    (True, False)
     """
-    if cache is None:
-        raise TypeError("cache must be a mutable mapping, not None")
+    if not all(hasattr(type(cache), name) for name in ("__getitem__", "__setitem__")):
+        raise ArgumentTypeError(f"cache must be a mutable mapping, got {type_name(cache)}")
+    check_callable(key, "key")
+    _check_lock(lock, "lock")
+    _check_lock(condition, "condition")
+    _check_bool(info, "info")
     flights = _Flights(lock if lock is not None else condition)
 
     the_lock = flights.lock
@@ -347,6 +431,12 @@ def cached(
         wrapper.cache_lock = the_lock
         wrapper.cache_info = lambda: flights.info(the_lock, cache, cache)
         wrapper.cache_clear = lambda: flights.clear(the_lock, cache, cache)
+
+        def invalidate(*args: Any, **kwargs: Any) -> bool:
+            k = key(*args, **kwargs)
+            return flights.invalidate(the_lock, cache, (id(cache), k), k)
+
+        wrapper.invalidate = invalidate
         return cast(F, wrapper)
 
     return decorator
@@ -372,11 +462,25 @@ def cachedmethod(
     ...     @cachedmethod(lambda self: self.cache)
     ...     def price(self, sku):
     ...         return len(sku) * 10
-    >>> Prices().price("abc")
+    >>> prices = Prices()
+    >>> prices.price("abc")
     30
+    >>> Prices.price.invalidate(prices, "abc")
+    True
+
+    ``wrapper.invalidate(instance, *args, **kwargs)`` drops one key of that
+    instance's cache, as :func:`cached`'s does.
     """
     if not callable(cache):
-        raise TypeError("cache must be a function of the instance returning its cache")
+        raise ArgumentTypeError(
+            f"cache must be a function of the instance returning its cache, got {type_name(cache)}"
+        )
+    check_callable(key, "key")
+    if lock is not None:
+        check_callable(lock, "lock")
+    if condition is not None:
+        check_callable(condition, "condition")
+    _check_bool(info, "info")
     lock_of = lock if lock is not None else condition
     flights = _Flights(None)
     default_lock = flights.lock
@@ -398,6 +502,13 @@ def cachedmethod(
         wrapper.cache_lock = lock_of
         wrapper.cache_info = lambda self: flights.info(lock_for(self), cache(self), self)
         wrapper.cache_clear = lambda self: flights.clear(lock_for(self), cache(self), self)
+
+        def invalidate(self: Any, *args: Any, **kwargs: Any) -> bool:
+            the_cache = cache(self)
+            k = key(self, *args, **kwargs)
+            return flights.invalidate(lock_for(self), the_cache, (id(the_cache), k), k)
+
+        wrapper.invalidate = invalidate
         return cast(F, wrapper)
 
     return decorator

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from scalekit.cache._base import Cache, EvictionListener, K, V, builtin_popitem
@@ -39,7 +40,7 @@ class FIFOCache(Cache[K, V]):
         maxsize: float,
         getsizeof: Callable[[V], float] | None = None,
         *,
-        ttl: float | None = None,
+        ttl: float | timedelta | None = None,
         timer: Clock = time.monotonic,
         on_evict: EvictionListener | None = None,
         stats: bool = False,

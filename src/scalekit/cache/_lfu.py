@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from scalekit.cache._base import Cache, EvictionListener, K, V, builtin_popitem
@@ -89,7 +90,7 @@ class LFUCache(Cache[K, V]):
         maxsize: float,
         getsizeof: Callable[[V], float] | None = None,
         *,
-        ttl: float | None = None,
+        ttl: float | timedelta | None = None,
         timer: Clock = time.monotonic,
         on_evict: EvictionListener | None = None,
         stats: bool = False,
@@ -203,7 +204,7 @@ class LFUCache(Cache[K, V]):
         self._rebuild(other._buckets())
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         del state["_root"], state["_nodes"]
         state["_lfu_buckets"] = self._buckets()
         return state

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from contextlib import AbstractContextManager
+from datetime import timedelta
 from typing import Any, Generic
 
+from scalekit._validate import type_name
 from scalekit.cache._base import Cache, CacheStats, K, V
+from scalekit.errors import ArgumentTypeError
 
 __all__ = ["ThreadSafeCache"]
 
@@ -24,12 +28,58 @@ class ThreadSafeCache(MutableMapping[K, V], Generic[K, V]):
     Iteration walks a snapshot of the keys, taken under the lock. For
     read-modify-write sequences, hold ``cache.lock`` yourself.
 
+    Copies (``copy.copy``, ``copy.deepcopy``, pickling) copy the wrapped cache;
+    a copy gets a lock of its own, unless ``lock`` was given (a copy shares it;
+    pickling then needs a picklable lock).
+
     Runtime complexity: that of the wrapped operation, plus one lock acquisition.
+
+    Raises:
+        ArgumentTypeError: ``cache`` is not a mutable mapping or ``lock`` is not a
+            context manager.
     """
 
     def __init__(self, cache: Cache[K, V], lock: AbstractContextManager[Any] | None = None) -> None:
+        if not isinstance(cache, MutableMapping):
+            raise ArgumentTypeError(f"cache must be a cache, got {type_name(cache)}")
+        if lock is not None and not (hasattr(lock, "__enter__") and hasattr(lock, "__exit__")):
+            raise ArgumentTypeError(
+                f"lock must be a context manager (a lock), got {type_name(lock)}"
+            )
         self.cache = cache
+        self._given_lock = lock
         self.lock: AbstractContextManager[Any] = lock if lock is not None else threading.RLock()
+
+    def __copy__(self) -> ThreadSafeCache[K, V]:
+        with self.lock:
+            return ThreadSafeCache(copy.copy(self.cache), self._given_lock)
+
+    def copy(self) -> ThreadSafeCache[K, V]:
+        """A copy wrapping a shallow copy of the cache, taken under the lock."""
+        return self.__copy__()
+
+    def __getstate__(self) -> dict[str, Any]:
+        with self.lock:
+            return {"cache": self.cache, "lock": self._given_lock}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.cache = state["cache"]
+        self._given_lock = state["lock"]
+        self.lock = self._given_lock if self._given_lock is not None else threading.RLock()
+
+    @property
+    def ttl(self) -> float | None:
+        """The wrapped cache's ``ttl``."""
+        return self.cache.ttl
+
+    @property
+    def timer(self) -> Any:
+        """The wrapped cache's ``timer``."""
+        return self.cache.timer
+
+    def getsizeof(self, value: V) -> float:
+        """The wrapped cache's ``getsizeof(value)``."""
+        return self.cache.getsizeof(value)
 
     def __getitem__(self, key: K) -> V:
         with self.lock:
@@ -69,7 +119,7 @@ class ThreadSafeCache(MutableMapping[K, V], Generic[K, V]):
         with self.lock:
             return self.cache.peek(key, default)
 
-    def set(self, key: K, value: V, *, ttl: float | None = None) -> None:
+    def set(self, key: K, value: V, *, ttl: float | timedelta | None = None) -> None:
         """``cache.set(key, value, ttl=ttl)`` under the lock."""
         with self.lock:
             self.cache.set(key, value, ttl=ttl)
@@ -79,7 +129,7 @@ class ThreadSafeCache(MutableMapping[K, V], Generic[K, V]):
         with self.lock:
             return self.cache.get_many(keys)
 
-    def set_many(self, items: Mapping[K, V], *, ttl: float | None = None) -> None:
+    def set_many(self, items: Mapping[K, V], *, ttl: float | timedelta | None = None) -> None:
         """``cache.set_many(items, ttl=ttl)`` under the lock, as one atomic step."""
         with self.lock:
             self.cache.set_many(items, ttl=ttl)
@@ -124,7 +174,7 @@ class ThreadSafeCache(MutableMapping[K, V], Generic[K, V]):
         with self.lock:
             return list(self.cache)
 
-    def add(self, key: K, value: V, *, ttl: float | None = None) -> bool:
+    def add(self, key: K, value: V, *, ttl: float | timedelta | None = None) -> bool:
         """``cache.add(key, value, ttl=ttl)`` under the lock: set only if absent."""
         with self.lock:
             return self.cache.add(key, value, ttl=ttl)
@@ -161,5 +211,6 @@ class ThreadSafeCache(MutableMapping[K, V], Generic[K, V]):
             return self.cache.currsize
 
     def _check(self) -> None:
+        """Assert the wrapped cache's invariants, under the lock."""
         with self.lock:
             self.cache._check()

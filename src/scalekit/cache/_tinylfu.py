@@ -16,12 +16,15 @@ Efficient Cache Admission Policy" (2017).
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
+from scalekit._validate import check_count, check_number
 from scalekit.cache._base import Cache, EvictionListener, K, V, builtin_popitem
-from scalekit.errors import ConfigurationError
 from scalekit.protocols import Clock
 
 __all__ = ["FrequencySketch", "TinyLFUCache"]
@@ -30,6 +33,8 @@ _MASK64 = (1 << 64) - 1
 _MIX = 0x9E3779B97F4A7C15  # an odd 64-bit constant (the golden ratio's bits)
 _SEED_PROBE = "scalekit.cache.FrequencySketch"
 _HALVED = bytes(count >> 1 for count in range(256))
+_MAX_CAPACITY = 1 << 26  # 4 rows of 2**28 one-byte counters: 1 GiB, already absurd
+_UNBOUNDED_CAPACITY = 1 << 20  # what the sketch of an unbounded cache is sized for
 
 
 class FrequencySketch:
@@ -45,6 +50,11 @@ class FrequencySketch:
     hits fade. Runtime complexity: O(1) per increment and per estimate;
     O(width) per halving, amortized O(1).
 
+    Keys are placed by the builtin :func:`hash` (mixed by one multiply), never by
+    a C hash of their text: any hashable key works, a ``str`` holding a lone
+    surrogate included. The counters are only valid in the process that counted
+    them (``str`` hashes are salted per process); see ``__setstate__``.
+
     >>> sketch = FrequencySketch(capacity=100)
     >>> for _ in range(3):
     ...     sketch.increment("hot")
@@ -55,6 +65,7 @@ class FrequencySketch:
     __slots__ = ("_additions", "_mask", "_rows", "_sample_size")
 
     def __init__(self, capacity: int) -> None:
+        check_count(capacity, "capacity", minimum=1, maximum=_MAX_CAPACITY)
         width = 16
         while width < 4 * capacity:
             width *= 2
@@ -134,8 +145,14 @@ class TinyLFUCache(Cache[K, V]):
     Like Caffeine's policy: an LRU window takes new items, and an item leaving it
     displaces an item of the main space only if it is estimated to be used more
     often. Scans of one-off keys cannot flush the hot set, which is where LRU
-    fails. Items are unit-sized (no ``getsizeof``). Reads and writes cost more
-    than LRU (a sketch update each), still O(1).
+    fails. With ``getsizeof`` the capacity is counted in sizes (the window and
+    the protected segment are still counted in items). Reads and writes cost
+    more than LRU (a sketch update each), still O(1).
+
+    Args:
+        maxsize: as for every cache (``math.inf``: unbounded, the sketch sized
+            for 2**20 items).
+        window_fraction: the share of ``maxsize`` the LRU window takes, in (0, 1).
 
     Runtime complexity: O(1) amortized for every read and write.
 
@@ -150,19 +167,26 @@ class TinyLFUCache(Cache[K, V]):
 
     def __init__(
         self,
-        maxsize: int,
+        maxsize: float,
+        getsizeof: Callable[[V], float] | None = None,
         *,
-        ttl: float | None = None,
+        ttl: float | timedelta | None = None,
         timer: Clock = time.monotonic,
         on_evict: EvictionListener | None = None,
         stats: bool = False,
         window_fraction: float = 0.01,
     ) -> None:
-        super().__init__(maxsize, None, ttl=ttl, timer=timer, on_evict=on_evict, stats=stats)
-        if not 0 < window_fraction < 1:
-            raise ConfigurationError(f"window_fraction must be in (0, 1), got {window_fraction!r}")
+        check_number(
+            window_fraction,
+            "window_fraction",
+            minimum=0,
+            maximum=1,
+            min_inclusive=False,
+            max_inclusive=False,
+        )
+        super().__init__(maxsize, getsizeof, ttl=ttl, timer=timer, on_evict=on_evict, stats=stats)
         self._data = {}
-        capacity = int(maxsize) if maxsize != float("inf") else 1 << 20
+        capacity = min(int(maxsize), _MAX_CAPACITY) if maxsize != math.inf else _UNBOUNDED_CAPACITY
         self._window_max = max(1, int(capacity * window_fraction))
         self._protected_max = int((capacity - self._window_max) * 0.8)
         self._window: OrderedDict[K, None] = OrderedDict()
