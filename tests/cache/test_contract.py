@@ -19,7 +19,7 @@ from scalekit.cache import (
     TinyLFUCache,
     TTLCache,
 )
-from scalekit.testing._cache import check_cache
+from scalekit.testing import check_cache
 from tests.contracts.cache_contract import CacheContract, CacheFactory
 
 CACHES = [

@@ -24,8 +24,7 @@ import pytest
 from scalekit.cache import Cache, CacheStats
 from scalekit.errors import ConfigurationError, ItemTooLarge
 from scalekit.protocols import Clock, Store, SupportsStats
-from scalekit.testing import FakeClock
-from scalekit.testing._cache import check_cache
+from scalekit.testing import FakeClock, check_cache
 
 __all__ = ["CacheContract", "CacheFactory", "Listener", "by_policy", "stats_kwargs"]
 

@@ -2,6 +2,8 @@
 
 - :class:`FakeClock`: a :class:`~scalekit.protocols.Clock` that moves only when told
   to, so TTLs, ejection windows and redelivery timeouts are tested without sleeping.
+- :func:`check_cache`: the cache and :class:`~scalekit.protocols.Store` contract,
+  for your own cache or store.
 - :func:`check_balancer`: the :class:`~scalekit.protocols.SupportsPick` contract,
   for your own balancer.
 
@@ -15,6 +17,7 @@ runner, or none.
 from __future__ import annotations
 
 from scalekit.testing._balancer import BALANCER_CHECKS, check_balancer
+from scalekit.testing._cache import check_cache
 from scalekit.testing._clock import FakeClock
 
-__all__ = ["BALANCER_CHECKS", "FakeClock", "check_balancer"]
+__all__ = ["BALANCER_CHECKS", "FakeClock", "check_balancer", "check_cache"]
