@@ -14,14 +14,14 @@ import threading
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from scalekit._validate import check_weight
-from scalekit.errors import ConfigurationError, DuplicateNode, NoNodeAvailable, UnknownNode
+from scalekit._validate import check_count, check_node, check_weight
+from scalekit.errors import DuplicateNode, NoNodeAvailable, UnknownNode
+from scalekit.hashing import Key, key_bytes
 
-__all__ = ["Key", "Sharder", "ShardingScheme"]
+__all__ = ["Key", "Sharder", "ShardingScheme", "key_bytes"]
 
 N = TypeVar("N", bound=Hashable)
 S = TypeVar("S")
-Key = str | bytes
 
 
 @runtime_checkable
@@ -66,19 +66,11 @@ class Sharder(Protocol[N]):
         ...
 
 
-def key_bytes(key: Key) -> bytes:
-    """``key`` as bytes (``str`` as UTF-8); a clear error for anything else."""
-    if isinstance(key, bytes):
-        return key
-    if isinstance(key, str):
-        return key.encode()
-    raise TypeError(f"a shard key is str or bytes, not {type(key).__name__}")
-
-
 def check_key(key: object) -> None:
-    """Raise :class:`TypeError` unless ``key`` is ``str`` or ``bytes``."""
-    if not isinstance(key, (str, bytes)):
-        raise TypeError(f"a shard key is str or bytes, not {type(key).__name__}")
+    """Raise :class:`~scalekit.errors.ArgumentTypeError` (a ``TypeError``) naming
+    "str, bytes or int" unless ``key`` is a key :func:`key_bytes` encodes."""
+    if type(key) is not str and type(key) is not bytes:
+        key_bytes(key)
 
 
 class ShardingScheme(Generic[N, S]):
@@ -112,8 +104,9 @@ class ShardingScheme(Generic[N, S]):
         raise NotImplementedError
 
     def _check_new(self, weights: dict[N, float], node: N) -> None:
-        """Refuse ``node`` before it is added (a duplicate, an unstable name)."""
-        hash(node)
+        """Refuse ``node`` before it is added (None, NaN, unhashable, a duplicate,
+        an unstable name)."""
+        check_node(node)
         if node in weights:
             raise DuplicateNode(f"{node!r} is already a node")
 
@@ -134,8 +127,7 @@ class ShardingScheme(Generic[N, S]):
 
         Raises :class:`~scalekit.errors.NoNodeAvailable` when ``n`` exceeds the node count.
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ConfigurationError(f"n must be a non-negative int, got {n!r}")
+        n = check_count(n, "n")
         weights, state = self._published  # one read: nodes and structure that match
         if n > len(weights):
             raise NoNodeAvailable(f"{n} nodes asked for, {len(weights)} there")

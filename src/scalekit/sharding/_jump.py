@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from scalekit.errors import ConfigurationError
 from scalekit.hashing import murmur3_64
-from scalekit.sharding._base import Key, ShardingScheme, check_key
+from scalekit.sharding._base import Key, ShardingScheme
 from scalekit.sharding._plan import Move
 
 __all__ = ["JumpHash", "jump_bucket"]
@@ -136,8 +136,7 @@ class JumpHash(ShardingScheme[N, tuple[Any, ...]]):
         count = len(buckets)
         if not count:
             return super().node_for(key)  # raises NoNodeAvailable
-        check_key(key)
-        h = murmur3_64(key)
+        h = murmur3_64(key)  # encodes key (key_bytes): no str reaches mmh3
         b, j = -1, 0
         while j < count:  # jump_bucket, inlined
             b = j

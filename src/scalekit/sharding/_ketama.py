@@ -120,7 +120,7 @@ def _server_points(name: str, hashes: int, start: int = 0) -> list[int]:
     """The points of hashes ``start .. hashes-1`` of the server called ``name``."""
     points: list[int] = []
     for k in range(start, hashes):
-        points.extend(_four_u32(_md5(f"{name}-{k}".encode()).digest()))
+        points.extend(_four_u32(_md5(key_bytes(f"{name}-{k}")).digest()))
     return points
 
 
@@ -246,11 +246,11 @@ class KetamaRing(ShardingScheme[N, _Continuum]):
         if not owners:
             return super().node_for(key)  # raises NoNodeAvailable
         if type(key) is str:
-            data = key.encode()
+            data = key.encode("utf-8", "surrogatepass")  # plain UTF-8 for valid text
         elif type(key) is bytes:
             data = key
         else:
-            data = key_bytes(key)  # a str or bytes subclass, or a TypeError
+            data = key_bytes(key)  # int as its digits, a subclass; ArgumentTypeError else
         owner: N = owners[bisect_left(state.points, _first_u32(_md5(data).digest())[0])]
         return owner
 

@@ -12,7 +12,7 @@ import mmh3
 
 from scalekit.errors import ConfigurationError, DuplicateNode
 from scalekit.hashing import DEFAULT_SEED
-from scalekit.sharding._base import Key, ShardingScheme, check_key
+from scalekit.sharding._base import Key, ShardingScheme, key_bytes
 from scalekit.sharding._plan import Move
 
 __all__ = ["RendezvousHash"]
@@ -75,7 +75,7 @@ class RendezvousHash(ShardingScheme[N, _Scores]):
 
     def _build(self, weights: dict[N, float]) -> _Scores:
         names = _unique_names(weights)
-        pairs = tuple((name.encode() + b":", names[name]) for name in sorted(names))
+        pairs = tuple((key_bytes(name) + b":", names[name]) for name in sorted(names))
         triples = tuple((prefix, 1 / weights[node], node) for prefix, node in pairs)
         uniform = len(set(weights.values())) <= 1
         return _Scores(pairs, triples, dict(weights), uniform)
@@ -92,8 +92,12 @@ class RendezvousHash(ShardingScheme[N, _Scores]):
         state = self._state  # one read: a concurrent add() publishes a new state
         if not state.pairs:
             return super().node_for(key)  # raises NoNodeAvailable
-        check_key(key)
-        data = key if isinstance(key, bytes) else key.encode()
+        if type(key) is str:
+            data = key.encode("utf-8", "surrogatepass")  # plain UTF-8 for valid text
+        elif type(key) is bytes:
+            data = key
+        else:
+            data = key_bytes(key)  # int as its digits; ArgumentTypeError for the rest
         hash128, seed = mmh3.hash128, DEFAULT_SEED
         owner: Any = None
         if state.uniform:

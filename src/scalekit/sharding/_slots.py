@@ -17,10 +17,11 @@ from collections.abc import Hashable, Iterable, Mapping
 from fractions import Fraction
 from typing import Any, NamedTuple, TypeVar
 
-from scalekit.errors import ConfigurationError, UnknownNode
+from scalekit._validate import check_callable, check_count
+from scalekit.errors import UnknownNode
 from scalekit.hashing import murmur3_64
 from scalekit.protocols import HashFunction
-from scalekit.sharding._base import Key, ShardingScheme, check_key, key_bytes
+from scalekit.sharding._base import Key, ShardingScheme, key_bytes
 from scalekit.sharding._plan import Move
 
 __all__ = ["REDIS_CLUSTER_SLOTS", "SlotMap", "crc16_xmodem", "redis_key_slot"]
@@ -29,6 +30,9 @@ N = TypeVar("N", bound=Hashable)
 
 REDIS_CLUSTER_SLOTS = 16384
 """The slot count of Redis Cluster (``CLUSTER KEYSLOT`` answers 0..16383)."""
+
+MAX_SLOTS = 1 << 24
+"""The most slots a map may have: its table is rebuilt in O(slots) on every change."""
 
 
 def _crc16_table() -> tuple[int, ...]:
@@ -138,8 +142,9 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
         slots: int = REDIS_CLUSTER_SLOTS,
         hash: HashFunction | None = None,
     ) -> None:
-        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-            raise ConfigurationError(f"slots must be a positive int, got {slots!r}")
+        slots = check_count(slots, "slots", minimum=1, maximum=MAX_SLOTS)
+        if hash is not None:
+            check_callable(hash, "hash")
         self._slot_count = slots
         self._hash: HashFunction = murmur3_64 if hash is None else hash
         super().__init__(nodes)
@@ -174,8 +179,7 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
 
         Runtime complexity: O(len(key)).
         """
-        check_key(key)
-        return self._hash(key) % self._slot_count
+        return self._hash(key_bytes(key)) % self._slot_count
 
     def slots_of(self, node: N) -> frozenset[int]:
         """The slots ``node`` owns; :class:`~scalekit.errors.UnknownNode` if absent.
@@ -197,8 +201,13 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
         table = self._state.table  # one read: a concurrent add() publishes a new state
         if not table:
             return super().node_for(key)  # raises NoNodeAvailable
-        check_key(key)
-        owner: N = table[self._hash(key) % self._slot_count]
+        if type(key) is str:
+            data = key.encode("utf-8", "surrogatepass")  # plain UTF-8 for valid text
+        elif type(key) is bytes:
+            data = key
+        else:
+            data = key_bytes(key)  # int as its digits; ArgumentTypeError for the rest
+        owner: N = table[self._hash(data) % self._slot_count]
         return owner
 
     def _owner(self, state: _SlotTable, key: bytes) -> N:
