@@ -264,6 +264,26 @@ class ShardingScheme(Generic[N, S]):
             weights[node] = check_weight(weight)
             return ReshardPlan.between(self.copy(), self._snapshot(weights))
 
+    def _check(self) -> None:
+        """Assert the invariants every scheme shares: the published pair is the
+        current weights and state, every node is a valid node with a valid
+        weight; a scheme adds its own (its structure against a fresh build).
+
+        Runtime complexity: O(n) here; a scheme's own checks rebuild its structure.
+        """
+        weights, state = self._published
+        assert weights is self._weights and state is self._state
+        for node, weight in weights.items():
+            check_node(node)
+            assert check_weight(weight) == weight
+
+    def _fresh_state(self) -> S:
+        """The state of the current weights built from scratch (no incremental reuse)."""
+        twin = self._empty_twin()
+        for name in ("_state", "_published"):
+            twin.__dict__.pop(name, None)
+        return twin._build(dict(self._weights))
+
     def _moves(self, old: S, new: S) -> list[Any] | None:
         """The moves from ``old`` to ``new`` as :class:`Move` objects, or ``None``
         when the scheme cannot describe them (the plan then lists no moves, while

@@ -254,6 +254,32 @@ class HotKeyDetector(Generic[K]):
         """Whether ``key`` is monitored."""
         return key in self._entries
 
+    def _check(self) -> None:
+        """Assert the invariants of the stream summary: buckets in strictly
+        ascending count, linked both ways, none empty; every monitored key in the
+        bucket of its count and nowhere else; at most ``k`` keys; each error below
+        its count; the counts adding up to the total. Runtime complexity: O(k)."""
+        with self._lock:
+            seen: dict[Any, _Bucket] = {}
+            previous: _Bucket | None = None
+            bucket = self._first
+            while bucket is not None:
+                assert bucket.prev is previous
+                assert bucket.keys, "an empty bucket is linked"
+                if previous is not None:
+                    assert previous.count < bucket.count
+                for key in bucket.keys:
+                    assert key not in seen
+                    seen[key] = bucket
+                previous, bucket = bucket, bucket.next
+            assert self._last is previous
+            assert seen.keys() == self._entries.keys()
+            assert len(self._entries) <= self._k
+            for key, entry in self._entries.items():
+                assert entry.bucket is seen[key]
+                assert 0 <= entry.error < entry.bucket.count
+            assert sum(entry.bucket.count for entry in self._entries.values()) == self._total
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(k={self._k}, monitored={len(self)}, total={self._total})"
 

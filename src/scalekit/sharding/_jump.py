@@ -183,6 +183,13 @@ class JumpHash(ShardingScheme[N, tuple[Any, ...]]):
                     break
         return [state[b] for b in chosen]
 
+    def _check(self) -> None:
+        """Assert the invariants: the buckets are the nodes in the order they were
+        added, every weight 1. Runtime complexity: O(N)."""
+        super()._check()
+        assert self._state == tuple(self._weights)
+        assert all(weight == 1 for weight in self._weights.values())
+
     def _moves(self, old: tuple[Any, ...], new: tuple[Any, ...]) -> list[Move[N]]:
         """The expected flows between two bucket lists (exact per key is ``move_for``).
 

@@ -287,6 +287,7 @@ class KetamaRing(ShardingScheme[N, _Continuum]):
     def _check(self) -> None:
         """Assert the invariants: sorted distinct points, the wrap entry, every
         point held by a node that has it, and a continuum a fresh build agrees with."""
+        super()._check()
         state = self._state
         assert state.nodes == tuple(self._weights)
         assert state.points == sorted(set(state.points))

@@ -199,6 +199,28 @@ class MaglevHash(ShardingScheme[N, _Table]):
         found.extend(state.absent[: n - len(found)])
         return found
 
+    def _check(self) -> None:
+        """Assert the invariants: a full table of nodes (or none), the count of
+        nodes holding an entry, the nodes too light for one listed by name, each
+        node's entries within 2 of its weight's share, and a table a fresh build
+        agrees with. Runtime complexity: O(M log N)."""
+        super()._check()
+        state = self._state
+        if not self._weights:
+            assert state == _Table((), 0, ())
+            return
+        assert len(state.entries) == self._table_size
+        counts = Counter(state.entries)
+        assert set(counts) <= set(self._weights)
+        assert state.present == len(counts)
+        assert state.absent == tuple(
+            sorted((node for node in self._weights if node not in counts), key=str)
+        )
+        total = sum(self._weights.values())
+        for node, weight in self._weights.items():
+            assert abs(counts.get(node, 0) - self._table_size * weight / total) <= 2 + 1e-9
+        assert self._fresh_state() == state
+
     # -- plans ----------------------------------------------------------------
 
     def _moves(self, old: _Table, new: _Table) -> list[Move[N]] | None:

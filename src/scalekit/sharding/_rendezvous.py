@@ -136,6 +136,23 @@ class RendezvousHash(ShardingScheme[N, _Scores]):
         top = heapq.nlargest(n, range(len(scores)), key=scores.__getitem__)
         return [state.pairs[index][1] for index in top]
 
+    def _check(self) -> None:
+        """Assert the invariants: one entry per node, by distinct name in order,
+        each with its encoded name and inverse weight, and the uniform flag true
+        exactly when the weights are equal. Runtime complexity: O(N log N)."""
+        super()._check()
+        state = self._state
+        assert state.weights == self._weights
+        assert len(state.pairs) == len(state.triples) == len(self._weights)
+        names = [str(node) for _, node in state.pairs]
+        assert names == sorted(set(names))
+        for (prefix, node), (prefix3, inverse, node3) in zip(
+            state.pairs, state.triples, strict=True
+        ):
+            assert prefix == prefix3 == key_bytes(str(node)) + b":"
+            assert node == node3 and inverse == 1 / self._weights[node]
+        assert state.uniform == (len(set(self._weights.values())) <= 1)
+
     # -- plans ----------------------------------------------------------------
 
     def _moves(self, old: _Scores, new: _Scores) -> list[Move[N]] | None:

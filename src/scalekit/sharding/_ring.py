@@ -209,6 +209,41 @@ class HashRing(ShardingScheme[N, _Ring]):
                     break
         return found
 
+    def _check(self) -> None:
+        """Assert the invariants: sorted distinct points, each held by a node that
+        has it (a shared point by the lower name), every node's points on the
+        ring, a bucket table that agrees with the binary search, and a ring a
+        fresh build agrees with.
+
+        Runtime complexity: O(P log P).
+        """
+        super()._check()
+        state = self._state
+        points, owners = state.points, state.owners
+        assert state.weights == self._weights
+        assert len(points) == len(owners)
+        assert bool(points) == bool(self._weights)
+        assert all(a < b for a, b in zip(points, points[1:], strict=False))
+        assert all(0 <= point < self._space for point in points[:1] + points[-1:])
+        holder = dict(zip(points, owners, strict=True))
+        claimed: dict[int, list[Any]] = {}
+        for node, weight in self._weights.items():
+            for point in self._node_points(node, weight):
+                claimed.setdefault(point, []).append(node)
+        assert set(claimed) == set(holder)
+        for point, nodes in claimed.items():
+            assert holder[point] == min(nodes, key=str)
+            assert (len(nodes) > 1) <= (point in state.contested)
+        fresh = self._fresh_state()
+        assert (fresh.points, fresh.owners) == (points, owners)
+        table, shift = state.lookup
+        if table is not None:
+            for bucket in range(0, len(table), max(1, len(table) // 1024)):
+                if table[bucket] is not _SPLIT:
+                    start = bucket << shift
+                    index = bisect_left(points, start)
+                    assert table[bucket] == owners[index if index < len(points) else 0]
+
     @property
     def space(self) -> int:
         """The size of the circle: 2**32 with the default hash, 2**64 with a custom one."""

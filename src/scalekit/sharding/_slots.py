@@ -344,6 +344,7 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
 
     def _check(self) -> None:
         """Assert the invariants: every slot owned by a node, quotas within one slot."""
+        super()._check()
         state = self._state
         assert state.nodes == tuple(self._weights)
         if not self._weights:
