@@ -66,7 +66,7 @@ class SharderContract:
             sharder.copy = lambda: make(())  # a copy that loses the nodes
             return sharder
 
-        with pytest.raises(AssertionError, match="plans_are_exact|copies_and_pickles"):
+        with pytest.raises(AssertionError, match=r"plans_are_exact|copies_and_pickles"):
             check_sharder(forgetful, **make.options)
 
 
@@ -138,7 +138,8 @@ def sharder_machine(make: SharderFactory) -> type[RuleBasedStateMachine]:
             n = min(n, len(self.model))
             chosen = self.sharder.nodes_for(key, n)
             assert chosen[0] == self.sharder.node_for(key)
-            assert len(set(chosen)) == n and set(chosen) <= set(self.model)
+            assert len(set(chosen)) == n
+            assert set(chosen) <= set(self.model)
 
         @invariant()
         def matches_the_model(self) -> None:

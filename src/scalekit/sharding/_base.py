@@ -272,7 +272,8 @@ class ShardingScheme(Generic[N, S]):
         Runtime complexity: O(n) here; a scheme's own checks rebuild its structure.
         """
         weights, state = self._published
-        assert weights is self._weights and state is self._state
+        assert weights is self._weights
+        assert state is self._state
         for node, weight in weights.items():
             check_node(node)
             assert check_weight(weight) == weight

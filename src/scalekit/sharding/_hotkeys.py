@@ -412,12 +412,8 @@ class HotKeyRouter(KeySplitter[N]):
         rng: random.Random | None = None,
     ) -> None:
         if not isinstance(detector, HotKeyDetector):
-            raise ArgumentTypeError(
-                f"detector must be a HotKeyDetector, got {type_name(detector)}"
-            )
-        threshold = check_number(
-            threshold, "threshold", minimum=0, maximum=1, min_inclusive=False
-        )
+            raise ArgumentTypeError(f"detector must be a HotKeyDetector, got {type_name(detector)}")
+        threshold = check_number(threshold, "threshold", minimum=0, maximum=1, min_inclusive=False)
         super().__init__(sharder, replicas, rng=rng)
         self._detector = detector
         self._threshold = threshold

@@ -150,7 +150,8 @@ class RendezvousHash(ShardingScheme[N, _Scores]):
             state.pairs, state.triples, strict=True
         ):
             assert prefix == prefix3 == key_bytes(str(node)) + b":"
-            assert node == node3 and inverse == 1 / self._weights[node]
+            assert node == node3
+            assert inverse == 1 / self._weights[node]
         assert state.uniform == (len(set(self._weights.values())) <= 1)
 
     # -- plans ----------------------------------------------------------------

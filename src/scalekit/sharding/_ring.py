@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from bisect import bisect_left
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, NamedTuple, TypeVar
@@ -223,7 +224,7 @@ class HashRing(ShardingScheme[N, _Ring]):
         assert state.weights == self._weights
         assert len(points) == len(owners)
         assert bool(points) == bool(self._weights)
-        assert all(a < b for a, b in zip(points, points[1:], strict=False))
+        assert all(a < b for a, b in itertools.pairwise(points))
         assert all(0 <= point < self._space for point in points[:1] + points[-1:])
         holder = dict(zip(points, owners, strict=True))
         claimed: dict[int, list[Any]] = {}
