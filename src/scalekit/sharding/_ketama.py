@@ -246,7 +246,10 @@ class KetamaRing(ShardingScheme[N, _Continuum]):
         if not owners:
             return super().node_for(key)  # raises NoNodeAvailable
         if type(key) is str:
-            data = key.encode("utf-8", "surrogatepass")  # plain UTF-8 for valid text
+            try:
+                data = key.encode()  # the fast path: no arguments to parse
+            except UnicodeEncodeError:  # a lone surrogate: its surrogatepass bytes
+                data = key.encode("utf-8", "surrogatepass")
         elif type(key) is bytes:
             data = key
         else:

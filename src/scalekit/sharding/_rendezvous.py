@@ -93,7 +93,10 @@ class RendezvousHash(ShardingScheme[N, _Scores]):
         if not state.pairs:
             return super().node_for(key)  # raises NoNodeAvailable
         if type(key) is str:
-            data = key.encode("utf-8", "surrogatepass")  # plain UTF-8 for valid text
+            try:
+                data = key.encode()  # the fast path: no arguments to parse
+            except UnicodeEncodeError:  # a lone surrogate: its surrogatepass bytes
+                data = key.encode("utf-8", "surrogatepass")
         elif type(key) is bytes:
             data = key
         else:

@@ -180,15 +180,27 @@ class HashRing(ShardingScheme[N, _Ring]):
         points, owners, lookup, _, _ = self._state  # one read: add() publishes a new one
         if not points:
             return super().node_for(key)  # raises NoNodeAvailable
-        # Encode here, never hand mmh3 a str: it crashes the interpreter on a lone
-        # surrogate. surrogatepass is plain UTF-8 for valid text (Redis, ketama agree).
-        if type(key) is str:
-            data = key.encode("utf-8", "surrogatepass")
-        elif type(key) is bytes:
-            data = key
+        # No str that may hold a lone surrogate reaches mmh3 (it crashes the
+        # interpreter on one): an ASCII str cannot, and mmh3 hashes it as its bytes
+        # without a copy (isascii() is O(1)); any other key is encoded first, str
+        # as UTF-8 with surrogatepass (plain UTF-8 for valid text: Redis and ketama
+        # agree), int as its digits. Measured: 1 ns over the unchecked call for an
+        # ASCII key, where encoding every str cost 100 ns (docs/sharding.md).
+        if type(key) is str and key.isascii() and self._default_hash:
+            position = _mmh3_32(key, DEFAULT_SEED, False)
         else:
-            data = key_bytes(key)  # int as its digits; ArgumentTypeError for the rest
-        position = _mmh3_32(data, DEFAULT_SEED, False) if self._default_hash else self._hash(data)
+            if type(key) is str:
+                try:
+                    data = key.encode()  # the fast path: no arguments to parse
+                except UnicodeEncodeError:  # a lone surrogate: its surrogatepass bytes
+                    data = key.encode("utf-8", "surrogatepass")
+            elif type(key) is bytes:
+                data = key
+            else:
+                data = key_bytes(key)  # int as its digits; ArgumentTypeError for the rest
+            position = (
+                _mmh3_32(data, DEFAULT_SEED, False) if self._default_hash else self._hash(data)
+            )
         table, shift = lookup
         if table is None:
             table, shift = lookup[:] = _bucket_table(points, owners, self._space)
