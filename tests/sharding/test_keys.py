@@ -13,10 +13,7 @@ import textwrap
 import pytest
 
 from scalekit.sharding import (
-    BoundedLoads,
     HashRing,
-    HotKeyDetector,
-    HotKeyRouter,
     JumpHash,
     KetamaRing,
     MaglevHash,
