@@ -96,6 +96,9 @@ class MaglevHash(ShardingScheme[N, _Table]):
         self._table_size = table_size
         super().__init__(nodes)
 
+    def _settings(self) -> dict[str, Any]:
+        return {"table_size": self._table_size}
+
     @property
     def table_size(self) -> int:
         """``M``, the number of entries of the lookup table."""

@@ -85,6 +85,11 @@ class HashRing(ShardingScheme[N, _Ring]):
         self._points_of: dict[tuple[str, int], list[int]] = {}
         super().__init__(nodes)
 
+    def _settings(self) -> dict[str, Any]:
+        if not self._default_hash:
+            raise ConfigurationError("a ring with a custom hash cannot be written out")
+        return {"vnodes": self._vnodes, "weight_unit": self._unit}
+
     @property
     def weight_unit(self) -> float | None:
         """The weight that gets ``vnodes`` points (``None`` until the first node)."""

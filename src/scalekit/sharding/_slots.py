@@ -10,6 +10,7 @@ copied and pickled.
 from __future__ import annotations
 
 import binascii
+import itertools
 import math
 from bisect import bisect_right
 from collections import Counter
@@ -18,7 +19,7 @@ from fractions import Fraction
 from typing import Any, NamedTuple, TypeVar
 
 from scalekit._validate import check_callable, check_count
-from scalekit.errors import UnknownNode
+from scalekit.errors import ArgumentTypeError, ConfigurationError, UnknownNode
 from scalekit.hashing import murmur3_64
 from scalekit.protocols import HashFunction
 from scalekit.sharding._base import Key, ShardingScheme, key_bytes
@@ -100,7 +101,8 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
     """A fixed number of slots, shared among the nodes in proportion to their weights.
 
     A key belongs to slot ``hash(key) % slots`` (MurmurHash3 by default; see
-    :meth:`redis_cluster` for Redis Cluster's CRC16), and a slot to one node.
+    :meth:`redis_cluster`, or ``redis_cluster=True``, for Redis Cluster's CRC16),
+    and a slot to one node.
 
     Each node's quota is its exact share ``slots * weight / total`` rounded down
     or up, so equal weights differ by at most one slot. The slots left over after
@@ -141,10 +143,17 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
         *,
         slots: int = REDIS_CLUSTER_SLOTS,
         hash: HashFunction | None = None,
+        redis_cluster: bool = False,
     ) -> None:
         slots = check_count(slots, "slots", minimum=1, maximum=MAX_SLOTS)
         if hash is not None:
             check_callable(hash, "hash")
+        if redis_cluster is True:
+            if hash is not None:
+                raise ConfigurationError("give hash= or redis_cluster=True, not both")
+            hash = redis_key_slot
+        elif redis_cluster is not False:
+            raise ArgumentTypeError(f"redis_cluster must be a bool, got {redis_cluster!r}")
         self._slot_count = slots
         self._hash: HashFunction = murmur3_64 if hash is None else hash
         super().__init__(nodes)
@@ -166,6 +175,45 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
         (12182, 'm3')
         """
         return cls(nodes, slots=REDIS_CLUSTER_SLOTS, hash=redis_key_slot)
+
+    def _settings(self) -> dict[str, Any]:
+        if self._hash is murmur3_64:
+            return {"slots": self._slot_count}
+        if self._hash is redis_key_slot:
+            return {"slots": self._slot_count, "redis_cluster": True}
+        raise ConfigurationError("a slot map with a custom hash cannot be written out")
+
+    def to_dict(self) -> dict[str, Any]:
+        """As :meth:`ShardingScheme.to_dict`, with the slot table, which depends on
+        history, as runs ``[first slot, index of its node]``.
+
+        Runtime complexity: O(S).
+        """
+        spec = super().to_dict()
+        state = self._state
+        index = {node: i for i, node in enumerate(state.nodes)}
+        spec["runs"] = [
+            [start, index[owner]]
+            for start, owner in zip(state.run_starts, state.run_owners, strict=True)
+        ]
+        return spec
+
+    def _restore(self, spec: Mapping[str, Any]) -> None:
+        nodes = tuple(self._weights)
+        runs = [*list(spec.get("runs", ())), [self._slot_count, None]]
+        table: list[Any] = []
+        for (start, owner), (end, _) in itertools.pairwise(runs):
+            if not (isinstance(start, int) and isinstance(end, int) and start == len(table)):
+                raise ConfigurationError(f"slot runs do not cover the slots: {spec['runs']!r}")
+            if isinstance(owner, bool) or not isinstance(owner, int) or not 0 <= owner < len(nodes):
+                raise ConfigurationError(f"slot run owner {owner!r} is not a node index")
+            table += [nodes[owner]] * (end - start)
+        if len(table) != self._slot_count or (nodes and not table):
+            raise ConfigurationError("slot runs do not cover the slots")
+        if table:
+            state = self._state_of(tuple(table), nodes)
+            self._state = state
+            self._published = (self._weights, state)
 
     # -- slots --------------------------------------------------------------------
 
