@@ -410,7 +410,7 @@ def test_two_processes_never_lose_a_write_to_the_copy(redis_url: str, tmp_path: 
         stores_control = RedisStore(redis_url, "control")
         stores_control.set("go", 1)
         outputs = [proc.communicate(timeout=60) for proc in procs]
-        for proc, (out, err) in zip(procs, outputs, strict=True):
+        for proc, (_out, err) in zip(procs, outputs, strict=True):
             assert proc.returncode == 0, err[-2000:]
         mover = json.loads(outputs[0][0])
         assert mover["done"]
