@@ -442,6 +442,15 @@ def test_releasing_on_the_wrong_node_changes_nothing() -> None:
     with pytest.raises(ConfigurationError, match="not held on"):
         balancer.release("k", other)
     assert balancer.loads() == {node: 1, other: 0}
+    for bad in ([], float("nan")):
+        with pytest.raises(ScalekitError, match="node must"):
+            balancer.release("k", bad)
+        with pytest.raises(ScalekitError, match="node must"):
+            balancer.load_of(bad)
+        with pytest.raises(ScalekitError, match="node must"):
+            balancer.capacity(bad)
+    assert balancer.loads() == {node: 1, other: 0}
+    balancer._check()
     assert balancer.release("k", node) == node
 
 

@@ -142,6 +142,7 @@ class ShardingScheme(Generic[N, S]):
 
     def weight_of(self, node: N) -> float:
         """The weight of ``node``; :class:`~scalekit.errors.UnknownNode` if absent."""
+        check_node(node)
         try:
             return self._weights[node]
         except KeyError:
@@ -151,7 +152,10 @@ class ShardingScheme(Generic[N, S]):
         return len(self._weights)
 
     def __contains__(self, node: object) -> bool:
-        return node in self._weights
+        try:
+            return node in self._weights
+        except TypeError:  # unhashable: not a node
+            return False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({list(self._weights)!r})"
@@ -165,7 +169,7 @@ class ShardingScheme(Generic[N, S]):
         return weights
 
     def _without(self, node: N) -> dict[N, float]:
-        if node not in self._weights:
+        if check_node(node) not in self._weights:
             raise UnknownNode(f"{node!r} is not a node")
         weights = dict(self._weights)
         del weights[node]
@@ -264,7 +268,7 @@ class ShardingScheme(Generic[N, S]):
     def set_weight(self, node: N, weight: float) -> None:
         """Change the weight of ``node``."""
         with self._lock:
-            if node not in self._weights:
+            if check_node(node) not in self._weights:
                 raise UnknownNode(f"{node!r} is not a node")
             weights = dict(self._weights)
             weights[node] = check_weight(weight)
@@ -330,7 +334,7 @@ class ShardingScheme(Generic[N, S]):
         from scalekit.sharding._plan import ReshardPlan
 
         with self._lock:  # before and after from the same moment
-            if node not in self._weights:
+            if check_node(node) not in self._weights:
                 raise UnknownNode(f"{node!r} is not a node")
             weights = dict(self._weights)
             weights[node] = check_weight(weight)

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
-from scalekit._validate import check_number, type_name
+from scalekit._validate import check_node, check_number, type_name
 from scalekit.errors import ArgumentTypeError, ConfigurationError, NoNodeAvailable, UnknownNode
 from scalekit.sharding._base import Key, Sharder, ShardingScheme, key_bytes
 
@@ -245,7 +245,7 @@ class BoundedLoads(Generic[N]):
                 raise ConfigurationError(f"{key!r} is not held")
             if node is None:
                 node = next(iter(holds))
-            elif node not in holds:
+            elif check_node(node) not in holds:
                 raise ConfigurationError(f"{key!r} is not held on {node!r}")
             if holds[node] == 1:
                 del holds[node]
@@ -281,6 +281,7 @@ class BoundedLoads(Generic[N]):
 
         Runtime complexity: O(1) with a :class:`ShardingScheme`.
         """
+        check_node(node)
         with self._lock:
             load = self._loads.get(node)
             if load is not None:
@@ -310,6 +311,7 @@ class BoundedLoads(Generic[N]):
 
         Runtime complexity: O(1) with a :class:`ShardingScheme`.
         """
+        check_node(node)
         with self._lock:
             self._sync()
             if node not in self._weights:

@@ -202,6 +202,7 @@ class HotKeyDetector(Generic[K]):
 
         Runtime complexity: O(1).
         """
+        check_node(key, "key")
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
@@ -252,7 +253,10 @@ class HotKeyDetector(Generic[K]):
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` is monitored."""
-        return key in self._entries
+        try:
+            return key in self._entries
+        except TypeError:  # unhashable: never monitored
+            return False
 
     def _check(self) -> None:
         """Assert the invariants of the stream summary: buckets in strictly

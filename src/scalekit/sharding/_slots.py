@@ -18,7 +18,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from fractions import Fraction
 from typing import Any, NamedTuple, TypeVar
 
-from scalekit._validate import check_callable, check_count
+from scalekit._validate import check_callable, check_count, check_node
 from scalekit.errors import ArgumentTypeError, ConfigurationError, UnknownNode
 from scalekit.hashing import murmur3_64
 from scalekit.protocols import HashFunction
@@ -234,6 +234,7 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
 
         Runtime complexity: O(S).
         """
+        check_node(node)
         state = self._state  # one read: nodes and table that match
         if node not in state.nodes:
             raise UnknownNode(f"{node!r} is not a node")

@@ -184,6 +184,10 @@ def check_refused_changes_change_nothing(
         _raises(ScalekitError, partial(sharder.add, "d", weight), f"weight {weight!r}")
     for node in HOSTILE_NODES:
         _raises(ScalekitError, partial(sharder.add, node), f"node {node!r}")
+        _raises(ScalekitError, partial(sharder.remove, node), f"remove({node!r})")
+        _raises(ScalekitError, partial(sharder.weight_of, node), f"weight_of({node!r})")
+        _raises(ScalekitError, partial(sharder.plan_add, node), f"plan_add({node!r})")
+        assert node not in sharder, f"{node!r} in the sharder"
     assert _state_of(sharder) == before, "a refused call changed the sharder"
     _checked(sharder)
     for weight in HOSTILE_WEIGHTS:
