@@ -1,31 +1,27 @@
 """The contract every scalekit ``Sharder`` meets, whatever its scheme.
 
-Run it over a scheme by subclassing :class:`SharderContract` with a ``make``
-parameter (a :class:`SharderFactory`); see tests/sharding/test_contract.py.
+The checks themselves ship as :func:`scalekit.testing.check_sharder` (in
+``scalekit/testing/_sharder.py``), so a user runs them on their own scheme; this
+module reports them one by one per scheme, and adds a hypothesis state machine
+that calls each scheme's ``_check()`` from an invariant. A scheme joins with one
+line in tests/sharding/test_contract.py.
 """
 
 from __future__ import annotations
 
-import copy
-import math
-import pickle
-import random
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from scalekit.errors import ConfigurationError, DuplicateNode, NoNodeAvailable, UnknownNode
-from scalekit.sharding import Sharder
+from scalekit.errors import DuplicateNode, UnknownNode
+from scalekit.testing._sharder import SHARDER_CHECKS, check_lookups_during_changes, check_sharder
 
-__all__ = ["SharderContract", "SharderFactory", "churn_while_looking_up"]
-
-KEYS = [f"key:{i}:{random.Random(i).getrandbits(32)}" for i in range(4000)]
+__all__ = ["SharderContract", "SharderFactory", "churn_while_looking_up", "sharder_machine"]
 
 
 @dataclass(frozen=True)
@@ -46,218 +42,113 @@ class SharderFactory:
     def __call__(self, nodes: Any = ()) -> Any:
         return self.build(nodes, **self.kwargs)
 
-
-def placement(sharder: Any, keys: list[str] = KEYS) -> dict[str, Any]:
-    return {key: sharder.node_for(key) for key in keys}
-
-
-def state_of(sharder: Any) -> tuple[Any, ...]:
-    return (
-        sharder.nodes,
-        tuple(sharder.weight_of(n) for n in sharder.nodes),
-        placement(sharder, KEYS[:300]),
-    )
+    @property
+    def options(self) -> dict[str, bool]:
+        return {
+            "monotone": self.monotone,
+            "weighted": self.weighted,
+            "removes_any": self.removes_any,
+        }
 
 
 class SharderContract:
-    """Every test takes ``make``, a :class:`SharderFactory`."""
+    """Every check of ``check_sharder``, one test each; every test takes ``make``."""
 
-    def test_is_a_sharder(self, make: SharderFactory) -> None:
-        assert isinstance(make(["a"]), Sharder)
+    @pytest.mark.parametrize("check", sorted(SHARDER_CHECKS))
+    def test_contract(self, make: SharderFactory, check: str) -> None:
+        SHARDER_CHECKS[check](make, **make.options)
 
-    def test_an_empty_sharder_has_no_node_for_a_key(self, make: SharderFactory) -> None:
-        sharder = make()
-        with pytest.raises(NoNodeAvailable):
-            sharder.node_for("k")
-        with pytest.raises(NoNodeAvailable):
-            sharder.nodes_for("k", 1)
-        assert sharder.nodes_for("k", 0) == []
+    def test_check_sharder_reports_the_broken_promise(self, make: SharderFactory) -> None:
+        """check_sharder fails, naming the check, on a scheme that breaks a promise."""
 
-    def test_every_key_goes_to_a_node_and_always_the_same(self, make: SharderFactory) -> None:
-        sharder = make([f"n{i}" for i in range(5)])
-        first = placement(sharder)
-        assert set(first.values()) == set(sharder.nodes)
-        assert placement(sharder) == first
-        assert placement(make([f"n{i}" for i in range(5)])) == first  # no hidden randomness
+        def forgetful(nodes: Any = ()) -> Any:
+            sharder = make(nodes)
+            sharder.copy = lambda: make(())  # a copy that loses the nodes
+            return sharder
 
-    def test_str_and_bytes_keys_agree(self, make: SharderFactory) -> None:
-        sharder = make(["a", "b", "c"])
-        for key in KEYS[:200]:
-            assert sharder.node_for(key) == sharder.node_for(key.encode())
-
-    @pytest.mark.parametrize("bad", [1, None, 2.5, ("k",)])
-    def test_a_key_that_is_not_str_or_bytes_is_refused(
-        self, make: SharderFactory, bad: Any
-    ) -> None:
-        with pytest.raises(TypeError):
-            make(["a"]).node_for(bad)
-
-    @given(n=st.integers(1, 6), key=st.text(max_size=20))
-    @settings(max_examples=40)
-    def test_nodes_for_gives_distinct_nodes_owner_first(
-        self, make: SharderFactory, n: int, key: str
-    ) -> None:
-        sharder = make([f"n{i}" for i in range(6)])
-        chosen = sharder.nodes_for(key, n)
-        assert len(chosen) == n
-        assert len(set(chosen)) == n
-        assert chosen[0] == sharder.node_for(key)
-        assert set(chosen) <= set(sharder.nodes)
-        assert sharder.nodes_for(key, n + 0) == chosen
-
-    def test_nodes_for_more_than_there_are_is_refused(self, make: SharderFactory) -> None:
-        sharder = make(["a", "b"])
-        with pytest.raises(NoNodeAvailable):
-            sharder.nodes_for("k", 3)
-        with pytest.raises(ConfigurationError):
-            sharder.nodes_for("k", -1)
-
-    def test_nodes_and_weights(self, make: SharderFactory) -> None:
-        sharder = make(["a", "b"])
-        sharder.add("c")
-        assert sharder.nodes == ("a", "b", "c")
-        assert sharder.weight_of("c") == 1
-        with pytest.raises(UnknownNode):
-            sharder.weight_of("zzz")
-
-    def test_duplicate_node_is_refused_and_changes_nothing(self, make: SharderFactory) -> None:
-        sharder = make(["a", "b", "c"])
-        before = state_of(sharder)
-        with pytest.raises(DuplicateNode):
-            sharder.add("b")
-        with pytest.raises(ValueError):  # DuplicateNode is a ConfigurationError, a ValueError
-            sharder.plan_add("a")
-        assert state_of(sharder) == before
-
-    @pytest.mark.parametrize("weight", [0, -1, math.nan, math.inf])
-    def test_a_weight_that_is_not_positive_is_refused(
-        self, make: SharderFactory, weight: float
-    ) -> None:
-        sharder = make(["a", "b"])
-        before = state_of(sharder)
-        with pytest.raises(ConfigurationError):
-            sharder.add("c", weight)
-        assert state_of(sharder) == before
-
-    def test_removing_an_unknown_node_is_refused_and_changes_nothing(
-        self, make: SharderFactory
-    ) -> None:
-        sharder = make(["a", "b", "c"])
-        before = state_of(sharder)
-        with pytest.raises(UnknownNode):
-            sharder.remove("zzz")
-        with pytest.raises(KeyError):  # UnknownNode is also a KeyError
-            sharder.plan_remove("zzz")
-        assert state_of(sharder) == before
-
-    def test_adding_a_node_moves_keys_only_to_it(self, make: SharderFactory) -> None:
-        sharder = make([f"n{i}" for i in range(10)])
-        before = placement(sharder)
-        sharder.add("new")
-        after = placement(sharder)
-        moved = [key for key in KEYS if before[key] != after[key]]
-        if make.monotone:
-            assert all(after[key] == "new" for key in moved)
-        assert 0 < len(moved) / len(KEYS) < 0.2  # about 1/11
-
-    def test_removing_a_node_moves_only_its_keys(self, make: SharderFactory) -> None:
-        nodes = [f"n{i}" for i in range(10)]
-        sharder = make(nodes)
-        victim = nodes[3] if make.removes_any else nodes[-1]
-        before = placement(sharder)
-        sharder.remove(victim)
-        after = placement(sharder)
-        assert victim not in after.values()
-        moved = [key for key in KEYS if before[key] != after[key]]
-        if make.monotone:
-            assert all(before[key] == victim for key in moved)
-        assert all(before[key] != victim or after[key] != victim for key in KEYS)
-
-    def test_plans_are_exact_and_change_nothing(self, make: SharderFactory) -> None:
-        nodes = [f"n{i}" for i in range(8)]
-        sharder = make(nodes)
-        before = placement(sharder)
-        victim = nodes[2] if make.removes_any else nodes[-1]
-        for plan, change in (
-            (sharder.plan_add("new"), lambda s: s.add("new")),
-            (sharder.plan_remove(victim), lambda s: s.remove(victim)),
-        ):
-            assert placement(sharder) == before  # planning changed nothing
-            changed = sharder.copy()
-            change(changed)
-            after = placement(changed)
-            for key in KEYS:
-                expected = None if before[key] == after[key] else (before[key], after[key])
-                assert plan.move_for(key) == expected
-            pairs = {(before[k], after[k]) for k in KEYS if before[k] != after[k]}
-            assert pairs <= {(m.source, m.target) for m in plan.moves}
-            moved = sum(before[k] != after[k] for k in KEYS) / len(KEYS)
-            assert plan.moved_fraction == pytest.approx(moved, abs=0.03)
-            assert placement(plan.after) == after
-
-    def test_weights_shift_keys(self, make: SharderFactory) -> None:
-        if not make.weighted:
-            with pytest.raises(ConfigurationError):
-                make(["a"]).add("b", 2)
-            return
-        sharder = make({"small": 1, "big": 3})
-        counts = list(placement(sharder).values())
-        big = counts.count("big") / len(counts)
-        assert 0.65 < big < 0.85  # expected 0.75
-
-    def test_copies_are_independent_and_pickles_agree(self, make: SharderFactory) -> None:
-        sharder = make(["a", "b", "c"])
-        twin = sharder.copy()
-        assert placement(twin) == placement(sharder)
-        twin.add("d")
-        assert "d" not in sharder.nodes
-        for clone in (pickle.loads(pickle.dumps(sharder)), copy.copy(sharder)):
-            assert clone.nodes == sharder.nodes
-            assert placement(clone) == placement(sharder)
-
-    def test_lookups_while_nodes_change_see_a_whole_state(self, make: SharderFactory) -> None:
-        churn_while_looking_up(make, seconds=0.5)
+        with pytest.raises(AssertionError, match=r"plans_are_exact|copies_and_pickles"):
+            check_sharder(forgetful, **make.options)
 
 
 def churn_while_looking_up(make: SharderFactory, seconds: float) -> None:
-    """4 threads look up while another adds and removes nodes: no error, and
-    every answer is a node that was present at some point."""
-    stable = [f"n{i}" for i in range(6)]
-    sharder = make(stable)
-    ever = set(stable) | {f"extra{i}" for i in range(3)}
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    answers = [0]
+    """4 threads look up while another adds and removes nodes (see the shipped check)."""
+    check_lookups_during_changes(make, seconds=seconds)
 
-    def look() -> None:
-        try:
-            while not stop.is_set():
-                for key in KEYS[:200]:
-                    assert sharder.node_for(key) in ever
-                    chosen = sharder.nodes_for(key, 3)
-                    assert len(set(chosen)) == 3
-                answers[0] += 200
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
 
-    def churn() -> None:
-        try:
-            while not stop.is_set():
-                for i in range(3):
-                    sharder.add(f"extra{i}")
-                for i in reversed(range(3)):
-                    sharder.remove(f"extra{i}")
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
+KEYS = [f"k{i}" for i in range(40)] + ["\ud800", 42, b"\xff"]
+NAMES = [f"n{i}" for i in range(6)] + ["\udcffodd"]
 
-    threads = [threading.Thread(target=look) for _ in range(4)]
-    threads.append(threading.Thread(target=churn))
-    for thread in threads:
-        thread.start()
-    time.sleep(seconds)
-    stop.set()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    assert answers[0] > 0
-    assert sharder.nodes == tuple(stable)
+
+def sharder_machine(make: SharderFactory) -> type[RuleBasedStateMachine]:
+    """A state machine over ``make``'s scheme, against a model of its nodes and
+    weights; every step ends with the scheme's ``_check()``."""
+
+    class SharderMachine(RuleBasedStateMachine):
+        @initialize(count=st.integers(0, 4))
+        def start(self, count: int) -> None:
+            self.model: dict[str, float] = dict.fromkeys(NAMES[:count], 1)
+            self.sharder = make(list(self.model))
+
+        @precondition(lambda self: len(self.model) < len(NAMES))
+        @rule(data=st.data(), weight=st.sampled_from([1, 1, 2, 0.5, 3]))
+        def add(self, data: st.DataObject, weight: float) -> None:
+            node = data.draw(st.sampled_from([n for n in NAMES if n not in self.model]))
+            weight = weight if make.weighted else 1
+            plan = self.sharder.plan_add(node, weight)
+            self.sharder.add(node, weight)
+            self.model[node] = weight
+            for key in KEYS:
+                assert plan.after.node_for(key) == self.sharder.node_for(key)
+
+        @precondition(lambda self: self.model)
+        @rule(data=st.data())
+        def remove(self, data: st.DataObject) -> None:
+            nodes = list(self.model)
+            node = data.draw(st.sampled_from(nodes if make.removes_any else nodes[-1:]))
+            plan = self.sharder.plan_remove(node)
+            self.sharder.remove(node)
+            del self.model[node]
+            if self.model:
+                for key in KEYS:
+                    assert plan.after.node_for(key) == self.sharder.node_for(key)
+
+        @precondition(lambda self: self.model and make.weighted)
+        @rule(data=st.data(), weight=st.sampled_from([1, 2, 0.5]))
+        def set_weight(self, data: st.DataObject, weight: float) -> None:
+            node = data.draw(st.sampled_from(list(self.model)))
+            self.sharder.set_weight(node, weight)
+            self.model[node] = weight
+
+        @precondition(lambda self: self.model)
+        @rule(node=st.sampled_from(NAMES))
+        def refused_changes_change_nothing(self, node: str) -> None:
+            before = (self.sharder.nodes, [self.sharder.node_for(k) for k in KEYS[:5]])
+            if node in self.model:
+                with pytest.raises(DuplicateNode):
+                    self.sharder.add(node)
+            else:
+                with pytest.raises(UnknownNode):
+                    self.sharder.remove(node)
+            after = (self.sharder.nodes, [self.sharder.node_for(k) for k in KEYS[:5]])
+            assert after == before
+
+        @precondition(lambda self: self.model)
+        @rule(key=st.sampled_from(KEYS), n=st.integers(1, 7))
+        def look_up(self, key: Any, n: int) -> None:
+            n = min(n, len(self.model))
+            chosen = self.sharder.nodes_for(key, n)
+            assert chosen[0] == self.sharder.node_for(key)
+            assert len(set(chosen)) == n
+            assert set(chosen) <= set(self.model)
+
+        @invariant()
+        def matches_the_model(self) -> None:
+            self.sharder._check()
+            assert self.sharder.nodes == tuple(self.model)
+            for node, weight in self.model.items():
+                assert self.sharder.weight_of(node) == weight
+
+    SharderMachine.TestCase.settings = settings(
+        max_examples=25, stateful_step_count=20, deadline=None
+    )
+    return SharderMachine

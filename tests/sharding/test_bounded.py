@@ -9,7 +9,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from hypothesis import event, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -19,7 +19,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from scalekit.errors import ConfigurationError, NoNodeAvailable, UnknownNode
+from scalekit.errors import ConfigurationError, NoNodeAvailable, ScalekitError, UnknownNode
 from scalekit.sharding import HashRing
 from scalekit.sharding._bounded import BoundedLoads
 
@@ -80,12 +80,15 @@ class BoundedLoadsMachine(RuleBasedStateMachine):
         c=st.sampled_from([1.25, 1.05, 2.0, 1.5]),
         count=st.integers(0, 4),
         plain=st.booleans(),
+        sticky=st.booleans(),
     )
-    def start(self, c: float, count: int, plain: bool) -> None:
+    def start(self, c: float, count: int, plain: bool, sticky: bool) -> None:
         self.ring = ring(NODES[:count])
         self.sharder: Any = PlainSharder(self.ring) if plain else self.ring
-        self.balancer = BoundedLoads(self.sharder, c=c)
+        self.balancer = BoundedLoads(self.sharder, c=c, sticky=sticky)
         self.c = c
+        self.sticky = sticky
+        self.cap_at_last: dict[str, int] = {}  # each node's capacity at its last acquisition
         self.holds: dict[str, dict[str, int]] = {}  # key -> {node: holds}, current last
         self.loads: Counter[str] = Counter()
 
@@ -101,7 +104,7 @@ class BoundedLoadsMachine(RuleBasedStateMachine):
     def expected_node(self, key: str) -> tuple[str, bool]:
         """The node ``key`` should go to, and whether that is a new assignment."""
         held = self.holds.get(key)
-        if held and next(reversed(held)) in self.ring:
+        if self.sticky and held and next(reversed(held)) in self.ring:
             return next(reversed(held)), False
         preference = self.ring.nodes_for(key, len(self.ring))
         for node in preference:
@@ -136,6 +139,7 @@ class BoundedLoadsMachine(RuleBasedStateMachine):
         held[node] = held.pop(node, 0) + 1
         self.loads[node] += 1
         if new:
+            self.cap_at_last[node] = bound
             if owner_has_room:
                 assert node == owner
             assert self.balancer.load_of(node) <= bound
@@ -216,6 +220,20 @@ class BoundedLoadsMachine(RuleBasedStateMachine):
                     self.balancer.load_of(node)
 
     @invariant()
+    def internal_invariants_hold(self) -> None:
+        self.balancer._check()
+
+    @invariant()
+    def no_node_is_over_its_bound(self) -> None:
+        """Without ``sticky``, a node's load never exceeds the capacity it had at its
+        last acquisition (releases only lower it)."""
+        if self.sticky:
+            return
+        for node, load in self.loads.items():
+            if load:
+                assert load <= self.cap_at_last[node]
+
+    @invariant()
     def keys_are_where_the_model_says(self) -> None:
         for key in KEYS:
             held = self.holds.get(key)
@@ -229,10 +247,18 @@ TestBoundedLoadsMachine.settings = settings(max_examples=100, stateful_step_coun
 # -- examples -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("c", [1, 0.5, 0, -2, math.nan, math.inf, "2", None, True])
+@pytest.mark.parametrize(
+    "c", [1, 0.5, 0, -2, math.nan, math.inf, -math.inf, 10**400, 1e308, "2", None, True]
+)
 def test_c_must_be_a_number_above_one(c: Any) -> None:
-    with pytest.raises(ConfigurationError, match="c must be"):
+    with pytest.raises(ScalekitError, match=r"^c (must be|is too large)"):
         BoundedLoads(ring(["a"]), c=c)
+
+
+@pytest.mark.parametrize("sticky", [None, 1, "yes"])
+def test_sticky_must_be_a_bool(sticky: Any) -> None:
+    with pytest.raises(TypeError, match="sticky must be a bool"):
+        BoundedLoads(ring(["a"]), sticky=sticky)
 
 
 def test_the_sharder_must_be_a_sharder() -> None:
@@ -247,11 +273,15 @@ def test_bad_keys_and_an_empty_sharder_change_nothing() -> None:
     assert balancer.total == 0
     assert balancer.loads() == {}
     balancer.sharder.add("a")
-    with pytest.raises(TypeError):
-        balancer.acquire(42)  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
-        balancer.release(42)  # type: ignore[arg-type]
+    for bad in (2.5, None, True, ("k",), [1]):
+        with pytest.raises(TypeError, match="str, bytes or int"):
+            balancer.acquire(bad)
+        with pytest.raises(TypeError, match="str, bytes or int"):
+            balancer.release(bad)
     assert balancer.loads() == {"a": 0}
+    assert balancer.total == 0
+    assert balancer.acquire(42) == "a"  # an int key is its digits
+    assert balancer.release("42") == "a"
     assert balancer.acquire("k") == "a"
     assert balancer.acquire(b"k") == "a"  # the same key, as the sharder sees it
     assert balancer.release(b"k") == "a"
@@ -303,8 +333,60 @@ def test_weights_scale_capacity() -> None:
     assert balancer.capacity("small") == balancer.capacity("big")
 
 
-def test_a_held_key_stays_on_its_node_past_the_bound() -> None:
-    balancer = BoundedLoads(ring(["a", "b", "c"]), c=1.25)
+def test_a_celebrity_key_cannot_overload_its_owner() -> None:
+    """Issue 13 item 10: one key acquired 4,000 times of 20,000 on 10 nodes put all
+    4,000 on its owner (bound 2,501). Every acquisition now obeys the bound."""
+    nodes = [f"node-{i}" for i in range(10)]
+    balancer = BoundedLoads(HashRing(nodes), c=1.25)
+    rng = random.Random(7)
+    order = ["celebrity"] * 4000 + [f"user:{i}" for i in range(16000)]
+    rng.shuffle(order)
+    peak = 0
+    for count, key in enumerate(order, 1):
+        node = balancer.acquire(key)
+        peak = max(peak, balancer.load_of(node))
+        assert balancer.load_of(node) <= math.ceil(1.25 * count / 10)
+    assert balancer.total == 20000
+    assert max(balancer.loads().values()) <= math.ceil(1.25 * 20000 / 10) == 2500
+    balancer._check()
+
+
+@given(
+    c=st.sampled_from([1.05, 1.25, 2.0]),
+    nodes=st.integers(1, 6),
+    steps=st.lists(st.tuples(st.booleans(), st.integers(0, 7)), max_size=120),
+)
+@settings(max_examples=150, deadline=None)
+def test_max_load_stays_within_the_bound_after_any_acquires_and_releases(
+    c: float, nodes: int, steps: list[tuple[bool, int]]
+) -> None:
+    """Skewed keys (key 0 most of all), acquired and released in any order: with
+    acquisitions alone every node stays within ceil(c * average); with releases,
+    within ceil(c * the largest total load so far / n), as nothing held moves."""
+    balancer = BoundedLoads(ring([f"n{i}" for i in range(nodes)]), c=c)
+    held: list[tuple[str, str]] = []
+    peak = 0
+    released = False
+    for acquire, k in steps:
+        key = f"k{k % 3 if k > 2 else 0}"
+        if acquire or not held:
+            held.append((key, balancer.acquire(key)))
+        else:
+            key, node = held.pop(k % len(held))
+            assert balancer.release(key, node) == node
+            released = True
+        peak = max(peak, balancer.total)
+        loads = balancer.loads()
+        if loads:
+            assert max(loads.values()) <= math.ceil(c * peak / nodes)
+            if not released:
+                assert max(loads.values()) <= math.ceil(c * balancer.total / nodes)
+        balancer._check()
+
+
+def test_a_held_key_stays_on_its_node_past_the_bound_when_sticky() -> None:
+    balancer = BoundedLoads(ring(["a", "b", "c"]), c=1.25, sticky=True)
+    assert balancer.sticky
     node = balancer.acquire("hot")
     for _ in range(99):
         assert balancer.acquire("hot") == node
@@ -319,7 +401,7 @@ def test_a_held_key_stays_on_its_node_past_the_bound() -> None:
 
 def test_removing_a_node_keeps_its_holders_until_released() -> None:
     sharder = ring(["a", "b", "c"])
-    balancer = BoundedLoads(sharder)
+    balancer = BoundedLoads(sharder, sticky=True)
     keys = [f"k{i}" for i in range(30)]
     for key in keys:
         balancer.acquire(key)
@@ -354,11 +436,21 @@ def test_removing_a_node_keeps_its_holders_until_released() -> None:
 
 def test_releasing_on_the_wrong_node_changes_nothing() -> None:
     balancer = BoundedLoads(ring(["a", "b"]))
+    assert not balancer.sticky
     node = balancer.acquire("k")
     other = "b" if node == "a" else "a"
     with pytest.raises(ConfigurationError, match="not held on"):
         balancer.release("k", other)
     assert balancer.loads() == {node: 1, other: 0}
+    for bad in ([], float("nan")):
+        with pytest.raises(ScalekitError, match="node must"):
+            balancer.release("k", bad)
+        with pytest.raises(ScalekitError, match="node must"):
+            balancer.load_of(bad)
+        with pytest.raises(ScalekitError, match="node must"):
+            balancer.capacity(bad)
+    assert balancer.loads() == {node: 1, other: 0}
+    balancer._check()
     assert balancer.release("k", node) == node
 
 

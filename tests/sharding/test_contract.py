@@ -15,7 +15,7 @@ from scalekit.sharding import (
     RendezvousHash,
     SlotMap,
 )
-from tests.contracts.sharder_contract import SharderContract, SharderFactory
+from tests.contracts.sharder_contract import SharderContract, SharderFactory, sharder_machine
 
 SCHEMES = [
     pytest.param(SharderFactory(HashRing), id="HashRing"),
@@ -36,3 +36,19 @@ SCHEMES = [
 @pytest.mark.parametrize("make", SCHEMES)
 class TestSharderContract(SharderContract):
     """Every test of SharderContract, once per scheme."""
+
+
+# One hypothesis state machine per scheme, its _check() called from an invariant
+# (small structures: _check() rebuilds the structure, and a 65537-entry Maglev
+# table or a 16384-slot map takes 100 s there instead of 2).
+MACHINES = {
+    "HashRing": SharderFactory(HashRing, kwargs={"vnodes": 16}),
+    "KetamaRing": SharderFactory(KetamaRing),
+    "SlotMap": SharderFactory(SlotMap, kwargs={"slots": 256}),
+    "JumpHash": SharderFactory(JumpHash, weighted=False, removes_any=False),
+    "RendezvousHash": SharderFactory(RendezvousHash),
+    "MaglevHash": SharderFactory(MaglevHash, monotone=False, kwargs={"table_size": 251}),
+}
+for _id, _factory in MACHINES.items():
+    _name = f"TestStateMachine{_id}"
+    globals()[_name] = type(_name, (sharder_machine(_factory).TestCase,), {})

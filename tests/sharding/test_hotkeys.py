@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections import Counter
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from scalekit.errors import ConfigurationError, NoNodeAvailable
+from scalekit.errors import NoNodeAvailable, ScalekitError
 from scalekit.sharding import HashRing
 from scalekit.sharding._hotkeys import Estimate, HotKeyDetector, HotKeyRouter, KeySplitter
 
@@ -139,22 +141,34 @@ def test_the_docstring_example_step_by_step() -> None:
     assert detector.top() == [("z", 1)]
 
 
-@pytest.mark.parametrize("k", [0, -1, 1.5, "3", None, True])
+@pytest.mark.parametrize("k", [0, -1, 1.5, "3", None, True, math.nan, math.inf, 10**400])
 def test_k_must_be_a_positive_int(k: Any) -> None:
-    with pytest.raises(ConfigurationError, match="k must be"):
+    with pytest.raises(ScalekitError, match="k must be"):
         HotKeyDetector(k)
 
 
-@pytest.mark.parametrize("count", [0, -1, 1.5, "2", None, True])
+@pytest.mark.parametrize("count", [0, -1, 1.5, "2", None, True, math.nan, math.inf, 10**400])
 def test_a_bad_count_changes_nothing(count: Any) -> None:
     detector: HotKeyDetector[str] = HotKeyDetector(2)
     detector.add("a", 2)
     before = snapshot(detector)
-    with pytest.raises(ConfigurationError, match="count must be"):
+    with pytest.raises(ScalekitError, match="count must be"):
         detector.add("a", count)
-    with pytest.raises(ConfigurationError, match="count must be"):
+    with pytest.raises(ScalekitError, match="count must be"):
         detector.add("new", count)
     assert snapshot(detector) == before
+    detector._check()
+
+
+@pytest.mark.parametrize("key", [None, math.nan, ["a"], {"a": 1}])
+def test_a_key_that_cannot_be_counted_changes_nothing(key: Any) -> None:
+    detector: HotKeyDetector[Any] = HotKeyDetector(2)
+    detector.add("a", 2)
+    before = snapshot(detector)
+    with pytest.raises(ScalekitError, match="key must"):
+        detector.add(key)
+    assert snapshot(detector) == before
+    detector._check()
 
 
 def test_an_unhashable_key_changes_nothing() -> None:
@@ -165,10 +179,10 @@ def test_an_unhashable_key_changes_nothing() -> None:
     assert snapshot(detector) == ([("a", 1)], 1, 1)
 
 
-@pytest.mark.parametrize("n", [-1, 1.5, "2", True])
+@pytest.mark.parametrize("n", [-1, 1.5, "2", True, math.nan, 10**400])
 def test_top_refuses_a_bad_n(n: Any) -> None:
     detector: HotKeyDetector[str] = HotKeyDetector(2)
-    with pytest.raises(ConfigurationError, match="n must be"):
+    with pytest.raises(ScalekitError, match="n must be"):
         detector.top(n)
 
 
@@ -221,9 +235,9 @@ def test_a_splitter_uses_every_node_when_there_are_fewer_than_replicas() -> None
         splitter.read_node("k")
 
 
-@pytest.mark.parametrize("replicas", [0, -1, 1.5, "3", None, True])
+@pytest.mark.parametrize("replicas", [0, -1, 1.5, "3", None, True, math.inf, 10**400])
 def test_replicas_must_be_a_positive_int(replicas: Any) -> None:
-    with pytest.raises(ConfigurationError, match="replicas must be"):
+    with pytest.raises(ScalekitError, match="replicas must be"):
         KeySplitter(HashRing(["a"]), replicas=replicas)
 
 
@@ -231,8 +245,11 @@ def test_splitter_refuses_bad_sharders_and_keys() -> None:
     with pytest.raises(TypeError, match="Sharder"):
         KeySplitter({"a": 1})  # type: ignore[arg-type]
     splitter = KeySplitter(HashRing(["a"]))
-    with pytest.raises(TypeError):
-        splitter.read_node(7)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="str, bytes or int"):
+        splitter.read_node(7.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="rng must be"):
+        KeySplitter(HashRing(["a"]), rng=7)  # type: ignore[arg-type]
+    assert splitter.write_nodes(7) == splitter.write_nodes("7")  # an int key is its digits
 
 
 # -- HotKeyRouter -----------------------------------------------------------------------
@@ -277,9 +294,11 @@ def test_is_hot_counts_nothing_and_read_node_counts_one() -> None:
     assert router.is_hot("j")
     assert not router.is_hot("k")  # 1 of 3 < 0.5
     assert router.threshold == 0.5
-    with pytest.raises(TypeError):
-        router.read_node(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="str, bytes or int"):
+        router.read_node(3.5)  # type: ignore[arg-type]
     assert router.detector.total == 3
+    router.read_node("\ud800")  # a lone surrogate is a key like any other
+    assert router.detector.total == 4
 
 
 def test_a_key_is_never_hot_by_overestimation_alone() -> None:
@@ -294,9 +313,11 @@ def test_a_key_is_never_hot_by_overestimation_alone() -> None:
     assert not router.is_hot("k9")
 
 
-@pytest.mark.parametrize("threshold", [0, -0.1, 1.5, float("nan"), "0.1", None, True])
+@pytest.mark.parametrize(
+    "threshold", [0, -0.1, 1.5, float("nan"), math.inf, 10**400, "0.1", None, True]
+)
 def test_threshold_must_be_a_share(threshold: Any) -> None:
-    with pytest.raises(ConfigurationError, match="threshold must be"):
+    with pytest.raises(ScalekitError, match="threshold"):
         make_router(threshold=threshold)
 
 
@@ -311,3 +332,38 @@ def test_router_repr() -> None:
     assert text.startswith("HotKeyRouter(")
     assert "replicas=2" in text
     assert "threshold=0.25" in text
+
+
+class DetectorMachine(RuleBasedStateMachine):
+    """HotKeyDetector against exact counts: every Space-Saving bound, and _check()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.k = 3
+        self.detector: HotKeyDetector[str] = HotKeyDetector(self.k)
+        self.true: Counter[str] = Counter()
+
+    @rule(key=st.sampled_from("abcdefg"), count=st.integers(1, 4))
+    def add(self, key: str, count: int) -> None:
+        self.detector.add(key, count)
+        self.true[key] += count
+
+    @rule()
+    def clear(self) -> None:
+        self.detector.clear()
+        self.true.clear()
+
+    @invariant()
+    def bounds_hold(self) -> None:
+        self.detector._check()
+        total = sum(self.true.values())
+        assert self.detector.total == total
+        for key in "abcdefg":
+            estimate = self.detector.estimate(key)
+            assert estimate.count - estimate.error <= self.true[key] <= estimate.count
+            if self.true[key] > total / self.k:
+                assert key in self.detector
+
+
+TestDetectorMachine = DetectorMachine.TestCase
+TestDetectorMachine.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)

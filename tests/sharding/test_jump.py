@@ -258,11 +258,12 @@ def test_duplicate_and_unknown_nodes_are_refused() -> None:
     assert snapshot(sharder) == before
 
 
-def test_keys_must_be_str_or_bytes() -> None:
+def test_keys_are_str_bytes_or_int() -> None:
     sharder = JumpHash(TEN)
     assert sharder.node_for("k") == sharder.node_for(b"k")
-    with pytest.raises(TypeError):
-        sharder.node_for(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="str, bytes or int"):
+        sharder.node_for(4.2)  # type: ignore[arg-type]
+    assert sharder.node_for(42) == sharder.node_for("42")  # an int key is its digits
 
 
 def test_shares_copies_and_pickles() -> None:

@@ -328,8 +328,9 @@ def test_bad_input_is_refused_and_changes_nothing() -> None:
         ring.remove("zzz")
     with pytest.raises(UnknownNode):
         ring.plan_remove("zzz")
-    with pytest.raises(TypeError):
-        ring.node_for(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="str, bytes or int"):
+        ring.node_for(4.2)  # type: ignore[arg-type]
+    assert ring.node_for(42) == ring.node_for("42")  # an int key is its digits
     assert _state_of(ring) == before
     with pytest.raises(ConfigurationError):
         KetamaRing({"a": 1e-300})

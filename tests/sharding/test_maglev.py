@@ -12,7 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scalekit.errors import ConfigurationError, DuplicateNode, NoNodeAvailable, UnknownNode
+from scalekit.errors import (
+    ConfigurationError,
+    DuplicateNode,
+    NoNodeAvailable,
+    UnknownNode,
+)
 from scalekit.hashing import murmur3_64
 from scalekit.sharding import _maglev
 from scalekit.sharding._base import ShardingScheme
@@ -78,15 +83,21 @@ def test_equal_weights_give_the_papers_table(count: int) -> None:
         assert sharder._owner(sharder._state, key.encode()) == sharder.node_for(key)
 
 
-@pytest.mark.parametrize("size", [0, 1, 4, 100, 65536, 2**61 + 1])
+@pytest.mark.parametrize("size", [4, 100, 65536, 65537 * 3])
 def test_table_size_must_be_prime(size: int) -> None:
     with pytest.raises(ConfigurationError, match="prime"):
         MaglevHash(table_size=size)
 
 
-@pytest.mark.parametrize("size", [True, 2.5, "251"])
+@pytest.mark.parametrize("size", [0, 1, -7, 2**61 - 1, 2**61 + 1, 10**400])
+def test_table_size_must_be_in_range(size: int) -> None:
+    with pytest.raises(ConfigurationError, match="table_size must be in"):
+        MaglevHash(table_size=size)
+
+
+@pytest.mark.parametrize("size", [True, 2.5, "251", None, float("nan"), float("inf")])
 def test_table_size_must_be_an_int(size: object) -> None:
-    with pytest.raises(ConfigurationError, match="int"):
+    with pytest.raises(TypeError, match="table_size must be an int"):
         MaglevHash(table_size=size)  # type: ignore[arg-type]
 
 
@@ -299,11 +310,12 @@ def test_duplicate_unknown_and_clashing_nodes_are_refused() -> None:
     assert snapshot(sharder) == before  # type: ignore[arg-type]
 
 
-def test_keys_must_be_str_or_bytes() -> None:
+def test_keys_are_str_bytes_or_int() -> None:
     sharder = MaglevHash(TEN, table_size=SMALL)
     assert sharder.node_for("k") == sharder.node_for(b"k")
-    with pytest.raises(TypeError):
-        sharder.node_for(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="str, bytes or int"):
+        sharder.node_for(4.2)  # type: ignore[arg-type]
+    assert sharder.node_for(42) == sharder.node_for("42")  # an int key is its digits
 
 
 def test_copies_and_pickles_keep_the_table() -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scalekit.errors import ConfigurationError
+from scalekit.errors import ConfigurationError, ScalekitError
 from scalekit.hashing import make_murmur3_64
 from scalekit.sharding import HashRing, report
 from tests.contracts.sharder_contract import SharderFactory, churn_while_looking_up
@@ -87,10 +87,27 @@ def test_heavy_weights_cost_no_more_than_light_ones() -> None:
     assert heavy.points_of("b") == 3 * heavy.vnodes
 
 
-@pytest.mark.parametrize("vnodes", [0, -3, 2.5, True])
+@pytest.mark.parametrize("vnodes", [0, -3, 2.5, True, None, "16", float("nan"), 10**400, 2**21])
 def test_bad_vnodes(vnodes: object) -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ScalekitError, match="vnodes must be"):
         HashRing(["a"], vnodes=vnodes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("unit", [0, -1, float("nan"), float("inf"), 10**400, 1e308, "1", True])
+def test_bad_weight_unit(unit: object) -> None:
+    with pytest.raises(ScalekitError, match=r"weight_unit (must be|is too large)"):
+        HashRing(["a"], weight_unit=unit)  # type: ignore[arg-type]
+
+
+def test_a_weight_that_needs_too_many_points_is_refused_and_changes_nothing() -> None:
+    ring = HashRing(["a", "b"], vnodes=64)
+    before = (ring.nodes, [ring.node_for(str(i)) for i in range(100)])
+    with pytest.raises(ConfigurationError, match="points"):
+        ring.add("c", 2**20)  # 64 * 2**20 points
+    assert (ring.nodes, [ring.node_for(str(i)) for i in range(100)]) == before
+    ring._check()
+    with pytest.raises(TypeError, match="hash must be callable"):
+        HashRing(["a"], hash=42)  # type: ignore[arg-type]
 
 
 def test_a_custom_hash_places_keys_differently() -> None:

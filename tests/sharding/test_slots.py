@@ -23,7 +23,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from scalekit.errors import ConfigurationError, DuplicateNode, NoNodeAvailable, UnknownNode
+from scalekit.errors import (
+    ConfigurationError,
+    DuplicateNode,
+    NoNodeAvailable,
+    ScalekitError,
+    UnknownNode,
+)
 from scalekit.hashing import murmur3_64
 from scalekit.sharding._slots import SlotMap, crc16_xmodem, redis_key_slot
 from tests.services import REDIS_URL, require_service
@@ -415,10 +421,12 @@ def test_bad_input_is_refused_and_changes_nothing() -> None:
     slot_map._check()
 
 
-@pytest.mark.parametrize("slots", [0, -1, 2.5, True, "16384"])
+@pytest.mark.parametrize("slots", [0, -1, 2.5, True, "16384", None, 10**400, 2**25])
 def test_bad_slot_counts(slots: Any) -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ScalekitError, match="slots must be"):
         SlotMap(["a"], slots=slots)
+    with pytest.raises(TypeError, match="hash must be callable"):
+        SlotMap(["a"], hash="crc16")  # type: ignore[arg-type]
 
 
 def test_an_empty_map_has_no_node() -> None:

@@ -20,6 +20,12 @@ from scalekit.sharding._report import ShardingReport, report
 from scalekit.sharding._ring import DEFAULT_VNODES, HashRing
 from scalekit.sharding._slots import REDIS_CLUSTER_SLOTS, SlotMap, crc16_xmodem, redis_key_slot
 
+_SCHEMES: dict[str, type[ShardingScheme]] = {  # type: ignore[type-arg]
+    scheme.__name__: scheme
+    for scheme in (HashRing, JumpHash, KetamaRing, MaglevHash, RendezvousHash, SlotMap)
+}
+"""The schemes ``ShardingScheme.from_dict`` rebuilds, by the name ``to_dict`` records."""
+
 __all__ = [
     "DEFAULT_TABLE_SIZE",
     "DEFAULT_VNODES",

@@ -14,14 +14,14 @@ import threading
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from scalekit._validate import check_weight
+from scalekit._validate import check_count, check_node, check_weight
 from scalekit.errors import ConfigurationError, DuplicateNode, NoNodeAvailable, UnknownNode
+from scalekit.hashing import Key, key_bytes
 
-__all__ = ["Key", "Sharder", "ShardingScheme"]
+__all__ = ["Key", "Sharder", "ShardingScheme", "key_bytes"]
 
 N = TypeVar("N", bound=Hashable)
 S = TypeVar("S")
-Key = str | bytes
 
 
 @runtime_checkable
@@ -66,19 +66,11 @@ class Sharder(Protocol[N]):
         ...
 
 
-def key_bytes(key: Key) -> bytes:
-    """``key`` as bytes (``str`` as UTF-8); a clear error for anything else."""
-    if isinstance(key, bytes):
-        return key
-    if isinstance(key, str):
-        return key.encode()
-    raise TypeError(f"a shard key is str or bytes, not {type(key).__name__}")
-
-
 def check_key(key: object) -> None:
-    """Raise :class:`TypeError` unless ``key`` is ``str`` or ``bytes``."""
-    if not isinstance(key, (str, bytes)):
-        raise TypeError(f"a shard key is str or bytes, not {type(key).__name__}")
+    """Raise :class:`~scalekit.errors.ArgumentTypeError` (a ``TypeError``) naming
+    "str, bytes or int" unless ``key`` is a key :func:`key_bytes` encodes."""
+    if type(key) is not str and type(key) is not bytes:
+        key_bytes(key)
 
 
 class ShardingScheme(Generic[N, S]):
@@ -112,8 +104,9 @@ class ShardingScheme(Generic[N, S]):
         raise NotImplementedError
 
     def _check_new(self, weights: dict[N, float], node: N) -> None:
-        """Refuse ``node`` before it is added (a duplicate, an unstable name)."""
-        hash(node)
+        """Refuse ``node`` before it is added (None, NaN, unhashable, a duplicate,
+        an unstable name)."""
+        check_node(node)
         if node in weights:
             raise DuplicateNode(f"{node!r} is already a node")
 
@@ -134,8 +127,7 @@ class ShardingScheme(Generic[N, S]):
 
         Raises :class:`~scalekit.errors.NoNodeAvailable` when ``n`` exceeds the node count.
         """
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ConfigurationError(f"n must be a non-negative int, got {n!r}")
+        n = check_count(n, "n")
         weights, state = self._published  # one read: nodes and structure that match
         if n > len(weights):
             raise NoNodeAvailable(f"{n} nodes asked for, {len(weights)} there")
@@ -150,6 +142,7 @@ class ShardingScheme(Generic[N, S]):
 
     def weight_of(self, node: N) -> float:
         """The weight of ``node``; :class:`~scalekit.errors.UnknownNode` if absent."""
+        check_node(node)
         try:
             return self._weights[node]
         except KeyError:
@@ -159,7 +152,10 @@ class ShardingScheme(Generic[N, S]):
         return len(self._weights)
 
     def __contains__(self, node: object) -> bool:
-        return node in self._weights
+        try:
+            return node in self._weights
+        except TypeError:  # unhashable: not a node
+            return False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({list(self._weights)!r})"
@@ -173,7 +169,7 @@ class ShardingScheme(Generic[N, S]):
         return weights
 
     def _without(self, node: N) -> dict[N, float]:
-        if node not in self._weights:
+        if check_node(node) not in self._weights:
             raise UnknownNode(f"{node!r} is not a node")
         weights = dict(self._weights)
         del weights[node]
@@ -183,6 +179,76 @@ class ShardingScheme(Generic[N, S]):
         state = self._build(weights)
         self._weights, self._state = weights, state
         self._published = (weights, state)  # what lookups read, in one attribute store
+        self._epoch = self.epoch + 1
+
+    @property
+    def epoch(self) -> int:
+        """How many changes this placement has been through (0 when built).
+
+        Each ``add``, ``remove`` and ``set_weight`` adds one, and a plan's
+        ``after`` has the epoch its change will have, so processes that share a
+        placement through :meth:`to_dict` and plans can tell which is newer.
+        """
+        epoch: int = self.__dict__.get("_epoch", 0)
+        return epoch
+
+    # -- a serialisable form ----------------------------------------------------
+
+    def _settings(self) -> dict[str, Any]:
+        """The constructor settings :meth:`to_dict` records (none by default)."""
+        return {}
+
+    def _restore(self, spec: Mapping[str, Any]) -> None:
+        """Adopt the structure ``spec`` records beyond nodes and settings (none)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description of this placement: scheme, settings, nodes with
+        weights in order, epoch. :meth:`from_dict` rebuilds the same placement in
+        any process. Nodes must be ``str`` or ``int``; a custom hash cannot be
+        described, and raises :class:`~scalekit.errors.ConfigurationError`.
+
+        Runtime complexity: O(n) (O(S) for a slot map, which records its table).
+
+        >>> from scalekit.sharding import HashRing
+        >>> ring = HashRing(["a", "b"], vnodes=64)
+        >>> ring.to_dict()
+        {'scheme': 'HashRing', 'epoch': 0, 'settings': {'vnodes': 64, 'weight_unit': 1}, \
+'nodes': [['a', 1], ['b', 1]]}
+        """
+        for node in self._weights:
+            if isinstance(node, bool) or not isinstance(node, (str, int)):
+                raise ConfigurationError(
+                    f"only str and int nodes can be written out, not {type(node).__name__}"
+                )
+        return {
+            "scheme": type(self).__name__,
+            "epoch": self.epoch,
+            "settings": self._settings(),
+            "nodes": [[node, weight] for node, weight in self._weights.items()],
+        }
+
+    @staticmethod
+    def from_dict(spec: Mapping[str, Any]) -> ShardingScheme[Any, Any]:
+        """The placement :meth:`to_dict` described, of the scheme it names.
+
+        Raises :class:`~scalekit.errors.ConfigurationError` for a description that
+        is not one.
+
+        Runtime complexity: that of building the scheme.
+        """
+        from scalekit.sharding import _SCHEMES
+
+        try:
+            cls = _SCHEMES[spec["scheme"]]
+            settings = dict(spec["settings"])
+            nodes = dict(spec["nodes"])
+            epoch = check_count(spec["epoch"], "epoch")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigurationError(f"not a sharder description: {exc!r}") from None
+        sharder: ShardingScheme[Any, Any] = cls(nodes, **settings)
+        sharder._restore(spec)
+        sharder._epoch = epoch
+        return sharder
 
     def add(self, node: N, weight: float = 1) -> None:
         """Add ``node`` with a relative ``weight`` (default 1).
@@ -202,7 +268,7 @@ class ShardingScheme(Generic[N, S]):
     def set_weight(self, node: N, weight: float) -> None:
         """Change the weight of ``node``."""
         with self._lock:
-            if node not in self._weights:
+            if check_node(node) not in self._weights:
                 raise UnknownNode(f"{node!r} is not a node")
             weights = dict(self._weights)
             weights[node] = check_weight(weight)
@@ -251,6 +317,7 @@ class ShardingScheme(Generic[N, S]):
 
         with self._lock:  # before and after from the same moment
             after = self._snapshot(self._with_added(node, weight))
+            after._epoch = self.epoch + 1
             return ReshardPlan.between(self.copy(), after)
 
     def plan_remove(self, node: N) -> Any:
@@ -259,6 +326,7 @@ class ShardingScheme(Generic[N, S]):
 
         with self._lock:  # before and after from the same moment
             after = self._snapshot(self._without(node))
+            after._epoch = self.epoch + 1
             return ReshardPlan.between(self.copy(), after)
 
     def plan_weight(self, node: N, weight: float) -> Any:
@@ -266,11 +334,34 @@ class ShardingScheme(Generic[N, S]):
         from scalekit.sharding._plan import ReshardPlan
 
         with self._lock:  # before and after from the same moment
-            if node not in self._weights:
+            if check_node(node) not in self._weights:
                 raise UnknownNode(f"{node!r} is not a node")
             weights = dict(self._weights)
             weights[node] = check_weight(weight)
-            return ReshardPlan.between(self.copy(), self._snapshot(weights))
+            after = self._snapshot(weights)
+            after._epoch = self.epoch + 1
+            return ReshardPlan.between(self.copy(), after)
+
+    def _check(self) -> None:
+        """Assert the invariants every scheme shares: the published pair is the
+        current weights and state, every node is a valid node with a valid
+        weight; a scheme adds its own (its structure against a fresh build).
+
+        Runtime complexity: O(n) here; a scheme's own checks rebuild its structure.
+        """
+        weights, state = self._published
+        assert weights is self._weights
+        assert state is self._state
+        for node, weight in weights.items():
+            check_node(node)
+            assert check_weight(weight) == weight
+
+    def _fresh_state(self) -> S:
+        """The state of the current weights built from scratch (no incremental reuse)."""
+        twin = self._empty_twin()
+        for name in ("_state", "_published"):
+            twin.__dict__.pop(name, None)
+        return twin._build(dict(self._weights))
 
     def _moves(self, old: S, new: S) -> list[Any] | None:
         """The moves from ``old`` to ``new`` as :class:`Move` objects, or ``None``

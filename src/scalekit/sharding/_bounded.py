@@ -15,7 +15,8 @@ import threading
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
-from scalekit.errors import ConfigurationError, NoNodeAvailable, UnknownNode
+from scalekit._validate import check_node, check_number, type_name
+from scalekit.errors import ArgumentTypeError, ConfigurationError, NoNodeAvailable, UnknownNode
 from scalekit.sharding._base import Key, Sharder, ShardingScheme, key_bytes
 
 __all__ = ["BoundedLoads"]
@@ -23,38 +24,48 @@ __all__ = ["BoundedLoads"]
 N = TypeVar("N", bound=Hashable)
 
 _ATTEMPTS = 4  # placements retried when the sharder's nodes change under a lookup
+MAX_C = 1e6
+"""The largest balance factor: beyond it no node is ever full (plain consistent hashing)."""
 
 
 class BoundedLoads(Generic[N]):
     """Assigns keys to the nodes of ``sharder`` so that no node is overloaded.
 
     Each :meth:`acquire` adds one unit of load (a request, a connection, a
-    client) and :meth:`release` takes it away. A key that is not held gets a new
-    assignment: the first node of its preference list whose load is below its
-    *capacity*::
+    client; a *ball* of the paper) and :meth:`release` takes it away. Every
+    acquisition goes to the first node of the key's preference list whose load
+    is below its *capacity*::
 
         capacity(node) = ceil(c * (load + 1) * weight(node) / total weight)
 
     where ``load`` is the load the sharder's current nodes carry before the
-    assignment; with equal weights that is ``ceil(c * (load + 1) / len(nodes))``.
-    After the assignment no node carries more than its capacity, and since the
-    capacities add up to more than the load some node always has room. A key
-    whose owner has room goes to its owner, so with low load this is plain
-    consistent hashing.
+    acquisition; with equal weights that is ``ceil(c * (load + 1) / len(nodes))``,
+    the paper's ``ceil(c * average)``. After an acquisition no node it went to
+    carries more than its capacity, and since the capacities add up to more
+    than the load some node always has room. A key whose owner has room goes to
+    its owner, so with low load this is plain consistent hashing; a celebrity
+    key acquired many times fills its owner up to the bound and then spills
+    down its preference list, so one key cannot overload one node. So with
+    acquisitions alone every node stays within ``ceil(c * average)`` at all
+    times; a release lowers the average, and a node whose holders stay may then
+    sit above the new bound until they release (nothing held is moved: the
+    paper moves balls on deletion, a caller's open connection cannot be).
+    In every case a node's load is at most the capacity it had at its last
+    acquisition.
 
-    Assignments are sticky: acquiring a key that is held counts again on the node
-    it is on (its holders share that node's cache), whatever that node's load,
-    so only new assignments obey the bound; a key with many concurrent holders
-    should be spread with :class:`~scalekit.sharding._hotkeys.HotKeyRouter`
-    instead. The key keeps its node until its last holder releases it.
+    ``sticky=True`` keeps a held key on the node it is on: acquiring it again
+    counts on that node whatever its load (its holders share that node's cache)
+    until its last holder releases it. That gives up the bound: only a key's
+    first acquisition obeys it, so one key acquired 4,000 times puts all 4,000
+    on one node. Use it only when each key is acquired by few holders at once.
 
-    When the sharder's nodes change, held keys stay where they are until
-    released (a removed node keeps its load, reported by :meth:`loads`, until
-    its keys are released, but no longer counts towards capacities), and new
-    assignments see the new nodes at once. Acquiring a held key whose node was
-    removed assigns it afresh, so the key is then held on two nodes: its new
-    node takes its further acquisitions, and :meth:`release` without a node
-    releases the old node first.
+    A key may thus be held on several nodes (always without ``sticky``, and with
+    it when its node was removed): :meth:`assigned` names the node of its latest
+    acquisition, and :meth:`release` takes the node the holder was given (pass
+    what :meth:`acquire` returned) or, without it, the node the key reached
+    first. When the sharder's nodes change, holders stay where they are until
+    released (a removed node keeps its load, reported by :meth:`loads`, but no
+    longer counts towards capacities), and acquisitions see the new nodes at once.
 
     ``c`` must be more than 1: 1.25 is the usual choice (HAProxy's default), and
     a smaller ``c`` balances better but moves more keys off their owner. Keys
@@ -69,14 +80,21 @@ class BoundedLoads(Generic[N]):
 
     >>> from scalekit.sharding import HashRing
     >>> ring = HashRing(["a", "b", "c"])
-    >>> balancer = BoundedLoads(ring, c=1.25)
+    >>> balancer = BoundedLoads(ring, c=2)
     >>> first = balancer.acquire("user:42")
     >>> first == ring.node_for("user:42")  # the owner has room
     True
-    >>> balancer.acquire("user:42") == first  # held: counts again on its node
+    >>> balancer.acquire("user:42") == first  # the owner still has room
     True
     >>> balancer.load_of(first), balancer.total
     (2, 2)
+    >>> balancer.capacity(first)  # ceil(2 * 3 / 3): full at 2
+    2
+    >>> second = balancer.acquire("user:42")  # the owner is full: the next node
+    >>> second != first and second == ring.nodes_for("user:42", 2)[1]
+    True
+    >>> balancer.release("user:42", second) == second
+    True
     >>> balancer.release("user:42") == first
     True
     >>> balancer.release("user:42") == first
@@ -85,18 +103,15 @@ class BoundedLoads(Generic[N]):
     True
     """
 
-    def __init__(self, sharder: Sharder[N], c: float = 1.25) -> None:
+    def __init__(self, sharder: Sharder[N], c: float = 1.25, *, sticky: bool = False) -> None:
         if not isinstance(sharder, Sharder):
-            raise TypeError(f"sharder must be a Sharder, got {type(sharder).__name__}")
-        if (
-            isinstance(c, bool)
-            or not isinstance(c, (int, float))
-            or not math.isfinite(c)
-            or not c > 1
-        ):
-            raise ConfigurationError(f"c must be a finite number above 1, got {c!r}")
+            raise ArgumentTypeError(f"sharder must be a Sharder, got {type_name(sharder)}")
+        c = check_number(c, "c", minimum=1, min_inclusive=False, maximum=MAX_C)
+        if not isinstance(sticky, bool):
+            raise ArgumentTypeError(f"sticky must be a bool, got {type_name(sticky)}")
         self._sharder = sharder
         self._c = float(c)
+        self._sticky = sticky
         self._lock = threading.Lock()
         # key -> {node: holds}, in the order the key reached each node; the last
         # entry is the key's current node. Most keys have exactly one entry.
@@ -176,26 +191,27 @@ class BoundedLoads(Generic[N]):
     def acquire(self, key: Key) -> N:
         """Count one more holder of ``key`` and return the node it is assigned to.
 
-        A held key stays on its node; otherwise the key goes to the first node
-        of its preference list whose load is below its capacity. Raises
-        :class:`~scalekit.errors.NoNodeAvailable` when the sharder has no nodes,
-        and :class:`TypeError` for a key that is not ``str`` or ``bytes``; either
-        way nothing changes.
+        The key goes to the first node of its preference list whose load is
+        below its capacity (with ``sticky=True``, a held key stays on its node).
+        Raises :class:`~scalekit.errors.NoNodeAvailable` when the sharder has no
+        nodes, and :class:`~scalekit.errors.ArgumentTypeError` (a ``TypeError``)
+        for a key that is not ``str``, ``bytes`` or ``int``; either way nothing
+        changes. An ``int`` is the key of its decimal digits (``42`` is ``"42"``).
 
-        Runtime complexity: one ``node_for`` lookup when the key is held or its
-        owner has room; at most about twice the preference list up to the first
-        node with room otherwise.
+        Runtime complexity: one ``node_for`` lookup when the owner has room (or
+        the key is held, with ``sticky``); at most about twice the preference
+        list up to the first node with room otherwise.
         """
         raw = key_bytes(key)
         with self._lock:
             self._sync()
             holds = self._holds.get(raw)
             current: N | None = None if holds is None else next(reversed(holds))
-            node = current if current in self._weights else None
+            node = current if self._sticky and current in self._weights else None
             for _ in range(_ATTEMPTS):
                 if node is not None:
                     break
-                node = self._place(key)
+                node = self._place(raw)
                 if node is None:
                     self._seen = None  # the sharder changed: read it again
                     self._sync()
@@ -215,11 +231,10 @@ class BoundedLoads(Generic[N]):
     def release(self, key: Key, node: N | None = None) -> N:
         """Take away one holder of ``key`` and return the node it was counted on.
 
-        ``node`` says which node the holder was given; it may be left out, and
-        then the key's only node is meant, or, for a key held on two nodes
-        because its node was removed, the old node first. Raises
-        :class:`~scalekit.errors.ConfigurationError` if ``key`` is not held (on
-        ``node``), changing nothing.
+        ``node`` says which node the holder was given (what :meth:`acquire`
+        returned); left out, it is the node the key reached first among those
+        that hold it. Raises :class:`~scalekit.errors.ConfigurationError` if
+        ``key`` is not held (on ``node``), changing nothing.
 
         Runtime complexity: O(1).
         """
@@ -230,7 +245,7 @@ class BoundedLoads(Generic[N]):
                 raise ConfigurationError(f"{key!r} is not held")
             if node is None:
                 node = next(iter(holds))
-            elif node not in holds:
+            elif check_node(node) not in holds:
                 raise ConfigurationError(f"{key!r} is not held on {node!r}")
             if holds[node] == 1:
                 del holds[node]
@@ -266,6 +281,7 @@ class BoundedLoads(Generic[N]):
 
         Runtime complexity: O(1) with a :class:`ShardingScheme`.
         """
+        check_node(node)
         with self._lock:
             load = self._loads.get(node)
             if load is not None:
@@ -295,6 +311,7 @@ class BoundedLoads(Generic[N]):
 
         Runtime complexity: O(1) with a :class:`ShardingScheme`.
         """
+        check_node(node)
         with self._lock:
             self._sync()
             if node not in self._weights:
@@ -312,9 +329,36 @@ class BoundedLoads(Generic[N]):
         return self._c
 
     @property
+    def sticky(self) -> bool:
+        """Whether a held key stays on its node past the bound."""
+        return self._sticky
+
+    def _check(self) -> None:
+        """Assert the invariants: loads are the holds per node, the total is their
+        sum, the live load is that of the sharder's nodes as last seen, and no
+        count is zero or negative."""
+        with self._lock:
+            per_node: dict[N, int] = {}
+            for holds in self._holds.values():
+                assert holds, "a key with no holder is kept"
+                for node, count in holds.items():
+                    assert count > 0
+                    per_node[node] = per_node.get(node, 0) + count
+            assert per_node == self._loads
+            assert all(load > 0 for load in self._loads.values())
+            assert self._total == sum(self._loads.values())
+            live = sum(load for node, load in self._loads.items() if node in self._weights)
+            assert self._live_load == live
+            if self._weights:
+                assert self._total_weight == math.fsum(self._weights.values())
+
+    @property
     def sharder(self) -> Sharder[N]:
         """The sharder that gives each key its preference list."""
         return self._sharder
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._sharder!r}, c={self._c!r}, total={self._total})"
+        sticky = ", sticky=True" if self._sticky else ""
+        return (
+            f"{type(self).__name__}({self._sharder!r}, c={self._c!r}{sticky}, total={self._total})"
+        )

@@ -8,14 +8,14 @@ for the keys the detector finds hot, sending every other read to its owner.
 
 from __future__ import annotations
 
-import math
 import random
 import threading
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from scalekit.errors import ConfigurationError, NoNodeAvailable
+from scalekit._validate import check_count, check_node, check_number, type_name
+from scalekit.errors import ArgumentTypeError, NoNodeAvailable
 from scalekit.sharding._base import Key, Sharder, check_key
 
 __all__ = ["Estimate", "HotKeyDetector", "HotKeyRouter", "KeySplitter"]
@@ -66,11 +66,6 @@ class _Entry:
 _NOWHERE = _Bucket(0)  # the bucket of an entry not yet placed
 
 
-def _check_count(count: int) -> None:
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ConfigurationError(f"count must be a positive int, got {count!r}")
-
-
 class HotKeyDetector(Generic[K]):
     """The heavy hitters of a stream of keys, in O(k) memory: Space-Saving.
 
@@ -109,9 +104,7 @@ class HotKeyDetector(Generic[K]):
     """
 
     def __init__(self, k: int) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ConfigurationError(f"k must be a positive int, got {k!r}")
-        self._k = k
+        self._k = check_count(k, "k", minimum=1)
         self._lock = threading.Lock()
         self._entries: dict[K, _Entry] = {}
         self._first: _Bucket | None = None  # least count
@@ -166,8 +159,8 @@ class HotKeyDetector(Generic[K]):
 
         Runtime complexity: O(1) for a count of 1, O(min(k, count)) in general.
         """
-        _check_count(count)
-        hash(key)
+        count = check_count(count, "count", minimum=1)
+        check_node(key, "key")
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
@@ -209,6 +202,7 @@ class HotKeyDetector(Generic[K]):
 
         Runtime complexity: O(1).
         """
+        check_node(key, "key")
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
@@ -228,8 +222,8 @@ class HotKeyDetector(Generic[K]):
 
         Runtime complexity: O(n).
         """
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
-            raise ConfigurationError(f"n must be None or a non-negative int, got {n!r}")
+        if n is not None:
+            n = check_count(n, "n")
         with self._lock:
             wanted = len(self._entries) if n is None else min(n, len(self._entries))
             found: list[tuple[K, int]] = []
@@ -259,16 +253,49 @@ class HotKeyDetector(Generic[K]):
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` is monitored."""
-        return key in self._entries
+        try:
+            return key in self._entries
+        except TypeError:  # unhashable: never monitored
+            return False
+
+    def _check(self) -> None:
+        """Assert the invariants of the stream summary: buckets in strictly
+        ascending count, linked both ways, none empty; every monitored key in the
+        bucket of its count and nowhere else; at most ``k`` keys; each error below
+        its count; the counts adding up to the total. Runtime complexity: O(k)."""
+        with self._lock:
+            seen: dict[Any, _Bucket] = {}
+            previous: _Bucket | None = None
+            bucket = self._first
+            while bucket is not None:
+                assert bucket.prev is previous
+                assert bucket.keys, "an empty bucket is linked"
+                if previous is not None:
+                    assert previous.count < bucket.count
+                for key in bucket.keys:
+                    assert key not in seen
+                    seen[key] = bucket
+                previous, bucket = bucket, bucket.next
+            assert self._last is previous
+            assert seen.keys() == self._entries.keys()
+            assert len(self._entries) <= self._k
+            for key, entry in self._entries.items():
+                assert entry.bucket is seen[key]
+                assert 0 <= entry.error < entry.bucket.count
+            assert sum(entry.bucket.count for entry in self._entries.values()) == self._total
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(k={self._k}, monitored={len(self)}, total={self._total})"
 
 
-def _check_replicas(replicas: int) -> int:
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-        raise ConfigurationError(f"replicas must be a positive int, got {replicas!r}")
-    return replicas
+def _check_sharder(sharder: object) -> None:
+    if not isinstance(sharder, Sharder):
+        raise ArgumentTypeError(f"sharder must be a Sharder, got {type_name(sharder)}")
+
+
+def _check_rng(rng: object) -> None:
+    if rng is not None and not isinstance(rng, random.Random):
+        raise ArgumentTypeError(f"rng must be a random.Random or None, got {type_name(rng)}")
 
 
 class KeySplitter(Generic[N]):
@@ -297,10 +324,11 @@ class KeySplitter(Generic[N]):
     def __init__(
         self, sharder: Sharder[N], replicas: int = 3, *, rng: random.Random | None = None
     ) -> None:
-        if not isinstance(sharder, Sharder):
-            raise TypeError(f"sharder must be a Sharder, got {type(sharder).__name__}")
+        _check_sharder(sharder)
+        replicas = check_count(replicas, "replicas", minimum=1)
+        _check_rng(rng)
         self._sharder = sharder
-        self._replicas = _check_replicas(replicas)
+        self._replicas = replicas
         self._rng = random.Random() if rng is None else rng
 
     def write_nodes(self, key: Key) -> list[N]:
@@ -388,17 +416,11 @@ class HotKeyRouter(KeySplitter[N]):
         rng: random.Random | None = None,
     ) -> None:
         if not isinstance(detector, HotKeyDetector):
-            raise TypeError(f"detector must be a HotKeyDetector, got {type(detector).__name__}")
-        if (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, (int, float))
-            or not math.isfinite(threshold)
-            or not 0 < threshold <= 1
-        ):
-            raise ConfigurationError(f"threshold must be in (0, 1], got {threshold!r}")
+            raise ArgumentTypeError(f"detector must be a HotKeyDetector, got {type_name(detector)}")
+        threshold = check_number(threshold, "threshold", minimum=0, maximum=1, min_inclusive=False)
         super().__init__(sharder, replicas, rng=rng)
         self._detector = detector
-        self._threshold = float(threshold)
+        self._threshold = threshold
 
     def is_hot(self, key: Key) -> bool:
         """Whether ``key``'s guaranteed count is at least ``threshold`` of the total.

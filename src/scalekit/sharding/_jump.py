@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from scalekit.errors import ConfigurationError
 from scalekit.hashing import murmur3_64
-from scalekit.sharding._base import Key, ShardingScheme, check_key
+from scalekit.sharding._base import Key, ShardingScheme
 from scalekit.sharding._plan import Move
 
 __all__ = ["JumpHash", "jump_bucket"]
@@ -136,8 +136,7 @@ class JumpHash(ShardingScheme[N, tuple[Any, ...]]):
         count = len(buckets)
         if not count:
             return super().node_for(key)  # raises NoNodeAvailable
-        check_key(key)
-        h = murmur3_64(key)
+        h = murmur3_64(key)  # encodes key (key_bytes): no str reaches mmh3
         b, j = -1, 0
         while j < count:  # jump_bucket, inlined
             b = j
@@ -183,6 +182,13 @@ class JumpHash(ShardingScheme[N, tuple[Any, ...]]):
                 if len(chosen) == n:
                     break
         return [state[b] for b in chosen]
+
+    def _check(self) -> None:
+        """Assert the invariants: the buckets are the nodes in the order they were
+        added, every weight 1. Runtime complexity: O(N)."""
+        super()._check()
+        assert self._state == tuple(self._weights)
+        assert all(weight == 1 for weight in self._weights.values())
 
     def _moves(self, old: tuple[Any, ...], new: tuple[Any, ...]) -> list[Move[N]]:
         """The expected flows between two bucket lists (exact per key is ``move_for``).

@@ -120,7 +120,7 @@ def _server_points(name: str, hashes: int, start: int = 0) -> list[int]:
     """The points of hashes ``start .. hashes-1`` of the server called ``name``."""
     points: list[int] = []
     for k in range(start, hashes):
-        points.extend(_four_u32(_md5(f"{name}-{k}".encode()).digest()))
+        points.extend(_four_u32(_md5(key_bytes(f"{name}-{k}")).digest()))
     return points
 
 
@@ -246,11 +246,14 @@ class KetamaRing(ShardingScheme[N, _Continuum]):
         if not owners:
             return super().node_for(key)  # raises NoNodeAvailable
         if type(key) is str:
-            data = key.encode()
+            try:
+                data = key.encode()  # the fast path: no arguments to parse
+            except UnicodeEncodeError:  # a lone surrogate: its surrogatepass bytes
+                data = key.encode("utf-8", "surrogatepass")
         elif type(key) is bytes:
             data = key
         else:
-            data = key_bytes(key)  # a str or bytes subclass, or a TypeError
+            data = key_bytes(key)  # int as its digits, a subclass; ArgumentTypeError else
         owner: N = owners[bisect_left(state.points, _first_u32(_md5(data).digest())[0])]
         return owner
 
@@ -287,6 +290,7 @@ class KetamaRing(ShardingScheme[N, _Continuum]):
     def _check(self) -> None:
         """Assert the invariants: sorted distinct points, the wrap entry, every
         point held by a node that has it, and a continuum a fresh build agrees with."""
+        super()._check()
         state = self._state
         assert state.nodes == tuple(self._weights)
         assert state.points == sorted(set(state.points))

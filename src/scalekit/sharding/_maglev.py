@@ -7,9 +7,10 @@ from collections import Counter
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple, TypeVar
 
+from scalekit._validate import check_count
 from scalekit.errors import ConfigurationError
 from scalekit.hashing import murmur3_64
-from scalekit.sharding._base import Key, ShardingScheme, check_key, key_bytes
+from scalekit.sharding._base import Key, ShardingScheme, key_bytes
 from scalekit.sharding._jump import _MAX_TRIES_PER_NODE, _remix
 from scalekit.sharding._plan import Move
 from scalekit.sharding._rendezvous import _check_name, _unique_names
@@ -21,6 +22,9 @@ N = TypeVar("N", bound=Hashable)
 DEFAULT_TABLE_SIZE = 65537
 """The lookup table size: the paper's small size, a prime well over 100 x the node counts
 a pure-Python sharder serves, so every node's share is within 1% of its weight's share."""
+
+MAX_TABLE_SIZE = 1 << 24
+"""The largest table: filling one of 2**24 entries takes several seconds in Python."""
 
 _OFFSET_SEED = 0x6D61676C  # "magl"
 _SKIP_SEED = 0x736B6970  # "skip"
@@ -83,8 +87,7 @@ class MaglevHash(ShardingScheme[N, _Table]):
         *,
         table_size: int = DEFAULT_TABLE_SIZE,
     ) -> None:
-        if isinstance(table_size, bool) or not isinstance(table_size, int):
-            raise ConfigurationError(f"table_size must be an int, got {table_size!r}")
+        table_size = check_count(table_size, "table_size", minimum=2, maximum=MAX_TABLE_SIZE)
         if not _is_prime(table_size):
             raise ConfigurationError(
                 f"table_size must be prime, got {table_size!r} (Maglev's permutations "
@@ -92,6 +95,9 @@ class MaglevHash(ShardingScheme[N, _Table]):
             )
         self._table_size = table_size
         super().__init__(nodes)
+
+    def _settings(self) -> dict[str, Any]:
+        return {"table_size": self._table_size}
 
     @property
     def table_size(self) -> int:
@@ -157,8 +163,7 @@ class MaglevHash(ShardingScheme[N, _Table]):
         entries = self._state.entries  # one read: a concurrent add() publishes a new state
         if not entries:
             return super().node_for(key)  # raises NoNodeAvailable
-        check_key(key)
-        owner: N = entries[murmur3_64(key) % len(entries)]
+        owner: N = entries[murmur3_64(key) % len(entries)]  # murmur3_64 encodes key
         return owner
 
     def _owners(self, state: _Table, key: bytes, n: int) -> list[N]:
@@ -196,6 +201,28 @@ class MaglevHash(ShardingScheme[N, _Table]):
                 found.append(node)
         found.extend(state.absent[: n - len(found)])
         return found
+
+    def _check(self) -> None:
+        """Assert the invariants: a full table of nodes (or none), the count of
+        nodes holding an entry, the nodes too light for one listed by name, each
+        node's entries within 2 of its weight's share, and a table a fresh build
+        agrees with. Runtime complexity: O(M log N)."""
+        super()._check()
+        state = self._state
+        if not self._weights:
+            assert state == _Table((), 0, ())
+            return
+        assert len(state.entries) == self._table_size
+        counts = Counter(state.entries)
+        assert set(counts) <= set(self._weights)
+        assert state.present == len(counts)
+        assert state.absent == tuple(
+            sorted((node for node in self._weights if node not in counts), key=str)
+        )
+        total = sum(self._weights.values())
+        for node, weight in self._weights.items():
+            assert abs(counts.get(node, 0) - self._table_size * weight / total) <= 2 + 1e-9
+        assert self._fresh_state() == state
 
     # -- plans ----------------------------------------------------------------
 

@@ -1,25 +1,36 @@
 """Moving keys to their new owners while the service keeps reading and writing.
 
 A :class:`Migration` walks the keys of every source node of a plan and moves the
-ones the plan moves: copy to the target unless the target already has the key
-(a write that arrived during the migration is newer), then delete from the
-source. Each key's move is idempotent, so a migration that fails half-way (a
-store raising, a process dying) is finished by running it again: no key is lost
-and none is left behind.
+ones the plan moves: it reads the value and its remaining TTL at the source,
+*adds* it at the target (``Store.add``: set only if absent, atomic at the store,
+as memcached ``add`` and Redis ``SET NX`` are), then deletes it at the source. A
+write that reached the target first is newer and the add leaves it alone, so any
+number of processes can route their reads and writes through their own
+``Migration`` of the same plan while one of them (or several) moves the keys.
+Each key's move is idempotent, so a migration that fails half-way (a store
+raising, a process dying) is finished by running it again: no key is lost and
+none is left behind.
 
-While it runs, route requests through it (the Redis Cluster "ASK" rule):
-reads of a moving key try the source, then the target; writes go to the target
-and remove any copy left at the source.
+While it runs, route requests through it (the Redis Cluster "ASK" rule): reads
+of a moving key try the source, then the target; writes go to the target and
+remove any copy left at the source. No lock is held around store I/O, and a key
+the plan does not move costs one lookup in the plan and one read of its store.
+
+A fleet learns the plan from its serialised form (:meth:`ReshardPlan.to_json`),
+published where every process looks (a key in Redis, a row, a config service):
+a process adopts a plan whose ``epoch`` is higher than the one it routes by.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from scalekit.errors import ConfigurationError
+from scalekit._validate import check_callable, check_count, check_seconds, type_name
+from scalekit.errors import ArgumentTypeError, ConfigurationError
 from scalekit.sharding._base import Key
 from scalekit.sharding._plan import ReshardPlan
 
@@ -53,12 +64,30 @@ class MigrationProgress:
         return self.sources_done == self.sources
 
 
+def _is_store(store: object) -> bool:
+    """Whether ``store`` has the :class:`~scalekit.protocols.Store` primitives a move needs."""
+    return all(
+        callable(getattr(store, name, None)) for name in ("get", "set", "add", "ttl_of", "delete")
+    )
+
+
 class _StoreAdapter:
-    """One interface over a ``MutableMapping`` or a :class:`~scalekit.protocols.Store`."""
+    """One interface over a :class:`~scalekit.protocols.Store` or a ``MutableMapping``.
+
+    A ``Store`` moves a key with its own atomic ``add`` and keeps its TTL. A plain
+    ``MutableMapping`` (a dict) lives in one process: its "add if absent" is made
+    atomic by a lock of its own, held for that one in-memory operation only.
+    """
 
     def __init__(self, store: Any) -> None:
         self.store = store
-        self.mapping = isinstance(store, MutableMapping)
+        self.mapping = not _is_store(store)
+        if self.mapping and not isinstance(store, MutableMapping):
+            raise ConfigurationError(
+                f"a store must be a Store (get, set, add, ttl_of, delete) or a MutableMapping, "
+                f"got {type(store).__name__}"
+            )
+        self._lock = threading.Lock()
 
     def get(self, key: Key) -> Any:
         return self.store.get(key, _MISSING)  # a mapping and a Store both take a default
@@ -68,11 +97,29 @@ class _StoreAdapter:
             return key in self.store
         return self.store.get(key, _MISSING) is not _MISSING
 
-    def put(self, key: Key, value: Any) -> None:
+    def ttl_of(self, key: Key) -> float | None:
+        """Seconds left, ``math.inf`` if it never expires; KeyError if gone."""
+        if self.mapping:
+            return None
+        ttl: float | None = self.store.ttl_of(key)
+        return math.inf if ttl is None else ttl
+
+    def add(self, key: Key, value: Any, ttl: float | None) -> bool:
+        if self.mapping:
+            with self._lock:  # in memory: no I/O under it
+                if key in self.store:
+                    return False
+                self.store[key] = value
+                return True
+        return bool(self.store.add(key, value, ttl=ttl))
+
+    def put(self, key: Key, value: Any, ttl: float | None) -> None:
         if self.mapping:
             self.store[key] = value
-        else:
+        elif ttl is None:
             self.store.set(key, value)
+        else:
+            self.store.set(key, value, ttl=ttl)
 
     def delete(self, key: Key) -> None:
         if self.mapping:
@@ -89,18 +136,33 @@ class _StoreAdapter:
 
 
 class Migration(Generic[N]):
-    """Carry out a :class:`ReshardPlan` on real stores, resumably.
+    """Carry out a :class:`ReshardPlan` on real stores, resumably, from any process.
 
     Args:
-        plan: what moves (``sharder.plan_add(...)``, ``plan_remove``...).
-        stores: node -> its store, a ``MutableMapping`` or a ``Store``.
+        plan: what moves (``sharder.plan_add(...)``, ``plan_remove``..., or
+            :meth:`ReshardPlan.from_json` of a plan another process published).
+        stores: node -> its store: a :class:`~scalekit.protocols.Store` (its ``add``
+            and ``ttl_of`` make moves safe across processes and keep each item's
+            TTL), or a ``MutableMapping`` (one process only).
         batch_size: keys examined per :meth:`step`.
         progress: called with a :class:`MigrationProgress` after each batch; pass
             ``True`` for a tqdm bar when tqdm is installed.
         keys_of: how to list a store's keys, for stores that cannot iterate.
 
+    A key moves in three store calls, none under a lock: read the value and its
+    remaining TTL at the source, ``add`` it at the target (so a write that got
+    there first wins), delete it at the source. An item that never expires is
+    added with ``ttl=math.inf`` (what :class:`~scalekit.cache.Cache` reads as
+    "never"); one that expired meanwhile is not copied.
+
+    One case the store primitives cannot close: a *delete* of a moving key by
+    another process, landing between the mover's read and its ``add``, is undone
+    by the copy (the key comes back with its old value and remaining TTL). Writes
+    are safe; a fleet that deletes moving keys should delete with a TTL'd
+    tombstone value, or run its deletes of moving keys through the mover's process.
+
     Runtime complexity: O(keys on the source nodes) lookups in all; each key
-    moves with one read, one write and one delete.
+    moves with one read, one TTL read, one add and one delete.
     """
 
     def __init__(
@@ -112,8 +174,19 @@ class Migration(Generic[N]):
         progress: Callable[[MigrationProgress], object] | bool | None = None,
         keys_of: Callable[[Any], Iterable[Key]] | None = None,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(plan, ReshardPlan):
+            raise ArgumentTypeError(f"plan must be a ReshardPlan, got {type_name(plan)}")
+        batch_size = check_count(batch_size, "batch_size", minimum=1)
+        if not isinstance(stores, Mapping):
+            raise ArgumentTypeError(
+                f"stores must be a mapping of node to store, got {type_name(stores)}"
+            )
+        if keys_of is not None:
+            check_callable(keys_of, "keys_of")
+        if not (progress is None or isinstance(progress, bool) or callable(progress)):
+            raise ArgumentTypeError(
+                f"progress must be a callable, a bool or None, got {type_name(progress)}"
+            )
         missing = (plan.sources | plan.targets) - set(stores)
         if missing:
             raise ConfigurationError(f"no store for {sorted(map(str, missing))}")
@@ -121,7 +194,9 @@ class Migration(Generic[N]):
         self._stores = {node: _StoreAdapter(store) for node, store in stores.items()}
         self._batch_size = batch_size
         self._keys_of = keys_of
-        self._lock = threading.RLock()
+        # Guards the bookkeeping of step() (which keys are left, the counters),
+        # never held across a store call: reads and writes take no lock at all.
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._pending: list[tuple[N, list[Key]]] | None = None
         self._sources = sorted(plan.sources, key=str)
@@ -131,20 +206,26 @@ class Migration(Generic[N]):
         self._total = 0
         self._callback = self._progress_callback(progress)
 
+    @property
+    def epoch(self) -> int:
+        """The epoch of the plan this migration carries out (:attr:`ReshardPlan.epoch`)."""
+        return self.plan.epoch
+
     # -- routing while it runs --------------------------------------------------
 
     def read_owners(self, key: Key) -> list[N]:
-        """Where to look for ``key``: the source then the target if it moves."""
+        """Where to look for ``key``: the source then the target if it moves.
+
+        Runtime complexity: two sharder lookups.
+        """
         move = self.plan.move_for(key)
         return [self.plan.after.node_for(key)] if move is None else [move[0], move[1]]
 
     def read_owner(self, key: Key) -> N:
         """The node that holds ``key`` right now (source until moved, then target)."""
         owners = self.read_owners(key)
-        if len(owners) == 2:
-            with self._lock:
-                if not self._stores[owners[0]].has(key):
-                    return owners[1]
+        if len(owners) == 2 and not self._stores[owners[0]].has(key):
+            return owners[1]
         return owners[0]
 
     def write_owner(self, key: Key) -> N:
@@ -152,67 +233,117 @@ class Migration(Generic[N]):
         return self.plan.after.node_for(key)
 
     def get(self, key: Key, default: Any = None) -> Any:
-        """Read ``key`` from wherever it is during the migration."""
-        with self._lock:
-            for node in self.read_owners(key):
-                value = self._stores[node].get(key)
-                if value is not _MISSING:
-                    return value
+        """Read ``key`` from wherever it is during the migration.
+
+        The source first: a mover deletes there only after its copy is at the
+        target, and a write lands at the target before it deletes the source, so
+        a key missing at the source is at the target, if anywhere.
+
+        Runtime complexity: two sharder lookups and one store read (two for a
+        moving key not at its source).
+        """
+        for node in self.read_owners(key):
+            value = self._stores[node].get(key)
+            if value is not _MISSING:
+                return value
         return default
 
-    def set(self, key: Key, value: Any) -> None:
-        """Write ``key`` at its new owner, and drop any stale copy at the source."""
-        with self._lock:
-            move = self.plan.move_for(key)
-            self._stores[self.write_owner(key)].put(key, value)
-            if move is not None:
-                self._stores[move[0]].delete(key)
+    def set(self, key: Key, value: Any, *, ttl: float | None = None) -> None:
+        """Write ``key`` at its new owner, then drop any stale copy at the source.
+
+        ``ttl`` is passed to the target store (``None``: its default).
+        """
+        if ttl is not None:
+            ttl = check_seconds(ttl, "ttl", allow_inf=True)
+        move = self.plan.move_for(key)
+        target = move[1] if move is not None else self.plan.after.node_for(key)
+        self._stores[target].put(key, value, ttl)
+        if move is not None:
+            self._stores[move[0]].delete(key)
 
     def delete(self, key: Key) -> None:
-        """Delete ``key`` wherever it is."""
-        with self._lock:
-            for node in self.read_owners(key):
-                self._stores[node].delete(key)
+        """Delete ``key`` wherever it is (the source, then the target)."""
+        for node in self.read_owners(key):
+            self._stores[node].delete(key)
 
     # -- running ----------------------------------------------------------------
 
     def _move(self, source: N, key: Key) -> bool:
+        """Move ``key`` off ``source`` if the plan moves it; whether it was there."""
         move = self.plan.move_for(key)
         if move is None or move[0] != source:
             return False
-        with self._lock:
-            source_store, target_store = self._stores[source], self._stores[move[1]]
-            value = source_store.get(key)
-            if value is _MISSING:
-                return False  # deleted meanwhile
-            if not target_store.has(key):
-                target_store.put(key, value)
-            source_store.delete(key)
+        source_store, target_store = self._stores[source], self._stores[move[1]]
+        value = source_store.get(key)
+        if value is _MISSING:
+            return False  # deleted, or moved by another process, meanwhile
+        try:
+            ttl = source_store.ttl_of(key)
+        except KeyError:
+            return False  # expired meanwhile: nothing to carry
+        target_store.add(key, value, ttl)  # a write that got there first is newer
+        source_store.delete(key)
         return True
 
-    def step(self) -> MigrationProgress:
-        """Examine up to ``batch_size`` keys and move those that move."""
-        if self._pending is None:
-            pending = []
-            for source in self._sources:
-                store = self._stores[source]
-                keys = list(self._keys_of(store.store)) if self._keys_of else store.keys()
-                pending.append((source, keys))
-            self._pending = pending
-            self._total = self._examined + sum(len(keys) for _, keys in pending)
-        budget = self._batch_size
-        while self._pending and budget:
-            source, keys = self._pending[0]
-            while keys and budget:
-                key = keys[-1]
-                if self._move(source, key):  # may raise: the key stays listed for resume()
-                    self._moved += 1
-                keys.pop()
-                self._examined += 1
-                budget -= 1
-            if not keys:
+    def _take(self) -> tuple[N, list[Key]] | None:
+        """Up to a batch of keys of the current source, taken off the pending list."""
+        with self._lock:
+            if self._pending is None:
+                return None
+            while self._pending and not self._pending[0][1]:
                 self._pending.pop(0)
                 self._sources_done += 1
+            if not self._pending:
+                return None
+            source, keys = self._pending[0]
+            batch = keys[-self._batch_size :]
+            del keys[-self._batch_size :]
+            return source, batch
+
+    def _list_keys(self) -> None:
+        pending = []
+        for source in self._sources:
+            store = self._stores[source]
+            keys = list(self._keys_of(store.store)) if self._keys_of else store.keys()
+            pending.append((source, keys))
+        with self._lock:
+            if self._pending is None:
+                self._pending = pending
+                self._total = self._examined + sum(len(keys) for _, keys in pending)
+
+    def step(self) -> MigrationProgress:
+        """Examine up to ``batch_size`` keys (of one source) and move those that move.
+
+        Holds no lock during store calls. If a store raises, the keys not yet
+        moved stay listed, and :meth:`resume` carries on from them.
+        """
+        if self._pending is None:
+            self._list_keys()
+        taken = self._take()
+        if taken is not None:
+            source, batch = taken
+            done = 0
+            moved = 0
+            try:
+                for key in reversed(batch):
+                    if self._move(source, key):
+                        moved += 1
+                    done += 1
+            finally:
+                with self._lock:
+                    self._examined += done
+                    self._moved += moved
+                    if done < len(batch):  # a store raised: put the rest back
+                        assert self._pending is not None
+                        for entry in self._pending:
+                            if entry[0] == source:
+                                entry[1].extend(batch[: len(batch) - done])
+                                break
+                        else:
+                            self._pending.insert(0, (source, batch[: len(batch) - done]))
+                    while self._pending and not self._pending[0][1]:
+                        self._pending.pop(0)
+                        self._sources_done += 1
         report = self.progress()
         if self._callback is not None:
             self._callback(report)
@@ -234,13 +365,14 @@ class Migration(Generic[N]):
 
     def progress(self) -> MigrationProgress:
         """The progress so far."""
-        return MigrationProgress(
-            examined=self._examined,
-            moved=self._moved,
-            sources_done=self._sources_done,
-            sources=len(self._sources),
-            total=self._total,
-        )
+        with self._lock:
+            return MigrationProgress(
+                examined=self._examined,
+                moved=self._moved,
+                sources_done=self._sources_done,
+                sources=len(self._sources),
+                total=self._total,
+            )
 
     @property
     def done(self) -> bool:

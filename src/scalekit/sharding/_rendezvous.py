@@ -12,7 +12,7 @@ import mmh3
 
 from scalekit.errors import ConfigurationError, DuplicateNode
 from scalekit.hashing import DEFAULT_SEED
-from scalekit.sharding._base import Key, ShardingScheme, check_key
+from scalekit.sharding._base import Key, ShardingScheme, key_bytes
 from scalekit.sharding._plan import Move
 
 __all__ = ["RendezvousHash"]
@@ -75,7 +75,7 @@ class RendezvousHash(ShardingScheme[N, _Scores]):
 
     def _build(self, weights: dict[N, float]) -> _Scores:
         names = _unique_names(weights)
-        pairs = tuple((name.encode() + b":", names[name]) for name in sorted(names))
+        pairs = tuple((key_bytes(name) + b":", names[name]) for name in sorted(names))
         triples = tuple((prefix, 1 / weights[node], node) for prefix, node in pairs)
         uniform = len(set(weights.values())) <= 1
         return _Scores(pairs, triples, dict(weights), uniform)
@@ -92,8 +92,15 @@ class RendezvousHash(ShardingScheme[N, _Scores]):
         state = self._state  # one read: a concurrent add() publishes a new state
         if not state.pairs:
             return super().node_for(key)  # raises NoNodeAvailable
-        check_key(key)
-        data = key if isinstance(key, bytes) else key.encode()
+        if type(key) is str:
+            try:
+                data = key.encode()  # the fast path: no arguments to parse
+            except UnicodeEncodeError:  # a lone surrogate: its surrogatepass bytes
+                data = key.encode("utf-8", "surrogatepass")
+        elif type(key) is bytes:
+            data = key
+        else:
+            data = key_bytes(key)  # int as its digits; ArgumentTypeError for the rest
         hash128, seed = mmh3.hash128, DEFAULT_SEED
         owner: Any = None
         if state.uniform:
@@ -131,6 +138,24 @@ class RendezvousHash(ShardingScheme[N, _Scores]):
         scores = self._scores(state, key)
         top = heapq.nlargest(n, range(len(scores)), key=scores.__getitem__)
         return [state.pairs[index][1] for index in top]
+
+    def _check(self) -> None:
+        """Assert the invariants: one entry per node, by distinct name in order,
+        each with its encoded name and inverse weight, and the uniform flag true
+        exactly when the weights are equal. Runtime complexity: O(N log N)."""
+        super()._check()
+        state = self._state
+        assert state.weights == self._weights
+        assert len(state.pairs) == len(state.triples) == len(self._weights)
+        names = [str(node) for _, node in state.pairs]
+        assert names == sorted(set(names))
+        for (prefix, node), (prefix3, inverse, node3) in zip(
+            state.pairs, state.triples, strict=True
+        ):
+            assert prefix == prefix3 == key_bytes(str(node)) + b":"
+            assert node == node3
+            assert inverse == 1 / self._weights[node]
+        assert state.uniform == (len(set(self._weights.values())) <= 1)
 
     # -- plans ----------------------------------------------------------------
 

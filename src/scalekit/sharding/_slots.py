@@ -10,6 +10,7 @@ copied and pickled.
 from __future__ import annotations
 
 import binascii
+import itertools
 import math
 from bisect import bisect_right
 from collections import Counter
@@ -17,10 +18,11 @@ from collections.abc import Hashable, Iterable, Mapping
 from fractions import Fraction
 from typing import Any, NamedTuple, TypeVar
 
-from scalekit.errors import ConfigurationError, UnknownNode
+from scalekit._validate import check_callable, check_count, check_node
+from scalekit.errors import ArgumentTypeError, ConfigurationError, UnknownNode
 from scalekit.hashing import murmur3_64
 from scalekit.protocols import HashFunction
-from scalekit.sharding._base import Key, ShardingScheme, check_key, key_bytes
+from scalekit.sharding._base import Key, ShardingScheme, key_bytes
 from scalekit.sharding._plan import Move
 
 __all__ = ["REDIS_CLUSTER_SLOTS", "SlotMap", "crc16_xmodem", "redis_key_slot"]
@@ -29,6 +31,9 @@ N = TypeVar("N", bound=Hashable)
 
 REDIS_CLUSTER_SLOTS = 16384
 """The slot count of Redis Cluster (``CLUSTER KEYSLOT`` answers 0..16383)."""
+
+MAX_SLOTS = 1 << 24
+"""The most slots a map may have: its table is rebuilt in O(slots) on every change."""
 
 
 def _crc16_table() -> tuple[int, ...]:
@@ -96,7 +101,8 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
     """A fixed number of slots, shared among the nodes in proportion to their weights.
 
     A key belongs to slot ``hash(key) % slots`` (MurmurHash3 by default; see
-    :meth:`redis_cluster` for Redis Cluster's CRC16), and a slot to one node.
+    :meth:`redis_cluster`, or ``redis_cluster=True``, for Redis Cluster's CRC16),
+    and a slot to one node.
 
     Each node's quota is its exact share ``slots * weight / total`` rounded down
     or up, so equal weights differ by at most one slot. The slots left over after
@@ -137,9 +143,17 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
         *,
         slots: int = REDIS_CLUSTER_SLOTS,
         hash: HashFunction | None = None,
+        redis_cluster: bool = False,
     ) -> None:
-        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
-            raise ConfigurationError(f"slots must be a positive int, got {slots!r}")
+        slots = check_count(slots, "slots", minimum=1, maximum=MAX_SLOTS)
+        if hash is not None:
+            check_callable(hash, "hash")
+        if redis_cluster is True:
+            if hash is not None:
+                raise ConfigurationError("give hash= or redis_cluster=True, not both")
+            hash = redis_key_slot
+        elif redis_cluster is not False:
+            raise ArgumentTypeError(f"redis_cluster must be a bool, got {redis_cluster!r}")
         self._slot_count = slots
         self._hash: HashFunction = murmur3_64 if hash is None else hash
         super().__init__(nodes)
@@ -162,6 +176,45 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
         """
         return cls(nodes, slots=REDIS_CLUSTER_SLOTS, hash=redis_key_slot)
 
+    def _settings(self) -> dict[str, Any]:
+        if self._hash is murmur3_64:
+            return {"slots": self._slot_count}
+        if self._hash is redis_key_slot:
+            return {"slots": self._slot_count, "redis_cluster": True}
+        raise ConfigurationError("a slot map with a custom hash cannot be written out")
+
+    def to_dict(self) -> dict[str, Any]:
+        """As :meth:`ShardingScheme.to_dict`, with the slot table, which depends on
+        history, as runs ``[first slot, index of its node]``.
+
+        Runtime complexity: O(S).
+        """
+        spec = super().to_dict()
+        state = self._state
+        index = {node: i for i, node in enumerate(state.nodes)}
+        spec["runs"] = [
+            [start, index[owner]]
+            for start, owner in zip(state.run_starts, state.run_owners, strict=True)
+        ]
+        return spec
+
+    def _restore(self, spec: Mapping[str, Any]) -> None:
+        nodes = tuple(self._weights)
+        runs = [*list(spec.get("runs", ())), [self._slot_count, None]]
+        table: list[Any] = []
+        for (start, owner), (end, _) in itertools.pairwise(runs):
+            if not (isinstance(start, int) and isinstance(end, int) and start == len(table)):
+                raise ConfigurationError(f"slot runs do not cover the slots: {spec['runs']!r}")
+            if isinstance(owner, bool) or not isinstance(owner, int) or not 0 <= owner < len(nodes):
+                raise ConfigurationError(f"slot run owner {owner!r} is not a node index")
+            table += [nodes[owner]] * (end - start)
+        if len(table) != self._slot_count or (nodes and not table):
+            raise ConfigurationError("slot runs do not cover the slots")
+        if table:
+            state = self._state_of(tuple(table), nodes)
+            self._state = state
+            self._published = (self._weights, state)
+
     # -- slots --------------------------------------------------------------------
 
     @property
@@ -174,14 +227,14 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
 
         Runtime complexity: O(len(key)).
         """
-        check_key(key)
-        return self._hash(key) % self._slot_count
+        return self._hash(key_bytes(key)) % self._slot_count
 
     def slots_of(self, node: N) -> frozenset[int]:
         """The slots ``node`` owns; :class:`~scalekit.errors.UnknownNode` if absent.
 
         Runtime complexity: O(S).
         """
+        check_node(node)
         state = self._state  # one read: nodes and table that match
         if node not in state.nodes:
             raise UnknownNode(f"{node!r} is not a node")
@@ -197,8 +250,16 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
         table = self._state.table  # one read: a concurrent add() publishes a new state
         if not table:
             return super().node_for(key)  # raises NoNodeAvailable
-        check_key(key)
-        owner: N = table[self._hash(key) % self._slot_count]
+        if type(key) is str:
+            try:
+                data = key.encode()  # the fast path: no arguments to parse
+            except UnicodeEncodeError:  # a lone surrogate: its surrogatepass bytes
+                data = key.encode("utf-8", "surrogatepass")
+        elif type(key) is bytes:
+            data = key
+        else:
+            data = key_bytes(key)  # int as its digits; ArgumentTypeError for the rest
+        owner: N = table[self._hash(data) % self._slot_count]
         return owner
 
     def _owner(self, state: _SlotTable, key: bytes) -> N:
@@ -335,6 +396,7 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
 
     def _check(self) -> None:
         """Assert the invariants: every slot owned by a node, quotas within one slot."""
+        super()._check()
         state = self._state
         assert state.nodes == tuple(self._weights)
         if not self._weights:
