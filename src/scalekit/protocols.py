@@ -71,8 +71,10 @@ class HashFunction(Protocol):
 class Store(Protocol[_V]):
     """A string-keyed store of values with optional per-item expiry.
 
-    ``ttl`` is in seconds; ``None`` means the store's default (often: never expire).
-    A missing or expired key reads as ``default``.
+    ``ttl`` is in seconds; ``None`` means the store's default (often: never expire)
+    and ``math.inf`` an item that never expires whatever the default, so that an
+    item copied between stores (a resharding) keeps "forever". A missing or expired
+    key reads as ``default``.
     """
 
     def get(self, key: str, default: _V | None = None, /) -> _V | None:

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from scalekit.errors import DuplicateNode, UnknownNode
-from scalekit.testing._sharder import SHARDER_CHECKS, check_lookups_during_changes, check_sharder
+from scalekit.testing import SHARDER_CHECKS, check_sharder
+from scalekit.testing._sharder import check_lookups_during_changes
 
 __all__ = ["SharderContract", "SharderFactory", "churn_while_looking_up", "sharder_machine"]
 

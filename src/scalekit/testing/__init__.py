@@ -6,6 +6,8 @@
   for your own cache or store.
 - :func:`check_balancer`: the :class:`~scalekit.protocols.SupportsPick` contract,
   for your own balancer.
+- :func:`check_sharder`: the sharding-scheme contract (placement, exact plans,
+  minimal movement), for your own scheme.
 
 Each ``check_*`` function runs a protocol's whole contract on the implementation
 its factory builds and raises :class:`AssertionError` naming the first broken
@@ -19,5 +21,13 @@ from __future__ import annotations
 from scalekit.testing._balancer import BALANCER_CHECKS, check_balancer
 from scalekit.testing._cache import check_cache
 from scalekit.testing._clock import FakeClock
+from scalekit.testing._sharder import SHARDER_CHECKS, check_sharder
 
-__all__ = ["BALANCER_CHECKS", "FakeClock", "check_balancer", "check_cache"]
+__all__ = [
+    "BALANCER_CHECKS",
+    "SHARDER_CHECKS",
+    "FakeClock",
+    "check_balancer",
+    "check_cache",
+    "check_sharder",
+]
