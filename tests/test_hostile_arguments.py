@@ -138,7 +138,7 @@ def _cases() -> list[Case]:
         Case("TTLCache.maxsize", lambda: None, lambda _, v: TTLCache(v, 60), BAD_MAXSIZE),
         Case("TTLCache.expire.time", lambda: _filled(TTLCache(10, 60)), lambda o, v: o.expire(v), [NAN, "1", True, [], HUGE_INT], _cache_state),
         Case("TTLCache.set.ttl", lambda: _filled(TTLCache(10, 60)), lambda o, v: o.set("k", 1, ttl=v), BAD_SECONDS, _cache_state),
-        Case("TinyLFUCache.maxsize", lambda: None, lambda _, v: TinyLFUCache(v), BAD_COUNT + [None]),
+        Case("TinyLFUCache.maxsize", lambda: None, lambda _, v: TinyLFUCache(v), BAD_MAXSIZE),
         Case("TinyLFUCache.window_fraction", lambda: None, lambda _, v: TinyLFUCache(100, window_fraction=v), [NAN, INF, -0.5, 2.0, True, "0.1", None]),
         Case("TinyLFUCache.set.ttl", lambda: _filled(TinyLFUCache(10)), lambda o, v: o.set("k", 1, ttl=v), BAD_SECONDS, _cache_state),
         Case("cached.cache", lambda: None, lambda _, v: cached(v), [None, 5, "x"], names="cache"),

@@ -145,14 +145,20 @@ class _LeanTimedLRU(LRUCache[K, V]):
     per-item TTLs, purges) take the general ones.
     """
 
-    # A hit is a lookup in _data, one in _expires, one clock read and a move:
-    # written out with each attribute loaded once (the floor of a TTL hit).
+    # A hit is a lookup in _data, one clock read and a move: _next_expiry is at
+    # most the earliest deadline in the cache, so while the clock is below it no
+    # item has expired and the key's own deadline need not be looked up (the
+    # floor of a TTL hit: an LRU hit plus a clock read).
     def __getitem__(self, key: K) -> V:
         data = self._data
         try:
             value = data[key]
         except KeyError:
             return self.__missing__(key)
+        now = self._timer()
+        if now < self._next_expiry:
+            data.move_to_end(key)
+            return value
         expires_at: float | None
         try:
             expires_at = self._expires[key]
@@ -161,7 +167,7 @@ class _LeanTimedLRU(LRUCache[K, V]):
             if expires_at is None:  # an item that never expires
                 data.move_to_end(key)
                 return value
-        if expires_at <= self._timer():
+        if expires_at <= now:
             return self._expired_miss(key)
         data.move_to_end(key)
         return value
@@ -172,6 +178,10 @@ class _LeanTimedLRU(LRUCache[K, V]):
             value = data[key]
         except KeyError:
             return default
+        now = self._timer()
+        if now < self._next_expiry:
+            data.move_to_end(key)
+            return value
         expires_at: float | None
         try:
             expires_at = self._expires[key]
@@ -180,7 +190,7 @@ class _LeanTimedLRU(LRUCache[K, V]):
             if expires_at is None:
                 data.move_to_end(key)
                 return value
-        if expires_at <= self._timer():
+        if expires_at <= now:
             self._expired_miss(key, call_missing=False)
             return default
         data.move_to_end(key)
