@@ -12,7 +12,7 @@ from itertools import count
 from typing import Any
 
 from scalekit.errors import DeliveryExpired, QueueFull
-from scalekit.mq._body import Body
+from scalekit.mq._body import Body, encode
 from scalekit.mq._queue import (
     DEAD_LETTER_ATTEMPTS,
     DEAD_LETTER_QUEUE,
@@ -137,16 +137,20 @@ class _MemoryQueue(Queue):
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> MessageId:
-        kind = type(body)
-        simple = (
-            (kind is bytes or kind is str)
-            and not (delay or priority or headers or self._bounded)
+        if (
+            headers is None
             and dedup_key is None
             and timeout is None
-        )
-        if simple and not self._closed:
+            and priority.__class__ is int
+            and not priority
+            and (delay.__class__ is float or delay.__class__ is int)
+            and not delay
+            and not self._bounded
+            and not self._closed
+        ):  # the common put: no option to check, nothing but the body to encode
+            stored = body if body.__class__ is bytes else encode(body)
             message_id = next(self._ids)
-            delivery = _MemoryDelivery(self, message_id, body, None, 0, self._clock(), 1)
+            delivery = _MemoryDelivery(self, message_id, stored, None, 0, self._clock(), 1)
             self._ready.append(delivery)
             if self._closed:  # another thread closed it meanwhile
                 self._withdraw(delivery)  # type: ignore[unreachable]

@@ -99,7 +99,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from scalekit.errors import BackendError, ConfigurationError, DeliveryExpired, QueueFull
+from scalekit._validate import check_name, check_seconds, type_name
+from scalekit.errors import (
+    ArgumentTypeError,
+    BackendError,
+    ConfigurationError,
+    DeliveryExpired,
+    QueueFull,
+)
 from scalekit.mq._body import from_stored, to_stored
 from scalekit.mq._queue import (
     DEAD_LETTER_ATTEMPTS,
@@ -127,7 +134,6 @@ log = logging.getLogger("scalekit.mq")
 GROUP = "scalekit"
 """The consumer group of every stream."""
 
-_MAX_PRIORITY = 2**53
 _MAX_MS = 10**15  # ~31,000 years: longer delays are stored as this
 _IDLE_CONSUMER_MS = 600_000  # close() deletes consumers idle this long with nothing pending
 _REDRIVE_BATCH = 1000
@@ -142,9 +148,7 @@ def _ms(seconds: float) -> int:
 
 
 def _level(priority: int) -> str:
-    if not -_MAX_PRIORITY <= priority <= _MAX_PRIORITY:
-        raise ValueError(f"priority must be within +-2**53 on Redis, got {priority!r}")
-    return str(priority)
+    return str(priority)  # within +-2**53: checked for every backend by check_priority
 
 
 def _backend_error(what: str, name: str, exc: Exception) -> BackendError:
@@ -808,11 +812,15 @@ class RedisStreamsBackend:
         self, client: redis.Redis, *, prefix: str = "scalekit:mq", block: float = 1.0
     ) -> None:
         import redis as redis_module
+        import redis.asyncio
 
-        if not isinstance(prefix, str) or not prefix:
-            raise ConfigurationError(f"prefix is a non-empty str, got {prefix!r}")
-        if isinstance(block, bool) or not isinstance(block, (int, float)) or not 0 < block <= 60:
-            raise ConfigurationError(f"block is seconds in (0, 60], got {block!r}")
+        asyncio_client: Any = redis_module.asyncio.Redis
+        if isinstance(client, asyncio_client) or not callable(
+            getattr(client, "register_script", None)
+        ):
+            raise ArgumentTypeError(f"client must be a redis.Redis, got {type_name(client)}")
+        check_name(prefix, "prefix")
+        block = check_seconds(block, "block", maximum=60)
         pool = getattr(client, "connection_pool", None)
         kwargs: dict[str, Any] = getattr(pool, "connection_kwargs", None) or {}
         if kwargs.get("decode_responses"):

@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import math
+import logging
 import os
 import sqlite3
 import threading
@@ -37,7 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from scalekit._validate import check_name, check_seconds, type_name
 from scalekit.errors import (
+    ArgumentTypeError,
     BackendError,
     ClosedError,
     ConfigurationError,
@@ -45,7 +46,13 @@ from scalekit.errors import (
     IncompatibleStore,
     QueueFull,
 )
-from scalekit.mq._body import from_stored, to_stored
+from scalekit.mq._body import (
+    UndecodableBody,
+    dumps_headers,
+    from_stored,
+    loads_headers,
+    to_stored,
+)
 from scalekit.mq._queue import (
     DEAD_LETTER_ATTEMPTS,
     DEAD_LETTER_QUEUE,
@@ -67,6 +74,8 @@ from scalekit.protocols import Clock
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteBackend"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("scalekit.mq")
 
 APPLICATION_ID = 0x534B4D51
 """``PRAGMA application_id`` of a scalekit.mq store ("SKMQ")."""
@@ -123,6 +132,19 @@ _SCHEMA = (
         seq INTEGER NOT NULL,
         PRIMARY KEY (topic, grp)
     ) WITHOUT ROWID""",
+)
+
+_SCHEMA_NAMES = frozenset(
+    {
+        "scalekit_meta",
+        "mq_queues",
+        "mq_sequence",
+        "mq_messages",
+        "mq_messages_line",
+        "mq_dedup",
+        "mq_dedup_expiry",
+        "mq_subscriptions",
+    }
 )
 
 _READY, _DELAYED, _IN_FLIGHT = 0, 1, 2
@@ -391,7 +413,38 @@ def _check_file(path: str) -> bool:
             "refusing to use it as a scalekit.mq store",
             backend="sqlite",
         )
+    if header:
+        _check_pages(path)
     return bool(header)
+
+
+def _check_pages(path: str) -> None:
+    """Cheap signs of a damaged database, from its 100-byte header (O(1);
+    ``PRAGMA quick_check`` reads every page): a header cut short, a page size
+    SQLite never writes, or fields the file format fixes to one value
+    (format versions 1 or 2, payload fractions 64, 32, 32). Only what no crash can
+    leave behind: a file cut mid-checkpoint is whole again once its WAL is
+    replayed, so the file's size is not judged here."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(100)
+    except OSError as exc:
+        raise BackendError(f"{path}: cannot read the file: {exc}", backend="sqlite") from exc
+    damaged = None
+    if len(head) < 100:
+        damaged = f"its header is cut short ({len(head)} bytes)"
+    else:
+        page = int.from_bytes(head[16:18], "big")
+        page = 65536 if page == 1 else page
+        if page < 512 or page & (page - 1):
+            damaged = f"its header gives a page size of {page}"
+        elif head[18] not in (1, 2) or head[19] not in (1, 2) or head[21:24] != b"\x40\x20\x20":
+            damaged = "its header's fixed fields are wrong"
+    if damaged is not None:
+        raise IncompatibleStore(
+            f"{path}: the SQLite file is damaged ({damaged}); refusing to use it",
+            backend="sqlite",
+        )
 
 
 def _check_read_only(path: str) -> None:
@@ -457,6 +510,13 @@ def _is_ours(conn: sqlite3.Connection, path: str) -> bool:
             f"version {SCHEMA_VERSION} only",
             backend="sqlite",
         )
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    missing = _SCHEMA_NAMES - names
+    if missing:
+        raise IncompatibleStore(
+            f"{path}: the scalekit.mq store is damaged: {sorted(missing)} are missing",
+            backend="sqlite",
+        )
     return True
 
 
@@ -500,12 +560,20 @@ def _next_ids(conn: sqlite3.Connection, n: int) -> int:
     return last + 1
 
 
-def _dumps_headers(headers: dict[str, str] | None) -> str | None:
-    return json.dumps(headers, ensure_ascii=False, separators=(",", ":")) if headers else None
+_dumps_headers = dumps_headers
 
 
 def _loads_headers(text: str | None) -> dict[str, str] | None:
-    return json.loads(text) if text else None
+    """Headers of a row; None if they are damaged (a dead letter keeps its reason)."""
+    try:
+        return loads_headers(text)
+    except UndecodableBody:
+        return None
+
+
+def _decoded(row: Sequence[Any]) -> tuple[bytes | str, dict[str, str] | None]:
+    """The body and headers of a selected row; :class:`UndecodableBody` if damaged."""
+    return from_stored(row[1], row[2]), loads_headers(row[3])
 
 
 # -- deliveries and queues ------------------------------------------------------
@@ -514,16 +582,16 @@ def _loads_headers(text: str | None) -> dict[str, str] | None:
 class _SqliteDelivery(Delivery):
     __slots__ = ("_receipt",)
 
-    def __init__(self, queue: _SqliteQueue, row: Sequence[Any], receipt: int) -> None:
-        message_id, kind, data, headers, priority, enqueued_at, attempts = row
+    def __init__(
+        self,
+        queue: _SqliteQueue,
+        row: Sequence[Any],
+        decoded: tuple[bytes | str, dict[str, str] | None],
+        receipt: int,
+    ) -> None:
+        message_id, _, _, _, priority, enqueued_at, attempts = row
         super().__init__(
-            queue,
-            message_id,
-            from_stored(kind, data),
-            _loads_headers(headers),
-            priority,
-            enqueued_at,
-            attempts + 1,
+            queue, message_id, decoded[0], decoded[1], priority, enqueued_at, attempts + 1
         )
         self._receipt = receipt
 
@@ -729,15 +797,33 @@ class _SqliteQueue(Queue):
         def job(conn: sqlite3.Connection) -> tuple[list[Any], int, float, _Moved, float | None]:
             now = clock()
             moved = self._maintain(conn, now)
-            rows = conn.execute(_SELECT_READY, (qid, n)).fetchall()
+            rows: list[tuple[Sequence[Any], Any]] = []
+            while len(rows) < n:
+                # decoded before the commit: a damaged row goes to the dead letters
+                # with its reason, and is never counted as delivered to anyone
+                want = n - len(rows)
+                selected = conn.execute(_SELECT_READY, (qid, want)).fetchall()
+                damaged = False
+                for row in selected:
+                    try:
+                        rows.append((row, _decoded(row)))
+                    except UndecodableBody as exc:
+                        damaged = True
+                        got = self._bury_damaged(conn, row, str(exc))
+                        if got is not None:
+                            rows.append(got)
+                        else:
+                            moved.left = moved.buried = True
+                if not damaged or len(selected) < want:
+                    break
             if not rows:
                 return rows, 0, 0.0, moved, self._next_due(conn)
             last = _scalar(conn, "SELECT delivered FROM mq_queues WHERE id = ?", qid)
             deadline = now + vt
             conn.executemany(
-                _DELIVER, [(deadline, last + i, row[0]) for i, row in enumerate(rows, 1)]
+                _DELIVER, [(deadline, last + i, row[0][0]) for i, row in enumerate(rows, 1)]
             )
-            again = sum(1 for row in rows if row[6])
+            again = sum(1 for row, _ in rows if row[6])
             conn.execute(_COUNT_DELIVERIES, (len(rows), again, qid))
             return rows, last, deadline, moved, None
 
@@ -747,11 +833,33 @@ class _SqliteQueue(Queue):
             return [], None
         self._after(moved)
         taken: list[Delivery] = []
-        for i, row in enumerate(rows, 1):
-            delivery = _SqliteDelivery(self, row, last + i)
+        for i, (row, decoded) in enumerate(rows, 1):
+            delivery = _SqliteDelivery(self, row, decoded, last + i)
             delivery._deadline = deadline
             taken.append(delivery)
         return taken, due
+
+    def _bury_damaged(
+        self, conn: sqlite3.Connection, row: Sequence[Any], why: str
+    ) -> tuple[Sequence[Any], Any] | None:
+        """Under the transaction: a ready row that cannot be decoded. Its data is kept
+        as a bytes body (so an operator can read it), its headers if they are whole,
+        and the reason in the dead-letter headers. In a queue, it moves to the dead
+        letters (None); in a dead-letter queue, it is delivered so (the row and its
+        decoding)."""
+        message_id, _, data, headers_text, priority, _, attempts = row
+        reason = f"undecodable message: {why}"
+        log.error("%r: message %r cannot be decoded (%s)", self, message_id, why)
+        conn.execute("UPDATE mq_messages SET kind = 'b' WHERE id = ?", (message_id,))
+        if self._dead_id is not None:
+            self._bury(conn, message_id, priority, headers_text, reason, attempts)
+            return None
+        headers = self._dead_letter_headers(_loads_headers(headers_text), reason, attempts)
+        conn.execute(
+            "UPDATE mq_messages SET headers = ? WHERE id = ?", (_dumps_headers(headers), message_id)
+        )
+        fixed = (message_id, "b", data, _dumps_headers(headers), priority, row[5], attempts)
+        return fixed, (bytes(data), headers)
 
     def _next_due(self, conn: sqlite3.Connection) -> float | None:
         """Under the transaction: the earliest due time or deadline, None if none."""
@@ -1234,22 +1342,18 @@ class SqliteBackend:
         poll_interval: float = 0.5,
     ) -> None:
         if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"path must be a str or path, got {type(path).__name__}")
+            raise ArgumentTypeError(f"path must be a str or path, got {type_name(path)}")
         path = os.fspath(path)
+        if not isinstance(path, str):
+            raise ArgumentTypeError(f"path must be a str or path, got bytes {path!r}")
+        check_name(path, "path")
         if not path or path == ":memory:" or path.startswith("file:"):
             raise ConfigurationError(
                 f"path must name a database file (shared by processes), got {path!r}"
             )
         if not isinstance(synchronous, str) or synchronous.upper() not in ("FULL", "NORMAL"):
             raise ConfigurationError(f'synchronous is "FULL" or "NORMAL", got {synchronous!r}')
-        if (
-            isinstance(poll_interval, bool)
-            or not isinstance(poll_interval, (int, float))
-            or not (0 < poll_interval < math.inf)
-        ):
-            raise ConfigurationError(
-                f"poll_interval is seconds > 0 (finite), got {poll_interval!r}"
-            )
+        poll_interval = check_seconds(poll_interval, "poll_interval", maximum=3600)
         self.path = path
         self.synchronous = synchronous.upper()
         self.poll_interval = float(poll_interval)
