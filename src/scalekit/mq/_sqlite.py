@@ -798,31 +798,37 @@ class _SqliteQueue(Queue):
             now = clock()
             moved = self._maintain(conn, now)
             rows: list[tuple[Sequence[Any], Any]] = []
+            deadline = now + vt
+            last = -1
             while len(rows) < n:
                 # decoded before the commit: a damaged row goes to the dead letters
                 # with its reason, and is never counted as delivered to anyone
                 want = n - len(rows)
                 selected = conn.execute(_SELECT_READY, (qid, want)).fetchall()
-                damaged = False
+                if not selected:
+                    break
+                if last < 0:
+                    last = _scalar(conn, "SELECT delivered FROM mq_queues WHERE id = ?", qid)
+                good: list[tuple[Sequence[Any], Any]] = []
                 for row in selected:
                     try:
-                        rows.append((row, _decoded(row)))
+                        good.append((row, _decoded(row)))
                     except UndecodableBody as exc:
-                        damaged = True
-                        got = self._bury_damaged(conn, row, str(exc))
-                        if got is not None:
-                            rows.append(got)
+                        fixed = self._bury_damaged(conn, row, str(exc))
+                        if fixed is not None:
+                            good.append(fixed)
                         else:
                             moved.left = moved.buried = True
-                if not damaged or len(selected) < want:
+                start = last + len(rows)
+                conn.executemany(
+                    _DELIVER,
+                    [(deadline, start + i, row[0]) for i, (row, _) in enumerate(good, 1)],
+                )
+                rows += good
+                if len(selected) < want:
                     break
             if not rows:
                 return rows, 0, 0.0, moved, self._next_due(conn)
-            last = _scalar(conn, "SELECT delivered FROM mq_queues WHERE id = ?", qid)
-            deadline = now + vt
-            conn.executemany(
-                _DELIVER, [(deadline, last + i, row[0][0]) for i, row in enumerate(rows, 1)]
-            )
             again = sum(1 for row, _ in rows if row[6])
             conn.execute(_COUNT_DELIVERIES, (len(rows), again, qid))
             return rows, last, deadline, moved, None
