@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping
 from itertools import count
 from typing import Any
 
-from scalekit.errors import DeliveryExpired, QueueFull
+from scalekit._waiting import Wakeups
+from scalekit.errors import QueueFull
 from scalekit.mq._body import Body, encode
 from scalekit.mq._queue import (
     DEAD_LETTER_ATTEMPTS,
@@ -23,12 +24,12 @@ from scalekit.mq._queue import (
     Queue,
     QueueOptions,
     QueueStats,
-    Wakeups,
     check_limit,
     check_timeout,
     expiry_reason,
     nack_reason,
     open_handle,
+    settle_failed,
 )
 from scalekit.protocols import Clock
 
@@ -45,20 +46,13 @@ def _peek(counter: count[int]) -> int:
 
 def _settle_failed(delivery: Delivery, action: str) -> None:
     """``action`` found ``delivery`` no longer in flight: say why (ack twice is fine)."""
-    queue = delivery._queue
     state = delivery._settled
     if state is None:
         # Time-outs, nacks and rejects set the state under the lock; only a lock-free
         # ack in another thread takes a delivery out of flight before saying so.
-        with queue._lock:  # type: ignore[attr-defined]
+        with delivery._queue._lock:  # type: ignore[attr-defined]
             state = delivery._settled or "acked"
-    if state == "acked" and action == "ack":
-        return
-    why = f"was {state} already" if state else "timed out and is delivered again"
-    raise DeliveryExpired(
-        f"cannot {action} delivery {delivery.attempt} of message {delivery.id!r} in "
-        f"{queue.name!r}: it {why}"
-    )
+    settle_failed(delivery, action, state)
 
 
 class _MemoryDelivery(Delivery):

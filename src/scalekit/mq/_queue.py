@@ -9,11 +9,7 @@ A backend subclasses :class:`Queue` and implements the storage operations
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
-import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -21,7 +17,7 @@ from types import TracebackType
 from typing import TypeAlias, TypeVar
 
 from scalekit._validate import check_count, check_seconds, check_str, type_name
-from scalekit.errors import ArgumentTypeError, ClosedError, ConfigurationError
+from scalekit.errors import ArgumentTypeError, ClosedError, ConfigurationError, DeliveryExpired
 from scalekit.mq._body import Body, check_headers, check_text, decode, encode
 from scalekit.protocols import Clock
 
@@ -35,7 +31,7 @@ __all__ = [
     "Queue",
     "QueueOptions",
     "QueueStats",
-    "Wakeups",
+    "settle_failed",
 ]
 
 MessageId: TypeAlias = int | str
@@ -264,121 +260,6 @@ class Delivery:
         )
 
 
-class Wakeups:
-    """Blocked threads and asyncio tasks waiting for one kind of event (a message
-    ready, or room in a bounded queue), woken by events rather than polling.
-
-    ``sleepers`` is read without the lock by the side that makes the event, after
-    it has made it: a waiter counts itself in before it checks, so one of the two
-    always sees the other (no lost wake-up).
-    """
-
-    def __init__(self, lock: threading.Lock) -> None:
-        self._cond = threading.Condition(lock)
-        self.sleepers = 0
-        self._generation = 0
-        self._tasks: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
-
-    def wake(self, everyone: bool = False) -> None:
-        """Wake one blocked thread (or all) and every waiting task."""
-        with self._cond:
-            self._generation += 1
-            if everyone:
-                self._cond.notify_all()
-            else:
-                self._cond.notify()
-            tasks = list(self._tasks)
-        for loop, future in tasks:
-            with contextlib.suppress(RuntimeError):  # a closed loop: its waiter is gone
-                loop.call_soon_threadsafe(_resolve, future)
-
-    def wait(
-        self,
-        attempt: Callable[[], T | None],
-        timeout: float | None,
-        until: Callable[[], float | None],
-        give_up: Callable[[], bool] = lambda: False,
-    ) -> T | None:
-        """Call ``attempt`` until it returns something, waiting between tries for
-        a wake-up, ``timeout`` (None: no limit) or the seconds ``until()`` returns
-        (when something becomes due: None, nothing). None once timed out or
-        once ``give_up()`` is true."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        cond = self._cond
-        with cond:
-            self.sleepers += 1
-        try:
-            while True:
-                generation = self._generation
-                got = attempt()
-                if got is not None:
-                    return got
-                if give_up():  # one last look: what was put before the close is drained
-                    return attempt()
-                wait = _seconds_left(deadline, until())
-                if wait is not None and wait <= 0:
-                    return None
-                with cond:
-                    if self._generation == generation and cond.wait(wait) and give_up():
-                        cond.notify()  # woken but leaving: pass the wake-up on
-        finally:
-            with cond:
-                self.sleepers -= 1
-
-    async def wait_async(
-        self,
-        attempt: Callable[[], T | None],
-        timeout: float | None,
-        until: Callable[[], float | None],
-        give_up: Callable[[], bool] = lambda: False,
-    ) -> T | None:
-        """:meth:`wait` for a coroutine: the task sleeps on a future, not a thread."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            future: asyncio.Future[None] = loop.create_future()
-            entry = (loop, future)
-            with self._cond:
-                self.sleepers += 1
-                self._tasks.add(entry)
-            try:
-                got = attempt()
-                if got is not None:
-                    return got
-                if give_up():
-                    return attempt()
-                wait = _seconds_left(deadline, until())
-                if wait is not None and wait <= 0:
-                    return None
-                try:
-                    # asyncio.wait, not wait_for: on 3.10 and 3.11 wait_for swallows a
-                    # cancellation that arrives together with the wake-up.
-                    await asyncio.wait((future,), timeout=wait)
-                except asyncio.CancelledError:
-                    if future.done() and not future.cancelled():
-                        self.wake()  # woken but cancelled: pass the wake-up on
-                    raise
-            finally:
-                with self._cond:
-                    self.sleepers -= 1
-                    self._tasks.discard(entry)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _seconds_left(deadline: float | None, due_in: float | None) -> float | None:
-    """How long to sleep: until the deadline or until something is due, whichever
-    comes first (at least a millisecond when something is due, never a busy loop)."""
-    wait = None if deadline is None else deadline - time.monotonic()
-    if due_in is not None:
-        due_in = max(due_in, 0.001)
-        wait = due_in if wait is None else min(wait, due_in)
-    return wait
-
-
 class Queue(ABC):
     """A named queue of messages with acks, redelivery, dead letters and delays.
 
@@ -593,3 +474,17 @@ def nack_reason(reason: str | None, attempts: int) -> str:
 
 def expiry_reason(attempts: int) -> str:
     return f"not settled within the visibility timeout on delivery {attempts}"
+
+
+def settle_failed(delivery: Delivery, action: str, state: str | None = None) -> None:
+    """``action`` found ``delivery`` no longer held: say why with
+    :class:`~scalekit.errors.DeliveryExpired` (ack twice is fine). ``state``: what
+    became of it, if the backend knows better than ``delivery._settled``."""
+    state = state or delivery._settled
+    if state == "acked" and action == "ack":
+        return
+    why = f"was {state} already" if state else "timed out and is delivered again"
+    raise DeliveryExpired(
+        f"cannot {action} delivery {delivery.attempt} of message {delivery.id!r} in "
+        f"{delivery._queue.name!r}: it {why}"
+    )

@@ -37,12 +37,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from scalekit._validate import check_name, check_seconds, type_name
+from scalekit._waiting import Wakeups
 from scalekit.errors import (
     ArgumentTypeError,
     BackendError,
     ClosedError,
     ConfigurationError,
-    DeliveryExpired,
     IncompatibleStore,
     QueueFull,
 )
@@ -63,11 +63,11 @@ from scalekit.mq._queue import (
     Queue,
     QueueOptions,
     QueueStats,
-    Wakeups,
     check_limit,
     expiry_reason,
     nack_reason,
     open_handle,
+    settle_failed,
 )
 from scalekit.protocols import Clock
 
@@ -596,19 +596,6 @@ class _SqliteDelivery(Delivery):
         self._receipt = receipt
 
 
-def _settle_failed(delivery: Delivery, action: str) -> None:
-    """``action`` found ``delivery`` no longer in flight: say why (ack twice is fine)."""
-    state = delivery._settled
-    if state == "acked" and action == "ack":
-        return
-    queue = delivery._queue
-    why = f"was {state} already" if state else "timed out and is delivered again"
-    raise DeliveryExpired(
-        f"cannot {action} delivery {delivery.attempt} of message {delivery.id!r} in "
-        f"{queue.name!r}: it {why}"
-    )
-
-
 @dataclass
 class _Moved:
     """What a transaction's housekeeping moved, to wake the right waiters after it."""
@@ -973,7 +960,7 @@ class _SqliteQueue(Queue):
         ack is a no-op). False (after raising for all but ack twice) if it lost."""
         assert isinstance(delivery, _SqliteDelivery)
         if delivery._settled is not None:
-            _settle_failed(delivery, action)
+            settle_failed(delivery, action)
             return False
         key = (int(delivery.id), self._qid, delivery._receipt)
         marked = False
@@ -995,7 +982,7 @@ class _SqliteQueue(Queue):
         if not done:
             if delivery._settled is None:  # timed out, delivered again or dead-lettered
                 delivery._settled = "timed out"
-            _settle_failed(delivery, action)
+            settle_failed(delivery, action)
         return done
 
     def _ack(self, delivery: Delivery) -> None:
@@ -1056,7 +1043,7 @@ class _SqliteQueue(Queue):
     def _extend(self, delivery: Delivery, seconds: float) -> None:
         assert isinstance(delivery, _SqliteDelivery)
         if delivery._settled is not None:
-            _settle_failed(delivery, "extend")
+            settle_failed(delivery, "extend")
             return
         key = (int(delivery.id), self._qid, delivery._receipt)
         clock = self._clock
@@ -1076,7 +1063,7 @@ class _SqliteQueue(Queue):
         if deadline is None:
             if delivery._settled is None:
                 delivery._settled = "timed out"
-            _settle_failed(delivery, "extend")
+            settle_failed(delivery, "extend")
             return
         delivery._deadline = deadline
 
