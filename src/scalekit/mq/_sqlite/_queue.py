@@ -1,58 +1,19 @@
-"""The SQLite backend: durable queues in one file, shared by threads and processes.
-
-Layout of a store (``PRAGMA application_id`` = :data:`APPLICATION_ID`,
-``PRAGMA user_version`` = :data:`SCHEMA_VERSION`, and the same two facts in
-``scalekit_meta``)::
-
-    mq_queues         one row per queue (and per dead-letter queue): its id, name,
-                      size, counters, and ``head``, the next place at the front
-                      of its line
-    mq_sequence       the last message id handed out (ids are never reused)
-    mq_messages       one row per message; (state, rank, seq) says where it is:
-                        0 ready      rank = -priority   seq = place in line
-                        1 delayed    rank = due time    seq = id
-                        2 in flight  rank = deadline    seq = receipt
-                      one index, (queue, state, rank, seq), serves every lookup;
-                      ``turn`` orders extended deliveries (see _SELECT_DUE)
-    mq_dedup          dedup keys and when they expire
-    mq_subscriptions  topic groups, in the order they subscribed
-
-Every time is a value of the broker's clock (wall time by default), so deadlines
-and delays survive a restart. A delivery's receipt is the queue's ``delivered``
-counter at the time it was delivered: unique in that queue, so a stale
-delivery (timed out, redelivered to someone else) can never settle the new one.
-"""
+"""A queue of the SQLite backend: rows of one table, one index; and its deliveries."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from scalekit._validate import check_name, check_seconds, type_name
 from scalekit._waiting import Wakeups
-from scalekit.errors import (
-    ArgumentTypeError,
-    BackendError,
-    ClosedError,
-    ConfigurationError,
-    IncompatibleStore,
-    QueueFull,
-)
-from scalekit.mq._body import (
-    UndecodableBody,
-    dumps_headers,
-    from_stored,
-    loads_headers,
-    to_stored,
-)
+from scalekit.errors import BackendError, ClosedError, QueueFull
+from scalekit.mq._body import UndecodableBody, dumps_headers, from_stored, loads_headers, to_stored
 from scalekit.mq._queue import (
     DEAD_LETTER_ATTEMPTS,
     DEAD_LETTER_QUEUE,
@@ -66,86 +27,16 @@ from scalekit.mq._queue import (
     check_limit,
     expiry_reason,
     nack_reason,
-    open_handle,
     settle_failed,
 )
 from scalekit.protocols import Clock
 
-__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteBackend"]
+if TYPE_CHECKING:
+    from scalekit.mq._sqlite._backend import SqliteBackend
 
-T = TypeVar("T")
+__all__ = ["SqliteQueue", "next_ids", "scalar"]
 
 log = logging.getLogger("scalekit.mq")
-
-APPLICATION_ID = 0x534B4D51
-"""``PRAGMA application_id`` of a scalekit.mq store ("SKMQ")."""
-
-SCHEMA_VERSION = 1
-"""``PRAGMA user_version`` of the schema this module reads and writes."""
-
-_STORE_KIND = "scalekit.mq"
-_BUSY_TIMEOUT = 30.0  # seconds a transaction waits for another process's lock
-_SQLITE_HEADER = b"SQLite format 3\x00"
-_PAGE_SIZE = 1024
-
-_SCHEMA = (
-    "CREATE TABLE scalekit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
-    """CREATE TABLE mq_queues (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        created_at REAL NOT NULL,
-        size INTEGER NOT NULL DEFAULT 0,
-        head INTEGER NOT NULL DEFAULT 0,
-        delivered INTEGER NOT NULL DEFAULT 0,
-        redelivered INTEGER NOT NULL DEFAULT 0,
-        acked INTEGER NOT NULL DEFAULT 0,
-        dead_lettered INTEGER NOT NULL DEFAULT 0
-    )""",
-    "CREATE TABLE mq_sequence (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER NOT NULL)",
-    "INSERT INTO mq_sequence VALUES (1, 0)",
-    """CREATE TABLE mq_messages (
-        id INTEGER PRIMARY KEY,
-        queue INTEGER NOT NULL,
-        state INTEGER NOT NULL,
-        rank REAL NOT NULL,
-        seq INTEGER NOT NULL,
-        turn INTEGER,
-        priority INTEGER NOT NULL,
-        attempts INTEGER NOT NULL,
-        enqueued_at REAL NOT NULL,
-        kind TEXT NOT NULL,
-        body BLOB NOT NULL,
-        headers TEXT
-    )""",
-    "CREATE INDEX mq_messages_line ON mq_messages (queue, state, rank, seq)",
-    """CREATE TABLE mq_dedup (
-        queue INTEGER NOT NULL,
-        key TEXT NOT NULL,
-        message INTEGER NOT NULL,
-        expires REAL NOT NULL,
-        PRIMARY KEY (queue, key)
-    ) WITHOUT ROWID""",
-    "CREATE INDEX mq_dedup_expiry ON mq_dedup (queue, expires)",
-    """CREATE TABLE mq_subscriptions (
-        topic TEXT NOT NULL,
-        grp TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        PRIMARY KEY (topic, grp)
-    ) WITHOUT ROWID""",
-)
-
-_SCHEMA_NAMES = frozenset(
-    {
-        "scalekit_meta",
-        "mq_queues",
-        "mq_sequence",
-        "mq_messages",
-        "mq_messages_line",
-        "mq_dedup",
-        "mq_dedup_expiry",
-        "mq_subscriptions",
-    }
-)
 
 _READY, _DELAYED, _IN_FLIGHT = 0, 1, 2
 
@@ -188,374 +79,14 @@ _INSERT = (
 )
 
 
-# -- the connection, and group commit -----------------------------------------
-
-
-def _wrap(exc: sqlite3.Error, doing: str, path: str) -> BackendError:
-    """The scalekit error for a sqlite3 error (raise it ``from exc``)."""
-    text = str(exc)
-    if isinstance(exc, sqlite3.DatabaseError) and ("malformed" in text or "not a database" in text):
-        return IncompatibleStore(
-            f"{path}: the SQLite file is damaged ({text}) while {doing}", backend="sqlite"
-        )
-    return BackendError(f"{path}: SQLite failed while {doing}: {text}", backend="sqlite")
-
-
-class _Job:
-    __slots__ = ("done", "error", "function", "result", "wakeup")
-
-    def __init__(self, function: Callable[[sqlite3.Connection], Any]) -> None:
-        self.function = function
-        self.done = False
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.wakeup: threading.Condition | None = None
-
-
-class _Store:
-    """One connection to the file, shared by every thread of the backend, with
-    group commit: a thread that finds no transaction running becomes the leader,
-    runs its job and every job queued meanwhile in one ``BEGIN IMMEDIATE``
-    transaction (each job in its own savepoint), commits once (one fsync with
-    ``synchronous=FULL``), then wakes exactly the threads whose jobs it ran and
-    the first one still waiting, the next leader. Alone, a thread pays one
-    transaction per call; under contention, N threads share one commit.
-
-    Measured against a connection per thread (each with its own transactions,
-    SQLite's busy timeout between them), N producer and N consumer threads doing
-    put, get, ack on a 2-core machine: with ``synchronous="FULL"``, 1.2 to 3
-    times faster (at 8 + 8 threads 6,400 against 2,700 messages/s: the threads
-    share fsyncs); with ``"NORMAL"``, where a commit costs no fsync, a connection
-    per thread is about 20 % faster under contention (11,100 against 8,400 to
-    9,000 messages/s) and as fast alone. FULL is the default, so this is it.
-    """
-
-    def __init__(self, path: str, synchronous: str) -> None:
-        self.path = path
-        self._mutex = threading.Lock()
-        self._pending: list[_Job] = []
-        self._busy = False
-        self.closed = False
-        self._idle = threading.Condition(self._mutex)  # close() waits on it
-        self._pid = os.getpid()
-        self.conn = _open_store(path, synchronous)
-
-    def run(self, function: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``function(conn)`` inside a write transaction and return its result
-        once committed. Raises what it raised (its changes rolled back), or
-        :class:`BackendError` if the transaction failed."""
-        job = _Job(function)
-        with self._mutex:
-            if self.closed:
-                raise ClosedError(f"the SQLite backend on {self.path!r} is closed")
-            if os.getpid() != self._pid:  # an SQLite connection must not cross a fork
-                raise BackendError(
-                    f"this SqliteBackend on {self.path!r} was opened in process {self._pid}; "
-                    "open a new one in this (forked) process",
-                    backend="sqlite",
-                )
-            self._pending.append(job)
-            if self._busy and self._wait_turn(job):
-                theirs: T = self._result(job)
-                return theirs
-            self._busy = True
-            batch, self._pending = self._pending, []
-        try:
-            self._commit(batch)
-        finally:
-            with self._mutex:
-                self._busy = False
-                for done in batch:
-                    if done.wakeup is not None:
-                        done.wakeup.notify()
-                if self._pending:
-                    leader = self._pending[0].wakeup
-                    if leader is not None:
-                        leader.notify()
-                if self._refused():
-                    self._idle.notify_all()
-        result: T = self._result(job)
-        return result
-
-    def _wait_turn(self, job: _Job) -> bool:
-        """Holding the mutex, wait until another leader has run ``job`` (True) or
-        no transaction runs and this thread is to lead (False)."""
-        wakeup = job.wakeup = threading.Condition(self._mutex)
-        while self._busy and not job.done:
-            wakeup.wait()
-        if job.done:
-            return True
-        if self.closed:
-            self._pending.remove(job)
-            raise ClosedError(f"the SQLite backend on {self.path!r} is closed")
-        return False
-
-    def _refused(self) -> bool:
-        """Whether :meth:`close` was called (read again after the transaction)."""
-        return self.closed
-
-    @staticmethod
-    def _result(job: _Job) -> Any:
-        if job.error is not None:
-            raise job.error
-        return job.result
-
-    def _commit(self, batch: list[_Job]) -> None:
-        conn = self.conn
-        try:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                if len(batch) == 1:
-                    job = batch[0]
-                    try:
-                        job.result = job.function(conn)
-                    except Exception as exc:
-                        job.error = self._error(exc)
-                        if conn.in_transaction:  # SQLite may have rolled back already
-                            with contextlib.suppress(sqlite3.Error):
-                                conn.execute("ROLLBACK")
-                        return
-                else:
-                    for job in batch:
-                        conn.execute("SAVEPOINT job")
-                        try:
-                            job.result = job.function(conn)
-                        except Exception as exc:
-                            conn.execute("ROLLBACK TO job")
-                            job.error = self._error(exc)
-                        conn.execute("RELEASE job")
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                for job in batch:  # none of them committed
-                    job.result = None
-                    if isinstance(exc, Exception):
-                        job.error = self._error(exc)
-                    else:  # KeyboardInterrupt...: raised in the leader only
-                        job.error = BackendError(
-                            f"{self.path}: the transaction was interrupted ({exc!r})",
-                            backend="sqlite",
-                        )
-                if not isinstance(exc, Exception):
-                    raise
-        finally:
-            for job in batch:
-                job.done = True
-
-    def _error(self, exc: Exception) -> Exception:
-        if isinstance(exc, sqlite3.Error):
-            error = _wrap(exc, "running a transaction", self.path)
-            error.__cause__ = exc
-            return error
-        return exc
-
-    def close(self) -> None:
-        """Wait for the running transaction, refuse the waiting ones
-        (:class:`ClosedError`), close the connection. Idempotent."""
-        with self._mutex:
-            if self.closed:
-                return
-            self.closed = True
-            while self._busy:
-                self._idle.wait()
-            for job in self._pending:
-                if job.wakeup is not None:
-                    job.wakeup.notify()
-        try:
-            self.conn.close()
-        except sqlite3.Error as exc:
-            raise _wrap(exc, "closing", self.path) from exc
-
-
-def _open_store(path: str, synchronous: str) -> sqlite3.Connection:
-    """A connection to the store at ``path``, created if missing. Refuses, without
-    changing it, a file that is not a scalekit.mq store of a schema this reads."""
-    if _check_file(path):
-        _check_read_only(path)
-    try:
-        conn = sqlite3.connect(
-            path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-        )
-    except sqlite3.Error as exc:
-        raise _wrap(exc, "opening", path) from exc
-    try:
-        if not _is_ours(conn, path):
-            _create(conn, path)
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise BackendError(
-                f"{path}: cannot use WAL journal mode (got {mode!r})", backend="sqlite"
-            )
-        conn.execute(f"PRAGMA synchronous = {synchronous}")
-    except BaseException as exc:
-        conn.close()
-        if isinstance(exc, sqlite3.Error):
-            raise _wrap(exc, "opening", path) from exc
-        raise
-    return conn
-
-
-def _check_file(path: str) -> bool:
-    """Refuse a file that is not an SQLite database before SQLite sees it; True
-    if there is a file with something in it."""
-    try:
-        with open(path, "rb") as file:
-            header = file.read(len(_SQLITE_HEADER))
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise BackendError(f"{path}: cannot read the file: {exc}", backend="sqlite") from exc
-    if header and header != _SQLITE_HEADER:
-        raise IncompatibleStore(
-            f"{path} is not an SQLite database (it does not start with the SQLite header); "
-            "refusing to use it as a scalekit.mq store",
-            backend="sqlite",
-        )
-    if header:
-        _check_pages(path)
-    return bool(header)
-
-
-def _check_pages(path: str) -> None:
-    """Cheap signs of a damaged database, from its 100-byte header (O(1);
-    ``PRAGMA quick_check`` reads every page): a header cut short, a page size
-    SQLite never writes, or fields the file format fixes to one value
-    (format versions 1 or 2, payload fractions 64, 32, 32). Only what no crash can
-    leave behind: a file cut mid-checkpoint is whole again once its WAL is
-    replayed, so the file's size is not judged here."""
-    try:
-        with open(path, "rb") as file:
-            head = file.read(100)
-    except OSError as exc:
-        raise BackendError(f"{path}: cannot read the file: {exc}", backend="sqlite") from exc
-    damaged = None
-    if len(head) < 100:
-        damaged = f"its header is cut short ({len(head)} bytes)"
-    else:
-        page = int.from_bytes(head[16:18], "big")
-        page = 65536 if page == 1 else page
-        if page < 512 or page & (page - 1):
-            damaged = f"its header gives a page size of {page}"
-        elif head[18] not in (1, 2) or head[19] not in (1, 2) or head[21:24] != b"\x40\x20\x20":
-            damaged = "its header's fixed fields are wrong"
-    if damaged is not None:
-        raise IncompatibleStore(
-            f"{path}: the SQLite file is damaged ({damaged}); refusing to use it",
-            backend="sqlite",
-        )
-
-
-def _check_read_only(path: str) -> None:
-    """Check an existing database through a read-only connection, which can change
-    nothing (a read-write one may recover or checkpoint another application's
-    WAL into the file when it closes)."""
-    try:
-        conn = sqlite3.connect(
-            Path(path).absolute().as_uri() + "?mode=ro", uri=True, timeout=_BUSY_TIMEOUT
-        )
-    except sqlite3.Error as exc:
-        raise _wrap(exc, "opening", path) from exc
-    try:
-        _is_ours(conn, path)
-    except sqlite3.Error as exc:
-        raise _wrap(exc, "checking the schema", path) from exc
-    finally:
-        conn.close()
-
-
-def _is_ours(conn: sqlite3.Connection, path: str) -> bool:
-    """True for a scalekit.mq store of this schema, False for an empty database;
-    raises :class:`IncompatibleStore` for anything else."""
-    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if app_id == 0 and version == 0:
-        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        if tables == 0:
-            return False
-        raise IncompatibleStore(
-            f"{path} is an SQLite database of some other application "
-            f"({tables} schema objects, no scalekit application_id); refusing to use it",
-            backend="sqlite",
-        )
-    if app_id != APPLICATION_ID:
-        raise IncompatibleStore(
-            f"{path} is an SQLite database of another application "
-            f"(application_id {app_id:#x}, scalekit.mq is {APPLICATION_ID:#x})",
-            backend="sqlite",
-        )
-    if version > SCHEMA_VERSION:
-        raise IncompatibleStore(
-            f"{path} has scalekit.mq schema version {version}, newer than the version "
-            f"{SCHEMA_VERSION} this scalekit reads; upgrade scalekit",
-            backend="sqlite",
-        )
-    try:
-        meta = dict(conn.execute("SELECT key, value FROM scalekit_meta").fetchall())
-    except sqlite3.OperationalError as exc:
-        raise IncompatibleStore(
-            f"{path} has the scalekit.mq application_id but no scalekit_meta table: it is damaged",
-            backend="sqlite",
-        ) from exc
-    if meta.get("store") != _STORE_KIND or meta.get("schema_version") != str(version):
-        raise IncompatibleStore(
-            f"{path}: scalekit_meta says {meta!r}, expected store={_STORE_KIND!r} and "
-            f"schema_version={version}: the store is damaged",
-            backend="sqlite",
-        )
-    if version != SCHEMA_VERSION:
-        raise IncompatibleStore(
-            f"{path} has scalekit.mq schema version {version}; this scalekit reads "
-            f"version {SCHEMA_VERSION} only",
-            backend="sqlite",
-        )
-    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-    missing = _SCHEMA_NAMES - names
-    if missing:
-        raise IncompatibleStore(
-            f"{path}: the scalekit.mq store is damaged: {sorted(missing)} are missing",
-            backend="sqlite",
-        )
-    return True
-
-
-def _create(conn: sqlite3.Connection, path: str) -> None:
-    """Create the schema in an empty database (another process may race us).
-
-    Pages of 1 KiB rather than SQLite's 4 KiB: a put or an ack changes a row and
-    an index entry or two, and each commit writes every page it changed to the
-    WAL, so smaller pages make commits cheaper (measured: ~30 % more messages/s
-    with synchronous="NORMAL", bodies of 100 B to 1 KB)."""
-    conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")  # only takes on a new, empty file
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if _is_ours(conn, path):  # created by another process meanwhile
-            conn.execute("ROLLBACK")
-            return
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        conn.executemany(
-            "INSERT INTO scalekit_meta VALUES (?, ?)",
-            [("store", _STORE_KIND), ("schema_version", str(SCHEMA_VERSION))],
-        )
-        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
-def _scalar(conn: sqlite3.Connection, sql: str, *params: Any) -> Any:
+def scalar(conn: sqlite3.Connection, sql: str, *params: Any) -> Any:
     """The one value of a query that returns one row."""
     return conn.execute(sql, params).fetchone()[0]
 
 
-def _next_ids(conn: sqlite3.Connection, n: int) -> int:
+def next_ids(conn: sqlite3.Connection, n: int) -> int:
     """Take ``n`` fresh ids (also places at the back of a line); return the first."""
-    last: int = _scalar(conn, "SELECT last FROM mq_sequence WHERE id = 1")
+    last: int = scalar(conn, "SELECT last FROM mq_sequence WHERE id = 1")
     conn.execute("UPDATE mq_sequence SET last = ? WHERE id = 1", (last + n,))
     return last + 1
 
@@ -576,15 +107,12 @@ def _decoded(row: Sequence[Any]) -> tuple[bytes | str, dict[str, str] | None]:
     return from_stored(row[1], row[2]), loads_headers(row[3])
 
 
-# -- deliveries and queues ------------------------------------------------------
-
-
 class _SqliteDelivery(Delivery):
     __slots__ = ("_receipt",)
 
     def __init__(
         self,
-        queue: _SqliteQueue,
+        queue: SqliteQueue,
         row: Sequence[Any],
         decoded: tuple[bytes | str, dict[str, str] | None],
         receipt: int,
@@ -605,7 +133,7 @@ class _Moved:
     buried: bool = False  # messages went to the dead letters
 
 
-class _SqliteQueue(Queue):
+class SqliteQueue(Queue):
     """One queue of a :class:`SqliteBackend`: rows of one table, one index.
 
     Each operation is one transaction (shared with other threads' operations by
@@ -625,7 +153,7 @@ class _SqliteQueue(Queue):
         queue_id: int,
         options: QueueOptions,
         clock: Clock,
-        dead_letters: _SqliteQueue | None,
+        dead_letters: SqliteQueue | None,
     ) -> None:
         super().__init__(name, options, clock, dead_letters)
         self._backend = backend
@@ -685,7 +213,7 @@ class _SqliteQueue(Queue):
                 ).fetchone()
                 if seen is not None:
                     return [seen[0]]
-            first = _next_ids(conn, len(rows))
+            first = next_ids(conn, len(rows))
             conn.executemany(
                 _INSERT,
                 [
@@ -795,7 +323,7 @@ class _SqliteQueue(Queue):
                 if not selected:
                     break
                 if last < 0:
-                    last = _scalar(conn, "SELECT delivered FROM mq_queues WHERE id = ?", qid)
+                    last = scalar(conn, "SELECT delivered FROM mq_queues WHERE id = ?", qid)
                 good: list[tuple[Sequence[Any], Any]] = []
                 for row in selected:
                     try:
@@ -820,8 +348,8 @@ class _SqliteQueue(Queue):
             conn.execute(_COUNT_DELIVERIES, (len(rows), again, qid))
             return rows, last, deadline, moved, None
 
-        try:
-            rows, last, deadline, moved, due = self._store.run(job)
+        try:  # a receive need not survive a power cut: a lost one only redelivers
+            rows, last, deadline, moved, due = self._store.run(job, durable=False)
         except ClosedError:
             return [], None
         self._after(moved)
@@ -875,7 +403,7 @@ class _SqliteQueue(Queue):
             return moved
         released = [row for row in due if row[0] == _DELAYED]
         if released:
-            back = _next_ids(conn, len(released))
+            back = next_ids(conn, len(released))
             conn.executemany(
                 "UPDATE mq_messages SET state = 0, rank = ?, seq = ? WHERE id = ?",
                 [
@@ -899,7 +427,7 @@ class _SqliteQueue(Queue):
         seq = message_id
         if not priority:
             conn.execute("UPDATE mq_queues SET head = head - 1 WHERE id = ?", (self._qid,))
-            seq = _scalar(conn, "SELECT head FROM mq_queues WHERE id = ?", self._qid)
+            seq = scalar(conn, "SELECT head FROM mq_queues WHERE id = ?", self._qid)
         conn.execute(
             "UPDATE mq_messages SET state = 0, rank = ?, seq = ?, turn = NULL WHERE id = ?",
             (-priority, seq, message_id),
@@ -918,7 +446,7 @@ class _SqliteQueue(Queue):
         dead = self._dead_id
         assert dead is not None
         marked = self._dead_letter_headers(_loads_headers(headers), reason, attempts)
-        seq = message_id if priority else _next_ids(conn, 1)
+        seq = message_id if priority else next_ids(conn, 1)
         conn.execute(
             "UPDATE mq_messages SET queue = ?, state = 0, rank = ?, seq = ?, turn = NULL, "
             "attempts = 0, headers = ? WHERE id = ?",
@@ -935,7 +463,7 @@ class _SqliteQueue(Queue):
         one transaction may have moved several messages."""
         if moved.readied:
             self._wake_getters(everyone=True)
-        if moved.buried and isinstance(self._dead_letters, _SqliteQueue):
+        if moved.buried and isinstance(self._dead_letters, SqliteQueue):
             self._dead_letters._wake_getters(everyone=True)
         if moved.left and self._putters.sleepers:
             self._putters.wake(everyone=True)
@@ -1055,7 +583,7 @@ class _SqliteQueue(Queue):
                 return None
             conn.execute(
                 "UPDATE mq_messages SET rank = ?, turn = ? WHERE id = ?",
-                (deadline, _next_ids(conn, 1), key[0]),
+                (deadline, next_ids(conn, 1), key[0]),
             )
             return deadline
 
@@ -1137,7 +665,7 @@ class _SqliteQueue(Queue):
             ).fetchone()
             dead_letters = 0
             if dead is not None:
-                dead_letters = _scalar(conn, "SELECT size FROM mq_queues WHERE id = ?", dead)
+                dead_letters = scalar(conn, "SELECT size FROM mq_queues WHERE id = ?", dead)
             return now, moved, states, counters, dead_letters
 
         now, moved, states, counters, dead_letters = self._store.run(job)
@@ -1176,7 +704,7 @@ class _SqliteQueue(Queue):
     def redrive(self, limit: int | None = None) -> int:
         check_limit(limit)
         dead = self.dead_letters
-        assert isinstance(dead, _SqliteQueue)
+        assert isinstance(dead, SqliteQueue)
         self._check_open()
         qid, dead_id, clock = self._qid, dead._qid, self._clock
 
@@ -1185,7 +713,7 @@ class _SqliteQueue(Queue):
             rows = conn.execute(_SELECT_DEAD, (dead_id, -1 if limit is None else limit)).fetchall()
             if not rows:
                 return 0
-            back = _next_ids(conn, len(rows))
+            back = next_ids(conn, len(rows))
             moving = []
             for i, (message_id, priority, headers) in enumerate(rows):
                 kept = {
@@ -1227,9 +755,9 @@ class _SqliteQueue(Queue):
                 size, delivered = conn.execute(
                     "SELECT size, delivered FROM mq_queues WHERE id = ?", (queue_id,)
                 ).fetchone()
-                count = _scalar(conn, "SELECT count(*) FROM mq_messages WHERE queue = ?", queue_id)
+                count = scalar(conn, "SELECT count(*) FROM mq_messages WHERE queue = ?", queue_id)
                 assert size == count, f"size {size} != {count} rows"
-                bad = _scalar(
+                bad = scalar(
                     conn,
                     "SELECT count(*) FROM mq_messages WHERE queue = ? AND ("
                     "state NOT IN (0, 1, 2) OR (state = 2 AND (seq < 1 OR seq > ?)) "
@@ -1239,8 +767,8 @@ class _SqliteQueue(Queue):
                     delivered,
                 )
                 assert bad == 0, f"{bad} rows in an impossible state"
-            last = _scalar(conn, "SELECT last FROM mq_sequence")
-            top = _scalar(conn, "SELECT max(id) FROM mq_messages")
+            last = scalar(conn, "SELECT last FROM mq_sequence")
+            top = scalar(conn, "SELECT max(id) FROM mq_messages")
             assert top is None or top <= last, "an id above the sequence"
 
         self._store.run(job)
@@ -1251,7 +779,7 @@ class _TakeOffLoop:
     the thread took (or will take) is given back, so no message waits out its
     visibility timeout for a delivery nobody received."""
 
-    def __init__(self, queue: _SqliteQueue, n: int) -> None:
+    def __init__(self, queue: SqliteQueue, n: int) -> None:
         self._queue = queue
         self._n = n
         self._lock = threading.Lock()
@@ -1278,151 +806,3 @@ class _TakeOffLoop:
         if got:
             self._queue._give_back(got)
         return [], due
-
-
-# -- the backend -----------------------------------------------------------------
-
-
-class SqliteBackend:
-    """Durable queues in one SQLite file, shared by the threads of this process and
-    by other processes that open the same file.
-
-    ``synchronous``: ``"FULL"`` (default) makes every put and settlement durable
-    against power loss when the call returns (one fsync per transaction);
-    ``"NORMAL"`` keeps them across a crash of the process but may lose the last
-    ones to a power cut (SQLite's WAL ``synchronous=NORMAL``), for several times
-    the speed. Transactions of concurrent threads share one commit (group commit),
-    so N threads pay for about one fsync, not N.
-
-    A getter blocked on an empty queue is woken at once by a put in this process.
-    Puts by *other processes* cannot wake it: it looks again every
-    ``poll_interval`` seconds (0.5 by default), the only polling. Deadlines and
-    delays are values of the broker's clock (wall time by default), so they
-    survive a restart; deliveries in flight when a process died come back at
-    their deadline.
-
-    Opening a file that is not a scalekit.mq store (another application's
-    database, a newer schema, a damaged or non-SQLite file) raises
-    :class:`~scalekit.errors.IncompatibleStore` and leaves the file untouched.
-
-    Runtime complexity: put, get, ack O(log n) and one transaction each
-    (``put_many``/``get_many``: one transaction for the batch); see the queue
-    class for the rest. Cost, measured on a 2-core VM with 100-byte bodies: a
-    put, get and ack per message runs ~2,800 messages/s from one thread with
-    FULL (three fsyncs per message) and ~6,300/s from 8 producer and 8 consumer
-    threads (shared fsyncs); ~16,000/s from one thread with NORMAL;
-    ``put_many``/``get_many`` of 100 and their acks ~41,000/s with NORMAL.
-
-    >>> import tempfile, os
-    >>> from scalekit.mq import Broker
-    >>> path = os.path.join(tempfile.mkdtemp(), "queues.db")
-    >>> with Broker(SqliteBackend(path)) as broker:
-    ...     _ = broker.queue("emails").put({"to": "ada@example.com"})
-    >>> with Broker(SqliteBackend(path)) as broker:     # after a restart
-    ...     delivery = broker.queue("emails").get(timeout=0)
-    ...     delivery.ack()
-    >>> delivery.body
-    {'to': 'ada@example.com'}
-    """
-
-    name = "sqlite"
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        synchronous: str = "FULL",
-        poll_interval: float = 0.5,
-    ) -> None:
-        if not isinstance(path, (str, os.PathLike)):
-            raise ArgumentTypeError(f"path must be a str or path, got {type_name(path)}")
-        path = os.fspath(path)
-        if not isinstance(path, str):
-            raise ArgumentTypeError(f"path must be a str or path, got bytes {path!r}")
-        check_name(path, "path")
-        if not path or path == ":memory:" or path.startswith("file:"):
-            raise ConfigurationError(
-                f"path must name a database file (shared by processes), got {path!r}"
-            )
-        if not isinstance(synchronous, str) or synchronous.upper() not in ("FULL", "NORMAL"):
-            raise ConfigurationError(f'synchronous is "FULL" or "NORMAL", got {synchronous!r}')
-        poll_interval = check_seconds(poll_interval, "poll_interval", maximum=3600)
-        self.path = path
-        self.synchronous = synchronous.upper()
-        self.poll_interval = float(poll_interval)
-        self._lock = threading.Lock()
-        self._queues: dict[str, _SqliteQueue] = {}
-        self._store = _Store(path, self.synchronous)
-
-    def open_queue(self, name: str, options: QueueOptions | None, clock: Clock) -> Queue:
-        """The queue ``name`` (created in the file on first use) with its
-        dead-letter queue ``name + ".dlq"``. Options belong to this handle; other
-        processes may open the same queue with their own."""
-        with self._lock:
-            queue = open_handle(self._queues.get(name), name, options, clock)
-            if queue is not None:
-                return queue
-            options = options or QueueOptions()
-            dead_name = f"{name}.dlq"
-
-            def job(conn: sqlite3.Connection) -> tuple[int, int]:
-                now = clock()
-                ids = []
-                for queue_name in (name, dead_name):
-                    conn.execute(
-                        "INSERT OR IGNORE INTO mq_queues (name, created_at) VALUES (?, ?)",
-                        (queue_name, now),
-                    )
-                    ids.append(_scalar(conn, "SELECT id FROM mq_queues WHERE name = ?", queue_name))
-                return ids[0], ids[1]
-
-            queue_id, dead_id = self._store.run(job)
-            dead = _SqliteQueue(
-                self,
-                dead_name,
-                dead_id,
-                QueueOptions(options.visibility_timeout, None, None, options.dedup_window),
-                clock,
-                None,
-            )
-            queue = self._queues[name] = _SqliteQueue(self, name, queue_id, options, clock, dead)
-            return queue
-
-    def subscribe(self, topic: str, group: str) -> None:
-        def job(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT OR IGNORE INTO mq_subscriptions VALUES (?, ?, "
-                "(SELECT coalesce(max(seq), 0) + 1 FROM mq_subscriptions WHERE topic = ?))",
-                (topic, group, topic),
-            )
-
-        self._store.run(job)
-
-    def unsubscribe(self, topic: str, group: str) -> None:
-        def job(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM mq_subscriptions WHERE topic = ? AND grp = ?", (topic, group))
-
-        self._store.run(job)
-
-    def subscribers(self, topic: str) -> list[str]:
-        def job(conn: sqlite3.Connection) -> list[str]:
-            rows = conn.execute(
-                "SELECT grp FROM mq_subscriptions WHERE topic = ? ORDER BY seq", (topic,)
-            ).fetchall()
-            return [row[0] for row in rows]
-
-        return self._store.run(job)
-
-    def close(self) -> None:
-        """Close every queue (waking blocked getters and putters) and the file.
-        Idempotent."""
-        with self._lock:
-            queues = list(self._queues.values())
-        for queue in queues:
-            queue.close()
-            if queue._dead_letters is not None:
-                queue._dead_letters.close()
-        self._store.close()
-
-    def __repr__(self) -> str:
-        return f"SqliteBackend({self.path!r}, synchronous={self.synchronous!r})"
