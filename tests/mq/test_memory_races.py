@@ -202,6 +202,7 @@ def assert_counters(queue: Queue, ledger: Ledger) -> None:
     assert stats.dead_lettered == sum(ledger.dead.values()), (stats, sum(ledger.dead.values()))
     assert stats.dead_letters == 0, stats  # the test drained them
     assert structure_problems(queue) == []
+    queue._check()  # type: ignore[attr-defined]
 
 
 def drain_dead_letters(queue: Queue, ledger: Ledger, stop: threading.Event) -> None:
@@ -822,8 +823,11 @@ def test_internal_invariants_checker() -> None:
     held = queue.get_many(3, timeout=0)
     held[0].extend(60.0)
     assert structure_problems(queue) == []
+    queue._check()
     queue._expiry.clear()
     assert structure_problems(queue)
+    with pytest.raises(AssertionError, match="no deadline entry"):
+        queue._check()
     assert math.isfinite(queue._due)
 
 

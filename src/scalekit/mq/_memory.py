@@ -637,6 +637,61 @@ class _MemoryQueue(Queue):
         return len(moving)
 
 
+    def _check(self) -> None:
+        """Assert the queue's invariants (and its dead letters'), for tests; call
+        it when no other thread uses the queue. Runtime complexity: O(n).
+
+        Every message is in exactly one place; ready priority-0 messages are in the
+        line and others in the heap; the heaps are heaps; every delivery in flight
+        has a live deadline entry and is unsettled; ``_due`` is no later than the
+        earliest deadline or delay; a bounded queue holds at most ``maxsize``;
+        the counters agree with each other."""
+        with self._lock:
+            places: dict[MessageId, str] = {}
+
+            def place(delivery: _MemoryDelivery, where: str) -> None:
+                assert delivery.id not in places, (
+                    f"message {delivery.id!r} is {places[delivery.id]} and {where}"
+                )
+                assert delivery._queue is self, f"message {delivery.id!r} of another queue"
+                places[delivery.id] = where
+
+            for delivery in self._ready:
+                assert not delivery.priority, f"priority {delivery.priority} in the line"
+                assert delivery._settled is None
+                place(delivery, "ready")
+            for rank, message_id, delivery in self._ranked:
+                assert (rank, message_id) == (-delivery.priority, delivery.id) and rank
+                place(delivery, "ranked")
+            for _, message_id, delivery in self._delayed:
+                assert message_id == delivery.id
+                place(delivery, "delayed")
+            live = {id(d) for deadline, d in self._expiry if d._deadline == deadline}
+            live |= {id(d) for deadline, _, d in self._late if d._deadline == deadline}
+            for delivery in self._inflight:
+                assert delivery._settled is None, f"{delivery!r} is settled but in flight"
+                assert id(delivery) in live, f"{delivery!r} has no deadline entry"
+                place(delivery, "in flight")
+            for heap in (self._ranked, self._delayed, self._late):
+                for i in range(1, len(heap)):
+                    assert heap[(i - 1) // 2][:2] <= heap[i][:2], "a heap out of order"
+            # a lock-free get may have read the clock just before another thread's
+            # maintenance: a deadline a little before ``_due`` is accepted
+            due = [d._deadline for d in self._inflight] + [e[0] for e in self._delayed]
+            assert not due or self._due <= min(due) + 1.0, f"_due {self._due} > {min(due)}"
+            if self.maxsize is not None:
+                assert len(places) <= self.maxsize, f"{len(places)} > maxsize {self.maxsize}"
+            delivered, redelivered, acked = (
+                _peek(self._delivered),
+                _peek(self._redelivered),
+                _peek(self._acked),
+            )
+            assert redelivered <= delivered, f"{redelivered} redelivered of {delivered}"
+            assert acked <= delivered, f"{acked} acked of {delivered} delivered"
+        if isinstance(self._dead_letters, _MemoryQueue):
+            self._dead_letters._check()
+
+
 class MemoryBackend:
     """Queues in this process's memory: the fastest backend, and the default.
 
