@@ -32,12 +32,14 @@ from scalekit.mq import (
     DEAD_LETTER_ATTEMPTS,
     DEAD_LETTER_QUEUE,
     AsyncQueue,
+    Backend,
     Backoff,
     Broker,
     Consumer,
     Delivery,
     Queue,
 )
+from scalekit.testing._queue import QUEUE_CHECKS, run_queue_check
 
 __all__ = ["QueueContract", "QueueEnv"]
 
@@ -51,6 +53,8 @@ class QueueEnv:
     broker: Broker
     advance: Callable[[float], None]
     fake_time: bool
+    make_backend: Callable[[], Backend] | None = None
+    """A fresh, empty backend of the same kind, for scalekit.testing.check_queue_backend."""
 
     def queue(self, name: str = "q", **options: Any) -> Queue:
         return self.broker.queue(name, **options)
@@ -65,6 +69,14 @@ def drain(queue: Queue) -> list[Delivery]:
 
 class QueueContract:
     """Every test, run once per backend by the ``env`` fixture of the subclass."""
+
+    # -- the shipped contract: scalekit.testing.check_queue_backend ---------------
+
+    @pytest.mark.parametrize("check", sorted(QUEUE_CHECKS))
+    def test_shipped_contract(self, env: QueueEnv, check: str) -> None:
+        """Each check of the public check_queue_backend, on this backend."""
+        assert env.make_backend is not None
+        run_queue_check(QUEUE_CHECKS[check], env.make_backend, broker_clock=env.fake_time)
 
     # -- put, get, ack --------------------------------------------------------
 
