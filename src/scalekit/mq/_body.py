@@ -51,28 +51,23 @@ Body: TypeAlias = Any
 
 _std_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
 _std_loads = json.loads
-_WIDE_NUMBER = re.compile(r"\d{19}")  # a number orjson may not read exactly (>= 2**63)
+_WIDE_NUMBER = re.compile(rb"\d{19}")  # a number orjson may not read exactly (>= 2**63)
 
-_fast_dumps: Callable[[Any], bytes] | None = None
-_fast_loads: Callable[[str], Any] = _std_loads
+_orjson: Any = None
+_OPTIONS = 0
+_fast_loads: Callable[[bytes], Any] = _std_loads
 try:  # pragma: no cover - depends on the environment
-    import orjson
+    import orjson as _orjson
 except ImportError:  # pragma: no cover - depends on the environment
     pass
 else:
-    _OPTIONS = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME
-    _OPTIONS |= orjson.OPT_PASSTHROUGH_DATACLASS
+    # subclasses, datetimes and dataclasses are not for orjson: it raises TypeError
+    # (no ``default``), and the standard library decides, as without orjson
+    _OPTIONS = _orjson.OPT_PASSTHROUGH_SUBCLASS | _orjson.OPT_PASSTHROUGH_DATETIME
+    _OPTIONS |= _orjson.OPT_PASSTHROUGH_DATACLASS
+    _fast_loads = _orjson.loads
 
-    def _refuse(value: object) -> Any:
-        raise TypeError
-
-    def _orjson_dumps(value: Any) -> bytes:
-        return orjson.dumps(value, _refuse, _OPTIONS)
-
-    _fast_dumps = _orjson_dumps
-    _fast_loads = orjson.loads
-
-CODEC = "orjson" if _fast_dumps is not None else "json"
+CODEC = "orjson" if _orjson is not None else "json"
 """The JSON codec in use: ``"orjson"`` when installed, else ``"json"``."""
 
 
@@ -80,17 +75,15 @@ class UndecodableBody(ValueError):
     """A stored body or header that cannot be decoded (a damaged row or entry)."""
 
 
-class JsonText(str):
-    """A body stored as JSON text (as opposed to a ``str`` body), that the fast
-    codec reads exactly."""
+JsonText: TypeAlias = tuple[bytes] | tuple[bytes, None]
+"""A body stored as JSON (as opposed to a bytes or str body): a tuple holding the
+UTF-8 JSON text, ``(data,)`` when the fast codec reads it exactly, ``(data, None)``
+when it has a number only the standard library reads exactly (``>= 2**63``). A
+tuple, not a subclass of bytes or str: it costs nothing to make, and orjson reads
+its bytes as they are."""
 
-    __slots__ = ()
-
-
-class _WideJsonText(JsonText):
-    """JSON text with a number that only the standard library reads exactly."""
-
-    __slots__ = ()
+Stored: TypeAlias = bytes | str | JsonText
+"""A body as a backend keeps it: bytes, str, or :data:`JsonText`."""
 
 
 def check_text(value: str, name: str) -> str:
@@ -107,6 +100,10 @@ def check_text(value: str, name: str) -> str:
     return value
 
 
+def _json(data: bytes) -> JsonText:
+    return (data, None) if _WIDE_NUMBER.search(data) else (data,)
+
+
 def _std_encode(body: Body) -> JsonText:
     try:
         text = _std_dumps(body)
@@ -114,16 +111,24 @@ def _std_encode(body: Body) -> JsonText:
         raise ArgumentTypeError(
             f"a message body is bytes, str or a JSON value; this {type_name(body)} is not ({exc})"
         ) from None
-    check_text(text, "body")
-    return _WideJsonText(text) if _WIDE_NUMBER.search(text) else JsonText(text)
+    return _json(check_text(text, "body").encode())
 
 
-def encode(body: Body) -> bytes | str:
+def encode(body: Body) -> Stored:
     """The stored form of ``body``: bytes and str as they are, anything else as
-    :class:`JsonText`. Raises :class:`~scalekit.errors.ArgumentTypeError` for what
+    :data:`JsonText`. Raises :class:`~scalekit.errors.ArgumentTypeError` for what
     JSON cannot hold and :class:`~scalekit.errors.ConfigurationError` for text
     with a lone surrogate or a NaN. Runtime complexity: O(size of the body)."""
-    kind = type(body)
+    kind = body.__class__
+    if kind is dict or kind is list:
+        if _orjson is not None:
+            try:
+                data = _orjson.dumps(body, option=_OPTIONS)
+            except TypeError:  # not JSON, or not for orjson (a lone surrogate, a wide int...)
+                return _std_encode(body)
+            if data.find(b"null") < 0:  # orjson writes NaN and infinity as null: json refuses
+                return (data,)
+        return _std_encode(body)
     if kind is bytes:
         return body  # type: ignore[no-any-return]
     if kind is str:
@@ -132,37 +137,29 @@ def encode(body: Body) -> bytes | str:
         return bytes(body)
     if isinstance(body, str):
         return check_text(str(body), "body")
-    if _fast_dumps is not None:
-        try:
-            data = _fast_dumps(body)
-        except TypeError:
-            return _std_encode(body)
-        if b"null" in data:  # orjson writes NaN and infinity as null: let json refuse them
-            return _std_encode(body)
-        return JsonText(data.decode())
     return _std_encode(body)
 
 
-def decode(stored: bytes | str) -> Body:
-    """The body a consumer sees for the stored form ``stored``."""
-    kind = type(stored)
-    if kind is JsonText:
-        return _fast_loads(str(stored))  # orjson reads an exact str only
-    if kind is _WideJsonText:
-        return _std_loads(stored)
+def decode(stored: Stored) -> Body:
+    """The body a consumer sees for the stored form ``stored``: a fresh copy of
+    a JSON value. Runtime complexity: O(size of the body)."""
+    if stored.__class__ is tuple:
+        if len(stored) == 1:
+            return _fast_loads(stored[0])
+        return _std_loads(stored[0])
     return stored
 
 
-def to_stored(stored: bytes | str) -> tuple[str, bytes]:
+def to_stored(stored: Stored) -> tuple[str, bytes]:
     """``(kind, data)`` for a database column pair."""
     if isinstance(stored, bytes):
         return "b", stored
-    if isinstance(stored, JsonText):
-        return "j", stored.encode()
+    if isinstance(stored, tuple):
+        return "j", stored[0]
     return "s", stored.encode()
 
 
-def from_stored(kind: str, data: bytes) -> bytes | str:
+def from_stored(kind: str, data: bytes) -> Stored:
     """The inverse of :func:`to_stored`; :class:`UndecodableBody` for an unknown
     kind or text that is not UTF-8."""
     if kind == "b":
@@ -174,10 +171,7 @@ def from_stored(kind: str, data: bytes) -> bytes | str:
     if kind == "s":
         return text
     if kind == "j":
-        if _WIDE_NUMBER.search(text):
-            stored: JsonText = _WideJsonText(text)
-        else:
-            stored = JsonText(text)
+        stored = _json(bytes(data))
         try:
             decode(stored)
         except ValueError as exc:

@@ -37,6 +37,11 @@ __all__ = ["MemoryBackend"]
 
 _MISSING: Any = object()
 _FREE_THREADED = not getattr(sys, "_is_gil_enabled", lambda: True)()
+_PRUNE_SLACK = 256
+"""Settled deliveries the deadline deque may keep before it is pruned (beyond twice
+those in flight). Small: each one holds its message, and a few hundred stay in the
+CPU's caches where thousands do not (measured with a small dict body: put + get +
+ack 2.9 us with 256, 5.3 us with 4,096; pruning stays O(1) per message)."""
 
 
 def _peek(counter: count[int]) -> int:
@@ -111,7 +116,7 @@ class _MemoryQueue(Queue):
         self._late_order = count()
         self._due = -math.inf  # when the locked maintenance must next run: now
         self._due_lowered = False  # set under the lock: wake every getter to re-plan
-        self._prune_at = 4096
+        self._prune_at = _PRUNE_SLACK
         self._dedup: dict[str, tuple[MessageId, float]] = {}
         self._dedup_order: deque[tuple[float, str]] = deque()
         self._delivered = count()
@@ -400,7 +405,7 @@ class _MemoryQueue(Queue):
             if entry[1] in inflight and entry[1]._deadline == entry[0]:
                 kept.append(entry)
         expiry.extendleft(reversed(kept))  # back in front of any appended meanwhile, in order
-        self._prune_at = 2 * len(expiry) + 4096
+        self._prune_at = 2 * len(expiry) + _PRUNE_SLACK
 
     def _time_out(self, delivery: _MemoryDelivery) -> bool:
         """Under the lock: the delivery's deadline passed; deliver it again or bury it."""
@@ -636,7 +641,6 @@ class _MemoryQueue(Queue):
             self._getters.wake(everyone=True)
         return len(moving)
 
-
     def _check(self) -> None:
         """Assert the queue's invariants (and its dead letters'), for tests; call
         it when no other thread uses the queue. Runtime complexity: O(n).
@@ -661,7 +665,8 @@ class _MemoryQueue(Queue):
                 assert delivery._settled is None
                 place(delivery, "ready")
             for rank, message_id, delivery in self._ranked:
-                assert (rank, message_id) == (-delivery.priority, delivery.id) and rank
+                assert (rank, message_id) == (-delivery.priority, delivery.id)
+                assert rank
                 place(delivery, "ranked")
             for _, message_id, delivery in self._delayed:
                 assert message_id == delivery.id

@@ -18,7 +18,7 @@ from typing import TypeAlias, TypeVar
 
 from scalekit._validate import check_count, check_seconds, check_str, type_name
 from scalekit.errors import ArgumentTypeError, ClosedError, ConfigurationError, DeliveryExpired
-from scalekit.mq._body import Body, check_headers, check_text, decode, encode
+from scalekit.mq._body import Body, Stored, check_headers, check_text, decode, encode
 from scalekit.protocols import Clock
 
 __all__ = [
@@ -105,7 +105,7 @@ class QueueStats:
         return self.ready + self.delayed + self.in_flight
 
 
-Outgoing = tuple[bytes | str, dict[str, str] | None, int, float]
+Outgoing = tuple[Stored, dict[str, str] | None, int, float]
 """A message about to be stored: (stored body, headers, priority, delay in seconds)."""
 
 
@@ -193,7 +193,7 @@ class Delivery:
         self,
         queue: Queue,
         message_id: MessageId,
-        stored: bytes | str,
+        stored: Stored,
         headers: dict[str, str] | None,
         priority: int,
         enqueued_at: float,
@@ -211,8 +211,10 @@ class Delivery:
 
     @property
     def body(self) -> Body:
-        """The body as it was put: bytes, str or a (fresh) JSON value."""
-        return decode(self._stored)
+        """The body as it was put: bytes, str or a (fresh) JSON value.
+        Runtime complexity: O(size of the body)."""
+        stored = self._stored
+        return decode(stored) if stored.__class__ is tuple else stored
 
     @property
     def headers(self) -> dict[str, str]:

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from scalekit._waiting import Wakeups
 from scalekit.errors import BackendError, ClosedError, QueueFull
-from scalekit.mq._body import UndecodableBody, dumps_headers, from_stored, loads_headers, to_stored
+from scalekit.mq._body import (
+    Stored,
+    UndecodableBody,
+    dumps_headers,
+    from_stored,
+    loads_headers,
+    to_stored,
+)
 from scalekit.mq._queue import (
     DEAD_LETTER_ATTEMPTS,
     DEAD_LETTER_QUEUE,
@@ -102,7 +109,7 @@ def _loads_headers(text: str | None) -> dict[str, str] | None:
         return None
 
 
-def _decoded(row: Sequence[Any]) -> tuple[bytes | str, dict[str, str] | None]:
+def _decoded(row: Sequence[Any]) -> tuple[Stored, dict[str, str] | None]:
     """The body and headers of a selected row; :class:`UndecodableBody` if damaged."""
     return from_stored(row[1], row[2]), loads_headers(row[3])
 
@@ -114,7 +121,7 @@ class _SqliteDelivery(Delivery):
         self,
         queue: SqliteQueue,
         row: Sequence[Any],
-        decoded: tuple[bytes | str, dict[str, str] | None],
+        decoded: tuple[Stored, dict[str, str] | None],
         receipt: int,
     ) -> None:
         message_id, _, _, _, priority, enqueued_at, attempts = row
