@@ -67,6 +67,12 @@ else:
     _OPTIONS |= _orjson.OPT_PASSTHROUGH_DATACLASS
     _fast_loads = _orjson.loads
 
+fast_loads = _fast_loads
+orjson_dumps: Any = None if _orjson is None else _orjson.dumps
+"""``orjson.dumps`` (with :data:`JSON_OPTIONS`), None without orjson."""
+JSON_OPTIONS = _OPTIONS
+"""The codec's ``loads`` for the bytes of a ``(data,)`` :data:`JsonText`."""
+
 CODEC = "orjson" if _orjson is not None else "json"
 """The JSON codec in use: ``"orjson"`` when installed, else ``"json"``."""
 
@@ -114,6 +120,18 @@ def _std_encode(body: Body) -> JsonText:
     return _json(check_text(text, "body").encode())
 
 
+def encode_json(body: Body) -> Stored:
+    """:func:`encode` for a dict or list body (the common JSON body, first)."""
+    if _orjson is not None:
+        try:
+            data = _orjson.dumps(body, option=_OPTIONS)
+        except TypeError:  # not JSON, or not for orjson (a lone surrogate, a wide int...)
+            return _std_encode(body)
+        if data.find(b"null") < 0:  # orjson writes NaN and infinity as null: json refuses
+            return (data,)
+    return _std_encode(body)
+
+
 def encode(body: Body) -> Stored:
     """The stored form of ``body``: bytes and str as they are, anything else as
     :data:`JsonText`. Raises :class:`~scalekit.errors.ArgumentTypeError` for what
@@ -121,14 +139,7 @@ def encode(body: Body) -> Stored:
     with a lone surrogate or a NaN. Runtime complexity: O(size of the body)."""
     kind = body.__class__
     if kind is dict or kind is list:
-        if _orjson is not None:
-            try:
-                data = _orjson.dumps(body, option=_OPTIONS)
-            except TypeError:  # not JSON, or not for orjson (a lone surrogate, a wide int...)
-                return _std_encode(body)
-            if data.find(b"null") < 0:  # orjson writes NaN and infinity as null: json refuses
-                return (data,)
-        return _std_encode(body)
+        return encode_json(body)
     if kind is bytes:
         return body  # type: ignore[no-any-return]
     if kind is str:
@@ -145,7 +156,7 @@ def decode(stored: Stored) -> Body:
     a JSON value. Runtime complexity: O(size of the body)."""
     if stored.__class__ is tuple:
         if len(stored) == 1:
-            return _fast_loads(stored[0])
+            return fast_loads(stored[0])
         return _std_loads(stored[0])
     return stored
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from scalekit._waiting import Wakeups
 from scalekit.errors import QueueFull
-from scalekit.mq._body import Body, encode
+from scalekit.mq._body import JSON_OPTIONS, Body, Stored, encode, orjson_dumps
 from scalekit.mq._queue import (
     DEAD_LETTER_ATTEMPTS,
     DEAD_LETTER_QUEUE,
@@ -37,6 +37,9 @@ __all__ = ["MemoryBackend"]
 
 _MISSING: Any = object()
 _FREE_THREADED = not getattr(sys, "_is_gil_enabled", lambda: True)()
+_dumps = orjson_dumps
+_NO_DELAY = 0.0
+_NO_PRIORITY = 0
 _PRUNE_SLACK = 256
 """Settled deliveries the deadline deque may keep before it is pruned (beyond twice
 those in flight). Small: each one holds its message, and a few hundred stay in the
@@ -107,6 +110,7 @@ class _MemoryQueue(Queue):
         # A bounded queue counts in flight exactly, and free-threaded CPython gives no
         # ordering between threads for the lock-free paths: both take the lock always.
         self._bounded = options.maxsize is not None or _FREE_THREADED
+        self._fast_puts = not self._bounded  # and not closed: the lock-free put may run
         self._ready: deque[_MemoryDelivery] = deque()
         self._ranked: list[tuple[int, MessageId, _MemoryDelivery]] = []  # (-priority, id, d)
         self._delayed: list[tuple[float, MessageId, _MemoryDelivery]] = []
@@ -130,29 +134,37 @@ class _MemoryQueue(Queue):
         self,
         body: Body,
         *,
-        delay: float = 0.0,
-        priority: int = 0,
+        delay: float = _NO_DELAY,
+        priority: int = _NO_PRIORITY,
         dedup_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> MessageId:
-        if (
-            headers is None
+        if (  # identity with the defaults (any int 0 too): other values take the checked path
+            delay is _NO_DELAY
+            and priority is _NO_PRIORITY
+            and headers is None
             and dedup_key is None
             and timeout is None
-            and priority.__class__ is int
-            and not priority
-            and (delay.__class__ is float or delay.__class__ is int)
-            and not delay
-            and not self._bounded
-            and not self._closed
+            and self._fast_puts
         ):  # the common put: no option to check, nothing but the body to encode
-            stored = body if body.__class__ is bytes else encode(body)
+            kind = body.__class__
+            if kind is bytes:
+                stored: Stored = body
+            elif kind is dict and _dumps is not None:  # encode_json, inlined: the usual body
+                try:
+                    data = _dumps(body, option=JSON_OPTIONS)
+                except TypeError:
+                    stored = encode(body)
+                else:
+                    stored = (data,) if data.find(b"null") < 0 else encode(body)
+            else:
+                stored = encode(body)
             message_id = next(self._ids)
             delivery = _MemoryDelivery(self, message_id, stored, None, 0, self._clock(), 1)
             self._ready.append(delivery)
             if self._closed:  # another thread closed it meanwhile
-                self._withdraw(delivery)  # type: ignore[unreachable]
+                self._withdraw(delivery)
             if self._getters.sleepers:
                 self._getters.wake()
             return message_id
@@ -525,6 +537,7 @@ class _MemoryQueue(Queue):
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            self._fast_puts = False
         self._wake_all()
 
     def _wake_all(self) -> None:

@@ -18,7 +18,7 @@ from typing import TypeAlias, TypeVar
 
 from scalekit._validate import check_count, check_seconds, check_str, type_name
 from scalekit.errors import ArgumentTypeError, ClosedError, ConfigurationError, DeliveryExpired
-from scalekit.mq._body import Body, Stored, check_headers, check_text, decode, encode
+from scalekit.mq._body import Body, Stored, check_headers, check_text, decode, encode, fast_loads
 from scalekit.protocols import Clock
 
 __all__ = [
@@ -214,7 +214,9 @@ class Delivery:
         """The body as it was put: bytes, str or a (fresh) JSON value.
         Runtime complexity: O(size of the body)."""
         stored = self._stored
-        return decode(stored) if stored.__class__ is tuple else stored
+        if stored.__class__ is tuple:
+            return fast_loads(stored[0]) if len(stored) == 1 else decode(stored)
+        return stored
 
     @property
     def headers(self) -> dict[str, str]:
