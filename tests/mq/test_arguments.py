@@ -139,3 +139,14 @@ def test_redis_backend_refuses_hostile_settings(kwargs: dict[str, Any], name: st
 
     with pytest.raises(ScalekitError, match=name):
         RedisStreamsBackend(redis.Redis(), **kwargs)
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), -1, 10**400, True])
+def test_consumer_stop_and_join_refuse_a_hostile_timeout(timeout: Any) -> None:
+    consumer = Consumer(Broker().queue("jobs"), print, concurrency=1).start()
+    with pytest.raises(ScalekitError, match="timeout"):
+        consumer.stop(timeout)
+    with pytest.raises(ScalekitError, match="timeout"):
+        consumer.join(timeout)
+    assert consumer.running  # the refused stop stopped nothing
+    assert consumer.stop(timeout=5)

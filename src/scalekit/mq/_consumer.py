@@ -20,7 +20,7 @@ from scalekit._validate import (
     type_name,
 )
 from scalekit.errors import ArgumentTypeError, ConfigurationError, DeliveryExpired
-from scalekit.mq._queue import Delivery, Queue
+from scalekit.mq._queue import Delivery, Queue, check_timeout
 
 __all__ = ["Backoff", "Consumer"]
 
@@ -148,6 +148,7 @@ class Consumer:
     def stop(self, timeout: float | None = None) -> bool:
         """Take no new messages; wait up to ``timeout`` seconds (None: as long as it
         takes) for running handlers. True if every thread has finished."""
+        timeout = check_timeout(timeout)
         self._stopping.set()
         self.queue._wake_all()
         for thread in self._threads:
@@ -157,6 +158,7 @@ class Consumer:
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the threads to exit (after :meth:`stop`, or once the queue is
         closed and drained); True if they all have."""
+        timeout = check_timeout(timeout)
         for thread in self._threads:
             thread.join(timeout)
         return not any(thread.is_alive() for thread in self._threads)

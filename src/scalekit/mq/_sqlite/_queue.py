@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from scalekit._waiting import Wakeups
+from scalekit._waiting import Handoff, Wakeups
 from scalekit.errors import BackendError, ClosedError, QueueFull
 from scalekit.mq._body import (
     Stored,
@@ -784,32 +784,26 @@ class SqliteQueue(Queue):
 class _TakeOffLoop:
     """One take, run on a worker thread for a task. If the task is cancelled, what
     the thread took (or will take) is given back, so no message waits out its
-    visibility timeout for a delivery nobody received."""
+    visibility timeout for a delivery nobody received (a :class:`Handoff`)."""
 
     def __init__(self, queue: SqliteQueue, n: int) -> None:
         self._queue = queue
         self._n = n
-        self._lock = threading.Lock()
-        self._cancelled = False
-        self._got: list[Delivery] | None = None
+        self._handoff: Handoff[list[Delivery]] = Handoff()
 
     async def run(self, loop: asyncio.AbstractEventLoop) -> tuple[list[Delivery], float | None]:
         try:
             return await loop.run_in_executor(None, self._work)
         except asyncio.CancelledError:
-            with self._lock:
-                self._cancelled = True
-                got, self._got = self._got, None
+            got = self._handoff.cancel()
             if got:
                 threading.Thread(target=self._queue._give_back, args=(got,)).start()
             raise
 
     def _work(self) -> tuple[list[Delivery], float | None]:
         got, due = self._queue._take_now(self._n)
-        with self._lock:
-            if not self._cancelled:
-                self._got = got
-                return got, due
+        if self._handoff.offer(got):
+            return got, due
         if got:
             self._queue._give_back(got)
         return [], due
