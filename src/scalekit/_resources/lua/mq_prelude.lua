@@ -9,7 +9,7 @@ local G = 'scalekit'
 -- may run twice. Each script that changes something gets an operation id (its
 -- last ARGV); its first run records its reply under base:op:<id> for OP_TTL ms,
 -- and a second run returns that reply and changes nothing.
-local OP_TTL = 120000
+local OP_TTL = 60000
 
 -- the reply recorded for operation `op` (a second run), or nil
 local function replayed(base, op)

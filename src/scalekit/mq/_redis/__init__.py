@@ -36,7 +36,7 @@ keys, and its dead letters', share a cluster slot)::
     prefix:{q}:ids            message id counter, shared with the dead letters
     prefix:{q}:d:<sha256>     a dedup key, with the dedup window as its TTL
     prefix:{q}:op:<id>        the reply of an operation that changed something,
-                              kept 2 minutes: a script run again by the client's
+                              kept 60 s: a script run again by the client's
                               retry after a lost reply returns it, changing nothing
     prefix:{q}:dlq:...        the dead-letter queue ``q.dlq``: the same keys
     prefix:topic:{t}          sorted set of topic t's subscribed groups, in order
