@@ -81,12 +81,18 @@ class UndecodableBody(ValueError):
     """A stored body or header that cannot be decoded (a damaged row or entry)."""
 
 
-JsonText: TypeAlias = tuple[bytes] | tuple[bytes, None]
-"""A body stored as JSON (as opposed to a bytes or str body): a tuple holding the
-UTF-8 JSON text, ``(data,)`` when the fast codec reads it exactly, ``(data, None)``
-when it has a number only the standard library reads exactly (``>= 2**63``). A
-tuple, not a subclass of bytes or str: it costs nothing to make, and orjson reads
-its bytes as they are."""
+class _WideJson(tuple[bytes]):
+    """JSON text with a number only the standard library reads exactly (>= 2**63)."""
+
+    __slots__ = ()
+
+
+JsonText: TypeAlias = tuple[bytes]
+"""A body stored as JSON (as opposed to a bytes or str body): a 1-tuple holding the
+UTF-8 JSON text; a plain tuple when the fast codec reads it exactly, a
+``_WideJson`` when it has a number only the standard library reads exactly
+(``>= 2**63``). A tuple, not a subclass of bytes or str: it costs nothing to make,
+and orjson reads its bytes as they are."""
 
 Stored: TypeAlias = bytes | str | JsonText
 """A body as a backend keeps it: bytes, str, or :data:`JsonText`."""
@@ -107,7 +113,7 @@ def check_text(value: str, name: str) -> str:
 
 
 def _json(data: bytes) -> JsonText:
-    return (data, None) if _WIDE_NUMBER.search(data) else (data,)
+    return _WideJson((data,)) if _WIDE_NUMBER.search(data) else (data,)
 
 
 def _std_encode(body: Body) -> JsonText:
@@ -154,10 +160,11 @@ def encode(body: Body) -> Stored:
 def decode(stored: Stored) -> Body:
     """The body a consumer sees for the stored form ``stored``: a fresh copy of
     a JSON value. Runtime complexity: O(size of the body)."""
-    if stored.__class__ is tuple:
-        if len(stored) == 1:
-            return fast_loads(stored[0])
-        return _std_loads(stored[0])
+    kind = stored.__class__
+    if kind is tuple:
+        return fast_loads(stored[0])  # type: ignore[arg-type]
+    if kind is _WideJson:
+        return _std_loads(stored[0])  # type: ignore[arg-type]
     return stored
 
 

@@ -214,9 +214,12 @@ class Delivery:
         """The body as it was put: bytes, str or a (fresh) JSON value.
         Runtime complexity: O(size of the body)."""
         stored = self._stored
-        if stored.__class__ is tuple:
-            return fast_loads(stored[0]) if len(stored) == 1 else decode(stored)
-        return stored
+        kind = stored.__class__
+        if kind is tuple:  # JSON the fast codec reads exactly
+            return fast_loads(stored[0])  # type: ignore[arg-type]
+        if kind is bytes or kind is str:
+            return stored
+        return decode(stored)
 
     @property
     def headers(self) -> dict[str, str]:
