@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from scalekit.errors import (
+    ArgumentTypeError,
     ClosedError,
     ConfigurationError,
     DeliveryExpired,
@@ -31,12 +32,14 @@ from scalekit.mq import (
     DEAD_LETTER_ATTEMPTS,
     DEAD_LETTER_QUEUE,
     AsyncQueue,
+    Backend,
     Backoff,
     Broker,
     Consumer,
     Delivery,
     Queue,
 )
+from scalekit.testing._queue import QUEUE_CHECKS, run_queue_check
 
 __all__ = ["QueueContract", "QueueEnv"]
 
@@ -50,6 +53,8 @@ class QueueEnv:
     broker: Broker
     advance: Callable[[float], None]
     fake_time: bool
+    make_backend: Callable[[], Backend] | None = None
+    """A fresh, empty backend of the same kind, for scalekit.testing.check_queue_backend."""
 
     def queue(self, name: str = "q", **options: Any) -> Queue:
         return self.broker.queue(name, **options)
@@ -64,6 +69,14 @@ def drain(queue: Queue) -> list[Delivery]:
 
 class QueueContract:
     """Every test, run once per backend by the ``env`` fixture of the subclass."""
+
+    # -- the shipped contract: scalekit.testing.check_queue_backend ---------------
+
+    @pytest.mark.parametrize("check", sorted(QUEUE_CHECKS))
+    def test_shipped_contract(self, env: QueueEnv, check: str) -> None:
+        """Each check of the public check_queue_backend, on this backend."""
+        assert env.make_backend is not None
+        run_queue_check(QUEUE_CHECKS[check], env.make_backend, broker_clock=env.fake_time)
 
     # -- put, get, ack --------------------------------------------------------
 
@@ -160,11 +173,124 @@ class QueueContract:
 
     def test_bad_get_arguments_are_refused(self, env: QueueEnv) -> None:
         queue = env.queue()
-        with pytest.raises(ValueError):
-            queue.get(timeout=-1)
-        for n in (0, -1, 1.5, True):
-            with pytest.raises(ValueError):
+        queue.put("x")
+        for timeout in (-1, float("nan"), 10**400, 1e308, "1"):
+            with pytest.raises(ScalekitError, match="timeout"):
+                queue.get(timeout=timeout)  # type: ignore[arg-type]
+        for n in (0, -1, 10**400):
+            with pytest.raises(ConfigurationError, match="n must"):
+                queue.get_many(n)
+        for n in (1.5, True, None, "3"):
+            with pytest.raises(ArgumentTypeError, match="n must"):
                 queue.get_many(n)  # type: ignore[arg-type]
+        assert queue.stats().ready == 1  # the refused calls took nothing
+
+    @pytest.mark.parametrize(
+        ("kwargs", "error", "names"),
+        [
+            ({"delay": float("nan")}, ConfigurationError, "delay"),
+            ({"delay": 10**400}, ConfigurationError, "delay"),
+            ({"delay": 1e308}, ConfigurationError, "delay"),
+            ({"delay": True}, ArgumentTypeError, "delay"),
+            ({"delay": None}, ArgumentTypeError, "delay"),
+            ({"priority": 10**400}, ConfigurationError, "priority"),
+            ({"priority": 2**53 + 1}, ConfigurationError, "priority"),
+            ({"priority": None}, ArgumentTypeError, "priority"),
+            ({"timeout": float("nan")}, ConfigurationError, "timeout"),
+            ({"timeout": 10**400}, ConfigurationError, "timeout"),
+            ({"timeout": True}, ArgumentTypeError, "timeout"),
+            ({"dedup_key": ""}, ConfigurationError, "dedup_key"),
+            ({"dedup_key": "\ud800"}, ConfigurationError, "dedup_key"),
+            ({"headers": {"a": "\ud800"}}, ConfigurationError, "header"),
+            ({"headers": {"\ud800": "a"}}, ConfigurationError, "header"),
+            ({"headers": {"": "a"}}, ConfigurationError, "header"),
+        ],
+    )
+    def test_hostile_put_arguments_are_refused_alike(
+        self, env: QueueEnv, kwargs: dict[str, Any], error: type[Exception], names: str
+    ) -> None:
+        """Every backend refuses the same values, with a scalekit error naming the
+        argument, and stores nothing (issue 13, items 12 and 13)."""
+        queue = env.queue()
+        with pytest.raises(error, match=names):
+            queue.put("x", **kwargs)
+        if "dedup_key" not in kwargs:  # put_many takes no dedup_key
+            with pytest.raises(error, match=names):
+                queue.put_many(["x", "y"], **kwargs)
+        assert queue.stats().total == 0
+
+    @pytest.mark.parametrize(
+        "body", ["\ud800", "ok \udcff", {"k": "\ud800"}, {"\ud800": 1}, ["a", "\udfff"]]
+    )
+    def test_a_lone_surrogate_body_is_refused_everywhere(self, env: QueueEnv, body: Any) -> None:
+        queue = env.queue()
+        with pytest.raises(ConfigurationError, match="body"):
+            queue.put(body)
+        with pytest.raises(ConfigurationError, match="body"):
+            queue.put_many(["fine", body])
+        assert queue.stats().total == 0
+
+    def test_valid_text_everywhere_comes_back(self, env: QueueEnv) -> None:
+        queue = env.queue()
+        body = {"emoji": "\U0001f600", "nul": "a\x00b", "big": 2**70, "none": None}
+        queue.put(body, headers={"h\u00e9": "\U0001f600", "empty": ""})
+        queue.put("\U0001f600\x00")
+        first, second = drain(queue)
+        assert first.body == body
+        assert first.headers == {"h\u00e9": "\U0001f600", "empty": ""}
+        assert second.body == "\U0001f600\x00"
+
+    def test_an_infinite_timeout_waits(self, env: QueueEnv) -> None:
+        """``timeout=float("inf")`` means no limit: a full bounded queue waits for
+        room (it raised OverflowError), a get waits for a message."""
+        queue = env.queue("bounded", maxsize=1)
+        queue.put("first")
+        delivery = queue.get(timeout=float("inf"))
+        assert delivery is not None
+        assert delivery.body == "first"
+        threading.Timer(0.2, delivery.ack).start()
+        queue.put("second", timeout=float("inf"))  # waits until the ack makes room
+        got = queue.get(timeout=float("inf"))
+        assert got is not None
+        assert got.body == "second"
+
+    @pytest.mark.parametrize(
+        ("kwargs", "error"),
+        [
+            ({"reason": "\ud800"}, ConfigurationError),
+            ({"reason": 5}, ArgumentTypeError),
+            ({"delay": float("nan")}, ConfigurationError),
+            ({"delay": 10**400}, ConfigurationError),
+        ],
+    )
+    def test_hostile_nack_arguments_change_nothing(
+        self, env: QueueEnv, kwargs: dict[str, Any], error: type[Exception]
+    ) -> None:
+        queue = env.queue()
+        queue.put("x")
+        delivery = queue.get(timeout=0)
+        assert delivery is not None
+        with pytest.raises(error):
+            delivery.nack(**kwargs)
+        with pytest.raises(ScalekitError):
+            delivery.reject(kwargs.get("reason"))  # type: ignore[arg-type]
+        for seconds in (float("nan"), 10**400, True):
+            with pytest.raises(ScalekitError, match="seconds"):
+                delivery.extend(seconds)  # type: ignore[arg-type]
+        assert queue.stats().in_flight == 1
+        delivery.ack()
+        assert queue.stats().total == 0
+
+    @pytest.mark.parametrize("limit", [-1, 10**400, 1.5, True, "1"])
+    def test_a_hostile_redrive_limit_is_refused(self, env: QueueEnv, limit: Any) -> None:
+        queue = env.queue()
+        queue.put("x")
+        delivery = queue.get(timeout=0)
+        assert delivery is not None
+        delivery.reject("poison")
+        with pytest.raises(ScalekitError, match="limit"):
+            queue.redrive(limit)
+        assert queue.stats().dead_letters == 1
 
     @pytest.mark.parametrize(
         "options",
@@ -175,16 +301,40 @@ class QueueContract:
             {"max_deliveries": 1.5},
             {"maxsize": 0},
             {"dedup_window": -1},
+            {"visibility_timeout": float("nan")},
+            {"visibility_timeout": float("inf")},
+            {"visibility_timeout": 10**400},
+            {"visibility_timeout": True},
+            {"max_deliveries": True},
+            {"maxsize": 10**400},
+            {"dedup_window": float("nan")},
         ],
     )
     def test_bad_queue_options_are_refused(self, env: QueueEnv, options: dict[str, Any]) -> None:
-        with pytest.raises(ConfigurationError):
+        with pytest.raises((ConfigurationError, ArgumentTypeError), match=next(iter(options))):
             env.queue("bad", **options)
 
-    @pytest.mark.parametrize("name", ["", " q", "a\nb", "x" * 201, "q.dlq"])
+    @pytest.mark.parametrize("name", ["", " q", "a\nb", "x" * 201, "q.dlq", "\ud800"])
     def test_bad_queue_names_are_refused(self, env: QueueEnv, name: str) -> None:
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigurationError):
             env.queue(name)
+        with pytest.raises(ArgumentTypeError):
+            env.queue(None)  # type: ignore[arg-type]
+
+    def test_topic_and_queue_names_never_collide(self, env: QueueEnv) -> None:
+        """Topic "q" group "x/y" would be stored as queue "q/x/y": '/' is refused in
+        topic and group names, so a group's queue "t/g" has one meaning."""
+        with pytest.raises(ConfigurationError, match="/"):
+            env.broker.topic("q").subscribe("x/y")
+        with pytest.raises(ConfigurationError, match="/"):
+            env.broker.topic("q/x").subscribe("y")
+        plain = env.queue("q/x/y")
+        group = env.broker.topic("q").subscribe("x")
+        env.broker.topic("q").publish("to the group")
+        assert plain.get(timeout=0) is None
+        got = group.get(timeout=0)
+        assert got is not None
+        assert got.body == "to the group"
 
     def test_ids_are_unique(self, env: QueueEnv) -> None:
         queue = env.queue()

@@ -16,7 +16,7 @@ from tests.mq import env_redis, env_sqlite
 def memory_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueueEnv]:
     clock = FakeClock(1_700_000_000.0)
     broker = Broker(MemoryBackend(), clock=clock)
-    yield QueueEnv(broker, clock.advance, fake_time=True)
+    yield QueueEnv(broker, clock.advance, fake_time=True, make_backend=MemoryBackend)
     broker.close()
 
 

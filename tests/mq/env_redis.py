@@ -8,6 +8,7 @@ sleep for real.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -42,8 +43,13 @@ def redis_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueueE
     client = redis.Redis.from_url(url)
     prefix = unique_prefix()
     broker = Broker(RedisStreamsBackend(client, prefix=prefix))
+    made = itertools.count()
+
+    def make_backend() -> RedisStreamsBackend:
+        return RedisStreamsBackend(client, prefix=f"{prefix}:check{next(made)}")
+
     try:
-        yield QueueEnv(broker, time.sleep, fake_time=False)
+        yield QueueEnv(broker, time.sleep, fake_time=False, make_backend=make_backend)
     finally:
         broker.close()
         delete_keys(client, prefix)

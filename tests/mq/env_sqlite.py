@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,7 +22,12 @@ def sqlite_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Queue
     def advance(seconds: float) -> None:
         clock.advance(seconds)
 
-    yield QueueEnv(broker, advance, fake_time=True)
+    made = itertools.count()
+
+    def make_backend() -> SqliteBackend:
+        return SqliteBackend(tmp_path / f"check-{next(made)}.db", synchronous="NORMAL")
+
+    yield QueueEnv(broker, advance, fake_time=True, make_backend=make_backend)
     broker.close()
 
 

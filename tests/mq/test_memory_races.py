@@ -202,6 +202,7 @@ def assert_counters(queue: Queue, ledger: Ledger) -> None:
     assert stats.dead_lettered == sum(ledger.dead.values()), (stats, sum(ledger.dead.values()))
     assert stats.dead_letters == 0, stats  # the test drained them
     assert structure_problems(queue) == []
+    queue._check()  # type: ignore[attr-defined]
 
 
 def drain_dead_letters(queue: Queue, ledger: Ledger, stop: threading.Event) -> None:
@@ -822,8 +823,11 @@ def test_internal_invariants_checker() -> None:
     held = queue.get_many(3, timeout=0)
     held[0].extend(60.0)
     assert structure_problems(queue) == []
+    queue._check()
     queue._expiry.clear()
     assert structure_problems(queue)
+    with pytest.raises(AssertionError, match="no deadline entry"):
+        queue._check()
     assert math.isfinite(queue._due)
 
 
@@ -1135,10 +1139,11 @@ def test_interleaving_pruning_keeps_a_concurrent_gets_deadline() -> None:
     (or, appending during the copy, makes stats()/get() raise 'deque mutated during
     iteration')"""
     queue = memory_queue("prune", visibility_timeout=0.3)
-    for i in range(4_096):  # settled deliveries: their deadline entries wait in the deque
+    slack = queue._prune_at
+    for i in range(slack):  # settled deliveries: their deadline entries wait in the deque
         queue.put(i)
         queue.get(timeout=0).ack()  # type: ignore[union-attr]
-    assert len(queue._expiry) == 4_096 == queue._prune_at
+    assert len(queue._expiry) == slack
     errors, got = Errors(), []
     pause = Pause(always)
     queue._expiry = HookedDeque(queue._expiry, append=pause)
@@ -1146,7 +1151,7 @@ def test_interleaving_pruning_keeps_a_concurrent_gets_deadline() -> None:
 
     def another_get_then_prune() -> None:
         queue.put("x")
-        queue.get(timeout=0).ack()  # type: ignore[union-attr] # 4,097 entries
+        queue.get(timeout=0).ack()  # type: ignore[union-attr] # one entry past the slack
         queue.stats()  # prunes
 
     # the get has "crashed" in flight and is about to append its deadline

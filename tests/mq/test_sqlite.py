@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from scalekit.errors import (
+    ArgumentTypeError,
     BackendError,
     ClosedError,
     ConfigurationError,
@@ -338,7 +339,7 @@ def test_an_empty_file_becomes_a_store_with_the_markers(tmp_path: Path) -> None:
 
 
 def test_sqlite_errors_are_wrapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import scalekit.mq._sqlite as module
+    import scalekit.mq._sqlite._schema as module
 
     monkeypatch.setattr(module, "_BUSY_TIMEOUT", 0.05)
     path = tmp_path / "q.db"
@@ -377,7 +378,7 @@ def test_sqlite_errors_are_wrapped(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     ],
 )
 def test_bad_settings_are_refused(tmp_path: Path, kwargs: dict[str, Any]) -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises((ConfigurationError, ArgumentTypeError)):
         SqliteBackend(tmp_path / "q.db", **kwargs)
     assert not (tmp_path / "q.db").exists()  # refused before anything was created
 
@@ -765,3 +766,35 @@ def test_a_put_racing_close_is_drained_or_refused(tmp_path: Path) -> None:
             for thread in threads:
                 thread.join(10)
             assert sorted(got) == sorted(put)
+
+
+def test_a_receive_commits_without_an_fsync_of_its_own(tmp_path: Path) -> None:
+    """With synchronous="FULL", puts and settlements are fsynced; a receive is not
+    (a lost receive only delivers the message again): it runs with NORMAL, unless
+    its group commit shares the transaction with a job that needs FULL."""
+    backend = SqliteBackend(tmp_path / "q.db")
+    store = backend._store
+
+    def mode(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+    assert store.run(mode) == 2
+    assert store.run(mode, durable=False) == 1
+    assert store.run(mode) == 2  # back to FULL for the next durable job
+    seen: list[bool] = []
+    real_run = store.run
+
+    def spy(function: Any, *, durable: bool = True) -> Any:
+        seen.append(durable)
+        return real_run(function, durable=durable)
+
+    store.run = spy  # type: ignore[method-assign]
+    broker = Broker(backend)
+    queue = broker.queue("jobs")
+    seen.clear()
+    queue.put("x")
+    delivery = queue.get(timeout=0)
+    assert delivery is not None
+    delivery.ack()
+    assert seen == [True, False, True]  # put, get, ack
+    broker.close()

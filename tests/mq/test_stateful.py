@@ -203,6 +203,10 @@ class QueueMachine(RuleBasedStateMachine):
             message.state, message.attempts, message.current = "ready", 0, None
 
     @invariant()
+    def structure_holds(self) -> None:
+        self.queue._check()  # type: ignore[attr-defined]
+
+    @invariant()
     def counts_match(self) -> None:
         self.model.catch_up(self.clock())
         stats = self.queue.stats()

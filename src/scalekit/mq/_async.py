@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
+from scalekit._validate import check_count, type_name
+from scalekit.errors import ArgumentTypeError
 from scalekit.mq._body import Body
 from scalekit.mq._queue import Delivery, MessageId, Queue, check_timeout
 
@@ -32,6 +34,8 @@ class AsyncQueue:
     """
 
     def __init__(self, queue: Queue) -> None:
+        if not isinstance(queue, Queue):
+            raise ArgumentTypeError(f"queue must be a scalekit.mq Queue, got {type_name(queue)}")
         self.queue = queue
 
     @property
@@ -74,8 +78,7 @@ class AsyncQueue:
 
     async def get_many(self, n: int, timeout: float | None = None) -> list[Delivery]:
         """:meth:`Queue.get_many`."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an int >= 1, got {n!r}")
+        n = check_count(n, "n", minimum=1)
         return await self.queue._take_async(n, check_timeout(timeout))
 
     async def ack(self, delivery: Delivery) -> None:

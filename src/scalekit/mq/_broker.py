@@ -8,7 +8,9 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
-from scalekit.errors import ClosedError, QueueFull
+from scalekit._validate import check_callable, type_name
+from scalekit._validate import check_name as check_name_text
+from scalekit.errors import ArgumentTypeError, ClosedError, ConfigurationError, QueueFull
 from scalekit.mq._body import Body
 from scalekit.mq._queue import (
     MessageId,
@@ -46,14 +48,23 @@ class Backend(Protocol):
 
 
 def check_name(name: str, what: str = "queue name") -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"a {what} is a str, got {type(name).__name__}")
-    if not name or len(name) > 200 or not name.isprintable() or name != name.strip():
-        raise ValueError(
+    """A queue, topic or group name: 1 to 200 printable characters of valid text,
+    without surrounding spaces, not ending in ``.dlq`` (the dead-letter queues').
+
+    Topic and group names may not contain ``/``: the queue of group ``g`` of topic
+    ``t`` is named ``t/g``, so no other pair of names, and no queue name without
+    exactly that meaning, maps to the same storage on any backend."""
+    check_name_text(name, what)
+    if len(name) > 200 or not name.isprintable() or name != name.strip():
+        raise ConfigurationError(
             f"a {what} is 1 to 200 printable characters without surrounding spaces, got {name!r}"
         )
     if name.endswith(".dlq"):
-        raise ValueError(f"{name!r}: names ending in .dlq are the dead-letter queues'")
+        raise ConfigurationError(f"{name!r}: names ending in .dlq are the dead-letter queues'")
+    if what != "queue name" and "/" in name:
+        raise ConfigurationError(
+            f"a {what} may not contain '/' (a group's queue is 'topic/group'), got {name!r}"
+        )
     return name
 
 
@@ -76,7 +87,9 @@ class Broker:
 
             backend = MemoryBackend()
         if not isinstance(backend, Backend):
-            raise TypeError(f"not a queue backend: {type(backend).__name__}")
+            raise ArgumentTypeError(f"backend must be a queue backend, got {type_name(backend)}")
+        if clock is not None:
+            check_callable(clock, "clock")
         self.backend = backend
         self._clock: Clock = time.time if clock is None else clock
         self._lock = threading.Lock()

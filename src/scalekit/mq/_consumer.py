@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 from collections.abc import Callable
@@ -10,8 +11,16 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from scalekit.errors import ConfigurationError, DeliveryExpired
-from scalekit.mq._queue import Delivery, Queue
+from scalekit._validate import (
+    check_callable,
+    check_count,
+    check_name,
+    check_number,
+    check_seconds,
+    type_name,
+)
+from scalekit.errors import ArgumentTypeError, ConfigurationError, DeliveryExpired
+from scalekit.mq._queue import Delivery, Queue, check_timeout
 
 __all__ = ["Backoff", "Consumer"]
 
@@ -22,7 +31,14 @@ log = logging.getLogger("scalekit.mq")
 class Backoff:
     """Exponential backoff with jitter: before attempt ``n + 1``, wait between half
     and all of ``min(cap, base * factor ** (n - 1))`` seconds ("equal jitter", so
-    failing consumers do not retry in lockstep, yet never at once)."""
+    failing consumers do not retry in lockstep, yet never at once).
+
+    The exponent stops growing once the cap is reached, so any attempt number
+    works (``Backoff()(10**6)`` is ``cap``-bound, not an overflow).
+
+    >>> Backoff(jitter=False)(3), Backoff(jitter=False)(10**6)
+    (4.0, 300.0)
+    """
 
     base: float = 1.0
     factor: float = 2.0
@@ -30,11 +46,31 @@ class Backoff:
     jitter: bool = True
 
     def __post_init__(self) -> None:
-        if not (0 <= self.base <= self.cap) or self.factor < 1:
-            raise ConfigurationError("need 0 <= base <= cap and factor >= 1")
+        set_ = object.__setattr__
+        set_(self, "base", check_seconds(self.base, "base", allow_zero=True))
+        set_(self, "cap", check_seconds(self.cap, "cap", allow_zero=True))
+        set_(self, "factor", check_number(self.factor, "factor", minimum=1.0, maximum=1e6))
+        if not isinstance(self.jitter, bool):
+            raise ArgumentTypeError(f"jitter must be a bool, got {type_name(self.jitter)}")
+        if self.base > self.cap:
+            raise ConfigurationError(f"need base <= cap, got base={self.base} cap={self.cap}")
 
     def __call__(self, attempt: int, rng: random.Random | None = None) -> float:
-        delay = min(self.cap, self.base * self.factor ** max(0, attempt - 1))
+        """Seconds to wait after failed attempt ``attempt`` (1 for the first).
+        Runtime complexity: O(1)."""
+        attempt = check_count(attempt, "attempt")
+        delay = self.base
+        if delay and self.factor > 1 and attempt > 1:
+            # compared in logarithms: factor ** (attempt - 1) itself may overflow
+            grown = math.log(delay) + (attempt - 1) * math.log(self.factor)
+            if grown >= math.log(self.cap):
+                delay = self.cap
+            else:
+                try:
+                    delay *= self.factor ** (attempt - 1)
+                except OverflowError:  # a base of 1e-300: below the cap all the same
+                    delay = math.exp(grown)
+        delay = min(self.cap, delay)
         if not self.jitter:
             return delay
         return delay / 2 + (rng or random).uniform(0, delay / 2)
@@ -75,10 +111,14 @@ class Consumer:
         pass_delivery: bool = False,
         name: str | None = None,
     ) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigurationError(f"concurrency is an int >= 1, got {concurrency!r}")
-        if not callable(handler):
-            raise TypeError(f"handler must be callable, got {handler!r}")
+        if not isinstance(queue, Queue):
+            raise ArgumentTypeError(f"queue must be a scalekit.mq Queue, got {type_name(queue)}")
+        check_callable(handler, "handler")
+        concurrency = check_count(concurrency, "concurrency", minimum=1, maximum=4096)
+        if retry_backoff is not None:
+            check_callable(retry_backoff, "retry_backoff")
+        if name is not None:
+            check_name(name, "name")
         self.queue = queue
         self.handler = handler
         self.concurrency = concurrency
@@ -108,6 +148,7 @@ class Consumer:
     def stop(self, timeout: float | None = None) -> bool:
         """Take no new messages; wait up to ``timeout`` seconds (None: as long as it
         takes) for running handlers. True if every thread has finished."""
+        timeout = check_timeout(timeout)
         self._stopping.set()
         self.queue._wake_all()
         for thread in self._threads:
@@ -117,6 +158,7 @@ class Consumer:
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the threads to exit (after :meth:`stop`, or once the queue is
         closed and drained); True if they all have."""
+        timeout = check_timeout(timeout)
         for thread in self._threads:
             thread.join(timeout)
         return not any(thread.is_alive() for thread in self._threads)
@@ -137,14 +179,28 @@ class Consumer:
         self.stop()
 
     def _work(self) -> None:
+        """A worker thread's loop. It never dies of an error: a failing take (the
+        backend is down, a damaged store) is logged and retried after a pause that
+        grows to a second; a failing handler or settlement is logged."""
         stopping = self._stopping.is_set
+        pause = 0.0
         while not stopping():
-            got = self.queue._take(1, None, stopping)
+            try:
+                got = self.queue._take(1, None, stopping)
+            except Exception:
+                pause = min(1.0, pause * 2 or 0.01)
+                log.exception("%s: taking a message failed; retrying in %.2f s", self.name, pause)
+                self._stopping.wait(pause)
+                continue
+            pause = 0.0
             if not got:
                 if self.queue.closed:
                     return
                 continue
-            self._handle(got[0])
+            try:
+                self._handle(got[0])
+            except Exception:  # a settlement failed (the backend is down...)
+                log.exception("%s: settling message %r failed", self.name, got[0].id)
 
     def _handle(self, delivery: Delivery) -> None:
         try:
@@ -160,10 +216,14 @@ class Consumer:
                 exc_info=True,
             )
             try:
-                delivery.nack(
-                    self.retry_backoff(delivery.attempt),
-                    reason=f"{type(exc).__name__}: {exc}",
+                delay = check_seconds(
+                    self.retry_backoff(delivery.attempt), "retry_backoff()", allow_zero=True
                 )
+            except Exception:
+                log.exception("%s: retry_backoff failed; retrying at once", self.name)
+                delay = 0.0
+            try:
+                delivery.nack(delay, reason=_reason(exc))
             except DeliveryExpired:
                 log.warning("%s: message %r timed out during its handler", self.name, delivery.id)
             return
@@ -182,3 +242,9 @@ class Consumer:
 
     def __repr__(self) -> str:
         return f"<Consumer {self.name!r} x{self.concurrency}>"
+
+
+def _reason(exc: BaseException) -> str:
+    """A dead-letter reason for ``exc``, valid text whatever the exception says."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text.encode("utf-8", "replace").decode()

@@ -11,8 +11,9 @@ from collections.abc import Callable, Mapping
 from itertools import count
 from typing import Any
 
-from scalekit.errors import DeliveryExpired, QueueFull
-from scalekit.mq._body import Body
+from scalekit._waiting import Wakeups
+from scalekit.errors import QueueFull
+from scalekit.mq._body import JSON_OPTIONS, Body, Stored, encode, orjson_dumps
 from scalekit.mq._queue import (
     DEAD_LETTER_ATTEMPTS,
     DEAD_LETTER_QUEUE,
@@ -23,12 +24,12 @@ from scalekit.mq._queue import (
     Queue,
     QueueOptions,
     QueueStats,
-    Wakeups,
     check_limit,
     check_timeout,
     expiry_reason,
     nack_reason,
     open_handle,
+    settle_failed,
 )
 from scalekit.protocols import Clock
 
@@ -36,6 +37,14 @@ __all__ = ["MemoryBackend"]
 
 _MISSING: Any = object()
 _FREE_THREADED = not getattr(sys, "_is_gil_enabled", lambda: True)()
+_dumps = orjson_dumps
+_NO_DELAY = 0.0
+_NO_PRIORITY = 0
+_PRUNE_SLACK = 256
+"""Settled deliveries the deadline deque may keep before it is pruned (beyond twice
+those in flight). Small: each one holds its message, and a few hundred stay in the
+CPU's caches where thousands do not (measured with a small dict body: put + get +
+ack 2.9 us with 256, 5.3 us with 4,096; pruning stays O(1) per message)."""
 
 
 def _peek(counter: count[int]) -> int:
@@ -45,20 +54,13 @@ def _peek(counter: count[int]) -> int:
 
 def _settle_failed(delivery: Delivery, action: str) -> None:
     """``action`` found ``delivery`` no longer in flight: say why (ack twice is fine)."""
-    queue = delivery._queue
     state = delivery._settled
     if state is None:
         # Time-outs, nacks and rejects set the state under the lock; only a lock-free
         # ack in another thread takes a delivery out of flight before saying so.
-        with queue._lock:  # type: ignore[attr-defined]
+        with delivery._queue._lock:  # type: ignore[attr-defined]
             state = delivery._settled or "acked"
-    if state == "acked" and action == "ack":
-        return
-    why = f"was {state} already" if state else "timed out and is delivered again"
-    raise DeliveryExpired(
-        f"cannot {action} delivery {delivery.attempt} of message {delivery.id!r} in "
-        f"{queue.name!r}: it {why}"
-    )
+    settle_failed(delivery, action, state)
 
 
 class _MemoryDelivery(Delivery):
@@ -108,6 +110,7 @@ class _MemoryQueue(Queue):
         # A bounded queue counts in flight exactly, and free-threaded CPython gives no
         # ordering between threads for the lock-free paths: both take the lock always.
         self._bounded = options.maxsize is not None or _FREE_THREADED
+        self._fast_puts = not self._bounded  # and not closed: the lock-free put may run
         self._ready: deque[_MemoryDelivery] = deque()
         self._ranked: list[tuple[int, MessageId, _MemoryDelivery]] = []  # (-priority, id, d)
         self._delayed: list[tuple[float, MessageId, _MemoryDelivery]] = []
@@ -117,7 +120,7 @@ class _MemoryQueue(Queue):
         self._late_order = count()
         self._due = -math.inf  # when the locked maintenance must next run: now
         self._due_lowered = False  # set under the lock: wake every getter to re-plan
-        self._prune_at = 4096
+        self._prune_at = _PRUNE_SLACK
         self._dedup: dict[str, tuple[MessageId, float]] = {}
         self._dedup_order: deque[tuple[float, str]] = deque()
         self._delivered = count()
@@ -131,25 +134,37 @@ class _MemoryQueue(Queue):
         self,
         body: Body,
         *,
-        delay: float = 0.0,
-        priority: int = 0,
+        delay: float = _NO_DELAY,
+        priority: int = _NO_PRIORITY,
         dedup_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> MessageId:
-        kind = type(body)
-        simple = (
-            (kind is bytes or kind is str)
-            and not (delay or priority or headers or self._bounded)
+        if (  # identity with the defaults (any int 0 too): other values take the checked path
+            delay is _NO_DELAY
+            and priority is _NO_PRIORITY
+            and headers is None
             and dedup_key is None
             and timeout is None
-        )
-        if simple and not self._closed:
+            and self._fast_puts
+        ):  # the common put: no option to check, nothing but the body to encode
+            kind = body.__class__
+            if kind is bytes:
+                stored: Stored = body
+            elif kind is dict and _dumps is not None:  # encode_json, inlined: the usual body
+                try:
+                    data = _dumps(body, option=JSON_OPTIONS)
+                except TypeError:
+                    stored = encode(body)
+                else:
+                    stored = (data,) if data.find(b"null") < 0 else encode(body)
+            else:
+                stored = encode(body)
             message_id = next(self._ids)
-            delivery = _MemoryDelivery(self, message_id, body, None, 0, self._clock(), 1)
+            delivery = _MemoryDelivery(self, message_id, stored, None, 0, self._clock(), 1)
             self._ready.append(delivery)
             if self._closed:  # another thread closed it meanwhile
-                self._withdraw(delivery)  # type: ignore[unreachable]
+                self._withdraw(delivery)
             if self._getters.sleepers:
                 self._getters.wake()
             return message_id
@@ -402,7 +417,7 @@ class _MemoryQueue(Queue):
             if entry[1] in inflight and entry[1]._deadline == entry[0]:
                 kept.append(entry)
         expiry.extendleft(reversed(kept))  # back in front of any appended meanwhile, in order
-        self._prune_at = 2 * len(expiry) + 4096
+        self._prune_at = 2 * len(expiry) + _PRUNE_SLACK
 
     def _time_out(self, delivery: _MemoryDelivery) -> bool:
         """Under the lock: the delivery's deadline passed; deliver it again or bury it."""
@@ -522,6 +537,7 @@ class _MemoryQueue(Queue):
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            self._fast_puts = False
         self._wake_all()
 
     def _wake_all(self) -> None:
@@ -637,6 +653,61 @@ class _MemoryQueue(Queue):
         if moving:
             self._getters.wake(everyone=True)
         return len(moving)
+
+    def _check(self) -> None:
+        """Assert the queue's invariants (and its dead letters'), for tests; call
+        it when no other thread uses the queue. Runtime complexity: O(n).
+
+        Every message is in exactly one place; ready priority-0 messages are in the
+        line and others in the heap; the heaps are heaps; every delivery in flight
+        has a live deadline entry and is unsettled; ``_due`` is no later than the
+        earliest deadline or delay; a bounded queue holds at most ``maxsize``;
+        the counters agree with each other."""
+        with self._lock:
+            places: dict[MessageId, str] = {}
+
+            def place(delivery: _MemoryDelivery, where: str) -> None:
+                assert delivery.id not in places, (
+                    f"message {delivery.id!r} is {places[delivery.id]} and {where}"
+                )
+                assert delivery._queue is self, f"message {delivery.id!r} of another queue"
+                places[delivery.id] = where
+
+            for delivery in self._ready:
+                assert not delivery.priority, f"priority {delivery.priority} in the line"
+                assert delivery._settled is None
+                place(delivery, "ready")
+            for rank, message_id, delivery in self._ranked:
+                assert (rank, message_id) == (-delivery.priority, delivery.id)
+                assert rank
+                place(delivery, "ranked")
+            for _, message_id, delivery in self._delayed:
+                assert message_id == delivery.id
+                place(delivery, "delayed")
+            live = {id(d) for deadline, d in self._expiry if d._deadline == deadline}
+            live |= {id(d) for deadline, _, d in self._late if d._deadline == deadline}
+            for delivery in self._inflight:
+                assert delivery._settled is None, f"{delivery!r} is settled but in flight"
+                assert id(delivery) in live, f"{delivery!r} has no deadline entry"
+                place(delivery, "in flight")
+            for heap in (self._ranked, self._delayed, self._late):
+                for i in range(1, len(heap)):
+                    assert heap[(i - 1) // 2][:2] <= heap[i][:2], "a heap out of order"
+            # a lock-free get may have read the clock just before another thread's
+            # maintenance: a deadline a little before ``_due`` is accepted
+            due = [d._deadline for d in self._inflight] + [e[0] for e in self._delayed]
+            assert not due or self._due <= min(due) + 1.0, f"_due {self._due} > {min(due)}"
+            if self.maxsize is not None:
+                assert len(places) <= self.maxsize, f"{len(places)} > maxsize {self.maxsize}"
+            delivered, redelivered, acked = (
+                _peek(self._delivered),
+                _peek(self._redelivered),
+                _peek(self._acked),
+            )
+            assert redelivered <= delivered, f"{redelivered} redelivered of {delivered}"
+            assert acked <= delivered, f"{acked} acked of {delivered} delivered"
+        if isinstance(self._dead_letters, _MemoryQueue):
+            self._dead_letters._check()
 
 
 class MemoryBackend:

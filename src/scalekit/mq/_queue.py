@@ -9,19 +9,16 @@ A backend subclasses :class:`Queue` and implements the storage operations
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
-import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeAlias, TypeVar
 
-from scalekit.errors import ClosedError, ConfigurationError
-from scalekit.mq._body import Body, check_headers, decode, encode
+from scalekit._validate import check_count, check_seconds, check_str, type_name
+from scalekit.errors import ArgumentTypeError, ClosedError, ConfigurationError, DeliveryExpired
+from scalekit.mq._body import Body, Stored, check_headers, check_text, decode, encode, fast_loads
 from scalekit.protocols import Clock
 
 __all__ = [
@@ -34,7 +31,7 @@ __all__ = [
     "Queue",
     "QueueOptions",
     "QueueStats",
-    "Wakeups",
+    "settle_failed",
 ]
 
 MessageId: TypeAlias = int | str
@@ -57,24 +54,22 @@ class QueueOptions:
     dedup_window: float = 300.0
 
     def __post_init__(self) -> None:
-        if not (0 < self.visibility_timeout < math.inf):
-            raise ConfigurationError(
-                f"visibility_timeout is seconds > 0, got {self.visibility_timeout!r}"
+        # normalised in place (frozen): seconds as floats, counts as ints
+        set_ = object.__setattr__
+        set_(
+            self, "visibility_timeout", check_seconds(self.visibility_timeout, "visibility_timeout")
+        )
+        if self.max_deliveries is not None:
+            set_(
+                self,
+                "max_deliveries",
+                check_count(self.max_deliveries, "max_deliveries", minimum=1),
             )
-        if self.max_deliveries is not None and (
-            isinstance(self.max_deliveries, bool)
-            or not isinstance(self.max_deliveries, int)
-            or self.max_deliveries < 1
-        ):
-            raise ConfigurationError(
-                f"max_deliveries is an int >= 1 or None, got {self.max_deliveries!r}"
-            )
-        if self.maxsize is not None and (
-            isinstance(self.maxsize, bool) or not isinstance(self.maxsize, int) or self.maxsize < 1
-        ):
-            raise ConfigurationError(f"maxsize is an int >= 1 or None, got {self.maxsize!r}")
-        if not (0 <= self.dedup_window < math.inf):
-            raise ConfigurationError(f"dedup_window is seconds >= 0, got {self.dedup_window!r}")
+        if self.maxsize is not None:
+            set_(self, "maxsize", check_count(self.maxsize, "maxsize", minimum=1))
+        set_(
+            self, "dedup_window", check_seconds(self.dedup_window, "dedup_window", allow_zero=True)
+        )
 
 
 @dataclass(frozen=True)
@@ -110,32 +105,39 @@ class QueueStats:
         return self.ready + self.delayed + self.in_flight
 
 
-Outgoing = tuple[bytes | str, dict[str, str] | None, int, float]
+Outgoing = tuple[Stored, dict[str, str] | None, int, float]
 """A message about to be stored: (stored body, headers, priority, delay in seconds)."""
 
 
+MAX_PRIORITY = 2**53
+"""Priorities lie within +-MAX_PRIORITY on every backend (Redis keeps them as
+sorted-set scores, exact to 2**53)."""
+
+
 def check_timeout(timeout: float | None, what: str = "timeout") -> float | None:
+    """Seconds to wait, None for no limit (``math.inf`` means no limit too)."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds or None, got {timeout!r}")
-    if not timeout >= 0 or math.isnan(timeout):
-        raise ValueError(f"{what} must be >= 0 seconds or None, got {timeout!r}")
-    return float(timeout)
+    seconds = check_seconds(timeout, what, allow_zero=True, allow_inf=True)
+    return None if seconds == math.inf else seconds
 
 
 def check_delay(delay: float, what: str = "delay") -> float:
-    if isinstance(delay, bool) or not isinstance(delay, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds, got {delay!r}")
-    if not (0 <= delay < math.inf):
-        raise ValueError(f"{what} must be finite seconds >= 0, got {delay!r}")
-    return float(delay)
+    return check_seconds(delay, what, allow_zero=True)
 
 
 def check_limit(limit: int | None) -> int | None:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
-    return limit
+    return None if limit is None else check_count(limit, "limit")
+
+
+def check_dedup_key(dedup_key: str | None) -> str | None:
+    return None if dedup_key is None else check_text(check_str(dedup_key, "dedup_key"), "dedup_key")
+
+
+def check_reason(reason: str | None, allow_none: bool) -> str | None:
+    if reason is None and allow_none:
+        return None
+    return check_text(check_str(reason, "reason", allow_empty=True), "reason")
 
 
 def open_handle(
@@ -162,9 +164,7 @@ def make_outgoing(
 
 
 def check_priority(priority: int) -> int:
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise TypeError(f"priority must be an int, got {priority!r}")
-    return priority
+    return check_count(priority, "priority", minimum=-MAX_PRIORITY, maximum=MAX_PRIORITY)
 
 
 class Delivery:
@@ -193,7 +193,7 @@ class Delivery:
         self,
         queue: Queue,
         message_id: MessageId,
-        stored: bytes | str,
+        stored: Stored,
         headers: dict[str, str] | None,
         priority: int,
         enqueued_at: float,
@@ -211,8 +211,15 @@ class Delivery:
 
     @property
     def body(self) -> Body:
-        """The body as it was put: bytes, str or a (fresh) JSON value."""
-        return decode(self._stored)
+        """The body as it was put: bytes, str or a (fresh) JSON value.
+        Runtime complexity: O(size of the body)."""
+        stored = self._stored
+        kind = stored.__class__
+        if kind is tuple:  # JSON the fast codec reads exactly
+            return fast_loads(stored[0])  # type: ignore[arg-type]
+        if kind is bytes or kind is str:
+            return stored
+        return decode(stored)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -241,13 +248,12 @@ class Delivery:
     def nack(self, delay: float = 0.0, *, reason: str | None = None) -> None:
         """Give the message back for another attempt, visible again after ``delay``
         seconds; on its last allowed attempt it goes to the dead letters instead."""
-        self._queue._nack(self, check_delay(delay), reason)
+        delay = check_delay(delay)
+        self._queue._nack(self, delay, check_reason(reason, allow_none=True))
 
     def reject(self, reason: str = "rejected") -> None:
         """Send the message to the dead letters now, whatever its attempts."""
-        if not isinstance(reason, str):
-            raise TypeError(f"reason must be a str, got {reason!r}")
-        self._queue._reject(self, reason)
+        self._queue._reject(self, check_reason(reason, allow_none=False))  # type: ignore[arg-type]
 
     def extend(self, seconds: float) -> None:
         """Keep the message invisible to others for ``seconds`` from now (a long task
@@ -259,121 +265,6 @@ class Delivery:
             f"<Delivery {self.id!r} of {self._queue.name!r}, attempt {self.attempt}"
             f"{', ' + self._settled if self._settled else ''}>"
         )
-
-
-class Wakeups:
-    """Blocked threads and asyncio tasks waiting for one kind of event (a message
-    ready, or room in a bounded queue), woken by events rather than polling.
-
-    ``sleepers`` is read without the lock by the side that makes the event, after
-    it has made it: a waiter counts itself in before it checks, so one of the two
-    always sees the other (no lost wake-up).
-    """
-
-    def __init__(self, lock: threading.Lock) -> None:
-        self._cond = threading.Condition(lock)
-        self.sleepers = 0
-        self._generation = 0
-        self._tasks: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
-
-    def wake(self, everyone: bool = False) -> None:
-        """Wake one blocked thread (or all) and every waiting task."""
-        with self._cond:
-            self._generation += 1
-            if everyone:
-                self._cond.notify_all()
-            else:
-                self._cond.notify()
-            tasks = list(self._tasks)
-        for loop, future in tasks:
-            with contextlib.suppress(RuntimeError):  # a closed loop: its waiter is gone
-                loop.call_soon_threadsafe(_resolve, future)
-
-    def wait(
-        self,
-        attempt: Callable[[], T | None],
-        timeout: float | None,
-        until: Callable[[], float | None],
-        give_up: Callable[[], bool] = lambda: False,
-    ) -> T | None:
-        """Call ``attempt`` until it returns something, waiting between tries for
-        a wake-up, ``timeout`` (None: no limit) or the seconds ``until()`` returns
-        (when something becomes due: None, nothing). None once timed out or
-        once ``give_up()`` is true."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        cond = self._cond
-        with cond:
-            self.sleepers += 1
-        try:
-            while True:
-                generation = self._generation
-                got = attempt()
-                if got is not None:
-                    return got
-                if give_up():  # one last look: what was put before the close is drained
-                    return attempt()
-                wait = _seconds_left(deadline, until())
-                if wait is not None and wait <= 0:
-                    return None
-                with cond:
-                    if self._generation == generation and cond.wait(wait) and give_up():
-                        cond.notify()  # woken but leaving: pass the wake-up on
-        finally:
-            with cond:
-                self.sleepers -= 1
-
-    async def wait_async(
-        self,
-        attempt: Callable[[], T | None],
-        timeout: float | None,
-        until: Callable[[], float | None],
-        give_up: Callable[[], bool] = lambda: False,
-    ) -> T | None:
-        """:meth:`wait` for a coroutine: the task sleeps on a future, not a thread."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            future: asyncio.Future[None] = loop.create_future()
-            entry = (loop, future)
-            with self._cond:
-                self.sleepers += 1
-                self._tasks.add(entry)
-            try:
-                got = attempt()
-                if got is not None:
-                    return got
-                if give_up():
-                    return attempt()
-                wait = _seconds_left(deadline, until())
-                if wait is not None and wait <= 0:
-                    return None
-                try:
-                    # asyncio.wait, not wait_for: on 3.10 and 3.11 wait_for swallows a
-                    # cancellation that arrives together with the wake-up.
-                    await asyncio.wait((future,), timeout=wait)
-                except asyncio.CancelledError:
-                    if future.done() and not future.cancelled():
-                        self.wake()  # woken but cancelled: pass the wake-up on
-                    raise
-            finally:
-                with self._cond:
-                    self.sleepers -= 1
-                    self._tasks.discard(entry)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
-def _seconds_left(deadline: float | None, due_in: float | None) -> float | None:
-    """How long to sleep: until the deadline or until something is due, whichever
-    comes first (at least a millisecond when something is due, never a busy loop)."""
-    wait = None if deadline is None else deadline - time.monotonic()
-    if due_in is not None:
-        due_in = max(due_in, 0.001)
-        wait = due_in if wait is None else min(wait, due_in)
-    return wait
 
 
 class Queue(ABC):
@@ -436,10 +327,9 @@ class Queue(ABC):
         ``timeout`` seconds (None: as long as it takes; 0: not at all) for room,
         then raises :class:`~scalekit.errors.QueueFull`.
         """
-        if dedup_key is not None and not isinstance(dedup_key, str):
-            raise TypeError(f"dedup_key must be a str, got {dedup_key!r}")
         outgoing = make_outgoing(body, headers, priority, delay)
-        return self._put([outgoing], dedup_key, check_timeout(timeout))[0]
+        timeout = check_timeout(timeout)
+        return self._put([outgoing], check_dedup_key(dedup_key), timeout)[0]
 
     def put_many(
         self,
@@ -454,6 +344,11 @@ class Queue(ABC):
         all of them or, if a bounded queue has no room for all within
         ``timeout``, none (:class:`~scalekit.errors.QueueFull`)."""
         shared = (check_headers(headers), check_priority(priority), check_delay(delay))
+        timeout = check_timeout(timeout)
+        if isinstance(bodies, (str, bytes, Mapping)) or not isinstance(bodies, Iterable):
+            raise ArgumentTypeError(
+                f"bodies must be an iterable of bodies, got {type_name(bodies)}"
+            )
         outgoing = [(encode(body), *shared) for body in bodies]
         if not outgoing:
             return []
@@ -463,7 +358,7 @@ class Queue(ABC):
             raise QueueFull(
                 f"{len(outgoing)} messages can never fit in {self.name!r} (maxsize {self.maxsize})"
             )
-        return self._put(outgoing, None, check_timeout(timeout))
+        return self._put(outgoing, None, timeout)
 
     # -- consuming ------------------------------------------------------------
 
@@ -477,8 +372,7 @@ class Queue(ABC):
     def get_many(self, n: int, timeout: float | None = None) -> list[Delivery]:
         """Up to ``n`` messages: waits (as :meth:`get`) for the first, then takes
         what else is ready without waiting."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an int >= 1, got {n!r}")
+        n = check_count(n, "n", minimum=1)
         return self._take(n, check_timeout(timeout))
 
     def __iter__(self) -> Iterator[Delivery]:
@@ -587,3 +481,17 @@ def nack_reason(reason: str | None, attempts: int) -> str:
 
 def expiry_reason(attempts: int) -> str:
     return f"not settled within the visibility timeout on delivery {attempts}"
+
+
+def settle_failed(delivery: Delivery, action: str, state: str | None = None) -> None:
+    """``action`` found ``delivery`` no longer held: say why with
+    :class:`~scalekit.errors.DeliveryExpired` (ack twice is fine). ``state``: what
+    became of it, if the backend knows better than ``delivery._settled``."""
+    state = state or delivery._settled
+    if state == "acked" and action == "ack":
+        return
+    why = f"was {state} already" if state else "timed out and is delivered again"
+    raise DeliveryExpired(
+        f"cannot {action} delivery {delivery.attempt} of message {delivery.id!r} in "
+        f"{delivery._queue.name!r}: it {why}"
+    )

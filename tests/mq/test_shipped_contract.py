@@ -1,0 +1,31 @@
+"""scalekit.testing.check_queue_backend catches a broken backend, and passes a
+sound one in one call (its checks also run one by one in the queue contract)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from scalekit.mq import MemoryBackend
+from scalekit.mq._memory import _MemoryQueue
+from scalekit.testing._queue import check_queue_backend
+
+
+def test_the_memory_backend_passes() -> None:
+    check_queue_backend(MemoryBackend)
+
+
+class _ForgetsDeadLetters(MemoryBackend):
+    """A broken backend: rejecting deletes instead of dead-lettering."""
+
+    def open_queue(self, *args: Any, **kwargs: Any) -> Any:
+        queue = super().open_queue(*args, **kwargs)
+        assert isinstance(queue, _MemoryQueue)
+        queue._bury = lambda delivery, reason: None  # type: ignore[method-assign]
+        return queue
+
+
+def test_a_broken_backend_fails_naming_the_check() -> None:
+    with pytest.raises(AssertionError, match="check_dead_letters_and_redrive"):
+        check_queue_backend(_ForgetsDeadLetters)
