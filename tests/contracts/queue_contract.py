@@ -39,7 +39,8 @@ from scalekit.mq import (
     Delivery,
     Queue,
 )
-from scalekit.testing._queue import QUEUE_CHECKS, run_queue_check
+from scalekit.testing import QUEUE_CHECKS
+from scalekit.testing._queue import run_queue_check
 
 __all__ = ["QueueContract", "QueueEnv"]
 

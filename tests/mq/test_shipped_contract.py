@@ -9,7 +9,7 @@ import pytest
 
 from scalekit.mq import MemoryBackend
 from scalekit.mq._memory import _MemoryQueue
-from scalekit.testing._queue import check_queue_backend
+from scalekit.testing import check_queue_backend
 
 
 def test_the_memory_backend_passes() -> None:

@@ -6,6 +6,8 @@
   for your own cache or store.
 - :func:`check_balancer`: the :class:`~scalekit.protocols.SupportsPick` contract,
   for your own balancer.
+- :func:`check_queue_backend`: the message-queue backend contract (at-least-once
+  delivery, redelivery, dead letters, delays), for your own backend.
 - :func:`check_sharder`: the sharding-scheme contract (placement, exact plans,
   minimal movement), for your own scheme.
 
@@ -21,13 +23,16 @@ from __future__ import annotations
 from scalekit.testing._balancer import BALANCER_CHECKS, check_balancer
 from scalekit.testing._cache import check_cache
 from scalekit.testing._clock import FakeClock
+from scalekit.testing._queue import QUEUE_CHECKS, check_queue_backend
 from scalekit.testing._sharder import SHARDER_CHECKS, check_sharder
 
 __all__ = [
     "BALANCER_CHECKS",
+    "QUEUE_CHECKS",
     "SHARDER_CHECKS",
     "FakeClock",
     "check_balancer",
     "check_cache",
+    "check_queue_backend",
     "check_sharder",
 ]
