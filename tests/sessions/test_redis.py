@@ -23,7 +23,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from scalekit.errors import BackendError, ConfigurationError, SessionCorrupted
+from scalekit.errors import ArgumentTypeError, BackendError, ConfigurationError, SessionCorrupted
 from scalekit.sessions import MemorySessionStore, Record, Session, SessionStoreBase
 from scalekit.sessions._redis import (
     MAGIC,
@@ -32,6 +32,8 @@ from scalekit.sessions._redis import (
     pack,
     ttl_ms,
 )
+from scalekit.sessions import _core
+from scalekit.sessions._core import run
 from scalekit.sessions._session import new_id
 from scalekit.testing import FakeClock
 from tests.sessions.env_redis import delete_keys, unique_prefix
@@ -43,7 +45,7 @@ redis_asyncio = pytest.importorskip("redis.asyncio")
 pytestmark = pytest.mark.redis
 
 START = 1_700_000_000.0
-HEAD = struct.Struct(">4sQdd")
+HEAD = struct.Struct(">4sQdd32x")  # magic, version, created_at, accessed_at, write ids
 
 
 @pytest.fixture
@@ -108,8 +110,10 @@ def test_refuses_the_wrong_kind_of_client(client: Any, redis_url: str) -> None:
         AsyncRedisSessionStore(client)
     with pytest.raises(ConfigurationError, match="redis-py client"):
         RedisSessionStore(object())  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError, match="prefix"):
+    with pytest.raises(ArgumentTypeError, match="prefix"):
         RedisSessionStore(client, prefix=b"sessions:")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="prefix"):
+        RedisSessionStore(client, prefix="\ud800")
     with pytest.raises(ConfigurationError, match="idle_timeout"):
         RedisSessionStore(client, idle_timeout=0)
 
@@ -134,7 +138,10 @@ def test_one_string_key_per_session_with_a_packed_record(
     assert list(client.scan_iter(match=prefix + "*")) == [(prefix + session.id).encode()]
     record, _ = raw_record(client, prefix, session.id)
     assert record == Record('{"user":7,"name":"Zoë"}'.encode(), 1, START, START)
-    assert client.get(prefix + session.id) == pack(record)
+    raw = client.get(prefix + session.id)
+    assert raw == pack(record, raw[28:36])  # the id of the write that stored it
+    assert raw[28:36] != bytes(8)
+    assert raw[36:60] == bytes(24)  # no earlier writes
 
 
 def test_native_ttl_is_the_expiry_minus_now(
@@ -310,8 +317,8 @@ def test_a_request_costs_two_round_trips(
     store.save(loaded)
     assert sent == ["GET", "EVALSHA"]
 
-    sent.clear()  # the base class's touch would read first
-    SessionStoreBase.touch(store, session.id)
+    sent.clear()  # the generic touch would read first
+    assert run(_core.touch(store.settings, session.id, False), store)
     assert sent == ["GET", "EVALSHA"]
     sent.clear()
     assert store.touch(session.id)
@@ -426,7 +433,7 @@ def test_rotate_takes_another_id_when_the_new_one_is_taken(
     session = store.create({"mine": True})
     old_id = session.id
     fresh = iter([taken.id, new_id()])
-    monkeypatch.setattr("scalekit.sessions._store.new_id", lambda: next(fresh))
+    monkeypatch.setattr("scalekit.sessions._core.new_id", lambda: next(fresh))
     rotated = store.rotate(session)
     assert rotated.id not in (taken.id, old_id)
     assert store.load(old_id) is None
@@ -458,7 +465,7 @@ def test_the_exploit_would_run_if_unpickled() -> None:
 
 
 def _with_header(data: bytes) -> bytes:
-    return HEAD.pack(MAGIC, 1, START, START) + data
+    return pack(Record(data, 1, START, START))
 
 
 @pytest.mark.parametrize(

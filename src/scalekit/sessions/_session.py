@@ -312,6 +312,22 @@ class Session(MutableMapping[str, Any]):
     def __repr__(self) -> str:
         return f"<Session {self.id[:8]}... v{self.version} {len(self._data)} keys>"
 
+    def _check(self) -> None:
+        """Assert the internal invariants (for tests).
+
+        Runtime complexity: O(size of the keys used)."""
+        assert isinstance(self._data, dict)
+        assert self.version >= 0
+        assert self.is_new == (self.version == 0) or not self.is_new
+        for key, original in self._original.items():
+            assert isinstance(key, str)
+            assert original is None or isinstance(original, str)
+        for key, delta in self._deltas.items():
+            # only a key noted when first used, holding a number, can carry a delta
+            assert key in self._original, key
+            assert _is_number(delta), delta
+            assert _is_number(self._data.get(key)), key
+
 
 def merge(
     session: Session, current: dict[str, Any], policies: Mapping[str, Policy] | None = None

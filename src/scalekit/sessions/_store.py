@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 from scalekit.protocols import Clock
 from scalekit.sessions import _core
 from scalekit.sessions._core import Settings, run, run_async
-from scalekit.sessions._session import JSON, Policy, Record, Serializer, Session
+from scalekit.sessions._session import JSON, Policy, Record, Serializer, Session, valid_id
 
 __all__ = [
     "AsyncMemorySessionStore",
@@ -298,6 +298,18 @@ class MemorySessionStore(SessionStoreBase):
     def __len__(self) -> int:
         """Sessions stored, expired ones included until purged."""
         return len(self._records)
+
+    def _check(self) -> None:
+        """Assert the internal invariants (for tests).
+
+        Runtime complexity: O(n)."""
+        with self._lock:
+            for session_id, (record, expires) in self._records.items():
+                assert valid_id(session_id), session_id
+                assert isinstance(record.data, bytes)
+                assert record.version >= 1
+                assert record.created_at <= record.accessed_at or expires <= record.accessed_at
+                assert expires == self.settings.expires(record.created_at, record.accessed_at)
 
 
 class AsyncSessionStoreBase(_ConfiguredStore, ABC):
