@@ -241,7 +241,7 @@ def corrupt(store: MemorySessionStore, payload: bytes = b"\x80\x04K\x01.") -> st
     """A session id whose stored record is not JSON (here a pickle)."""
     session_id = new_id()
     now = store.settings.clock()
-    assert store._insert(session_id, Record(payload, 1, now, now), math.inf, b"op")
+    assert store._insert(session_id, Record(payload, 1, now, now), math.inf, b"op-00001")
     return session_id
 
 

@@ -541,9 +541,9 @@ def test_a_rotation_that_cannot_insert_deletes_nothing(backend: Backend) -> None
     other = store.create({"theirs": 1})
     record = Record(b'{"mine":2}', 2, session.created_at, backend.clock())
     # the new id is taken: the DELETE of the old id is rolled back with the INSERT
-    assert store._rotate(session.id, other.id, record, math.inf, 1, b"op") is False
+    assert store._rotate(session.id, other.id, record, math.inf, 1, b"op-00001") is False
     # the old id's version is not the expected one: nothing happens
-    assert store._rotate(session.id, new_id(), record, math.inf, 7, b"op") is False
+    assert store._rotate(session.id, new_id(), record, math.inf, 7, b"op-00001") is False
     kept, theirs = store.load(session.id), store.load(other.id)
     assert kept is not None
     assert theirs is not None
@@ -553,10 +553,10 @@ def test_a_rotation_that_cannot_insert_deletes_nothing(backend: Backend) -> None
 
     async def main() -> None:
         astore = backend.amake()
-        assert await astore._rotate(session.id, other.id, record, math.inf, 1, b"op") is False
-        assert await astore._rotate(session.id, new_id(), record, math.inf, 7, b"op") is False
+        assert await astore._rotate(session.id, other.id, record, math.inf, 1, b"op-00001") is False
+        assert await astore._rotate(session.id, new_id(), record, math.inf, 7, b"op-00001") is False
         fresh = new_id()
-        assert await astore._rotate(session.id, fresh, record, math.inf, 1, b"op") is True
+        assert await astore._rotate(session.id, fresh, record, math.inf, 1, b"op-00001") is True
         assert await astore.load(session.id) is None
         moved = await astore.load(fresh)
         assert moved is not None

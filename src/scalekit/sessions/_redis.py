@@ -172,6 +172,13 @@ class _Core:
     def key(self, session_id: str) -> bytes:
         return self._prefix + session_id.encode()
 
+    @staticmethod
+    def op(op: bytes) -> bytes:
+        """``op``, checked: the ring of write ids holds 8 bytes per id."""
+        if type(op) is not bytes or len(op) != 8:
+            raise ConfigurationError(f"op must be 8 bytes, got {op!r}")
+        return op
+
     def ttl(self, expires: float) -> int:
         return ttl_ms(expires, self._settings.clock())
 
@@ -179,18 +186,20 @@ class _Core:
         self, session_id: str, record: Record, expires: float, op: bytes
     ) -> tuple[bytes, bytes, int]:
         """Key, value and TTL (0: none) of a ``SET ... NX [PX]``."""
-        return self.key(session_id), pack(record, op), self.ttl(expires)
+        return self.key(session_id), pack(record, self.op(op)), self.ttl(expires)
 
     def replace(
         self, session_id: str, record: Record, expires: float, expected: int, op: bytes
     ) -> list[Any]:
         """KEYS and ARGV of sessions_replace.lua."""
+        op = self.op(op)
         return [self.key(session_id), _VERSION.pack(expected), pack(record, op), self.ttl(expires), op]
 
     def rotate(
         self, old_id: str, new_id: str, record: Record, expires: float, expected: int, op: bytes
     ) -> list[Any]:
         """KEYS and ARGV of sessions_rotate.lua."""
+        op = self.op(op)
         return [
             self.key(old_id),
             self.key(new_id),
