@@ -129,12 +129,7 @@ def model(
                     return None
                 base = 0
             result[key] = base + incremented_only[1][key]
-        elif key not in theirs:
-            if value is _GONE:
-                result.pop(key, None)
-            else:
-                result[key] = value
-        elif POLICY.get(key) == "last_write_wins":
+        elif key not in theirs or POLICY.get(key) == "last_write_wins":
             if value is _GONE:
                 result.pop(key, None)
             else:

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from scalekit.errors import ArgumentTypeError, BackendError, ConfigurationError, SessionCorrupted
-from scalekit.sessions import MemorySessionStore, Record, Session, SessionStoreBase
+from scalekit.sessions import MemorySessionStore, Record, Session, _core
+from scalekit.sessions._core import run
 from scalekit.sessions._redis import (
     MAGIC,
     AsyncRedisSessionStore,
@@ -32,8 +33,6 @@ from scalekit.sessions._redis import (
     pack,
     ttl_ms,
 )
-from scalekit.sessions import _core
-from scalekit.sessions._core import run
 from scalekit.sessions._session import new_id
 from scalekit.testing import FakeClock
 from tests.sessions.env_redis import delete_keys, unique_prefix
@@ -906,7 +905,9 @@ def test_the_async_store_is_idempotent_too(redis_url: str, prefix: str, clock: F
             assert loaded is not None
             assert (loaded.version, loaded.to_dict()) == (2, {"n": 1})
             fresh = new_id()
-            assert await store._rotate(session.id, fresh, record, START + 60, 1, b"op-00003") is False
+            assert (
+                await store._rotate(session.id, fresh, record, START + 60, 1, b"op-00003") is False
+            )
             moved = Record(b'{"n":1}', 3, START, START)
             assert await store._rotate(session.id, fresh, moved, START + 60, 2, b"op-00003")
             assert await store._rotate(session.id, fresh, moved, START + 60, 2, b"op-00003")

@@ -105,11 +105,17 @@ class Settings:
         clock: Clock,
         policies: Mapping[str, Policy] | None = None,
     ) -> None:
-        self.idle_timeout = None if idle_timeout is None else check_seconds(idle_timeout, "idle_timeout")
-        self.absolute_timeout = (
-            None if absolute_timeout is None else check_seconds(absolute_timeout, "absolute_timeout")
+        self.idle_timeout = (
+            None if idle_timeout is None else check_seconds(idle_timeout, "idle_timeout")
         )
-        self.max_bytes = None if max_bytes is None else check_count(max_bytes, "max_bytes", minimum=2)
+        self.absolute_timeout = (
+            None
+            if absolute_timeout is None
+            else check_seconds(absolute_timeout, "absolute_timeout")
+        )
+        self.max_bytes = (
+            None if max_bytes is None else check_count(max_bytes, "max_bytes", minimum=2)
+        )
         for method in ("dumps", "loads"):
             check_callable(getattr(serializer, method, None), f"serializer.{method}")
         self.serializer = serializer
@@ -164,7 +170,9 @@ def _check_data(data: object) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, Mapping):
-        raise ArgumentTypeError(f"data must be a mapping of str to JSON values, got {type_name(data)}")
+        raise ArgumentTypeError(
+            f"data must be a mapping of str to JSON values, got {type_name(data)}"
+        )
     for key in data:
         _check_key(key)
     return dict(data)
@@ -323,4 +331,3 @@ async def run_async(flow: Flow[_R], store: Any) -> _R:
                 step = send(await getattr(store, name)(*step[1:]))
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
-

@@ -82,6 +82,7 @@ _DOUBLE = struct.Struct(">d")
 _NO_OP = bytes(8)
 _MAX_MS = 10**15  # ~31,700 years: longer TTLs are stored as this
 
+
 def ttl_ms(expires: float, now: float) -> int:
     """The TTL to give a key that expires at ``expires``: whole milliseconds from
     ``now``, rounded up, at least 1 (a session already expired by the clock still
@@ -103,8 +104,7 @@ def pack(record: Record, op: bytes = _NO_OP) -> bytes:
     (b'SKS2', 62)
     """
     return (
-        _HEAD.pack(MAGIC, record.version, record.created_at, record.accessed_at, op)
-        + record.data
+        _HEAD.pack(MAGIC, record.version, record.created_at, record.accessed_at, op) + record.data
     )
 
 
@@ -193,7 +193,13 @@ class _Core:
     ) -> list[Any]:
         """KEYS and ARGV of sessions_replace.lua."""
         op = self.op(op)
-        return [self.key(session_id), _VERSION.pack(expected), pack(record, op), self.ttl(expires), op]
+        return [
+            self.key(session_id),
+            _VERSION.pack(expected),
+            pack(record, op),
+            self.ttl(expires),
+            op,
+        ]
 
     def rotate(
         self, old_id: str, new_id: str, record: Record, expires: float, expected: int, op: bytes

@@ -249,7 +249,7 @@ class Session(MutableMapping[str, Any]):
             raise ArgumentTypeError(
                 f"session[{key!r}] holds a {type_name(current)}, not a number to increment"
             )
-        total = current + by
+        total: int | float = current + by
         if not math.isfinite(total):
             raise ConfigurationError(f"session[{key!r}] + {by!r} is not a finite number")
         written = key not in self._deltas and self._written(key)
@@ -265,7 +265,7 @@ class Session(MutableMapping[str, Any]):
         if original is _MISSING:
             return False
         value = self._data.get(key, _MISSING)
-        return (None if value is _MISSING else _encoded(value)) != original
+        return bool((None if value is _MISSING else _encoded(value)) != original)
 
     # -- what changed ---------------------------------------------------------
 
@@ -359,9 +359,8 @@ def merge(
             merged[key] = _resolved(session, key, value, theirs, policies)
     for key in deleted:
         theirs = current.get(key, _MISSING)
-        if _differs(session, key, theirs):
-            if (policies or {}).get(key) != "last_write_wins":
-                raise _conflict(session, key, "deleted here and changed by another request")
+        if _differs(session, key, theirs) and (policies or {}).get(key) != "last_write_wins":
+            raise _conflict(session, key, "deleted here and changed by another request")
         if theirs is not _MISSING:
             del merged[key]
     return merged

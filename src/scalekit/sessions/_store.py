@@ -30,6 +30,7 @@ __all__ = [
     "SessionStoreBase",
 ]
 
+
 @runtime_checkable
 class SessionStore(Protocol):
     """Where sessions live, for a stateless web tier."""
