@@ -54,6 +54,7 @@ from __future__ import annotations
 import inspect
 import math
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from scalekit._lua import register_scripts
@@ -140,7 +141,7 @@ class _Core:
     """What the sync and async stores share, free of I/O: checks, keys, script
     arguments and error translation."""
 
-    __slots__ = ("_absolute", "_idle", "_prefix", "_settings", "errors", "wrongtype")
+    __slots__ = ("_absolute", "_idle", "_prefix", "_settings", "errors", "noscript", "wrongtype")
 
     def __init__(self, client: Any, prefix: str, settings: Settings, *, asynchronous: bool) -> None:
         import redis as redis_module
@@ -165,6 +166,7 @@ class _Core:
         self._settings = settings
         self.errors: tuple[type[Exception], ...] = (redis_module.RedisError,)
         self.wrongtype: type[Exception] = redis_module.ResponseError
+        self.noscript: type[Exception] = redis_module.exceptions.NoScriptError
         idle, absolute = settings.idle_timeout, settings.absolute_timeout
         self._idle = b"" if idle is None else repr(float(idle)).encode()
         self._absolute = b"" if absolute is None else repr(float(absolute)).encode()
@@ -283,10 +285,15 @@ class RedisSessionStore(SessionStoreBase):
         self.client = client
         self.prefix = prefix
         self._scripts = register_scripts(client, _SCRIPT_NAMES)
+        self._execute: Callable[..., Any] = client.execute_command
 
     def _script(self, name: str, what: str, session_id: str, nkeys: int, args: list[Any]) -> Any:
+        script = self._scripts[name]
         try:
-            return self._scripts[name](keys=args[:nkeys], args=args[nkeys:])
+            try:  # the common case in one call: the script is loaded
+                return self._execute("EVALSHA", script.sha, nkeys, *args)
+            except self._core.noscript:  # the Script loads it and runs it again
+                return script(keys=args[:nkeys], args=args[nkeys:])
         except self._core.errors as exc:
             self._core.fail(what, session_id, exc)
 
@@ -373,12 +380,17 @@ class AsyncRedisSessionStore(AsyncSessionStoreBase):
         self.client = client
         self.prefix = prefix
         self._scripts = register_scripts(client, _SCRIPT_NAMES)
+        self._execute: Callable[..., Any] = client.execute_command
 
     async def _script(
         self, name: str, what: str, session_id: str, nkeys: int, args: list[Any]
     ) -> Any:
+        script = self._scripts[name]
         try:
-            return await self._scripts[name](keys=args[:nkeys], args=args[nkeys:])
+            try:
+                return await self._execute("EVALSHA", script.sha, nkeys, *args)
+            except self._core.noscript:
+                return await script(keys=args[:nkeys], args=args[nkeys:])
         except self._core.errors as exc:
             self._core.fail(what, session_id, exc)
 

@@ -60,9 +60,11 @@ class Serializer:
         except (TypeError, ValueError) as exc:
             raise ArgumentTypeError(f"session values must be JSON values: {exc}") from None
 
+    _decode = json.JSONDecoder().decode
+
     def loads(self, raw: bytes) -> dict[str, Any]:
         try:
-            data = json.loads(raw)
+            data = self._decode(raw.decode())  # this store writes UTF-8 only
         except (UnicodeDecodeError, ValueError) as exc:
             raise SessionCorrupted(f"a stored session is not JSON ({exc})") from None
         if not isinstance(data, dict):
@@ -94,11 +96,26 @@ def expires_at(
     )
 
 
+_encode_str = json.encoder.encode_basestring  # what the encoder uses with ensure_ascii=False
+_SCALARS = {None: "null", True: "true", False: "false"}
+
+
 def _encoded(value: Any) -> str:
     """``value`` as JSON text, or :class:`ArgumentTypeError` (also ``TypeError``) if
-    it is not a JSON value that UTF-8 can carry (a lone surrogate cannot)."""
+    it is not a JSON value that UTF-8 can carry (a lone surrogate cannot).
+
+    A str, int, bool or None is encoded directly, as ``json`` would (the common
+    session value, noted on every use: this saves the encoder's own overhead)."""
+    kind = type(value)
     try:
-        text: str = JSON._dumps(value)
+        if kind is str:
+            text: str = _encode_str(value)
+        elif kind is int:
+            text = int.__repr__(value)
+        elif value is None or kind is bool:
+            text = _SCALARS[value]
+        else:
+            text = JSON._dumps(value)
         if not text.isascii():
             text.encode()
     except (TypeError, ValueError) as exc:
@@ -209,7 +226,8 @@ class Session(MutableMapping[str, Any]):
             self._original[key] = None if value is _MISSING else _encoded(value)
 
     def __setitem__(self, key: str, value: Any) -> None:
-        _check_key(key)
+        if type(key) is not str or not key.isascii():
+            _check_key(key)
         _encoded(value)  # refuse what cannot be stored now, not at save time
         self._note(key)
         self._deltas.pop(key, None)  # a plain write: merged as one
