@@ -161,6 +161,8 @@ class Session(MutableMapping[str, Any]):
     so a save knows which keys this request changed or deleted, nested changes too
     (``session["cart"].append(...)``), and merges only those onto a newer version
     saved by a concurrent request. Keys a request never uses cost nothing.
+    :meth:`increment` records a delta instead, which a merge adds to the stored
+    number.
     """
 
     __slots__ = (
