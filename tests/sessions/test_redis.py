@@ -713,6 +713,7 @@ class AgreesWithMemory(RuleBasedStateMachine):
     def every_session_loads_the_same(self) -> None:
         if self.redis is None:
             return
+        self.memory._check()  # type: ignore[union-attr]
         for redis_id, memory_id in self.pairs:
             on_redis, on_memory = self.redis.load(redis_id), self.memory.load(memory_id)  # type: ignore[union-attr]
             if on_memory is None:
