@@ -30,7 +30,14 @@ import time
 from collections.abc import Generator, Mapping
 from typing import Any, TypeVar
 
-from scalekit._validate import check_callable, check_count, check_seconds, type_name
+from scalekit._validate import (
+    check_callable,
+    check_count,
+    check_name,
+    check_seconds,
+    check_str,
+    type_name,
+)
 from scalekit.errors import ArgumentTypeError, SessionConflict, SessionTooLarge
 from scalekit.protocols import Clock
 from scalekit.sessions._session import (
@@ -38,7 +45,6 @@ from scalekit.sessions._session import (
     Record,
     Serializer,
     Session,
-    _check_key,
     check_policies,
     expires_at,
     merge,
@@ -176,8 +182,19 @@ def _check_data(data: object) -> dict[str, Any]:
             f"data must be a mapping of str to JSON values, got {type_name(data)}"
         )
     for key in data:
-        _check_key(key)
+        if type(key) is not str:
+            raise ArgumentTypeError(f"data keys must be str, got {type_name(key)}")
+        if not key.isascii():
+            check_name(key, "a data key")
     return dict(data)
+
+
+def _check_id(session_id: object) -> bool:
+    """Whether ``session_id`` has the shape of an id; a str of another shape (a
+    cookie's garbage) is just not one, anything but a str is a mistake."""
+    if type(session_id) is not str:
+        check_str(session_id, "session_id", allow_empty=True)
+    return valid_id(session_id)
 
 
 # -- the operations ------------------------------------------------------------------
@@ -188,7 +205,11 @@ def create(settings: Settings, data: object) -> Flow[Session]:
     the unlikely case that the id is taken)."""
     checked = _check_data(data)
     now = settings.clock()
-    record = Record(settings.encode(checked), 1, now, now)
+    try:
+        raw = settings.encode(checked)
+    except ArgumentTypeError as exc:
+        raise ArgumentTypeError(f"data must hold JSON values only: {exc}") from None
+    record = Record(raw, 1, now, now)
     expires = settings.expires(now, now)
     op = new_op()
     while True:
@@ -199,7 +220,7 @@ def create(settings: Settings, data: object) -> Flow[Session]:
 
 def load(settings: Settings, session_id: object) -> Flow[Session | None]:
     """The session, or None for an unknown, malformed or expired id."""
-    if not valid_id(session_id):
+    if not _check_id(session_id):
         return None
     assert isinstance(session_id, str)
     record: Record | None = yield ("_read", session_id)
@@ -254,7 +275,7 @@ def _store_new(settings: Settings, session: Session) -> Flow[None]:
 def touch(settings: Settings, session_id: object, native: bool) -> Flow[bool]:
     """Extend the idle expiry; False if the session is unknown or expired. A store
     with ``native`` touch decides that itself, in one step (``_touch_live``)."""
-    if not valid_id(session_id):
+    if not _check_id(session_id):
         return False
     assert isinstance(session_id, str)
     now = settings.clock()
@@ -291,7 +312,7 @@ def rotate(settings: Settings, session: object) -> Flow[Session]:
 
 def delete(settings: Settings, session_id: object) -> Flow[None]:
     """Delete the session; an unknown or malformed id is a no-op."""
-    if valid_id(session_id):
+    if _check_id(session_id):
         yield ("_delete", session_id)
 
 

@@ -51,12 +51,12 @@ MALFORMED: tuple[Any, ...] = (
     "a" * 42 + "=",
     " " + "a" * 42,
     "\ud800" * 43,
-    None,
-    123,
-    b"a" * 43,
 )
 """Ids that are not of the shape a store makes: they load as None, touch as False,
 delete as a no-op."""
+
+NOT_IDS: tuple[Any, ...] = (None, 123, b"a" * 43, ["a" * 43], 1.5)
+"""Values that are not even a str: ``ArgumentTypeError`` naming ``session_id``."""
 
 _STORE_METHODS = frozenset(("create", "load", "save", "delete", "touch", "rotate", "purge_expired"))
 
@@ -190,6 +190,14 @@ async def malformed_ids_load_as_none(env: _Env) -> None:
         _expect(await store.load(bad) is None, f"load({bad!r}) is not None")
         _expect(await store.touch(bad) is False, f"touch({bad!r}) is not False")
         await store.delete(bad)
+    for wrong in NOT_IDS:
+        for method in ("load", "touch", "delete"):
+            try:
+                await getattr(store, method)(wrong)
+            except ArgumentTypeError as exc:
+                _expect("session_id" in str(exc), f"{method}({wrong!r}): {exc} names no session_id")
+            else:
+                raise AssertionError(f"{method}({wrong!r}) was not refused")
     _expect(await _data(store, kept.id) == {"k": "v"}, "a malformed id changed another session")
 
 
