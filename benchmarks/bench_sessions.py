@@ -8,7 +8,8 @@ and saves it, so every save is a compare-and-set that stores a new version.
   JSON, version, expiry), with no I/O;
 - ``SqlSessionStore`` on a SQLite file (WAL, synchronous=NORMAL);
 - ``RedisSessionStore`` on the Redis at 127.0.0.1:6379 (db 15, a private key
-  prefix): GET, then one EVALSHA;
+  prefix): GET, then one EVALSHA of the idempotent compare-and-set
+  (``sessions_replace.lua``);
 - raw redis-py ``GET`` + ``SET`` of the same 1 KB of bytes on the same server, with
   no JSON, no version check and no TTL: the floor every Redis store sits on.
   The issue's target: RedisSessionStore <= 1.3 x this.
@@ -158,7 +159,8 @@ def test_redis_records(benchmark: Any, library: str, on_redis: OnRedis) -> None:
         current = store._read(session_id)
         assert current is not None
         record = Record(current.data, version + 1, current.created_at, time.time())
-        assert store._replace(session_id, record, time.time() + 1800, version)
+        op = version.to_bytes(8, "big")
+        assert store._replace(session_id, record, time.time() + 1800, version, op)
         version += 1
         return version
 

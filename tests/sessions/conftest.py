@@ -38,15 +38,15 @@ ASYNC_STORES: dict[str, Factory] = {
 
 
 def _env(request: pytest.FixtureRequest, tmp_path: Path, factory: Factory) -> Iterator[StoreEnv]:
-    clock = FakeClock(1_700_000_000.0)
     made: list[Iterator[Any]] = []
 
     def make(**settings: Any) -> Any:
-        generator = factory(request, tmp_path, clock, **settings)
+        settings.setdefault("clock", FakeClock(1_700_000_000.0))
+        generator = factory(request, tmp_path, settings.pop("clock"), **settings)
         made.append(generator)
         return next(generator)
 
-    yield StoreEnv(make, clock)
+    yield StoreEnv(make)
     for generator in made:
         with contextlib.suppress(StopIteration):
             next(generator)

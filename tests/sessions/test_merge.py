@@ -1,5 +1,6 @@
 """Concurrent saves against a model of the merge: two requests load one session,
-change it at random, and save one after the other."""
+change it at random (plain writes, deletes, increments; keys with merge policies),
+and save one after the other."""
 
 from __future__ import annotations
 
@@ -56,7 +57,9 @@ def test_the_second_save_merges_or_conflicts_as_the_model_says(
     after_first = edit(original, first_edits)
     after_second = edit(original, second_edits)
     ours, theirs = diff(original, after_second), diff(original, after_first)
-    clash = [k for k in ours if k in theirs and ours[k] != theirs[k]]
+    # a key both changed clashes even when both wrote the same value (two requests
+    # that read n == 5 and both write 6 made two increments)
+    clash = [k for k in ours if k in theirs]
 
     store.save(first)
     if clash:
@@ -75,3 +78,100 @@ def test_the_second_save_merges_or_conflicts_as_the_model_says(
     loaded = store.load(session.id)
     assert loaded is not None
     assert loaded.to_dict() == expected
+
+
+POLICY = {"a": "max", "b": "last_write_wins"}  # "c", "d", "e": conflict
+STEPS = st.lists(
+    st.tuples(KEYS, st.sampled_from(["set", "delete", "increment"]), st.integers(-2, 3)),
+    max_size=6,
+)
+
+
+def act(session: Any, steps: list[tuple[str, str, int]]) -> None:
+    for key, kind, number in steps:
+        if kind == "set":
+            session[key] = number
+        elif kind == "delete":
+            session.pop(key, None)
+        elif isinstance(session.get(key, 0), int):
+            session.increment(key, number)
+
+
+def model(
+    original: dict[str, int], first: list[tuple[str, str, int]], second: list[tuple[str, str, int]]
+) -> dict[str, Any] | None:
+    """The data after both saves, or None where the second must conflict."""
+    after = [dict(original), dict(original)]
+    incremented_only: list[dict[str, int]] = [{}, {}]
+    for i, steps in enumerate((first, second)):
+        data, deltas = after[i], incremented_only[i]
+        for key, kind, number in steps:
+            if kind == "set":
+                data[key] = number
+                deltas.pop(key, None)
+            elif kind == "delete":
+                if key in data:
+                    del data[key]
+                    deltas.pop(key, None)
+            else:  # a plain write unless the key holds what it was loaded with
+                plain = key not in deltas and data.get(key, _GONE) != original.get(key, _GONE)
+                data[key] = data.get(key, 0) + number
+                if not plain:
+                    deltas[key] = deltas.get(key, 0) + number
+    stored, mine = after[0], after[1]
+    theirs = diff(original, stored)
+    result = dict(stored)
+    for key, value in diff(original, mine).items():
+        if key in incremented_only[1] and value is not _GONE:
+            base = stored.get(key, _GONE)
+            if base is _GONE:
+                if key in original:
+                    return None
+                base = 0
+            result[key] = base + incremented_only[1][key]
+        elif key not in theirs or POLICY.get(key) == "last_write_wins":
+            if value is _GONE:
+                result.pop(key, None)
+            else:
+                result[key] = value
+        elif POLICY.get(key) == "max" and value is not _GONE and theirs[key] is not _GONE:
+            result[key] = max(value, theirs[key])
+        else:
+            return None
+    return result
+
+
+@given(
+    original=st.dictionaries(KEYS, st.integers(0, 3), max_size=5),
+    first=STEPS,
+    second=STEPS,
+)
+def test_increments_and_policies_merge_as_the_model_says(
+    original: dict[str, int],
+    first: list[tuple[str, str, int]],
+    second: list[tuple[str, str, int]],
+) -> None:
+    store = MemorySessionStore(policies=POLICY)
+    session = store.create(original)
+    one, two = store.load(session.id), store.load(session.id)
+    assert one is not None
+    assert two is not None
+    act(one, first)
+    act(two, second)
+    one._check()
+    two._check()
+    expected = model(original, first, second)
+    store.save(one)
+    if expected is None:
+        with pytest.raises(SessionConflict):
+            store.save(two)
+        expected = one.to_dict()
+    else:
+        changed = two.modified
+        store.save(two)
+        if changed:  # an unchanged save only touches: two keeps what it loaded
+            assert two.to_dict() == expected
+    loaded = store.load(session.id)
+    assert loaded is not None
+    assert loaded.to_dict() == expected
+    store._check()

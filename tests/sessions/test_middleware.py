@@ -22,7 +22,7 @@ from wsgiref.util import setup_testing_defaults
 
 import pytest
 
-from scalekit.errors import ClosedError, ConfigurationError, SessionConflict
+from scalekit.errors import ClosedError, ConfigurationError, ScalekitError, SessionConflict
 from scalekit.sessions import AsyncMemorySessionStore, MemorySessionStore, Record, Session
 from scalekit.sessions._middleware import (
     SessionMiddleware,
@@ -241,7 +241,7 @@ def corrupt(store: MemorySessionStore, payload: bytes = b"\x80\x04K\x01.") -> st
     """A session id whose stored record is not JSON (here a pickle)."""
     session_id = new_id()
     now = store.settings.clock()
-    assert store._insert(session_id, Record(payload, 1, now, now), math.inf)
+    assert store._insert(session_id, Record(payload, 1, now, now), math.inf, b"op-00001")
     return session_id
 
 
@@ -615,13 +615,20 @@ async def asgi_hello(scope: Any, receive: Any, send: Any) -> None:
         ({"httponly": False}, "httponly is always True"),
         ({"samesite": "sometimes"}, "samesite is"),
         ({"samesite": "none", "secure": False}, "needs secure=True"),
-        ({"secure": "yes"}, "secure is a bool"),
+        ({"secure": "yes"}, "secure must be a bool"),
         ({"cookie_name": "my session"}, "cookie token"),
-        ({"cookie_name": ""}, "cookie token"),
+        ({"cookie_name": ""}, "cookie_name must not be empty"),
+        ({"cookie_name": "s\ud800"}, "cookie token"),
+        ({"cookie_name": None}, "cookie_name must be a str"),
+        ({"path": None}, "path must be a str"),
+        ({"path": "/\ud800"}, "path must"),
+        ({"domain": 1}, "domain must be a str"),
+        ({"domain": "ex\udfffample.com"}, "domain must"),
+        ({"samesite": 1}, "samesite must be a str"),
         ({"path": "app"}, "path must start with '/'"),
         ({"path": "/; Domain=evil.com"}, "path must"),
         ({"domain": "example.com; Secure"}, "domain must"),
-        ({"domain": ""}, "domain must"),
+        ({"domain": ""}, "domain must not be empty"),
         ({"cookie_name": "__Host-s", "domain": "example.com"}, "__Host-"),
         ({"cookie_name": "__Host-s", "path": "/app"}, "__Host-"),
         ({"cookie_name": "__Secure-s", "secure": False}, "__Secure-"),
@@ -633,9 +640,9 @@ async def asgi_hello(scope: Any, receive: Any, send: Any) -> None:
 def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
     if "secret_key" in options:
         pytest.importorskip("itsdangerous")
-    with pytest.raises(ConfigurationError, match=message):
+    with pytest.raises(ScalekitError, match=message):
         WsgiSessionMiddleware(wsgi_hello, MemorySessionStore(), **options)
-    with pytest.raises(ConfigurationError, match=message):
+    with pytest.raises(ScalekitError, match=message):
         SessionMiddleware(asgi_hello, MemorySessionStore(), **options)
 
 

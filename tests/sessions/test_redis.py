@@ -23,8 +23,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from scalekit.errors import BackendError, ConfigurationError, SessionCorrupted
-from scalekit.sessions import MemorySessionStore, Record, Session, SessionStoreBase
+from scalekit.errors import ArgumentTypeError, BackendError, ConfigurationError, SessionCorrupted
+from scalekit.sessions import MemorySessionStore, Record, Session, _core
+from scalekit.sessions._core import run
 from scalekit.sessions._redis import (
     MAGIC,
     AsyncRedisSessionStore,
@@ -43,7 +44,7 @@ redis_asyncio = pytest.importorskip("redis.asyncio")
 pytestmark = pytest.mark.redis
 
 START = 1_700_000_000.0
-HEAD = struct.Struct(">4sQdd")
+HEAD = struct.Struct(">4sQdd32x")  # magic, version, created_at, accessed_at, write ids
 
 
 @pytest.fixture
@@ -108,8 +109,10 @@ def test_refuses_the_wrong_kind_of_client(client: Any, redis_url: str) -> None:
         AsyncRedisSessionStore(client)
     with pytest.raises(ConfigurationError, match="redis-py client"):
         RedisSessionStore(object())  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError, match="prefix"):
+    with pytest.raises(ArgumentTypeError, match="prefix"):
         RedisSessionStore(client, prefix=b"sessions:")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="prefix"):
+        RedisSessionStore(client, prefix="\ud800")
     with pytest.raises(ConfigurationError, match="idle_timeout"):
         RedisSessionStore(client, idle_timeout=0)
 
@@ -134,7 +137,10 @@ def test_one_string_key_per_session_with_a_packed_record(
     assert list(client.scan_iter(match=prefix + "*")) == [(prefix + session.id).encode()]
     record, _ = raw_record(client, prefix, session.id)
     assert record == Record('{"user":7,"name":"Zoë"}'.encode(), 1, START, START)
-    assert client.get(prefix + session.id) == pack(record)
+    raw = client.get(prefix + session.id)
+    assert raw == pack(record, raw[28:36])  # the id of the write that stored it
+    assert raw[28:36] != bytes(8)
+    assert raw[36:60] == bytes(24)  # no earlier writes
 
 
 def test_native_ttl_is_the_expiry_minus_now(
@@ -310,8 +316,8 @@ def test_a_request_costs_two_round_trips(
     store.save(loaded)
     assert sent == ["GET", "EVALSHA"]
 
-    sent.clear()  # the base class's touch would read first
-    SessionStoreBase.touch(store, session.id)
+    sent.clear()  # the generic touch would read first
+    assert run(_core.touch(store.settings, session.id, False), store)
     assert sent == ["GET", "EVALSHA"]
     sent.clear()
     assert store.touch(session.id)
@@ -426,7 +432,7 @@ def test_rotate_takes_another_id_when_the_new_one_is_taken(
     session = store.create({"mine": True})
     old_id = session.id
     fresh = iter([taken.id, new_id()])
-    monkeypatch.setattr("scalekit.sessions._store.new_id", lambda: next(fresh))
+    monkeypatch.setattr("scalekit.sessions._core.new_id", lambda: next(fresh))
     rotated = store.rotate(session)
     assert rotated.id not in (taken.id, old_id)
     assert store.load(old_id) is None
@@ -458,7 +464,7 @@ def test_the_exploit_would_run_if_unpickled() -> None:
 
 
 def _with_header(data: bytes) -> bytes:
-    return HEAD.pack(MAGIC, 1, START, START) + data
+    return pack(Record(data, 1, START, START))
 
 
 @pytest.mark.parametrize(
@@ -707,6 +713,7 @@ class AgreesWithMemory(RuleBasedStateMachine):
     def every_session_loads_the_same(self) -> None:
         if self.redis is None:
             return
+        self.memory._check()  # type: ignore[union-attr]
         for redis_id, memory_id in self.pairs:
             on_redis, on_memory = self.redis.load(redis_id), self.memory.load(memory_id)  # type: ignore[union-attr]
             if on_memory is None:
@@ -729,3 +736,190 @@ def test_agrees_with_the_memory_store_step_by_step() -> None:
     run = AgreesWithMemory.TestCase()
     run.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
     run.runTest()
+
+
+# -- retries: a script that runs twice stores once ------------------------------------------
+
+
+class LosingConnection(redis.Connection):  # type: ignore[misc]
+    """Loses the reply of the next command named in ``lose``, after the server ran
+    it: redis-py then reconnects and sends the command again (its ``retry``)."""
+
+    lose: list[str]  # shared by the connections of one pool
+    last = ""
+
+    def send_command(self, *args: Any, **kwargs: Any) -> None:
+        self.last = str(args[0]).upper()
+        super().send_command(*args, **kwargs)
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        response = super().read_response(*args, **kwargs)
+        if self.last in self.lose:
+            self.lose.remove(self.last)
+            raise redis.ConnectionError("the reply was lost (test)")
+        return response
+
+
+@pytest.fixture
+def losing(redis_url: str, prefix: str, clock: FakeClock) -> Iterator[tuple[Any, list[str]]]:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    lose: list[str] = []
+    connection_class = type("Losing", (LosingConnection,), {"lose": lose})
+    client = redis.Redis.from_url(
+        redis_url, connection_class=connection_class, retry=Retry(NoBackoff(), 3)
+    )
+    store = RedisSessionStore(client, prefix=prefix, clock=clock)
+    yield store, lose
+    delete_keys(client, prefix)
+    client.close()
+
+
+def test_a_save_sent_twice_is_stored_once(
+    losing: tuple[RedisSessionStore, list[str]], client: Any, prefix: str
+) -> None:
+    store, lose = losing
+    session = store.create({"n": 5})
+    loaded = store.load(session.id)
+    assert loaded is not None
+    loaded["n"] = 6
+    lose.append("EVALSHA")  # the script runs, its reply is lost, redis-py sends it again
+    store.save(loaded)  # the second run finds its op id: success, nothing stored again
+    assert lose == []
+    assert loaded.version == 2
+    record, _ = raw_record(client, prefix, session.id)
+    assert record.version == 2  # the first release stored it twice (version 3)
+    again = store.load(session.id)
+    assert again is not None
+    assert again.to_dict() == {"n": 6}
+
+
+def test_an_increment_sent_twice_counts_once(
+    losing: tuple[RedisSessionStore, list[str]], client: Any, prefix: str
+) -> None:
+    store, lose = losing
+    session = store.create({"n": 0})
+    for _ in range(3):
+        loaded = store.load(session.id)
+        assert loaded is not None
+        loaded.increment("n")
+        lose.append("EVALSHA")
+        store.save(loaded)
+    final = store.load(session.id)
+    assert final is not None
+    assert (final["n"], final.version) == (3, 4)
+
+
+def test_a_rotation_sent_twice_succeeds_once(
+    losing: tuple[RedisSessionStore, list[str]], client: Any, prefix: str
+) -> None:
+    store, lose = losing
+    session = store.create({"user": "ada"})
+    old_id = session.id
+    lose.append("EVALSHA")
+    rotated = store.rotate(session)  # the first release: SessionConflict (the old id is gone)
+    assert store.load(old_id) is None
+    again = store.load(rotated.id)
+    assert again is not None
+    assert (again.to_dict(), again.version) == ({"user": "ada"}, 2)
+    assert list(client.scan_iter(match=prefix + "*")) == [(prefix + rotated.id).encode()]
+
+
+def test_a_create_sent_twice_stores_one_session(
+    losing: tuple[RedisSessionStore, list[str]], client: Any, prefix: str
+) -> None:
+    store, lose = losing
+    lose.append("SET")
+    session = store.create({"a": 1})  # the first release: a second session under a new id
+    assert list(client.scan_iter(match=prefix + "*")) == [(prefix + session.id).encode()]
+    blank = store.blank()
+    blank["b"] = 2
+    first_id = blank.id
+    lose.append("SET")
+    store.save(blank)
+    assert blank.id == first_id
+    assert len(list(client.scan_iter(match=prefix + "*"))) == 2
+
+
+def test_a_touch_sent_twice_moves_nothing_back(
+    losing: tuple[RedisSessionStore, list[str]], client: Any, prefix: str, clock: FakeClock
+) -> None:
+    store, _ = losing
+    session = store.create({"a": 1})
+    clock.advance(10)
+    assert store._touch_live(session.id, START + 10)
+    assert store._touch_live(session.id, START + 5)  # a late second run of an older touch
+    assert store._touch(session.id, START + 5, START + 60)
+    record, _ = raw_record(client, prefix, session.id)
+    assert record.accessed_at == START + 10
+
+
+def test_a_replace_run_again_after_another_write_is_still_a_no_op(
+    make_store: MakeStore, client: Any, prefix: str
+) -> None:
+    """The op ids of the last 4 writes are kept: a late second run of a save finds
+    its id even after other requests saved."""
+    store = make_store()
+    session = store.create({"n": 0})
+    record = Record(b'{"n":1}', 2, START, START)
+    assert store._replace(session.id, record, START + 60, 1, b"first-op")
+    for version in range(2, 5):  # three other writes
+        other = Record(b'{"n":%d}' % version, version + 1, START, START)
+        assert store._replace(session.id, other, START + 60, version, b"other-%02d" % version)
+    assert store._replace(session.id, record, START + 60, 1, b"first-op")  # True, no change
+    assert not store._replace(session.id, record, START + 60, 1, b"neverran")
+    stored, _ = raw_record(client, prefix, session.id)
+    assert (stored.version, stored.data) == (5, b'{"n":4}')
+    assert store._rotate(session.id, new_id(), record, START + 60, 5, b"rotate-1")
+    assert store._rotate(session.id, new_id(), record, START + 60, 5, b"rotate-2") is False
+
+
+def test_records_of_the_first_release_still_load_and_save(
+    make_store: MakeStore, client: Any, prefix: str
+) -> None:
+    store = make_store()
+    session_id = new_id()
+    client.set(prefix + session_id, struct.pack(">4sQdd", b"SKS1", 3, START, START) + b'{"a":1}')
+    loaded = store.load(session_id)
+    assert loaded is not None
+    assert (loaded.to_dict(), loaded.version) == ({"a": 1}, 3)
+    assert store.touch(session_id)
+    loaded["a"] = 2
+    store.save(loaded)
+    record, _ = raw_record(client, prefix, session_id)
+    assert (record.version, record.data) == (4, b'{"a":2}')
+    assert client.get(prefix + session_id)[:4] == MAGIC
+
+
+def test_the_async_store_is_idempotent_too(redis_url: str, prefix: str, clock: FakeClock) -> None:
+    async def main() -> None:
+        client = redis_asyncio.Redis.from_url(redis_url)
+        try:
+            store = AsyncRedisSessionStore(client, prefix=prefix, clock=clock)
+            session = await store.create({"n": 0})
+            record = Record(b'{"n":1}', 2, START, START)
+            assert await store._replace(session.id, record, START + 60, 1, b"op-00001")
+            assert await store._replace(session.id, record, START + 60, 1, b"op-00001")
+            assert not await store._replace(session.id, record, START + 60, 1, b"op-00002")
+            loaded = await store.load(session.id)
+            assert loaded is not None
+            assert (loaded.version, loaded.to_dict()) == (2, {"n": 1})
+            fresh = new_id()
+            assert (
+                await store._rotate(session.id, fresh, record, START + 60, 1, b"op-00003") is False
+            )
+            moved = Record(b'{"n":1}', 3, START, START)
+            assert await store._rotate(session.id, fresh, moved, START + 60, 2, b"op-00003")
+            assert await store._rotate(session.id, fresh, moved, START + 60, 2, b"op-00003")
+            assert await store._insert(fresh, moved, START + 60, b"op-00003")  # its own write
+            assert not await store._insert(fresh, moved, START + 60, b"op-00004")
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        cleaner = redis.Redis.from_url(redis_url)
+        delete_keys(cleaner, prefix)
+        cleaner.close()

@@ -47,7 +47,7 @@ def test_a_crafted_record_is_rejected_never_executed(payload: bytes) -> None:
     store = MemorySessionStore()
     session_id = new_id()
     now = time.time()
-    store._insert(session_id, Record(payload, 1, now, now), float("inf"))
+    store._insert(session_id, Record(payload, 1, now, now), float("inf"), b"op-00001")
     with pytest.raises(SessionCorrupted):
         store.load(session_id)
     assert EXECUTED == []

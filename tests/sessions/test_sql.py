@@ -436,8 +436,10 @@ class CountingStore(SqlSessionStore):
 
     lost = 0
 
-    def _replace(self, session_id: str, record: Record, expires: float, expected: int) -> bool:
-        stored = super()._replace(session_id, record, expires, expected)
+    def _replace(
+        self, session_id: str, record: Record, expires: float, expected: int, op: bytes
+    ) -> bool:
+        stored = super()._replace(session_id, record, expires, expected, op)
         if not stored:
             self.lost += 1
         return stored
@@ -447,9 +449,9 @@ class AsyncCountingStore(AsyncSqlSessionStore):
     lost = 0
 
     async def _replace(
-        self, session_id: str, record: Record, expires: float, expected: int
+        self, session_id: str, record: Record, expires: float, expected: int, op: bytes
     ) -> bool:
-        stored = await super()._replace(session_id, record, expires, expected)
+        stored = await super()._replace(session_id, record, expires, expected, op)
         if not stored:
             self.lost += 1
         return stored
@@ -539,9 +541,9 @@ def test_a_rotation_that_cannot_insert_deletes_nothing(backend: Backend) -> None
     other = store.create({"theirs": 1})
     record = Record(b'{"mine":2}', 2, session.created_at, backend.clock())
     # the new id is taken: the DELETE of the old id is rolled back with the INSERT
-    assert store._rotate(session.id, other.id, record, math.inf, expected=1) is False
+    assert store._rotate(session.id, other.id, record, math.inf, 1, b"op-00001") is False
     # the old id's version is not the expected one: nothing happens
-    assert store._rotate(session.id, new_id(), record, math.inf, expected=7) is False
+    assert store._rotate(session.id, new_id(), record, math.inf, 7, b"op-00001") is False
     kept, theirs = store.load(session.id), store.load(other.id)
     assert kept is not None
     assert theirs is not None
@@ -551,10 +553,10 @@ def test_a_rotation_that_cannot_insert_deletes_nothing(backend: Backend) -> None
 
     async def main() -> None:
         astore = backend.amake()
-        assert await astore._rotate(session.id, other.id, record, math.inf, 1) is False
-        assert await astore._rotate(session.id, new_id(), record, math.inf, 7) is False
+        assert await astore._rotate(session.id, other.id, record, math.inf, 1, b"op-00001") is False
+        assert await astore._rotate(session.id, new_id(), record, math.inf, 7, b"op-00001") is False
         fresh = new_id()
-        assert await astore._rotate(session.id, fresh, record, math.inf, 1) is True
+        assert await astore._rotate(session.id, fresh, record, math.inf, 1, b"op-00001") is True
         assert await astore.load(session.id) is None
         moved = await astore.load(fresh)
         assert moved is not None
@@ -598,7 +600,7 @@ def test_a_connection_that_rotated_commits_every_statement_again(backend: Backen
 def test_rotate_retries_with_another_id_when_the_new_one_is_taken(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import scalekit.sessions._store as store_module
+    import scalekit.sessions._core as store_module
 
     store = backend.make()
     taken = store.create({"theirs": 1})

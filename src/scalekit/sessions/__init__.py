@@ -3,8 +3,10 @@
 A :class:`SessionStore` keeps :class:`Session` mappings of JSON values under
 256-bit random ids, with idle and absolute expiry. Saves are compare-and-set on a
 version: when two requests change one session at once, each one's changed keys
-are merged onto the other's, so no update is lost; only a change of the same key
-raises :class:`~scalekit.errors.SessionConflict`. Data is JSON, never pickle.
+are merged onto the other's, so no update is lost. A key both changed raises
+:class:`~scalekit.errors.SessionConflict` (equal values or not), unless it was
+changed by :meth:`Session.increment` (the deltas add up) or the store's
+``policies`` name it (``"max"``, ``"last_write_wins"``). Data is JSON, never pickle.
 
 Stores: :class:`MemorySessionStore`, :class:`SqlSessionStore` (extra ``sql``),
 :class:`RedisSessionStore` (extra ``redis``), and their async twins.

@@ -69,7 +69,8 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from scalekit.errors import ClosedError, ConfigurationError, SessionCorrupted
+from scalekit._validate import check_str, type_name
+from scalekit.errors import ArgumentTypeError, ClosedError, ConfigurationError, SessionCorrupted
 from scalekit.sessions._session import Session, valid_id
 
 if TYPE_CHECKING:
@@ -121,7 +122,11 @@ class _Cookie:
         domain: str | None,
         secret_key: str | bytes | Sequence[str | bytes] | None,
     ) -> None:
-        if not isinstance(name, str) or not _TOKEN.match(name):
+        check_str(name, "cookie_name")
+        check_str(path, "path")
+        if domain is not None:
+            check_str(domain, "domain")
+        if not _TOKEN.match(name):
             raise ConfigurationError(f"cookie_name must be a cookie token, got {name!r}")
         if httponly is not True:
             raise ConfigurationError(
@@ -129,7 +134,9 @@ class _Cookie:
                 "never need and an XSS attack would steal"
             )
         if not isinstance(secure, bool):
-            raise ConfigurationError(f"secure is a bool, got {secure!r}")
+            raise ArgumentTypeError(f"secure must be a bool, got {type_name(secure)}")
+        if samesite is not None:
+            check_str(samesite, "samesite")
         same = _SAMESITE.get(samesite.lower()) if isinstance(samesite, str) else None
         if samesite is not None and same is None:
             raise ConfigurationError(
@@ -137,11 +144,9 @@ class _Cookie:
             )
         if same == "None" and not secure:
             raise ConfigurationError("samesite='none' needs secure=True (browsers refuse it)")
-        if not isinstance(path, str) or not path.startswith("/") or _UNSAFE.search(path):
+        if not path.startswith("/") or not path.isascii() or _UNSAFE.search(path):
             raise ConfigurationError(f"path must start with '/' and hold no ';', got {path!r}")
-        if domain is not None and (
-            not isinstance(domain, str) or not domain or _UNSAFE.search(domain)
-        ):
+        if domain is not None and (not domain.isascii() or _UNSAFE.search(domain)):
             raise ConfigurationError(f"domain must be a host name or None, got {domain!r}")
         if name.startswith("__Host-") and (not secure or path != "/" or domain is not None):
             raise ConfigurationError("a __Host- cookie needs secure=True, path='/' and domain=None")

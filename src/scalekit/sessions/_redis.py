@@ -3,16 +3,20 @@
 One string key per session, ``prefix + session_id``, holding a packed record::
 
     offset  size  field
-    0       4     b"SKS1": this format (a value without it is not ours)
+    0       4     b"SKS2": this format (a value without it is not ours)
     4       8     version, unsigned big-endian
     12      8     created_at, big-endian IEEE double (seconds, the store's clock)
     20      8     accessed_at, big-endian IEEE double
-    28      ...   the serialized data (JSON)
+    28      32    the ids of the last 4 writes (8 bytes each, newest first)
+    60      ...   the serialized data (JSON)
 
-and a native TTL (``PX``) of ``expires - now`` milliseconds, at least 1, where
-``expires`` is the idle or absolute expiry, whichever comes first; a store with
-neither timeout sets no TTL. Redis deletes a session when its TTL runs out, so
-there is nothing to purge: ``purge_expired()`` returns 0 without a round trip.
+Records of the first release (``b"SKS1"``: no write ids, the data at offset 28)
+still load, and their next save writes ``SKS2``.
+
+Each key has a native TTL (``PX``) of ``expires - now`` milliseconds, at least 1,
+where ``expires`` is the idle or absolute expiry, whichever comes first; a store
+with neither timeout sets no TTL. Redis deletes a session when its TTL runs out,
+so there is nothing to purge: ``purge_expired()`` returns 0 without a round trip.
 
 Time: expiry decisions use the store's clock, like every store: ``created_at``
 and ``accessed_at`` are stored, and a session expired by the clock loads as None
@@ -21,11 +25,19 @@ memory, and is refreshed with the expiry by every save and touch).
 
 Every operation is one round trip, and atomic: a single command where one is
 enough (``GET`` to load, ``SET ... NX PX`` to insert, ``DEL`` to delete), else a
-Lua script run by ``EVALSHA`` (compare-and-set replace, touch, rotate); see the
-scripts below. A request that loads then saves (or, unchanged, touches) its
-session costs 2 round trips: ``touch`` is one script that checks the expiry
-from the stored timestamps, instead of the base class's read then write. Only a
-save that lost a race adds more: one read and one compare-and-set per merge.
+Lua script (compare-and-set replace, touch, rotate), kept in
+``scalekit/_resources/lua/sessions_*.lua`` and run by ``EVALSHA`` through
+:func:`scalekit._lua.register_scripts`. A request that loads then saves (or,
+unchanged, touches) its session costs 2 round trips. Only a save that lost a race
+adds more: one read and one compare-and-set per merge.
+
+Retries. redis-py sends a command again when the connection drops before the
+reply came (``retry=`` of the client; 10 retries by default in redis-py 8), so a
+script may run twice. Every write is idempotent: it carries an 8-byte op id, which
+the record keeps in its ring of the last 4 writes; a second run of a save or a
+rotation finds its id there and answers 1, as the first run did, without storing
+again; an insert whose ``SET NX`` finds the key holding its own id is a success;
+a touch never moves ``accessed_at`` back; ``DEL`` is idempotent.
 
 Redis Cluster: every operation but ``rotate`` touches one key. ``rotate``'s
 script touches the old and the new key, which lie in different slots, so on a
@@ -39,16 +51,18 @@ Needs Redis 2.6.12 or later (``SET ... NX PX``, Lua); tested on 7.0.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
 import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from scalekit._lua import register_scripts
+from scalekit._validate import check_str
 from scalekit.errors import BackendError, ConfigurationError, SessionCorrupted
-from scalekit.sessions._session import Record, valid_id
-from scalekit.sessions._store import AsyncSessionStoreBase, SessionStoreBase, _Settings
+from scalekit.sessions._core import Settings
+from scalekit.sessions._session import Record
+from scalekit.sessions._store import AsyncSessionStoreBase, SessionStoreBase
 
 if TYPE_CHECKING:
     import redis
@@ -56,70 +70,18 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncRedisSessionStore", "RedisSessionStore"]
 
-MAGIC = b"SKS1"
+MAGIC = b"SKS2"
 """The first bytes of every record this module writes."""
 
-_HEAD = struct.Struct(">4sQdd")  # magic, version, created_at, accessed_at
-_VERSION = struct.Struct(">4sQ")  # the record's first 12 bytes: what a compare-and-set checks
+LEGACY_MAGIC = b"SKS1"
+"""The first bytes of a record of the first release (no ring of write ids)."""
+
+_HEAD = struct.Struct(">4sQdd8s24x")  # magic, version, created_at, accessed_at, op, ring
+_LEGACY_HEAD = struct.Struct(">4sQdd")
+_VERSION = struct.Struct(">Q")  # what a compare-and-set checks
 _DOUBLE = struct.Struct(">d")
+_NO_OP = bytes(8)
 _MAX_MS = 10**15  # ~31,700 years: longer TTLs are stored as this
-
-# KEYS[1] the session; ARGV[1] the expected magic + version (12 bytes), ARGV[2] the
-# new record, ARGV[3] its TTL in ms ("0": none). 1 if stored, 0 if the version differs.
-_REPLACE = """
-if redis.call('GETRANGE', KEYS[1], 0, 11) ~= ARGV[1] then return 0 end
-if ARGV[3] == '0' then redis.call('SET', KEYS[1], ARGV[2])
-else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
-return 1
-"""
-
-# KEYS[1] the old id, KEYS[2] the new id; ARGV as for _REPLACE. 0 if the old
-# version differs or the new id is taken.
-_ROTATE = """
-if redis.call('GETRANGE', KEYS[1], 0, 11) ~= ARGV[1]
-    or redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('DEL', KEYS[1])
-if ARGV[3] == '0' then redis.call('SET', KEYS[2], ARGV[2])
-else redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end
-return 1
-"""
-
-# KEYS[1] the session; ARGV[1] accessed_at (8-byte double), ARGV[2] TTL in ms ("0":
-# none). Sets accessed_at in place (the data is not rewritten). 1, or 0 if gone.
-_TOUCH = """
-if redis.call('GETRANGE', KEYS[1], 0, 3) ~= 'SKS1' then return 0 end
-redis.call('SETRANGE', KEYS[1], 20, ARGV[1])
-if ARGV[2] == '0' then redis.call('PERSIST', KEYS[1])
-else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 1
-"""
-
-# The public touch in one round trip. KEYS[1] the session; ARGV[1] now (8-byte
-# double), ARGV[2] idle_timeout, ARGV[3] absolute_timeout ("": none). Computes the
-# expiry from the stored timestamps as expires_at() does, with the same double
-# arithmetic. 1 if touched; 0 if gone or expired (then nothing changes); -1 if the
-# value is not ours.
-_TOUCH_LIVE = """
-local head = redis.call('GETRANGE', KEYS[1], 0, 27)
-if head == '' and redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if #head < 28 or string.sub(head, 1, 4) ~= 'SKS1' then return -1 end
-local created = struct.unpack('>d', head, 13)
-local accessed = struct.unpack('>d', head, 21)
-local now = struct.unpack('>d', ARGV[1])
-local idle, absolute = tonumber(ARGV[2]), tonumber(ARGV[3])
-local limit = math.huge
-if absolute then limit = created + absolute end
-local expires = limit
-if idle then expires = math.min(accessed + idle, limit) end
-if expires <= now then return 0 end
-if idle then expires = math.min(now + idle, limit) end
-redis.call('SETRANGE', KEYS[1], 20, ARGV[1])
-if expires == math.huge then redis.call('PERSIST', KEYS[1]) return 1 end
-local ms = math.ceil((expires - now) * 1000)
-if ms < 1 then ms = 1 elseif ms > 1e15 then ms = 1e15 end
-redis.call('PEXPIRE', KEYS[1], string.format('%d', ms))
-return 1
-"""
 
 
 def ttl_ms(expires: float, now: float) -> int:
@@ -135,47 +97,44 @@ def ttl_ms(expires: float, now: float) -> int:
     return max(1, min(_MAX_MS, math.ceil((expires - now) * 1000)))
 
 
-def pack(record: Record) -> bytes:
-    """The stored form of ``record``: a 28-byte header, then the data.
+def pack(record: Record, op: bytes = _NO_OP) -> bytes:
+    """The stored form of ``record``, written by ``op``: a 60-byte header, then the
+    data.
 
     >>> pack(Record(b"{}", 1, 0.0, 0.0))[:4], len(pack(Record(b"{}", 1, 0.0, 0.0)))
-    (b'SKS1', 30)
+    (b'SKS2', 62)
     """
-    return _HEAD.pack(MAGIC, record.version, record.created_at, record.accessed_at) + record.data
+    return (
+        _HEAD.pack(MAGIC, record.version, record.created_at, record.accessed_at, op) + record.data
+    )
 
 
 def unpack(raw: bytes) -> Record:
     """The record stored as ``raw``; :class:`SessionCorrupted` if this module did
     not write it (nothing after the header is looked at: the data is decoded, as
-    JSON only, by the store).
+    JSON only, by the store). Reads records of the first release (SKS1) too.
 
     >>> unpack(pack(Record(b"{}", 3, 1.5, 2.5)))
     Record(data=b'{}', version=3, created_at=1.5, accessed_at=2.5)
     """
-    if len(raw) < _HEAD.size or raw[:4] != MAGIC:
-        raise SessionCorrupted("a stored session is not a scalekit record (no SKS1 header)")
-    _, version, created_at, accessed_at = _HEAD.unpack_from(raw)
-    return Record(raw[_HEAD.size :], version, created_at, accessed_at)
+    magic = raw[:4]
+    if magic == MAGIC and len(raw) >= _HEAD.size:
+        _, version, created_at, accessed_at, _ = _HEAD.unpack_from(raw)
+        return Record(raw[_HEAD.size :], version, created_at, accessed_at)
+    if magic == LEGACY_MAGIC and len(raw) >= _LEGACY_HEAD.size:
+        _, version, created_at, accessed_at = _LEGACY_HEAD.unpack_from(raw)
+        return Record(raw[_LEGACY_HEAD.size :], version, created_at, accessed_at)
+    raise SessionCorrupted("a stored session is not a scalekit record (no SKS2 header)")
 
 
-class _Script:
-    """A Lua script, run by ``EVALSHA``: loaded (``SCRIPT LOAD``) the first time the
-    server answers NOSCRIPT, then run by its digest, so a call sends only the
-    digest and the arguments."""
-
-    __slots__ = ("sha", "source")
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+def _ops(raw: bytes | None) -> tuple[bytes, ...]:
+    """The ids of the last writes of a stored record (none for another value)."""
+    if raw is None or raw[:4] != MAGIC or len(raw) < _HEAD.size:
+        return ()
+    return tuple(raw[offset : offset + 8] for offset in range(28, 60, 8))
 
 
-_SCRIPTS = {
-    "replace": _Script(_REPLACE),
-    "rotate": _Script(_ROTATE),
-    "touch": _Script(_TOUCH),
-    "touch_live": _Script(_TOUCH_LIVE),
-}
+_SCRIPT_NAMES = ("sessions_replace", "sessions_rotate", "sessions_touch", "sessions_touch_live")
 
 
 class _Core:
@@ -184,13 +143,14 @@ class _Core:
 
     __slots__ = ("_absolute", "_idle", "_prefix", "_settings", "errors", "noscript", "wrongtype")
 
-    def __init__(
-        self, client: Any, prefix: str, settings: _Settings, *, asynchronous: bool
-    ) -> None:
+    def __init__(self, client: Any, prefix: str, settings: Settings, *, asynchronous: bool) -> None:
         import redis as redis_module
 
-        if not isinstance(prefix, str):
-            raise ConfigurationError(f"prefix is a str, got {prefix!r}")
+        check_str(prefix, "prefix", allow_empty=True)
+        try:
+            self._prefix = prefix.encode()
+        except UnicodeEncodeError:
+            raise ConfigurationError(f"prefix must be valid text, got {prefix!r}") from None
         get_encoder = getattr(client, "get_encoder", None)
         execute_command = getattr(client, "execute_command", None)
         if get_encoder is None or execute_command is None:
@@ -203,11 +163,10 @@ class _Core:
             wanted = "redis.asyncio.Redis" if asynchronous else "redis.Redis"
             other = "RedisSessionStore" if asynchronous else "AsyncRedisSessionStore"
             raise ConfigurationError(f"the client must be a {wanted} (or use {other})")
-        self._prefix = prefix.encode()
         self._settings = settings
         self.errors: tuple[type[Exception], ...] = (redis_module.RedisError,)
-        self.noscript: type[Exception] = redis_module.exceptions.NoScriptError
         self.wrongtype: type[Exception] = redis_module.ResponseError
+        self.noscript: type[Exception] = redis_module.exceptions.NoScriptError
         idle, absolute = settings.idle_timeout, settings.absolute_timeout
         self._idle = b"" if idle is None else repr(float(idle)).encode()
         self._absolute = b"" if absolute is None else repr(float(absolute)).encode()
@@ -215,42 +174,61 @@ class _Core:
     def key(self, session_id: str) -> bytes:
         return self._prefix + session_id.encode()
 
+    @staticmethod
+    def op(op: bytes) -> bytes:
+        """``op``, checked: the ring of write ids holds 8 bytes per id."""
+        if type(op) is not bytes or len(op) != 8:
+            raise ConfigurationError(f"op must be 8 bytes, got {op!r}")
+        return op
+
     def ttl(self, expires: float) -> int:
         return ttl_ms(expires, self._settings.clock())
 
-    def insert(self, session_id: str, record: Record, expires: float) -> tuple[bytes, bytes, int]:
+    def insert(
+        self, session_id: str, record: Record, expires: float, op: bytes
+    ) -> tuple[bytes, bytes, int]:
         """Key, value and TTL (0: none) of a ``SET ... NX [PX]``."""
-        return self.key(session_id), pack(record), self.ttl(expires)
+        return self.key(session_id), pack(record, self.op(op)), self.ttl(expires)
 
     def replace(
-        self, session_id: str, record: Record, expires: float, expected: int
-    ) -> tuple[bytes, bytes, bytes, int]:
-        """KEYS and ARGV of the replace script."""
-        head = _VERSION.pack(MAGIC, expected)
-        return self.key(session_id), head, pack(record), self.ttl(expires)
+        self, session_id: str, record: Record, expires: float, expected: int, op: bytes
+    ) -> list[Any]:
+        """KEYS and ARGV of sessions_replace.lua."""
+        op = self.op(op)
+        return [
+            self.key(session_id),
+            _VERSION.pack(expected),
+            pack(record, op),
+            self.ttl(expires),
+            op,
+        ]
 
     def rotate(
-        self, old_id: str, new_id: str, record: Record, expires: float, expected: int
-    ) -> tuple[bytes, bytes, bytes, bytes, int]:
-        """KEYS and ARGV of the rotate script."""
-        head = _VERSION.pack(MAGIC, expected)
-        return self.key(old_id), self.key(new_id), head, pack(record), self.ttl(expires)
+        self, old_id: str, new_id: str, record: Record, expires: float, expected: int, op: bytes
+    ) -> list[Any]:
+        """KEYS and ARGV of sessions_rotate.lua."""
+        op = self.op(op)
+        return [
+            self.key(old_id),
+            self.key(new_id),
+            _VERSION.pack(expected),
+            pack(record, op),
+            self.ttl(expires),
+            op,
+        ]
 
-    def touch(
-        self, session_id: str, accessed_at: float, expires: float
-    ) -> tuple[bytes, bytes, int]:
-        """KEYS and ARGV of the touch script."""
-        return self.key(session_id), _DOUBLE.pack(accessed_at), self.ttl(expires)
+    def touch(self, session_id: str, accessed_at: float, expires: float) -> list[Any]:
+        """KEYS and ARGV of sessions_touch.lua."""
+        return [self.key(session_id), _DOUBLE.pack(accessed_at), self.ttl(expires)]
 
-    def touch_live(self, session_id: str) -> tuple[bytes, bytes, bytes, bytes]:
-        """KEYS and ARGV of the script behind the public ``touch``."""
-        now = _DOUBLE.pack(self._settings.clock())
-        return self.key(session_id), now, self._idle, self._absolute
+    def touch_live(self, session_id: str, now: float) -> list[Any]:
+        """KEYS and ARGV of sessions_touch_live.lua."""
+        return [self.key(session_id), _DOUBLE.pack(now), self._idle, self._absolute]
 
     @staticmethod
     def touched(reply: Any) -> bool:
         if reply == -1:
-            raise SessionCorrupted("a stored session is not a scalekit record (no SKS1 header)")
+            raise SessionCorrupted("a stored session is not a scalekit record (no SKS2 header)")
         return bool(reply)
 
     def fail(self, what: str, session_id: str, exc: Exception) -> NoReturn:
@@ -274,9 +252,10 @@ class RedisSessionStore(SessionStoreBase):
     ``client`` is a ``redis.Redis`` made with ``decode_responses=False`` (the
     default); the store never closes it. ``prefix`` starts every key. The other
     settings are :class:`~scalekit.sessions.SessionStoreBase`'s (``idle_timeout``,
-    ``absolute_timeout``, ``max_bytes``, ``serializer``, ``clock``). See the module
-    docstring for the key layout and Redis Cluster. A redis-py error is raised as
-    :class:`~scalekit.errors.BackendError`, with the cause chained.
+    ``absolute_timeout``, ``max_bytes``, ``policies``, ``serializer``, ``clock``).
+    See the module docstring for the key layout, retries and Redis Cluster. A
+    redis-py error is raised as :class:`~scalekit.errors.BackendError`, with the
+    cause chained.
 
     Runtime complexity: every operation one round trip, O(1) in Redis, plus the
     (de)serialization of one session; ``purge_expired`` none (Redis expires keys).
@@ -287,7 +266,7 @@ class RedisSessionStore(SessionStoreBase):
     Example (needs a Redis server)::
 
         import redis
-        from scalekit.sessions._redis import RedisSessionStore
+        from scalekit.sessions import RedisSessionStore
 
         store = RedisSessionStore(redis.Redis(), idle_timeout=1800)
         session = store.create({"user": 42})
@@ -296,6 +275,8 @@ class RedisSessionStore(SessionStoreBase):
         store.save(again)
     """
 
+    _native_touch = True
+
     def __init__(
         self, client: redis.Redis, *, prefix: str = "scalekit:session:", **settings: Any
     ) -> None:
@@ -303,15 +284,16 @@ class RedisSessionStore(SessionStoreBase):
         self._core = _Core(client, prefix, self.settings, asynchronous=False)
         self.client = client
         self.prefix = prefix
+        self._scripts = register_scripts(client, _SCRIPT_NAMES)
         self._execute: Callable[..., Any] = client.execute_command
 
-    def _eval(self, script: _Script, what: str, session_id: str, nkeys: int, *args: Any) -> Any:
+    def _script(self, name: str, what: str, session_id: str, nkeys: int, args: list[Any]) -> Any:
+        script = self._scripts[name]
         try:
-            try:
+            try:  # the common case in one call: the script is loaded
                 return self._execute("EVALSHA", script.sha, nkeys, *args)
-            except self._core.noscript:
-                self.client.script_load(script.source)
-                return self._execute("EVALSHA", script.sha, nkeys, *args)
+            except self._core.noscript:  # the Script loads it and runs it again
+                return script(keys=args[:nkeys], args=args[nkeys:])
         except self._core.errors as exc:
             self._core.fail(what, session_id, exc)
 
@@ -323,25 +305,34 @@ class RedisSessionStore(SessionStoreBase):
             self._core.fail("load", session_id, exc)
         return None if raw is None else unpack(raw)  # type: ignore[arg-type]
 
-    def _insert(self, session_id: str, record: Record, expires: float) -> bool:
-        """Cost: one ``SET ... NX PX``."""
-        key, value, ttl = self._core.insert(session_id, record, expires)
+    def _insert(self, session_id: str, record: Record, expires: float, op: bytes) -> bool:
+        """Cost: one ``SET ... NX PX``; one ``GET`` more if the id is taken (by this
+        op's first run, when the client sent it twice: then True)."""
+        key, value, ttl = self._core.insert(session_id, record, expires, op)
         try:
-            if ttl:
-                return bool(self.client.set(key, value, nx=True, px=ttl))
-            return bool(self.client.set(key, value, nx=True))
+            if self.client.set(key, value, nx=True, px=ttl or None):
+                return True
+            return op in _ops(self.client.get(key))  # type: ignore[arg-type]
         except self._core.errors as exc:
             self._core.fail("create", session_id, exc)
 
-    def _replace(self, session_id: str, record: Record, expires: float, expected: int) -> bool:
+    def _replace(
+        self, session_id: str, record: Record, expires: float, expected: int, op: bytes
+    ) -> bool:
         """Cost: one script call (compare-and-set), O(1) in Redis."""
-        args = self._core.replace(session_id, record, expires, expected)
-        return bool(self._eval(_SCRIPTS["replace"], "save", session_id, 1, *args))
+        args = self._core.replace(session_id, record, expires, expected, op)
+        return bool(self._script("sessions_replace", "save", session_id, 1, args))
 
     def _touch(self, session_id: str, accessed_at: float, expires: float) -> bool:
         """Cost: one script call, O(1) in Redis; the data is not rewritten."""
         args = self._core.touch(session_id, accessed_at, expires)
-        return bool(self._eval(_SCRIPTS["touch"], "touch", session_id, 1, *args))
+        return bool(self._script("sessions_touch", "touch", session_id, 1, args))
+
+    def _touch_live(self, session_id: str, now: float) -> bool:
+        """Touch a session live at ``now``: one script call, which decides from the
+        stored timestamps (a read then a write would take two round trips)."""
+        args = self._core.touch_live(session_id, now)
+        return self._core.touched(self._script("sessions_touch_live", "touch", session_id, 1, args))
 
     def _delete(self, session_id: str) -> None:
         """Cost: one ``DEL``."""
@@ -351,28 +342,16 @@ class RedisSessionStore(SessionStoreBase):
             self._core.fail("delete", session_id, exc)
 
     def _rotate(
-        self, old_id: str, new_id: str, record: Record, expires: float, expected: int
+        self, old_id: str, new_id: str, record: Record, expires: float, expected: int, op: bytes
     ) -> bool:
         """Cost: one script call on both keys, O(1) in Redis."""
-        args = self._core.rotate(old_id, new_id, record, expires, expected)
-        return bool(self._eval(_SCRIPTS["rotate"], "rotate", old_id, 2, *args))
+        args = self._core.rotate(old_id, new_id, record, expires, expected, op)
+        return bool(self._script("sessions_rotate", "rotate", old_id, 2, args))
 
     def _purge(self, now: float) -> int:
         """Nothing to do: Redis deletes each session when its TTL runs out.
         Cost: none (no round trip)."""
         return 0
-
-    def touch(self, session_id: str) -> bool:
-        """Extend the idle expiry without rewriting the data; False if the session
-        is unknown or expired by the store's clock (then nothing changes).
-
-        Cost: one script call, which decides from the stored timestamps (the base
-        class reads, then writes: two round trips).
-        """
-        if not valid_id(session_id):
-            return False
-        args = self._core.touch_live(session_id)
-        return self._core.touched(self._eval(_SCRIPTS["touch_live"], "touch", session_id, 1, *args))
 
 
 class AsyncRedisSessionStore(AsyncSessionStoreBase):
@@ -385,11 +364,13 @@ class AsyncRedisSessionStore(AsyncSessionStoreBase):
     Example (needs a Redis server)::
 
         import redis.asyncio
-        from scalekit.sessions._redis import AsyncRedisSessionStore
+        from scalekit.sessions import AsyncRedisSessionStore
 
         store = AsyncRedisSessionStore(redis.asyncio.Redis())
         session = await store.create({"user": 42})
     """
+
+    _native_touch = True
 
     def __init__(
         self, client: redis.asyncio.Redis, *, prefix: str = "scalekit:session:", **settings: Any
@@ -398,17 +379,18 @@ class AsyncRedisSessionStore(AsyncSessionStoreBase):
         self._core = _Core(client, prefix, self.settings, asynchronous=True)
         self.client = client
         self.prefix = prefix
+        self._scripts = register_scripts(client, _SCRIPT_NAMES)
         self._execute: Callable[..., Any] = client.execute_command
 
-    async def _eval(
-        self, script: _Script, what: str, session_id: str, nkeys: int, *args: Any
+    async def _script(
+        self, name: str, what: str, session_id: str, nkeys: int, args: list[Any]
     ) -> Any:
+        script = self._scripts[name]
         try:
             try:
                 return await self._execute("EVALSHA", script.sha, nkeys, *args)
             except self._core.noscript:
-                await self.client.script_load(script.source)
-                return await self._execute("EVALSHA", script.sha, nkeys, *args)
+                return await script(keys=args[:nkeys], args=args[nkeys:])
         except self._core.errors as exc:
             self._core.fail(what, session_id, exc)
 
@@ -420,27 +402,33 @@ class AsyncRedisSessionStore(AsyncSessionStoreBase):
             self._core.fail("load", session_id, exc)
         return None if raw is None else unpack(raw)  # type: ignore[arg-type]
 
-    async def _insert(self, session_id: str, record: Record, expires: float) -> bool:
-        """Cost: one ``SET ... NX PX``."""
-        key, value, ttl = self._core.insert(session_id, record, expires)
+    async def _insert(self, session_id: str, record: Record, expires: float, op: bytes) -> bool:
+        """:meth:`RedisSessionStore._insert`."""
+        key, value, ttl = self._core.insert(session_id, record, expires, op)
         try:
-            if ttl:
-                return bool(await self.client.set(key, value, nx=True, px=ttl))
-            return bool(await self.client.set(key, value, nx=True))
+            if await self.client.set(key, value, nx=True, px=ttl or None):
+                return True
+            return op in _ops(await self.client.get(key))  # type: ignore[arg-type]
         except self._core.errors as exc:
             self._core.fail("create", session_id, exc)
 
     async def _replace(
-        self, session_id: str, record: Record, expires: float, expected: int
+        self, session_id: str, record: Record, expires: float, expected: int, op: bytes
     ) -> bool:
         """Cost: one script call (compare-and-set), O(1) in Redis."""
-        args = self._core.replace(session_id, record, expires, expected)
-        return bool(await self._eval(_SCRIPTS["replace"], "save", session_id, 1, *args))
+        args = self._core.replace(session_id, record, expires, expected, op)
+        return bool(await self._script("sessions_replace", "save", session_id, 1, args))
 
     async def _touch(self, session_id: str, accessed_at: float, expires: float) -> bool:
         """Cost: one script call, O(1) in Redis; the data is not rewritten."""
         args = self._core.touch(session_id, accessed_at, expires)
-        return bool(await self._eval(_SCRIPTS["touch"], "touch", session_id, 1, *args))
+        return bool(await self._script("sessions_touch", "touch", session_id, 1, args))
+
+    async def _touch_live(self, session_id: str, now: float) -> bool:
+        """:meth:`RedisSessionStore._touch_live`."""
+        args = self._core.touch_live(session_id, now)
+        reply = await self._script("sessions_touch_live", "touch", session_id, 1, args)
+        return self._core.touched(reply)
 
     async def _delete(self, session_id: str) -> None:
         """Cost: one ``DEL``."""
@@ -450,21 +438,13 @@ class AsyncRedisSessionStore(AsyncSessionStoreBase):
             self._core.fail("delete", session_id, exc)
 
     async def _rotate(
-        self, old_id: str, new_id: str, record: Record, expires: float, expected: int
+        self, old_id: str, new_id: str, record: Record, expires: float, expected: int, op: bytes
     ) -> bool:
         """Cost: one script call on both keys, O(1) in Redis."""
-        args = self._core.rotate(old_id, new_id, record, expires, expected)
-        return bool(await self._eval(_SCRIPTS["rotate"], "rotate", old_id, 2, *args))
+        args = self._core.rotate(old_id, new_id, record, expires, expected, op)
+        return bool(await self._script("sessions_rotate", "rotate", old_id, 2, args))
 
     async def _purge(self, now: float) -> int:
         """Nothing to do: Redis deletes each session when its TTL runs out.
         Cost: none (no round trip)."""
         return 0
-
-    async def touch(self, session_id: str) -> bool:
-        """:meth:`RedisSessionStore.touch`. Cost: one script call."""
-        if not valid_id(session_id):
-            return False
-        args = self._core.touch_live(session_id)
-        reply = await self._eval(_SCRIPTS["touch_live"], "touch", session_id, 1, *args)
-        return self._core.touched(reply)

@@ -8,12 +8,15 @@ import re
 import secrets
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from scalekit.errors import SessionConflict, SessionCorrupted
+from scalekit._validate import check_choice, check_name, check_number, check_str, type_name
+from scalekit.errors import ArgumentTypeError, ConfigurationError, SessionConflict, SessionCorrupted
 
 __all__ = [
     "JSON",
+    "POLICIES",
+    "Policy",
     "Record",
     "Serializer",
     "Session",
@@ -22,6 +25,14 @@ __all__ = [
     "new_id",
     "valid_id",
 ]
+
+Policy = Literal["conflict", "max", "last_write_wins"]
+POLICIES: tuple[Policy, ...] = ("conflict", "max", "last_write_wins")
+"""How a save merges a key that this request changed and another request changed
+too: ``"conflict"`` (the default: :class:`SessionConflict`, equal values or not),
+``"max"`` (the larger of the two numbers, or strings; for values that only grow,
+such as a read-your-writes token), ``"last_write_wins"`` (this request's value,
+asked for by name only)."""
 
 _ID = re.compile(r"[A-Za-z0-9_-]{43}\Z")
 _MISSING: Any = object()
@@ -47,11 +58,13 @@ class Serializer:
         try:
             return self._dumps(data).encode()
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"session values must be JSON values: {exc}") from None
+            raise ArgumentTypeError(f"session values must be JSON values: {exc}") from None
+
+    _decode = json.JSONDecoder().decode
 
     def loads(self, raw: bytes) -> dict[str, Any]:
         try:
-            data = json.loads(raw)
+            data = self._decode(raw.decode())  # this store writes UTF-8 only
         except (UnicodeDecodeError, ValueError) as exc:
             raise SessionCorrupted(f"a stored session is not JSON ({exc})") from None
         if not isinstance(data, dict):
@@ -83,11 +96,62 @@ def expires_at(
     )
 
 
+_encode_str = json.encoder.encode_basestring  # what the encoder uses with ensure_ascii=False
+_SCALARS = {None: "null", True: "true", False: "false"}
+
+
 def _encoded(value: Any) -> str:
+    """``value`` as JSON text, or :class:`ArgumentTypeError` (also ``TypeError``) if
+    it is not a JSON value that UTF-8 can carry (a lone surrogate cannot).
+
+    A str, int, bool or None is encoded directly, as ``json`` would (the common
+    session value, noted on every use: this saves the encoder's own overhead)."""
+    kind = type(value)
     try:
-        return JSON._dumps(value)
+        if kind is str:
+            text: str = _encode_str(value)
+        elif kind is int:
+            text = int.__repr__(value)
+        elif value is None or kind is bool:
+            text = _SCALARS[value]
+        else:
+            text = JSON._dumps(value)
+        if not text.isascii():
+            text.encode()
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"session values must be JSON values: {exc}") from None
+        raise ArgumentTypeError(f"session values must be JSON values: {exc}") from None
+    return text
+
+
+def _check_key(key: object) -> str:
+    """A session key: a str that UTF-8 can carry (``""`` included)."""
+    text = check_str(key, "session key", allow_empty=True)
+    if text and not text.isascii():
+        check_name(text, "session key")
+    return text
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_policies(policies: object) -> dict[str, Policy]:
+    """``policies`` as a dict of session key to merge policy (see :data:`POLICIES`);
+    None is no policy. Raises naming the bad key or policy.
+
+    >>> check_policies({"rw_token": "max"})
+    {'rw_token': 'max'}
+    """
+    if policies is None:
+        return {}
+    if not isinstance(policies, Mapping):
+        raise ArgumentTypeError(
+            f"policies must be a mapping of session key to policy, got {type_name(policies)}"
+        )
+    checked: dict[str, Policy] = {}
+    for key, policy in policies.items():
+        checked[_check_key(key)] = check_choice(policy, f"policies[{key!r}]", POLICIES)
+    return checked
 
 
 class Session(MutableMapping[str, Any]):
@@ -97,10 +161,13 @@ class Session(MutableMapping[str, Any]):
     so a save knows which keys this request changed or deleted, nested changes too
     (``session["cart"].append(...)``), and merges only those onto a newer version
     saved by a concurrent request. Keys a request never uses cost nothing.
+    :meth:`increment` records a delta instead, which a merge adds to the stored
+    number.
     """
 
     __slots__ = (
         "_data",
+        "_deltas",
         "_original",
         "accessed_at",
         "created_at",
@@ -130,6 +197,8 @@ class Session(MutableMapping[str, Any]):
         self.is_new = is_new
         # key -> its JSON when first used (None: absent then)
         self._original: dict[str, str | None] = {}
+        # key -> the sum of increment() calls, for keys changed by nothing else
+        self._deltas: dict[str, int | float] = {}
 
     # -- the mapping --------------------------------------------------------
 
@@ -159,17 +228,64 @@ class Session(MutableMapping[str, Any]):
             self._original[key] = None if value is _MISSING else _encoded(value)
 
     def __setitem__(self, key: str, value: Any) -> None:
-        if not isinstance(key, str):
-            raise TypeError(f"session keys are str, got {type(key).__name__}")
+        if type(key) is not str or not key.isascii():
+            _check_key(key)
         _encoded(value)  # refuse what cannot be stored now, not at save time
         self._note(key)
+        self._deltas.pop(key, None)  # a plain write: merged as one
         self._data[key] = value
 
     def __delitem__(self, key: str) -> None:
         if key not in self._data:
             raise KeyError(key)
         self._note(key)
+        self._deltas.pop(key, None)
         del self._data[key]
+
+    def increment(self, key: str, by: int | float = 1) -> int | float:
+        """Add ``by`` to the number under ``key`` (absent: 0) and return the sum.
+
+        Unlike ``session[key] += by``, the save merges increments: if another request
+        saved meanwhile, this request's total ``by`` is added to the stored number,
+        so concurrent increments add up instead of conflicting. A key this request
+        also sets or deletes is merged as a plain write.
+
+        Raises :class:`~scalekit.errors.ArgumentTypeError` if the stored value is not
+        a number, and for a ``by`` that is not an ``int`` or ``float`` (``bool`` is
+        not); :class:`~scalekit.errors.ConfigurationError` for NaN, infinity, or a
+        sum that is not finite. Nothing changes then.
+
+        Runtime complexity: O(1) (O(size of the value) the first time a key is used).
+
+        >>> session = Session("x" * 43, {}, version=1, created_at=0.0,
+        ...                   accessed_at=0.0, expires_at=60.0)
+        >>> session.increment("visits"), session.increment("visits", by=2)
+        (1, 3)
+        """
+        _check_key(key)
+        check_number(by, "by")
+        current = self._data.get(key, 0)
+        if not _is_number(current):
+            raise ArgumentTypeError(
+                f"session[{key!r}] holds a {type_name(current)}, not a number to increment"
+            )
+        total: int | float = current + by
+        if not math.isfinite(total):
+            raise ConfigurationError(f"session[{key!r}] + {by!r} is not a finite number")
+        written = key not in self._deltas and self._written(key)
+        self._note(key)
+        self._data[key] = total
+        if not written:
+            self._deltas[key] = self._deltas.get(key, 0) + by
+        return total
+
+    def _written(self, key: str) -> bool:
+        """Whether ``key`` holds another value than it was loaded with."""
+        original = self._original.get(key, _MISSING)
+        if original is _MISSING:
+            return False
+        value = self._data.get(key, _MISSING)
+        return bool((None if value is _MISSING else _encoded(value)) != original)
 
     # -- what changed ---------------------------------------------------------
 
@@ -207,6 +323,7 @@ class Session(MutableMapping[str, Any]):
         so far are noted again now: the caller may still hold their values."""
         self._data = data
         self._original = {key: _encoded(data[key]) for key in self._original if key in data}
+        self._deltas = {}
         self.version = version
         self.accessed_at = accessed_at
         self.expires_at = expires
@@ -215,36 +332,91 @@ class Session(MutableMapping[str, Any]):
     def __repr__(self) -> str:
         return f"<Session {self.id[:8]}... v{self.version} {len(self._data)} keys>"
 
+    def _check(self) -> None:
+        """Assert the internal invariants (for tests).
 
-def merge(session: Session, current: dict[str, Any]) -> dict[str, Any]:
+        Runtime complexity: O(size of the keys used)."""
+        assert isinstance(self._data, dict)
+        assert self.version >= 0
+        assert self.is_new == (self.version == 0) or not self.is_new
+        for key, original in self._original.items():
+            assert isinstance(key, str)
+            assert original is None or isinstance(original, str)
+        for key, delta in self._deltas.items():
+            # only a key noted when first used, holding a number, can carry a delta
+            assert key in self._original, key
+            assert _is_number(delta), delta
+            assert _is_number(self._data.get(key)), key
+
+
+def merge(
+    session: Session, current: dict[str, Any], policies: Mapping[str, Policy] | None = None
+) -> dict[str, Any]:
     """``current`` (saved meanwhile by another request) with this request's changes
-    applied: its changed keys set, its deleted keys removed. Raises
-    :class:`SessionConflict` if the other request changed one of those keys too,
-    to another value."""
+    applied: its changed keys set, its deleted keys removed, its increments added.
+
+    A key this request set or deleted whose value in ``current`` is no longer the
+    one this request loaded was changed by the other request too: that is a
+    :class:`SessionConflict`, whether the two values are equal or not (two
+    requests that read ``n == 5`` and both write 6 made two increments), unless
+    ``policies`` names the key: ``"max"`` keeps the larger of two numbers (or two
+    strings), ``"last_write_wins"`` keeps this request's value. A key changed only
+    by :meth:`Session.increment` gets the stored number plus this request's total.
+
+    Runtime complexity: O(size of the keys this request used).
+    """
     changed, deleted = session.changes()
     merged = dict(current)
+    deltas = session._deltas
     for key, value in changed.items():
         theirs = current.get(key, _MISSING)
-        if theirs is not _MISSING and _encoded(theirs) == _encoded(value):
-            continue  # both made the same change
-        if _differs(session, key, theirs):
-            raise SessionConflict(
-                f"session {session.id[:8]}...: key {key!r} was changed by another request",
-                key=key,
-            )
-        merged[key] = value
+        delta = deltas.get(key)
+        if delta is not None:
+            merged[key] = _added(session, key, theirs, delta)
+        elif not _differs(session, key, theirs):
+            merged[key] = value
+        else:
+            merged[key] = _resolved(session, key, value, theirs, policies)
     for key in deleted:
         theirs = current.get(key, _MISSING)
-        if theirs is _MISSING:
-            continue
-        if _differs(session, key, theirs):
-            raise SessionConflict(
-                f"session {session.id[:8]}...: key {key!r} was deleted here "
-                "and changed by another request",
-                key=key,
-            )
-        del merged[key]
+        if _differs(session, key, theirs) and (policies or {}).get(key) != "last_write_wins":
+            raise _conflict(session, key, "deleted here and changed by another request")
+        if theirs is not _MISSING:
+            del merged[key]
     return merged
+
+
+def _conflict(session: Session, key: str, what: str) -> SessionConflict:
+    return SessionConflict(f"session {session.id[:8]}...: key {key!r} was {what}", key=key)
+
+
+def _added(session: Session, key: str, theirs: Any, delta: int | float) -> int | float:
+    """The stored number under ``key`` plus this request's increments."""
+    if theirs is _MISSING:
+        if session._original.get(key) is not None:
+            raise _conflict(session, key, "incremented here and deleted by another request")
+        return delta
+    if not _is_number(theirs):
+        raise _conflict(session, key, "incremented here and set to a non-number by another request")
+    total = theirs + delta
+    if not math.isfinite(total):
+        raise _conflict(session, key, "incremented past a finite number")
+    return total  # type: ignore[no-any-return]
+
+
+def _resolved(
+    session: Session, key: str, ours: Any, theirs: Any, policies: Mapping[str, Policy] | None
+) -> Any:
+    """The merged value of a key both requests changed, by its policy."""
+    policy = (policies or {}).get(key, "conflict")
+    if policy == "last_write_wins":
+        return ours
+    if policy == "max" and theirs is not _MISSING:
+        if _is_number(ours) and _is_number(theirs):
+            return max(ours, theirs)
+        if isinstance(ours, str) and isinstance(theirs, str):
+            return max(ours, theirs)
+    raise _conflict(session, key, "changed by another request")
 
 
 def _differs(session: Session, key: str, theirs: Any) -> bool:

@@ -76,7 +76,9 @@ def _import_sqlalchemy() -> None:
         import sqlalchemy  # noqa: F401
     except ImportError as exc:
         raise ImportError(
-            "the SQL session stores need SQLAlchemy: pip install 'scalekit[sql]'"
+            "the SQL session stores need SQLAlchemy: install the sql extra from the "
+            "repository (pip install '.[sql]' in a clone); pip install 'scalekit[sql]' "
+            "would install an unrelated package that has that name on the index"
         ) from exc
 
 
@@ -472,7 +474,7 @@ class SqlSessionStore(SessionStoreBase):
         )
         return sql.record(row)
 
-    def _insert(self, session_id: str, record: Record, expires: float) -> bool:
+    def _insert(self, session_id: str, record: Record, expires: float, op: bytes) -> bool:
         """Cost: one INSERT; a taken id is an integrity error, so False."""
         params = self._sql.row(session_id, record, expires)
 
@@ -485,7 +487,9 @@ class SqlSessionStore(SessionStoreBase):
 
         return self._run("creating a session", work)
 
-    def _replace(self, session_id: str, record: Record, expires: float, expected: int) -> bool:
+    def _replace(
+        self, session_id: str, record: Record, expires: float, expected: int, op: bytes
+    ) -> bool:
         """Cost: one UPDATE ``WHERE id = :id AND version = :expected``; False if it
         updated no row."""
         params = self._sql.row(session_id, record, expires)
@@ -510,7 +514,7 @@ class SqlSessionStore(SessionStoreBase):
         )
 
     def _rotate(
-        self, old_id: str, new_id: str, record: Record, expires: float, expected: int
+        self, old_id: str, new_id: str, record: Record, expires: float, expected: int, op: bytes
     ) -> bool:
         """Cost: one transaction: DELETE the old id if its version is ``expected``,
         INSERT the new one; rolled back (False) if either finds nothing to do."""
@@ -696,7 +700,7 @@ class AsyncSqlSessionStore(AsyncSessionStoreBase):
         result = await self._execute("reading a session", self._sql.read, {"b_id": session_id})
         return self._sql.record(result.first())
 
-    async def _insert(self, session_id: str, record: Record, expires: float) -> bool:
+    async def _insert(self, session_id: str, record: Record, expires: float, op: bytes) -> bool:
         """:meth:`SqlSessionStore._insert`."""
         await self._ensure()
         params = self._sql.row(session_id, record, expires)
@@ -710,7 +714,7 @@ class AsyncSqlSessionStore(AsyncSessionStoreBase):
         return True
 
     async def _replace(
-        self, session_id: str, record: Record, expires: float, expected: int
+        self, session_id: str, record: Record, expires: float, expected: int, op: bytes
     ) -> bool:
         """:meth:`SqlSessionStore._replace`."""
         params = self._sql.row(session_id, record, expires)
@@ -729,7 +733,7 @@ class AsyncSqlSessionStore(AsyncSessionStoreBase):
         await self._execute("deleting a session", self._sql.delete, {"b_id": session_id})
 
     async def _rotate(
-        self, old_id: str, new_id: str, record: Record, expires: float, expected: int
+        self, old_id: str, new_id: str, record: Record, expires: float, expected: int, op: bytes
     ) -> bool:
         """:meth:`SqlSessionStore._rotate`."""
         await self._ensure()
