@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from scalekit.testing._sessions import (
+from scalekit.testing import (
     SESSION_STORE_CHECKS,
     check_async_session_store,
     check_session_store,

@@ -1,5 +1,5 @@
 """The lost-update proof, shared by every store: 32 workers each increment their
-own key of one session, 10,000 increments in all, and every one must be there.
+own key of one session, 3,000 increments in all, and every one must be there.
 
 A save merges onto every newer version it finds; when it loses too many races in
 a row it gives up with SessionConflict (``key`` None) and stores nothing, and the
@@ -16,7 +16,7 @@ from scalekit.errors import SessionConflict
 from scalekit.sessions import Session
 
 WORKERS = 32
-INCREMENTS = 10_000
+INCREMENTS = 3_000
 
 
 def shares(total: int = INCREMENTS, workers: int = WORKERS) -> list[int]:

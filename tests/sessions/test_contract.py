@@ -10,7 +10,7 @@ import pytest
 
 from scalekit.errors import ConfigurationError
 from scalekit.sessions import AsyncMemorySessionStore, MemorySessionStore, Record
-from scalekit.testing._sessions import check_async_session_store, check_session_store
+from scalekit.testing import check_async_session_store, check_session_store
 from tests.contracts.session_contract import AsyncSessionStoreContract, SessionStoreContract
 
 

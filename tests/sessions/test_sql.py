@@ -461,7 +461,7 @@ def stress_engine(backend: Backend, make: Callable[..., Any]) -> Any:
     """An engine as the store makes its own (autocommit, no reset on return), with
     two connections: the 32 workers still interleave between each one's load and
     save (the test checks that saves did merge), and the database does the work of
-    10,000 increments in seconds on a small machine rather than in minutes of lost
+    3,000 increments in seconds on a small machine rather than in minutes of lost
     races (each of 32 workers in the database at once wins ~1 race in 32)."""
     return make(
         pool_size=2, max_overflow=0, isolation_level="AUTOCOMMIT", pool_reset_on_return=None

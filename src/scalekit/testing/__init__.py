@@ -8,6 +8,8 @@
   for your own balancer.
 - :func:`check_queue_backend`: the message-queue backend contract (at-least-once
   delivery, redelivery, dead letters, delays), for your own backend.
+- :func:`check_session_store` and :func:`check_async_session_store`: the session
+  store contract (compare-and-set saves, merges, expiry, rotation), sync and async.
 - :func:`check_sharder`: the sharding-scheme contract (placement, exact plans,
   minimal movement), for your own scheme.
 
@@ -24,15 +26,23 @@ from scalekit.testing._balancer import BALANCER_CHECKS, check_balancer
 from scalekit.testing._cache import check_cache
 from scalekit.testing._clock import FakeClock
 from scalekit.testing._queue import QUEUE_CHECKS, check_queue_backend
+from scalekit.testing._sessions import (
+    SESSION_STORE_CHECKS,
+    check_async_session_store,
+    check_session_store,
+)
 from scalekit.testing._sharder import SHARDER_CHECKS, check_sharder
 
 __all__ = [
     "BALANCER_CHECKS",
     "QUEUE_CHECKS",
+    "SESSION_STORE_CHECKS",
     "SHARDER_CHECKS",
     "FakeClock",
+    "check_async_session_store",
     "check_balancer",
     "check_cache",
     "check_queue_backend",
+    "check_session_store",
     "check_sharder",
 ]

@@ -21,7 +21,6 @@ store's on tasks. Nothing here imports a test framework.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
@@ -86,6 +85,8 @@ class _Env:
     async def gather(self, workers: Iterable[Coroutine[Any, Any, None]]) -> None:
         """Run the workers at once: tasks for an async store, threads for a sync one."""
         if self._asynchronous:
+            import asyncio  # here: importing scalekit.testing must not import asyncio
+
             await asyncio.gather(*workers)
             return
         errors: list[BaseException] = []
