@@ -12,6 +12,8 @@ rather than polling: the one copy of the wait-and-wake code that every block use
   cancelled meanwhile: whichever side comes second undoes it (mq gives back a
   message nobody received). A cache fill started for a cancelled caller has the
   same shape.
+- :class:`Latch`: set once, waited for by threads and by tasks on any loop. The
+  cache decorators' callers wait on it for a call in flight.
 - :func:`resolve`: complete a future if it is not done (for ``call_soon_threadsafe``).
 
 Nothing here does I/O or imports a block.
@@ -26,7 +28,15 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-__all__ = ["AsyncWaiters", "Handoff", "Waiter", "Wakeups", "resolve", "seconds_left"]
+__all__ = [
+    "AsyncWaiters",
+    "Handoff",
+    "Latch",
+    "Waiter",
+    "Wakeups",
+    "resolve",
+    "seconds_left",
+]
 
 T = TypeVar("T")
 
@@ -147,6 +157,56 @@ class Wakeups:
                 with self._cond:
                     self.sleepers -= 1
                     self._tasks.discard(entry)
+
+
+class Latch:
+    """An event that is set once, for blocked threads and for asyncio tasks on any
+    event loop. A thread waits on a :class:`threading.Event` made only when a
+    thread does wait; a task waits on a future of its own loop, resolved
+    thread-safely when the latch is set."""
+
+    __slots__ = ("_event", "_lock", "_set", "_tasks")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._set = False
+        self._event: threading.Event | None = None
+        self._tasks: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        """Wake every waiter, now and later; setting twice is a no-op."""
+        with self._lock:
+            if self._set:
+                return
+            self._set = True
+            event, tasks, self._tasks = self._event, self._tasks, []
+        if event is not None:
+            event.set()
+        for loop, future in tasks:
+            with contextlib.suppress(RuntimeError):  # a closed loop: its waiter is gone
+                loop.call_soon_threadsafe(resolve, future)
+
+    def wait(self) -> None:
+        """Block this thread until the latch is set."""
+        with self._lock:
+            if self._set:
+                return
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        event.wait()
+
+    async def wait_async(self) -> None:
+        """Suspend this task until the latch is set."""
+        with self._lock:
+            if self._set:
+                return
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._tasks.append((asyncio.get_running_loop(), future))
+        await future
 
 
 class Handoff(Generic[T]):

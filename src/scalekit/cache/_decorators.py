@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, TypeVar, cast
 
 from scalekit._validate import check_callable, type_name
+from scalekit._waiting import Latch
 from scalekit.cache.keys import hashkey, methodkey
 from scalekit.errors import ArgumentTypeError, ReentrantCall
 
@@ -60,22 +61,15 @@ class _Call:
     re-entry; ``stale`` is set by an invalidation: the result is then not stored.
     """
 
-    __slots__ = ("done", "error", "event", "runner", "stale", "traceback", "value", "waiters")
+    __slots__ = ("done", "error", "runner", "stale", "traceback", "value")
 
     def __init__(self, runner: object) -> None:
         self.runner = runner
         self.stale = False
-        self.done = False
+        self.done = Latch()  # set once value or error is in
         self.value: Any = None
         self.error: BaseException | None = None
         self.traceback: TracebackType | None = None
-        self.event: threading.Event | None = None
-        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class _Flights:
@@ -200,31 +194,7 @@ class _Flights:
             call.value = value
             call.error = error
             call.traceback = None if error is None else error.__traceback__
-            call.done = True
-            if call.event is not None:
-                call.event.set()
-            for loop, future in call.waiters:
-                # RuntimeError: that waiter's event loop is closed, no one is left to wake.
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_wake, future)
-
-    def wait(self, call: _Call) -> None:
-        with self._registry:
-            if call.done:
-                return
-            if call.event is None:
-                call.event = threading.Event()
-            event = call.event
-        event.wait()
-
-    async def wait_async(self, call: _Call) -> None:
-        with self._registry:
-            if call.done:
-                return
-            loop = asyncio.get_running_loop()
-            future: asyncio.Future[None] = loop.create_future()
-            call.waiters.append((loop, future))
-        await future
+        call.done.set()
 
     def info(self, lock: Lock, cache: MutableMapping[Any, Any], owner: object) -> CacheInfo:
         with lock:
@@ -301,7 +271,7 @@ def _sync_wrapper(
         if call is None:
             return value
         if not leads:
-            flights.wait(call)
+            call.done.wait()
             return _outcome(flights, owner, call)
         try:
             value = func(*args, **kwargs)
@@ -335,7 +305,7 @@ def _async_wrapper(
                 return value
             if leads:
                 break
-            await flights.wait_async(call)
+            await call.done.wait_async()
             if isinstance(call.error, asyncio.CancelledError):
                 continue  # the leader was cancelled, not us: try again, maybe as leader
             return _outcome(flights, owner, call)
