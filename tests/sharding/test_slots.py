@@ -9,14 +9,11 @@ import itertools
 import math
 import pickle
 import random
-import shutil
-import subprocess
-import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 from fractions import Fraction
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import assume, given, settings
@@ -32,7 +29,7 @@ from scalekit.errors import (
 )
 from scalekit.hashing import murmur3_64
 from scalekit.sharding._slots import SlotMap, crc16_xmodem, redis_key_slot
-from tests.services import REDIS_URL, require_service
+from tests.services import redis_server, require_service
 
 RNG = random.Random(7)
 KEYS = [f"user:{RNG.getrandbits(48)}" for _ in range(20_000)]
@@ -77,26 +74,6 @@ def test_redis_cluster_spec_examples() -> None:
     assert cluster.slot_of(b"foo") == 12182
 
 
-# A throwaway cluster-enabled Redis: CLUSTER KEYSLOT works with no slots assigned.
-CLUSTER_PORT = 7390
-CLUSTER_COMMAND = [
-    "--port",
-    str(CLUSTER_PORT),
-    "--cluster-enabled",
-    "yes",
-    "--cluster-config-file",
-    f"/tmp/scalekit-cluster-{CLUSTER_PORT}.conf",
-    "--save",
-    "",
-    "--appendonly",
-    "no",
-    "--daemonize",
-    "yes",
-    "--dir",
-    "/tmp",
-]
-
-
 def _cluster_client(host: str, port: int) -> Any:
     """A client of a reachable, cluster-enabled Redis at host:port, else None."""
     import redis
@@ -111,42 +88,26 @@ def _cluster_client(host: str, port: int) -> Any:
     return None
 
 
-def _start_cluster_node(address: str) -> None:
-    """Find a cluster-enabled Redis (SCALEKIT_REDIS_URL's server, or one left on
-    port 7390 by an earlier run), else start one on 7390 and leave it for reuse."""
-    configured = urlsplit(REDIS_URL)
-    for host, port in ((configured.hostname or "127.0.0.1", configured.port or 6379),):
-        client = _cluster_client(host, port)
-        if client is not None:
-            _CLUSTER["client"] = client
-            return
-    client = _cluster_client("127.0.0.1", CLUSTER_PORT)
-    if client is None:
-        server = shutil.which("redis-server")
-        if server is None:
-            raise FileNotFoundError("redis-server is not installed")
-        subprocess.run([server, *CLUSTER_COMMAND], check=True, capture_output=True, timeout=10)
-        deadline = time.monotonic() + 5
-        while client is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-            client = _cluster_client("127.0.0.1", CLUSTER_PORT)
-    if client is None:
-        raise ConnectionError(f"no cluster-enabled Redis answered on {address}")
-    _CLUSTER["client"] = client
-
-
-_CLUSTER: dict[str, Any] = {}
-
-
 @pytest.fixture(scope="module")
 def cluster_node() -> Iterator[Any]:
-    """A client of a cluster-enabled Redis (skips, or fails when services are required)."""
-    require_service("a cluster-enabled Redis", f"127.0.0.1:{CLUSTER_PORT}", _start_cluster_node)
-    client = _CLUSTER.pop("client")
-    try:
-        yield client
-    finally:
-        client.close()
+    """A client of a throwaway cluster-enabled Redis of this module's own (CLUSTER
+    KEYSLOT answers with no slots assigned); skips, or fails when services are
+    required, without redis-server."""
+    with ExitStack() as stack:
+        clients: list[Any] = []
+
+        def start(_: str) -> None:
+            port = stack.enter_context(redis_server("--cluster-enabled", "yes"))
+            client = _cluster_client("127.0.0.1", port)
+            if client is None:
+                raise ConnectionError("the cluster-enabled redis-server does not answer")
+            clients.append(client)
+
+        require_service("a cluster-enabled redis-server", "127.0.0.1 (a free port)", start)
+        try:
+            yield clients[0]
+        finally:
+            clients[0].close()
 
 
 def _random_key(rng: random.Random) -> bytes:
