@@ -325,32 +325,47 @@ def purge(settings: Settings) -> Flow[int]:
 
 
 def run(flow: Flow[_R], store: Any) -> _R:
-    """Drive ``flow`` with direct calls to the primitives of a sync ``store``."""
-    send = flow.send
+    """Drive ``flow`` with direct calls to the primitives of a sync ``store``.
+
+    A step is ``(primitive, *arguments)``, or ``("sleep", seconds)``; what a
+    primitive raises is raised in the flow at its ``yield``, so a flow may handle it.
+    """
     try:
         step = next(flow)
         while True:
             name = step[0]
-            if name == "sleep":
-                time.sleep(step[1])
-                step = send(None)
+            try:
+                result = None
+                if name == "sleep":
+                    time.sleep(step[1])
+                else:
+                    result = getattr(store, name)(*step[1:])
+            except Exception as exc:
+                step = flow.throw(exc)
             else:
-                step = send(getattr(store, name)(*step[1:]))
+                step = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 
 
-async def run_async(flow: Flow[_R], store: Any) -> _R:
-    """Drive ``flow`` awaiting the primitives of an async ``store``."""
-    send = flow.send
+async def run_async(flow: Flow[_R], store: Any, *, on_thread: bool = False) -> _R:
+    """:func:`run` awaiting the primitives of an async ``store``, or, with
+    ``on_thread``, calling a sync store's on a worker thread."""
     try:
         step = next(flow)
         while True:
             name = step[0]
-            if name == "sleep":
-                await asyncio.sleep(step[1])
-                step = send(None)
+            try:
+                result = None
+                if name == "sleep":
+                    await asyncio.sleep(step[1])
+                elif on_thread:
+                    result = await asyncio.to_thread(getattr(store, name), *step[1:])
+                else:
+                    result = await getattr(store, name)(*step[1:])
+            except Exception as exc:
+                step = flow.throw(exc)
             else:
-                step = send(await getattr(store, name)(*step[1:]))
+                step = flow.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]

@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from scalekit._validate import check_str, type_name
 from scalekit.errors import ArgumentTypeError, ClosedError, ConfigurationError, SessionCorrupted
+from scalekit.sessions._core import run, run_async
 from scalekit.sessions._session import Session, valid_id
 
 if TYPE_CHECKING:
@@ -325,42 +326,6 @@ class _Core:
         return None
 
 
-def _run(flow: _Flow[_R], store: Any) -> _R:
-    """Drive ``flow`` with direct calls to a sync store."""
-    try:
-        name, argument = next(flow)
-        while True:
-            try:
-                result = getattr(store, name)(argument)
-            except Exception as exc:
-                name, argument = flow.throw(exc)
-            else:
-                name, argument = flow.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-
-
-async def _run_async(flow: _Flow[_R], store: Any, on_thread: bool) -> _R:
-    """Drive ``flow`` awaiting an async store, or a sync one on a worker thread."""
-    import asyncio
-
-    try:
-        name, argument = next(flow)
-        while True:
-            method = getattr(store, name)
-            try:
-                if on_thread:
-                    result = await asyncio.to_thread(method, argument)
-                else:
-                    result = await method(argument)
-            except Exception as exc:
-                name, argument = flow.throw(exc)
-            else:
-                name, argument = flow.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-
-
 def _options(
     store: object,
     *,
@@ -544,7 +509,7 @@ class SessionMiddleware:
     async def _begin(self, scope: Scope) -> _State:
         cookies = [value for key, value in scope.get("headers", ()) if key == b"cookie"]
         header = "; ".join(value.decode("latin-1") for value in cookies)
-        return await _run_async(self._core.begin(header), self.store, self._on_thread)
+        return await run_async(self._core.begin(header), self.store, on_thread=self._on_thread)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = await self._begin(scope)
@@ -555,7 +520,7 @@ class SessionMiddleware:
 
         async def send_with_cookie(message: Message) -> None:
             if message["type"] == "http.response.start" and not state.finished:
-                cookie = await _run_async(core.finish(state), store, on_thread)
+                cookie = await run_async(core.finish(state), store, on_thread=on_thread)
                 if cookie is not None:
                     message = dict(message)
                     message["headers"] = [
@@ -678,7 +643,7 @@ class WsgiSessionMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         core, store = self._core, self.store
-        state = _run(core.begin(environ.get("HTTP_COOKIE", "")), store)
+        state = run(core.begin(environ.get("HTTP_COOKIE", "")), store)
         environ[_ENVIRON_KEY] = state.session
         environ[_STATE] = state
         extra: list[tuple[str, str]] = []
@@ -687,7 +652,7 @@ class WsgiSessionMiddleware:
             status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
         ) -> Callable[[bytes], object]:
             if not state.finished:
-                cookie = _run(core.finish(state), store)
+                cookie = run(core.finish(state), store)
                 if cookie is not None:
                     extra.append(("Set-Cookie", cookie))
             headers = [*headers, *extra]
