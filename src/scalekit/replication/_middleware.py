@@ -39,7 +39,7 @@ import inspect
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from scalekit._validate import (
     check_callable,
@@ -54,7 +54,11 @@ from scalekit.replication._router import ReplicaRouter, _Holder
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import (
+        StartResponse,
+        WSGIApplication,  # noqa: F401 - in a string: a base's type argument
+        WSGIEnvironment,
+    )
 
 __all__ = ["ReplicaRouterMiddleware", "ReplicaRouterWSGIMiddleware"]
 
@@ -65,6 +69,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+_App = TypeVar("_App")
 
 _SALT = b"scalekit.replication.token"
 _INT_TOKEN = re.compile(r"[0-9]{1,20}")  # a 64-bit position (PostgreSQL's WAL) in digits
@@ -299,7 +304,49 @@ def _encodes(text: str) -> bool:
     return True
 
 
-class ReplicaRouterMiddleware:
+class _TokenMiddleware(Generic[_App]):
+    """What both middlewares share: the app, checked for its kind, and the
+    :class:`_TokenCarrier` built from the same parameters."""
+
+    _asgi: ClassVar[bool]  # the kind of app the subclass wraps: ASGI (True) or WSGI
+    _wrong_app: ClassVar[str]  # the error for an app of the other kind
+
+    def __init__(
+        self,
+        app: _App,
+        router: ReplicaRouter[Any],
+        *,
+        cookie_name: str | None = "scalekit_rw",
+        header_name: str | None = None,
+        secret_key: str | bytes | Sequence[str | bytes] | None = None,
+        max_age: int | None = 3600,
+        path: str = "/",
+        domain: str | None = None,
+        secure: bool = True,
+        samesite: Literal["lax", "strict", "none"] | None = "lax",
+        encode_token: Callable[[Any], str] | None = None,
+        decode_token: Callable[[str], Any] | None = None,
+    ) -> None:
+        check_callable(app, "app")
+        if _is_async_app(app) != self._asgi:
+            raise ArgumentTypeError(self._wrong_app)
+        self.app = app
+        self._core = _TokenCarrier(
+            router,
+            cookie_name=cookie_name,
+            header_name=header_name,
+            secret_key=secret_key,
+            max_age=max_age,
+            path=path,
+            domain=domain,
+            secure=secure,
+            samesite=samesite,
+            encode_token=encode_token,
+            decode_token=decode_token,
+        )
+
+
+class ReplicaRouterMiddleware(_TokenMiddleware[ASGIApp]):
     """ASGI middleware: every HTTP request runs in a fresh read-your-writes scope of
     ``router`` that starts from the token the request carries, and a response to a
     request that wrote carries the new token.
@@ -325,42 +372,11 @@ class ReplicaRouterMiddleware:
     Runtime complexity: O(1) per request, plus the router's check of the token.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        router: ReplicaRouter[Any],
-        *,
-        cookie_name: str | None = "scalekit_rw",
-        header_name: str | None = None,
-        secret_key: str | bytes | Sequence[str | bytes] | None = None,
-        max_age: int | None = 3600,
-        path: str = "/",
-        domain: str | None = None,
-        secure: bool = True,
-        samesite: Literal["lax", "strict", "none"] | None = "lax",
-        encode_token: Callable[[Any], str] | None = None,
-        decode_token: Callable[[str], Any] | None = None,
-    ) -> None:
-        check_callable(app, "app")
-        if not _is_async_app(app):
-            raise ArgumentTypeError(
-                "app is not an ASGI app (no coroutine function): "
-                "wrap WSGI apps with ReplicaRouterWSGIMiddleware"
-            )
-        self.app = app
-        self._core = _TokenCarrier(
-            router,
-            cookie_name=cookie_name,
-            header_name=header_name,
-            secret_key=secret_key,
-            max_age=max_age,
-            path=path,
-            domain=domain,
-            secure=secure,
-            samesite=samesite,
-            encode_token=encode_token,
-            decode_token=decode_token,
-        )
+    _asgi = True
+    _wrong_app = (
+        "app is not an ASGI app (no coroutine function): "
+        "wrap WSGI apps with ReplicaRouterWSGIMiddleware"
+    )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http":
@@ -391,7 +407,7 @@ class ReplicaRouterMiddleware:
             await self.app(scope, receive, send_with_token)
 
 
-class ReplicaRouterWSGIMiddleware:
+class ReplicaRouterWSGIMiddleware(_TokenMiddleware["WSGIApplication"]):
     """WSGI middleware: the twin of :class:`ReplicaRouterMiddleware`, with the same
     parameters::
 
@@ -404,41 +420,8 @@ class ReplicaRouterWSGIMiddleware:
     Runtime complexity: O(1) per request, plus the router's check of the token.
     """
 
-    def __init__(
-        self,
-        app: WSGIApplication,
-        router: ReplicaRouter[Any],
-        *,
-        cookie_name: str | None = "scalekit_rw",
-        header_name: str | None = None,
-        secret_key: str | bytes | Sequence[str | bytes] | None = None,
-        max_age: int | None = 3600,
-        path: str = "/",
-        domain: str | None = None,
-        secure: bool = True,
-        samesite: Literal["lax", "strict", "none"] | None = "lax",
-        encode_token: Callable[[Any], str] | None = None,
-        decode_token: Callable[[str], Any] | None = None,
-    ) -> None:
-        check_callable(app, "app")
-        if _is_async_app(app):
-            raise ArgumentTypeError(
-                "app is an ASGI app (a coroutine function): wrap it with ReplicaRouterMiddleware"
-            )
-        self.app = app
-        self._core = _TokenCarrier(
-            router,
-            cookie_name=cookie_name,
-            header_name=header_name,
-            secret_key=secret_key,
-            max_age=max_age,
-            path=path,
-            domain=domain,
-            secure=secure,
-            samesite=samesite,
-            encode_token=encode_token,
-            decode_token=decode_token,
-        )
+    _asgi = False
+    _wrong_app = "app is an ASGI app (a coroutine function): wrap it with ReplicaRouterMiddleware"
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         core = self._core
