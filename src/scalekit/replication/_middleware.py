@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapp
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from scalekit._validate import (
+    check_bool,
     check_callable,
     check_choice,
     check_count,
@@ -137,16 +138,12 @@ class _TokenCarrier:
             check_name(domain, "domain")
             if _ATTRIBUTE.fullmatch(domain) is None:
                 raise ConfigurationError(f"domain must be a host name: {domain!r}")
-        for flag_name, flag in (("secure", secure),):
-            if not isinstance(flag, bool):
-                raise ArgumentTypeError(f"{flag_name} must be a bool, got {type_name(flag)}")
+        check_bool(secure, "secure")
         check_choice(samesite, "samesite", ("lax", "strict", "none", None))
         if samesite == "none" and not secure:
             raise ConfigurationError('samesite="none" needs secure=True (browsers require it)')
-        if encode_token is not None:
-            check_callable(encode_token, "encode_token")
-        if decode_token is not None:
-            check_callable(decode_token, "decode_token")
+        check_callable(encode_token, "encode_token", allow_none=True)
+        check_callable(decode_token, "decode_token", allow_none=True)
         signer = None if secret_key is None else _signer(secret_key)
         self.router = router
         self.cookie_name = cookie_name

@@ -207,11 +207,9 @@ class ReplicaRouter(Generic[R]):
             if lag_probe is None:
                 raise ConfigurationError("max_lag needs a lag_probe to measure the lag")
         for probe_name, probe in (("lag_probe", lag_probe), ("position_probe", position_probe)):
-            if probe is not None:
-                check_callable(probe, probe_name)
+            check_callable(probe, probe_name, allow_none=True)
         check_callable(is_failure, "is_failure")
-        if clock is not None:
-            check_callable(clock, "clock")
+        check_callable(clock, "clock", allow_none=True)
         if read_your_writes == "token" and position_probe is None:
             raise ConfigurationError(
                 'read_your_writes="token" needs a position_probe: how far a replica has replayed'

@@ -69,8 +69,8 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from scalekit._validate import check_str, type_name
-from scalekit.errors import ArgumentTypeError, ClosedError, ConfigurationError, SessionCorrupted
+from scalekit._validate import check_bool, check_str
+from scalekit.errors import ClosedError, ConfigurationError, SessionCorrupted
 from scalekit.sessions._session import Session, valid_id
 
 if TYPE_CHECKING:
@@ -133,8 +133,7 @@ class _Cookie:
                 "httponly is always True: the cookie holds a session id, which scripts "
                 "never need and an XSS attack would steal"
             )
-        if not isinstance(secure, bool):
-            raise ArgumentTypeError(f"secure must be a bool, got {type_name(secure)}")
+        check_bool(secure, "secure")
         if samesite is not None:
             check_str(samesite, "samesite")
         same = _SAMESITE.get(samesite.lower()) if isinstance(samesite, str) else None

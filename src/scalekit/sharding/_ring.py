@@ -70,8 +70,7 @@ class HashRing(ShardingScheme[N, _Ring]):
         weight_unit: float | None = None,
     ) -> None:
         vnodes = check_count(vnodes, "vnodes", minimum=1, maximum=MAX_POINTS)
-        if hash is not None:
-            check_callable(hash, "hash")
+        check_callable(hash, "hash", allow_none=True)
         unit = None if weight_unit is None else check_weight(weight_unit, "weight_unit")
         self._vnodes = vnodes
         # The default places points and keys with 32-bit MurmurHash3, one C call

@@ -146,8 +146,7 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
         redis_cluster: bool = False,
     ) -> None:
         slots = check_count(slots, "slots", minimum=1, maximum=MAX_SLOTS)
-        if hash is not None:
-            check_callable(hash, "hash")
+        check_callable(hash, "hash", allow_none=True)
         if redis_cluster is True:
             if hash is not None:
                 raise ConfigurationError("give hash= or redis_cluster=True, not both")
