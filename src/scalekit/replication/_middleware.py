@@ -38,9 +38,10 @@ import hashlib
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
+from scalekit._asgi import ASGIApp, Message, Receive, Scope, Send
 from scalekit._validate import (
     check_bool,
     check_callable,
@@ -65,11 +66,6 @@ __all__ = ["ReplicaRouterMiddleware", "ReplicaRouterWSGIMiddleware"]
 
 _log = logging.getLogger("scalekit.replication")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _App = TypeVar("_App")
 
 _SALT = b"scalekit.replication.token"

@@ -59,16 +59,15 @@ import re
 import time
 import types
 from collections.abc import (
-    Awaitable,
     Callable,
     Generator,
     Iterable,
     Mapping,
-    MutableMapping,
     Sequence,
 )
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from scalekit._asgi import ASGIApp, Message, Receive, Scope, Send
 from scalekit._validate import check_bool, check_str
 from scalekit.errors import ClosedError, ConfigurationError, SessionCorrupted
 from scalekit.sessions._session import Session, valid_id
@@ -83,11 +82,6 @@ __all__ = ["SessionMiddleware", "WsgiSessionMiddleware", "logout", "rotate_id"]
 
 logger = logging.getLogger("scalekit.sessions")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _ENVIRON_KEY = "scalekit.session"  # where the session goes in a WSGI environ
 _STATE = "scalekit.session.state"  # the request's _State, in the scope or environ
