@@ -9,6 +9,8 @@ import pytest
 
 from scalekit._validate import (
     MAX_SECONDS,
+    check_bool,
+    check_callable,
     check_choice,
     check_count,
     check_name,
@@ -105,3 +107,20 @@ def test_every_refusal_is_a_scalekit_error_and_the_builtin() -> None:
         check_seconds(math.nan, "t")
     with pytest.raises(TypeError):
         check_count(None, "n")
+
+
+@pytest.mark.parametrize("value", [1, 0, None, "true", math.nan, [True]])
+def test_bool_refuses_what_is_merely_truthy_naming_the_argument(value: object) -> None:
+    with pytest.raises(ArgumentTypeError, match=r"^stats must be a bool, got "):
+        check_bool(value, "stats")
+    assert check_bool(True, "stats") is True
+    assert check_bool(False, "stats") is False
+
+
+def test_callable_allows_none_only_when_told() -> None:
+    with pytest.raises(ArgumentTypeError, match=r"^hash must be callable, got NoneType$"):
+        check_callable(None, "hash")
+    assert check_callable(None, "hash", allow_none=True) is None
+    assert check_callable(len, "hash", allow_none=True) is len
+    with pytest.raises(ArgumentTypeError, match=r"^hash must be callable, got int$"):
+        check_callable(3, "hash", allow_none=True)

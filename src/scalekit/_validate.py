@@ -44,6 +44,7 @@ __all__ = [
     "MAX_COUNT",
     "MAX_SECONDS",
     "MAX_WEIGHT",
+    "check_bool",
     "check_callable",
     "check_choice",
     "check_count",
@@ -242,11 +243,21 @@ def check_choice(value: _T, name: str, choices: Collection[Any]) -> _T:
     return value
 
 
-def check_callable(value: _T, name: str) -> _T:
-    """Return ``value`` if it is callable.
+def check_bool(value: object, name: str) -> bool:
+    """Return ``value`` if it is a ``bool`` (not merely truthy: ``1`` is refused).
 
     Runtime complexity: O(1).
     """
-    if not callable(value):
+    if not isinstance(value, bool):
+        raise ArgumentTypeError(f"{name} must be a bool, got {type_name(value)}")
+    return value
+
+
+def check_callable(value: _T, name: str, *, allow_none: bool = False) -> _T:
+    """Return ``value`` if it is callable (or ``None``, with ``allow_none``).
+
+    Runtime complexity: O(1).
+    """
+    if not callable(value) and not (allow_none and value is None):
         raise ArgumentTypeError(f"{name} must be callable, got {type_name(value)}")
     return value

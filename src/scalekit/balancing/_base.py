@@ -320,7 +320,15 @@ class BalancerBase(Generic[B]):
         panic_threshold: float = 50.0,
         slow_start: float = 0.0,
     ) -> None:
-        # Every argument is checked before anything is built.
+        """``backends`` in the order picks visit them; ``weights`` maps some of them to a
+        relative weight (1 for the others); ``clock`` returns seconds; ``ejection``
+        is the passive health policy (:class:`OutlierEjection`'s defaults when
+        ``None``); ``panic_threshold`` is the percentage of healthy backends under
+        which picks spread over all; ``slow_start`` is seconds of ramp-up (0: off).
+        Every argument is checked before anything is built: a bad one raises
+        :class:`~scalekit.errors.ArgumentTypeError` or
+        :class:`~scalekit.errors.ConfigurationError` naming it.
+        """
         listed = check_backends(backends)
         chosen = self._check_weights(listed, weights)
         check_callable(clock, "clock")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable
 from typing import Any, TypeVar
 
-from scalekit.balancing._base import BalancerBase, OutlierEjection, _Backend, _expect
-from scalekit.protocols import Clock
+from scalekit.balancing._base import BalancerBase, _Backend, _expect
 
 __all__ = ["RoundRobin"]
 
@@ -54,36 +52,11 @@ class RoundRobin(BalancerBase[B]):
     'aabacaa'
     """
 
-    def __init__(
-        self,
-        backends: Iterable[B] = (),
-        weights: Mapping[B, float] | None = None,
-        *,
-        clock: Clock = time.monotonic,
-        ejection: OutlierEjection | None = None,
-        panic_threshold: float = 50.0,
-        slow_start: float = 0.0,
-    ) -> None:
-        """``backends`` in the order picks visit them; ``weights`` maps some of them to a
-        relative weight (1 for the others); ``clock`` returns seconds; ``ejection``
-        is the passive health policy (:class:`OutlierEjection`'s defaults when
-        ``None``); ``panic_threshold`` is the percentage of healthy backends under
-        which picks spread over all; ``slow_start`` is seconds of ramp-up (0: off).
-        Every argument is checked before anything is built: a bad one raises
-        :class:`~scalekit.errors.ArgumentTypeError` or
-        :class:`~scalekit.errors.ConfigurationError` naming it.
-        """
-        self._classes: list[_WeightClass] | None = None
-        self._step = 0
-        self._total = 0.0
-        super().__init__(
-            backends,
-            weights,
-            clock=clock,
-            ejection=ejection,
-            panic_threshold=panic_threshold,
-            slow_start=slow_start,
-        )
+    # The weight classes of the eligible backends, built by the first pick after a
+    # change (None until then), the steps taken since, and the classes' total weight.
+    _classes: list[_WeightClass] | None = None
+    _step = 0
+    _total = 0.0
 
     def _changed(self) -> None:
         self._classes = None

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, cast
 
 from scalekit._validate import (
     MAX_COUNT,
+    check_bool,
     check_callable,
     check_number,
     check_seconds,
@@ -102,11 +103,6 @@ def _check_ttl(ttl: object, what: str = "ttl") -> float:
 def _check_maxsize(maxsize: object) -> None:
     if not (isinstance(maxsize, float) and maxsize == _INF):
         check_number(maxsize, "maxsize", minimum=0, maximum=MAX_COUNT)
-
-
-def _check_bool(value: object, name: str) -> None:
-    if not isinstance(value, bool):
-        raise ArgumentTypeError(f"{name} must be a bool, got {type_name(value)}")
 
 
 _EPOCH = datetime(1970, 1, 1)
@@ -278,11 +274,9 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         _check_maxsize(maxsize)
         seconds = None if ttl is None else _check_ttl(ttl)
         check_callable(timer, "timer")
-        if on_evict is not None:
-            check_callable(on_evict, "on_evict")
-        if getsizeof is not None:
-            check_callable(getsizeof, "getsizeof")
-        _check_bool(stats, "stats")
+        check_callable(on_evict, "on_evict", allow_none=True)
+        check_callable(getsizeof, "getsizeof", allow_none=True)
+        check_bool(stats, "stats")
         clock: Callable[[], float] = timer
         if isinstance(ttl, timedelta) and isinstance(cast(Any, timer)(), datetime):
             # cachetools' TTLCache(ttl=timedelta(...), timer=datetime.now): read the

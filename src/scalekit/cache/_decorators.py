@@ -29,7 +29,7 @@ from threading import get_ident
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar, cast
 
-from scalekit._validate import check_callable, type_name
+from scalekit._validate import check_bool, check_callable, type_name
 from scalekit._waiting import Latch
 from scalekit.cache.keys import hashkey, methodkey
 from scalekit.errors import ArgumentTypeError, ReentrantCall
@@ -240,11 +240,6 @@ def _check_lock(lock: object, name: str) -> None:
         raise ArgumentTypeError(f"{name} must be a context manager (a lock), got {type_name(lock)}")
 
 
-def _check_bool(value: object, name: str) -> None:
-    if not isinstance(value, bool):
-        raise ArgumentTypeError(f"{name} must be a bool, got {type_name(value)}")
-
-
 def _cache_owns(args: tuple[Any, ...], cache: MutableMapping[Any, Any]) -> object:
     return cache
 
@@ -387,7 +382,7 @@ def cached(
     check_callable(key, "key")
     _check_lock(lock, "lock")
     _check_lock(condition, "condition")
-    _check_bool(info, "info")
+    check_bool(info, "info")
     flights = _Flights(lock if lock is not None else condition)
 
     the_lock = flights.lock
@@ -446,11 +441,9 @@ def cachedmethod(
             f"cache must be a function of the instance returning its cache, got {type_name(cache)}"
         )
     check_callable(key, "key")
-    if lock is not None:
-        check_callable(lock, "lock")
-    if condition is not None:
-        check_callable(condition, "condition")
-    _check_bool(info, "info")
+    check_callable(lock, "lock", allow_none=True)
+    check_callable(condition, "condition", allow_none=True)
+    check_bool(info, "info")
     lock_of = lock if lock is not None else condition
     flights = _Flights(None)
     default_lock = flights.lock

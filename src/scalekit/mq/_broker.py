@@ -88,8 +88,7 @@ class Broker:
             backend = MemoryBackend()
         if not isinstance(backend, Backend):
             raise ArgumentTypeError(f"backend must be a queue backend, got {type_name(backend)}")
-        if clock is not None:
-            check_callable(clock, "clock")
+        check_callable(clock, "clock", allow_none=True)
         self.backend = backend
         self._clock: Clock = time.time if clock is None else clock
         self._lock = threading.Lock()

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any
 
 from scalekit._validate import (
+    check_bool,
     check_callable,
     check_count,
     check_name,
@@ -50,8 +51,7 @@ class Backoff:
         set_(self, "base", check_seconds(self.base, "base", allow_zero=True))
         set_(self, "cap", check_seconds(self.cap, "cap", allow_zero=True))
         set_(self, "factor", check_number(self.factor, "factor", minimum=1.0, maximum=1e6))
-        if not isinstance(self.jitter, bool):
-            raise ArgumentTypeError(f"jitter must be a bool, got {type_name(self.jitter)}")
+        check_bool(self.jitter, "jitter")
         if self.base > self.cap:
             raise ConfigurationError(f"need base <= cap, got base={self.base} cap={self.cap}")
 
@@ -115,8 +115,7 @@ class Consumer:
             raise ArgumentTypeError(f"queue must be a scalekit.mq Queue, got {type_name(queue)}")
         check_callable(handler, "handler")
         concurrency = check_count(concurrency, "concurrency", minimum=1, maximum=4096)
-        if retry_backoff is not None:
-            check_callable(retry_backoff, "retry_backoff")
+        check_callable(retry_backoff, "retry_backoff", allow_none=True)
         if name is not None:
             check_name(name, "name")
         self.queue = queue

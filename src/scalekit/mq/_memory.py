@@ -24,8 +24,8 @@ from scalekit.mq._queue import (
     Queue,
     QueueOptions,
     QueueStats,
-    check_limit,
     check_timeout,
+    close_all,
     expiry_reason,
     nack_reason,
     open_handle,
@@ -614,10 +614,7 @@ class _MemoryQueue(Queue):
         return purged
 
     def redrive(self, limit: int | None = None) -> int:
-        check_limit(limit)
-        dead = self.dead_letters
-        assert isinstance(dead, _MemoryQueue)
-        self._check_open()
+        dead = self._redrive_from(limit)
         wanted = math.inf if limit is None else limit
         moving: list[_MemoryDelivery] = []
         with dead._lock:
@@ -763,7 +760,4 @@ class MemoryBackend:
         """Close every queue and its dead letters (waking whoever waits on them)."""
         with self._lock:
             queues = list(self._queues.values())
-        for queue in queues:
-            queue.close()
-            if queue._dead_letters is not None:
-                queue._dead_letters.close()
+        close_all(queues)

@@ -42,6 +42,7 @@ DEAD_LETTER_QUEUE = "x-dead-letter-queue"
 DEAD_LETTER_ATTEMPTS = "x-dead-letter-attempts"
 
 T = TypeVar("T")
+_Q = TypeVar("_Q", bound="Queue")
 
 
 @dataclass(frozen=True)
@@ -404,6 +405,15 @@ class Queue(ABC):
         if self._closed:
             raise ClosedError(f"queue {self.name!r} is closed")
 
+    def _redrive_from(self: _Q, limit: int | None) -> _Q:
+        """The dead-letter queue :meth:`redrive` moves from, once ``limit`` is checked
+        and this handle is known to be open (a backend's queues are all one class)."""
+        check_limit(limit)
+        dead = self.dead_letters
+        assert isinstance(dead, type(self))
+        self._check_open()
+        return dead
+
     def _dead_letter_headers(
         self, headers: dict[str, str] | None, reason: str, attempts: int
     ) -> dict[str, str]:
@@ -473,6 +483,14 @@ class Queue(ABC):
         """Move up to ``limit`` (None: all) dead letters back into this queue, oldest
         first, ready now with a fresh count of attempts; return how many moved.
         An operator's action: it does not wait for room in a bounded queue."""
+
+
+def close_all(queues: Iterable[Queue]) -> None:
+    """Close each queue handle and its dead-letter queue's (waking whoever waits on them)."""
+    for queue in queues:
+        queue.close()
+        if queue._dead_letters is not None:
+            queue._dead_letters.close()
 
 
 def nack_reason(reason: str | None, attempts: int) -> str:

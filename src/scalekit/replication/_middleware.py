@@ -38,10 +38,12 @@ import hashlib
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
+from scalekit._asgi import ASGIApp, Message, Receive, Scope, Send
 from scalekit._validate import (
+    check_bool,
     check_callable,
     check_choice,
     check_count,
@@ -54,17 +56,17 @@ from scalekit.replication._router import ReplicaRouter, _Holder
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import (
+        StartResponse,
+        WSGIApplication,  # noqa: F401 - in a string: a base's type argument
+        WSGIEnvironment,
+    )
 
 __all__ = ["ReplicaRouterMiddleware", "ReplicaRouterWSGIMiddleware"]
 
 _log = logging.getLogger("scalekit.replication")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+_App = TypeVar("_App")
 
 _SALT = b"scalekit.replication.token"
 _INT_TOKEN = re.compile(r"[0-9]{1,20}")  # a 64-bit position (PostgreSQL's WAL) in digits
@@ -132,16 +134,12 @@ class _TokenCarrier:
             check_name(domain, "domain")
             if _ATTRIBUTE.fullmatch(domain) is None:
                 raise ConfigurationError(f"domain must be a host name: {domain!r}")
-        for flag_name, flag in (("secure", secure),):
-            if not isinstance(flag, bool):
-                raise ArgumentTypeError(f"{flag_name} must be a bool, got {type_name(flag)}")
+        check_bool(secure, "secure")
         check_choice(samesite, "samesite", ("lax", "strict", "none", None))
         if samesite == "none" and not secure:
             raise ConfigurationError('samesite="none" needs secure=True (browsers require it)')
-        if encode_token is not None:
-            check_callable(encode_token, "encode_token")
-        if decode_token is not None:
-            check_callable(decode_token, "decode_token")
+        check_callable(encode_token, "encode_token", allow_none=True)
+        check_callable(decode_token, "decode_token", allow_none=True)
         signer = None if secret_key is None else _signer(secret_key)
         self.router = router
         self.cookie_name = cookie_name
@@ -299,7 +297,49 @@ def _encodes(text: str) -> bool:
     return True
 
 
-class ReplicaRouterMiddleware:
+class _TokenMiddleware(Generic[_App]):
+    """What both middlewares share: the app, checked for its kind, and the
+    :class:`_TokenCarrier` built from the same parameters."""
+
+    _asgi: ClassVar[bool]  # the kind of app the subclass wraps: ASGI (True) or WSGI
+    _wrong_app: ClassVar[str]  # the error for an app of the other kind
+
+    def __init__(
+        self,
+        app: _App,
+        router: ReplicaRouter[Any],
+        *,
+        cookie_name: str | None = "scalekit_rw",
+        header_name: str | None = None,
+        secret_key: str | bytes | Sequence[str | bytes] | None = None,
+        max_age: int | None = 3600,
+        path: str = "/",
+        domain: str | None = None,
+        secure: bool = True,
+        samesite: Literal["lax", "strict", "none"] | None = "lax",
+        encode_token: Callable[[Any], str] | None = None,
+        decode_token: Callable[[str], Any] | None = None,
+    ) -> None:
+        check_callable(app, "app")
+        if _is_async_app(app) != self._asgi:
+            raise ArgumentTypeError(self._wrong_app)
+        self.app = app
+        self._core = _TokenCarrier(
+            router,
+            cookie_name=cookie_name,
+            header_name=header_name,
+            secret_key=secret_key,
+            max_age=max_age,
+            path=path,
+            domain=domain,
+            secure=secure,
+            samesite=samesite,
+            encode_token=encode_token,
+            decode_token=decode_token,
+        )
+
+
+class ReplicaRouterMiddleware(_TokenMiddleware[ASGIApp]):
     """ASGI middleware: every HTTP request runs in a fresh read-your-writes scope of
     ``router`` that starts from the token the request carries, and a response to a
     request that wrote carries the new token.
@@ -325,42 +365,11 @@ class ReplicaRouterMiddleware:
     Runtime complexity: O(1) per request, plus the router's check of the token.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        router: ReplicaRouter[Any],
-        *,
-        cookie_name: str | None = "scalekit_rw",
-        header_name: str | None = None,
-        secret_key: str | bytes | Sequence[str | bytes] | None = None,
-        max_age: int | None = 3600,
-        path: str = "/",
-        domain: str | None = None,
-        secure: bool = True,
-        samesite: Literal["lax", "strict", "none"] | None = "lax",
-        encode_token: Callable[[Any], str] | None = None,
-        decode_token: Callable[[str], Any] | None = None,
-    ) -> None:
-        check_callable(app, "app")
-        if not _is_async_app(app):
-            raise ArgumentTypeError(
-                "app is not an ASGI app (no coroutine function): "
-                "wrap WSGI apps with ReplicaRouterWSGIMiddleware"
-            )
-        self.app = app
-        self._core = _TokenCarrier(
-            router,
-            cookie_name=cookie_name,
-            header_name=header_name,
-            secret_key=secret_key,
-            max_age=max_age,
-            path=path,
-            domain=domain,
-            secure=secure,
-            samesite=samesite,
-            encode_token=encode_token,
-            decode_token=decode_token,
-        )
+    _asgi = True
+    _wrong_app = (
+        "app is not an ASGI app (no coroutine function): "
+        "wrap WSGI apps with ReplicaRouterWSGIMiddleware"
+    )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http":
@@ -391,7 +400,7 @@ class ReplicaRouterMiddleware:
             await self.app(scope, receive, send_with_token)
 
 
-class ReplicaRouterWSGIMiddleware:
+class ReplicaRouterWSGIMiddleware(_TokenMiddleware["WSGIApplication"]):
     """WSGI middleware: the twin of :class:`ReplicaRouterMiddleware`, with the same
     parameters::
 
@@ -404,41 +413,8 @@ class ReplicaRouterWSGIMiddleware:
     Runtime complexity: O(1) per request, plus the router's check of the token.
     """
 
-    def __init__(
-        self,
-        app: WSGIApplication,
-        router: ReplicaRouter[Any],
-        *,
-        cookie_name: str | None = "scalekit_rw",
-        header_name: str | None = None,
-        secret_key: str | bytes | Sequence[str | bytes] | None = None,
-        max_age: int | None = 3600,
-        path: str = "/",
-        domain: str | None = None,
-        secure: bool = True,
-        samesite: Literal["lax", "strict", "none"] | None = "lax",
-        encode_token: Callable[[Any], str] | None = None,
-        decode_token: Callable[[str], Any] | None = None,
-    ) -> None:
-        check_callable(app, "app")
-        if _is_async_app(app):
-            raise ArgumentTypeError(
-                "app is an ASGI app (a coroutine function): wrap it with ReplicaRouterMiddleware"
-            )
-        self.app = app
-        self._core = _TokenCarrier(
-            router,
-            cookie_name=cookie_name,
-            header_name=header_name,
-            secret_key=secret_key,
-            max_age=max_age,
-            path=path,
-            domain=domain,
-            secure=secure,
-            samesite=samesite,
-            encode_token=encode_token,
-            decode_token=decode_token,
-        )
+    _asgi = False
+    _wrong_app = "app is an ASGI app (a coroutine function): wrap it with ReplicaRouterMiddleware"
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         core = self._core

@@ -207,23 +207,15 @@ class ReplicaRouter(Generic[R]):
             if lag_probe is None:
                 raise ConfigurationError("max_lag needs a lag_probe to measure the lag")
         for probe_name, probe in (("lag_probe", lag_probe), ("position_probe", position_probe)):
-            if probe is not None:
-                check_callable(probe, probe_name)
+            check_callable(probe, probe_name, allow_none=True)
         check_callable(is_failure, "is_failure")
-        if clock is not None:
-            check_callable(clock, "clock")
+        check_callable(clock, "clock", allow_none=True)
         if read_your_writes == "token" and position_probe is None:
             raise ConfigurationError(
                 'read_your_writes="token" needs a position_probe: how far a replica has replayed'
             )
         names, primaries = _primaries(primary)
-        if isinstance(replicas, (str, bytes)) or not isinstance(replicas, (Sequence, Set)):
-            raise ArgumentTypeError(
-                f"replicas must be a sequence of targets, got {type_name(replicas)}"
-            )
-        replicas = list(replicas)
-        for replica in replicas:
-            _check_target(replica, "replica")
+        replicas = _check_replicas(replicas)
         if len(primaries) > 1:
             if sharder is None:
                 raise ConfigurationError("several primaries need a sharder to route writes by key")
@@ -371,13 +363,7 @@ class ReplicaRouter(Generic[R]):
         if replacing is not None:
             _check_target(replacing, "replacing")
         if replicas is not None:
-            if isinstance(replicas, (str, bytes)) or not isinstance(replicas, (Sequence, Set)):
-                raise ArgumentTypeError(
-                    f"replicas must be a sequence of targets, got {type_name(replicas)}"
-                )
-            replicas = list(replicas)
-            for replica in replicas:
-                _check_target(replica, "replica")
+            replicas = _check_replicas(replicas)
         add, remove = self._balancer_method("add"), self._balancer_method("remove")
         with self._lock:
             if replacing is None:
@@ -956,6 +942,18 @@ def _check_target(target: Any, name: str) -> None:
     check_node(target, name)
     if isinstance(target, str):
         check_name(target, name)
+
+
+def _check_replicas(replicas: Any) -> list[Any]:
+    """The replicas as a new list, each checked as a target."""
+    if isinstance(replicas, (str, bytes)) or not isinstance(replicas, (Sequence, Set)):
+        raise ArgumentTypeError(
+            f"replicas must be a sequence of targets, got {type_name(replicas)}"
+        )
+    listed = list(replicas)
+    for replica in listed:
+        _check_target(replica, "replica")
+    return listed
 
 
 def _check_balancer(balancer: Any) -> None:

@@ -35,7 +35,7 @@ from sqlalchemy.orm.session import SessionTransactionOrigin
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import CTE, TextualSelect
 
-from scalekit._validate import check_count
+from scalekit._validate import check_bool, check_count
 from scalekit.errors import ArgumentTypeError, ConfigurationError
 from scalekit.replication._router import ReplicaRouter, is_connection_error
 
@@ -522,10 +522,7 @@ class RoutingSession(Session):
 def _check_session_options(router: Any, snapshot_reads: Any) -> None:
     if not isinstance(router, ReplicaRouter):
         raise ArgumentTypeError(f"router must be a ReplicaRouter, got {type(router).__name__}")
-    if not isinstance(snapshot_reads, bool):
-        raise ArgumentTypeError(
-            f"snapshot_reads must be a bool, got {type(snapshot_reads).__name__}"
-        )
+    check_bool(snapshot_reads, "snapshot_reads")
 
 
 def _token_reader(router: ReplicaRouter[Any], commit_token: Any) -> CommitToken | None:

@@ -59,18 +59,17 @@ import re
 import time
 import types
 from collections.abc import (
-    Awaitable,
     Callable,
     Generator,
     Iterable,
     Mapping,
-    MutableMapping,
     Sequence,
 )
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from scalekit._validate import check_str, type_name
-from scalekit.errors import ArgumentTypeError, ClosedError, ConfigurationError, SessionCorrupted
+from scalekit._asgi import ASGIApp, Message, Receive, Scope, Send
+from scalekit._validate import check_bool, check_str
+from scalekit.errors import ClosedError, ConfigurationError, SessionCorrupted
 from scalekit.sessions._core import run, run_async
 from scalekit.sessions._session import Session, valid_id
 
@@ -84,11 +83,6 @@ __all__ = ["SessionMiddleware", "WsgiSessionMiddleware", "logout", "rotate_id"]
 
 logger = logging.getLogger("scalekit.sessions")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _ENVIRON_KEY = "scalekit.session"  # where the session goes in a WSGI environ
 _STATE = "scalekit.session.state"  # the request's _State, in the scope or environ
@@ -134,8 +128,7 @@ class _Cookie:
                 "httponly is always True: the cookie holds a session id, which scripts "
                 "never need and an XSS attack would steal"
             )
-        if not isinstance(secure, bool):
-            raise ArgumentTypeError(f"secure must be a bool, got {type_name(secure)}")
+        check_bool(secure, "secure")
         if samesite is not None:
             check_str(samesite, "samesite")
         same = _SAMESITE.get(samesite.lower()) if isinstance(samesite, str) else None

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
-from scalekit._validate import check_node, check_number, type_name
+from scalekit._validate import check_bool, check_node, check_number, type_name
 from scalekit.errors import ArgumentTypeError, ConfigurationError, NoNodeAvailable, UnknownNode
 from scalekit.sharding._base import Key, Sharder, ShardingScheme, key_bytes
 
@@ -107,8 +107,7 @@ class BoundedLoads(Generic[N]):
         if not isinstance(sharder, Sharder):
             raise ArgumentTypeError(f"sharder must be a Sharder, got {type_name(sharder)}")
         c = check_number(c, "c", minimum=1, min_inclusive=False, maximum=MAX_C)
-        if not isinstance(sticky, bool):
-            raise ArgumentTypeError(f"sticky must be a bool, got {type_name(sticky)}")
+        check_bool(sticky, "sticky")
         self._sharder = sharder
         self._c = float(c)
         self._sticky = sticky

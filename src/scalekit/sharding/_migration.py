@@ -181,8 +181,7 @@ class Migration(Generic[N]):
             raise ArgumentTypeError(
                 f"stores must be a mapping of node to store, got {type_name(stores)}"
             )
-        if keys_of is not None:
-            check_callable(keys_of, "keys_of")
+        check_callable(keys_of, "keys_of", allow_none=True)
         if not (progress is None or isinstance(progress, bool) or callable(progress)):
             raise ArgumentTypeError(
                 f"progress must be a callable, a bool or None, got {type_name(progress)}"

@@ -27,6 +27,7 @@ from typing import Any
 
 from scalekit.errors import NoBackendAvailable
 from scalekit.protocols import SupportsPick
+from scalekit.testing._raising import raises
 
 __all__ = ["BALANCER_CHECKS", "BalancerCheck", "check_balancer"]
 
@@ -42,18 +43,7 @@ def _expect(condition: bool, message: str) -> None:
         raise AssertionError(message)
 
 
-def _raises(
-    error: type[BaseException] | tuple[type[BaseException], ...],
-    call: Callable[[], Any],
-    what: str,
-) -> BaseException:
-    try:
-        call()
-    except error as exc:
-        return exc
-    except Exception as exc:
-        raise AssertionError(f"{what}: raised {type(exc).__name__}: {exc}, not {error}") from exc
-    raise AssertionError(f"{what}: did not raise {error}")
+_raises = functools.partial(raises, unexpected=Exception)
 
 
 def _checked(balancer: Any) -> Any:

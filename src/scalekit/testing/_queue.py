@@ -34,6 +34,7 @@ from scalekit.errors import (
     ScalekitError,
 )
 from scalekit.testing._clock import FakeClock
+from scalekit.testing._raising import raises as _raises
 
 __all__ = ["QUEUE_CHECKS", "QueueCheck", "QueueCheckEnv", "check_queue_backend"]
 
@@ -53,18 +54,6 @@ class QueueCheckEnv:
 
 
 QueueCheck = Callable[[QueueCheckEnv], None]
-
-
-def _raises(
-    error: type[BaseException] | tuple[type[BaseException], ...], call: Callable[[], Any], what: str
-) -> BaseException:
-    try:
-        call()
-    except error as exc:
-        return exc
-    except BaseException as exc:
-        raise AssertionError(f"{what}: raised {type(exc).__name__}: {exc}, not {error}") from exc
-    raise AssertionError(f"{what}: did not raise {error}")
 
 
 def _drain(queue: Any) -> list[Any]:

@@ -34,6 +34,7 @@ from scalekit.errors import (
     UnknownNode,
 )
 from scalekit.hashing import key_bytes
+from scalekit.testing._raising import raises as _raises
 
 __all__ = ["SHARDER_CHECKS", "SharderCheck", "check_sharder"]
 
@@ -57,18 +58,6 @@ HOSTILE_WEIGHTS: tuple[Any, ...] = (
 HOSTILE_NODES: tuple[Any, ...] = (None, math.nan, float("nan"), [], {"a": 1})
 HOSTILE_KEYS: tuple[Any, ...] = (None, 2.5, True, ("k",), ["k"], math.nan)
 HOSTILE_COUNTS: tuple[Any, ...] = (-1, True, 2.5, None, "1", 10**400)
-
-
-def _raises(
-    error: type[BaseException] | tuple[type[BaseException], ...], call: Callable[[], Any], what: str
-) -> BaseException:
-    try:
-        call()
-    except error as exc:
-        return exc
-    except BaseException as exc:
-        raise AssertionError(f"{what}: raised {type(exc).__name__}: {exc}, not {error}") from exc
-    raise AssertionError(f"{what}: did not raise {error}")
 
 
 def _placement(sharder: Any, keys: list[str] = KEYS) -> dict[str, Any]:

@@ -25,7 +25,6 @@ from scalekit.mq._queue import (
     Queue,
     QueueOptions,
     QueueStats,
-    check_limit,
     nack_reason,
     settle_failed,
 )
@@ -503,10 +502,7 @@ class RedisQueue(Queue):
 
     def redrive(self, limit: int | None = None) -> int:
         """Cost: one script call per 1,000 messages, O(m) in Redis for m moved."""
-        check_limit(limit)
-        dead = self.dead_letters
-        assert isinstance(dead, RedisQueue)
-        self._check_open()
+        dead = self._redrive_from(limit)
         moved = 0
         while limit is None or moved < limit:
             batch = _REDRIVE_BATCH if limit is None else min(_REDRIVE_BATCH, limit - moved)

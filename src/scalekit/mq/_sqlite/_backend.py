@@ -8,7 +8,7 @@ import threading
 
 from scalekit._validate import check_name, check_seconds, type_name
 from scalekit.errors import ArgumentTypeError, ConfigurationError
-from scalekit.mq._queue import Queue, QueueOptions, open_handle
+from scalekit.mq._queue import Queue, QueueOptions, close_all, open_handle
 from scalekit.mq._sqlite._connection import GroupCommit
 from scalekit.mq._sqlite._queue import SqliteQueue, scalar
 from scalekit.protocols import Clock
@@ -151,10 +151,7 @@ class SqliteBackend:
         Idempotent."""
         with self._lock:
             queues = list(self._queues.values())
-        for queue in queues:
-            queue.close()
-            if queue._dead_letters is not None:
-                queue._dead_letters.close()
+        close_all(queues)
         self._store.close()
 
     def __repr__(self) -> str:

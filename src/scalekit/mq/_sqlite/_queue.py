@@ -31,7 +31,6 @@ from scalekit.mq._queue import (
     Queue,
     QueueOptions,
     QueueStats,
-    check_limit,
     expiry_reason,
     nack_reason,
     settle_failed,
@@ -709,10 +708,7 @@ class SqliteQueue(Queue):
         return purged
 
     def redrive(self, limit: int | None = None) -> int:
-        check_limit(limit)
-        dead = self.dead_letters
-        assert isinstance(dead, SqliteQueue)
-        self._check_open()
+        dead = self._redrive_from(limit)
         qid, dead_id, clock = self._qid, dead._qid, self._clock
 
         def job(conn: sqlite3.Connection) -> int:
