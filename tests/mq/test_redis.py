@@ -678,3 +678,25 @@ def test_state_machine_against_the_model(redis_url: str) -> None:
         RedisQueueMachine,
         settings=settings(max_examples=60, stateful_step_count=40, deadline=None),
     )
+
+
+def test_closing_the_broker_wakes_a_getter_blocked_on_the_dead_letters(
+    make_broker: MakeBroker,
+) -> None:
+    """The dead-letter queue's handle is closed with its queue's, as on the other
+    backends: a consumer of the dead letters is not left waiting out its timeout."""
+    broker = make_broker(block=0.2)
+    dead_letters = broker.queue("jobs").dead_letters
+    returned = threading.Event()
+
+    def consume() -> None:
+        dead_letters.get(timeout=30)
+        returned.set()
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    assert not returned.is_set()
+    broker.close()
+    assert returned.wait(5)
+    assert dead_letters.closed

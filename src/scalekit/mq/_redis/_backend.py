@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from scalekit._validate import check_name, check_seconds, type_name
 from scalekit.errors import ArgumentTypeError, ConfigurationError
-from scalekit.mq._queue import Queue, QueueOptions, open_handle
+from scalekit.mq._queue import Queue, QueueOptions, close_all, open_handle
 from scalekit.mq._redis._queue import RedisQueue
 from scalekit.mq._redis._scripts import backend_error, load_scripts
 from scalekit.protocols import Clock
@@ -161,11 +161,11 @@ class RedisStreamsBackend:
         return [group.decode() for group in groups]
 
     def close(self) -> None:
-        """Close every queue handle opened through this backend (not the client)."""
+        """Close every queue handle opened through this backend, and their dead-letter
+        queues' (not the client)."""
         with self._lock:
             queues = list(self._queues.values())
-        for queue in queues:
-            queue.close()
+        close_all(queues)
 
     def __repr__(self) -> str:
         return f"RedisStreamsBackend(prefix={self.prefix!r})"
