@@ -137,12 +137,10 @@ with Session() as session:
     session.commit()
 assert router.stats().writes == 1
 assert sk._probe_engine(replica) is replica
-try:
+try:  # SQLAlchemy 2.1 refuses here; 2.0 only when a session first awaits
     sk.async_routing_sessionmaker(router)
 except ImportError as exc:
     assert "greenlet" in str(exc), exc
-else:
-    raise AssertionError("async sessions need greenlet")
 print("sync routing works without greenlet")
 '''
 
