@@ -93,6 +93,21 @@ def test_sqlite_batched_json(benchmark: Any, tmp_path: Path) -> None:
     assert benchmark(run) == 2_000
 
 
+def test_sqlite_batched_json_ack_many(benchmark: Any, tmp_path: Path) -> None:
+    benchmark.group = "2,000 messages: put_many + get_many + ack, batches of 100, NORMAL"
+    from scalekit.mq import Broker, SqliteBackend
+
+    queue = Broker(SqliteBackend(tmp_path / "mq.db", synchronous="NORMAL")).queue("bench")
+
+    def run() -> int:
+        for _ in range(20):
+            queue.put_many([SMALL_DICT] * 100)
+            queue.ack_many(queue.get_many(100, timeout=0))
+        return 2_000
+
+    assert benchmark(run) == 2_000
+
+
 @pytest.mark.parametrize("library", ["scalekit FULL", "persist-queue"])
 def test_sqlite_put_get_ack(benchmark: Any, library: str, tmp_path: Path) -> None:
     benchmark.group = "200 messages: put + get + ack, durable (a commit per operation)"

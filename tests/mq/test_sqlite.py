@@ -798,3 +798,20 @@ def test_a_receive_commits_without_an_fsync_of_its_own(tmp_path: Path) -> None:
     delivery.ack()
     assert seen == [True, False, True]  # put, get, ack
     broker.close()
+
+
+def test_ack_many_is_one_commit_and_works_from_asyncio(tmp_path: Path) -> None:
+    """A hundred acks in one transaction: one commit, not a hundred (counted with
+    sqlite3's trace callback on the backend's connection), awaited from a task."""
+    backend = SqliteBackend(tmp_path / "mq.db", synchronous="NORMAL")
+    queue = Broker(backend).queue("jobs")
+    queue.put_many([{"n": n} for n in range(100)])
+    got = queue.get_many(100, timeout=0)
+    statements: list[str] = []
+    backend._store.conn.set_trace_callback(statements.append)
+    backend._store._control.connection.set_trace_callback(statements.append)
+    asyncio.run(AsyncQueue(queue).ack_many(got))
+    commits = [s for s in statements if s.strip().upper().startswith("COMMIT")]
+    assert len(commits) == 1, statements[:10]
+    stats = queue.stats()
+    assert (stats.acked, stats.total) == (100, 0), stats

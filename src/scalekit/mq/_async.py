@@ -85,6 +85,10 @@ class AsyncQueue:
         """:meth:`Delivery.ack`."""
         await self._run(delivery.ack)
 
+    async def ack_many(self, deliveries: Iterable[Delivery]) -> None:
+        """:meth:`Queue.ack_many`."""
+        await self._run(self.queue.ack_many, list(deliveries))
+
     async def nack(
         self, delivery: Delivery, delay: float = 0.0, *, reason: str | None = None
     ) -> None:

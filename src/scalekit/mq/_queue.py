@@ -376,6 +376,43 @@ class Queue(ABC):
         n = check_count(n, "n", minimum=1)
         return self._take(n, check_timeout(timeout))
 
+    def ack_many(self, deliveries: Iterable[Delivery]) -> None:
+        """Ack several deliveries of this queue at once, as :meth:`Delivery.ack`
+        each: in one transaction on SQLite (one commit, not one per message).
+
+        Every delivery that is still held is acked; then, if some could not be
+        (timed out and delivered again, or settled another way), the first
+        :class:`~scalekit.errors.DeliveryExpired` is raised. A delivery acked
+        already is fine, as with ``ack``. A list holding something other than a
+        delivery of this queue is refused before anything is acked.
+
+        Runtime complexity: O(k) for k deliveries, one round trip on backends
+        that batch it.
+        """
+        if isinstance(deliveries, (str, bytes, Mapping)) or not isinstance(deliveries, Iterable):
+            raise ArgumentTypeError(
+                f"deliveries must be an iterable of deliveries, got {type_name(deliveries)}"
+            )
+        batch = list(deliveries)
+        for delivery in batch:
+            if not isinstance(delivery, Delivery) or delivery._queue is not self:
+                raise ArgumentTypeError(
+                    f"deliveries must be deliveries of {self.name!r}, got {delivery!r}"
+                )
+        if batch:
+            self._ack_many(batch)
+
+    def _ack_many(self, batch: list[Delivery]) -> None:
+        """Ack each of ``batch`` (a backend that can batch it overrides this)."""
+        failure: DeliveryExpired | None = None
+        for delivery in batch:
+            try:
+                self._ack(delivery)
+            except DeliveryExpired as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
     def __iter__(self) -> Iterator[Delivery]:
         """Deliveries as they come, until the queue is closed and drained."""
         while True:

@@ -189,6 +189,42 @@ def check_visibility_timeout(env: QueueCheckEnv) -> None:
     assert _total(queue) == 0
 
 
+def check_ack_many(env: QueueCheckEnv) -> None:
+    """ack_many acks every delivery still held, then raises DeliveryExpired for
+    one that timed out; a bad list is refused before anything is acked."""
+    queue = env.queue(visibility_timeout=VT, max_deliveries=5)
+    other = env.queue("other")
+    other.put("elsewhere")
+    stranger = other.get(timeout=0)
+    assert stranger is not None
+    queue.put_many(["a", "b", "c", "slow"])
+    got = queue.get_many(4, timeout=0)
+    assert len(got) == 4, got
+    a, b, c, slow = got
+    bad_lists: list[Any] = [[a, stranger], [a, "b"], "ab", None]
+    for bad in bad_lists:
+        _raises(ArgumentTypeError, functools.partial(queue.ack_many, bad), f"ack_many({bad!r})")
+    assert queue.stats().acked == 0, "a refused ack_many acked something"
+    queue.ack_many([])
+    queue.ack_many([a, b, a])  # twice in one list, as two acks: fine
+    assert queue.stats().acked == 2, queue.stats()
+    env.advance(VT * 1.5)  # c and slow time out; one comes back first
+    again = queue.get(timeout=VT * 4)
+    assert again is not None
+    assert again.body in ("c", "slow"), again.body
+    assert again.attempt == 2, again
+    stale, waiting = (c, slow) if again.body == "c" else (slow, c)
+    _raises(DeliveryExpired, lambda: queue.ack_many([stale, again, b]), "acking a lost one")
+    stats = queue.stats()
+    assert (stats.acked, stats.total) == (3, 1), stats  # again acked; the other is back
+    last = queue.get(timeout=VT * 4)
+    assert last is not None
+    assert last.body == waiting.body, last.body
+    queue.ack_many(iter([last]))
+    assert _total(queue) == 0
+    stranger.ack()
+
+
 def check_priorities_and_delays(env: QueueCheckEnv) -> None:
     """Higher priorities first, equal ones in put order; delayed ones wait."""
     queue = env.queue()
@@ -332,6 +368,7 @@ QUEUE_CHECKS: dict[str, QueueCheck] = {
         check_nack_redelivers,
         check_dead_letters_and_redrive,
         check_visibility_timeout,
+        check_ack_many,
         check_priorities_and_delays,
         check_dedup,
         check_bounded_queue,

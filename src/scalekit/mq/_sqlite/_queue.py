@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from scalekit._waiting import Handoff, Wakeups
-from scalekit.errors import BackendError, ClosedError, QueueFull
+from scalekit.errors import BackendError, ClosedError, DeliveryExpired, QueueFull
 from scalekit.mq._body import (
     Stored,
     UndecodableBody,
@@ -530,6 +530,44 @@ class SqliteQueue(Queue):
 
         if self._settle(delivery, "ack", "acked", work) and self._putters.sleepers:
             self._putters.wake(everyone=True)  # one of them may need more room
+
+    def _ack_many(self, batch: list[Delivery]) -> None:
+        qid = self._qid
+        acked: list[_SqliteDelivery] = []
+        lost: list[_SqliteDelivery] = []
+
+        def job(conn: sqlite3.Connection) -> None:
+            acked.clear()
+            lost.clear()
+            for delivery in batch:
+                assert isinstance(delivery, _SqliteDelivery)
+                key = (int(delivery.id), qid, delivery._receipt)
+                if delivery._settled is None and conn.execute(_ACK, key).rowcount == 1:
+                    delivery._settled = "acked"  # in the transaction, as _settle does
+                    acked.append(delivery)
+                else:
+                    lost.append(delivery)
+            if acked:
+                conn.execute(_COUNT_ACKS, (len(acked), len(acked), qid))
+
+        try:
+            self._store.run(job)
+        except BaseException:
+            for delivery in acked:  # the commit failed: none is settled
+                delivery._settled = None
+            raise
+        if acked and self._putters.sleepers:
+            self._putters.wake(everyone=True)
+        failure: DeliveryExpired | None = None
+        for delivery in lost:
+            if delivery._settled is None:  # timed out, delivered again or dead-lettered
+                delivery._settled = "timed out"
+            try:
+                settle_failed(delivery, "ack")
+            except DeliveryExpired as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def _nack(self, delivery: Delivery, delay: float, reason: str | None) -> None:
         attempts = delivery.attempt
