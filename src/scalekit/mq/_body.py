@@ -29,6 +29,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
 
+from scalekit._json import ORJSON_OPTIONS, orjson, std_dumps
 from scalekit._validate import check_str, type_name
 from scalekit.errors import ArgumentTypeError, ConfigurationError
 
@@ -49,32 +50,17 @@ __all__ = [
 Body: TypeAlias = Any
 """bytes, str, or any JSON-serializable value (dict, list, int, float, bool, None)."""
 
-_std_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode
+_std_dumps = std_dumps
 _std_loads = json.loads
 _WIDE_NUMBER = re.compile(rb"\d{19}")  # a number orjson may not read exactly (>= 2**63)
 
-_orjson: Any = None
-_OPTIONS = 0
-_fast_loads: Callable[[bytes], Any] = _std_loads
-try:  # pragma: no cover - depends on the environment
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - depends on the environment
-    pass
-else:
-    # subclasses, datetimes and dataclasses are not for orjson: it raises TypeError
-    # (no ``default``), and the standard library decides, as without orjson
-    _OPTIONS = _orjson.OPT_PASSTHROUGH_SUBCLASS | _orjson.OPT_PASSTHROUGH_DATETIME
-    _OPTIONS |= _orjson.OPT_PASSTHROUGH_DATACLASS
-    _fast_loads = _orjson.loads
-
-fast_loads = _fast_loads
-orjson_dumps: Any = None if _orjson is None else _orjson.dumps
-"""``orjson.dumps`` (with :data:`JSON_OPTIONS`), None without orjson."""
-JSON_OPTIONS = _OPTIONS
+_orjson: Any = orjson  # one codec for every block: scalekit._json
+_OPTIONS = ORJSON_OPTIONS
+fast_loads: Callable[[bytes], Any] = _std_loads if orjson is None else orjson.loads
 """The codec's ``loads`` for the bytes of a ``(data,)`` :data:`JsonText`."""
-
-CODEC = "orjson" if _orjson is not None else "json"
-"""The JSON codec in use: ``"orjson"`` when installed, else ``"json"``."""
+orjson_dumps: Any = None if orjson is None else orjson.dumps
+"""``orjson.dumps`` (with :data:`JSON_OPTIONS`), None without orjson."""
+JSON_OPTIONS = ORJSON_OPTIONS
 
 
 class UndecodableBody(ValueError):

@@ -10,6 +10,8 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from scalekit._json import dumps as fast_dumps
+from scalekit._json import loads as fast_loads
 from scalekit._validate import check_choice, check_name, check_number, check_str, type_name
 from scalekit.errors import ArgumentTypeError, ConfigurationError, SessionConflict, SessionCorrupted
 
@@ -49,23 +51,24 @@ def valid_id(session_id: object) -> bool:
 
 
 class Serializer:
-    """JSON: the session data must be a mapping of str to JSON values. Never pickle."""
+    """JSON: the session data must be a mapping of str to JSON values. Never pickle.
+
+    Through orjson when it is installed (the ``fast`` extra), with the same text
+    and values as the standard library's ``json`` (see ``scalekit._json``)."""
 
     name = "json"
     _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
     def dumps(self, data: Mapping[str, Any]) -> bytes:
         try:
-            return self._dumps(data).encode()
+            return fast_dumps(data)
         except (TypeError, ValueError) as exc:
             raise ArgumentTypeError(f"session values must be JSON values: {exc}") from None
 
-    _decode = json.JSONDecoder().decode
-
     def loads(self, raw: bytes) -> dict[str, Any]:
         try:
-            data = self._decode(raw.decode())  # this store writes UTF-8 only
-        except (UnicodeDecodeError, ValueError) as exc:
+            data = fast_loads(raw)  # this store writes UTF-8 only
+        except ValueError as exc:
             raise SessionCorrupted(f"a stored session is not JSON ({exc})") from None
         if not isinstance(data, dict):
             raise SessionCorrupted(f"a stored session is a {type(data).__name__}, not an object")
