@@ -499,6 +499,13 @@ def _cases() -> list[Case]:
             _queue_state,
             names="n",
         ),
+        Case(
+            "Queue.ack_many.deliveries",
+            _queue,
+            lambda o, v: o.ack_many(v),
+            [None, 5, "ab", b"ab", [None], [1], {"a": 1}, [object()]],
+            _queue_state,
+        ),
         Case("Backoff.base", lambda: None, lambda _, v: Backoff(base=v), BAD_SECONDS),
         Case(
             "Backoff.factor",
