@@ -539,14 +539,27 @@ class SqliteQueue(Queue):
         def job(conn: sqlite3.Connection) -> None:
             acked.clear()
             lost.clear()
+            held: dict[tuple[int, int, int], _SqliteDelivery] = {}
             for delivery in batch:
                 assert isinstance(delivery, _SqliteDelivery)
                 key = (int(delivery.id), qid, delivery._receipt)
-                if delivery._settled is None and conn.execute(_ACK, key).rowcount == 1:
-                    delivery._settled = "acked"  # in the transaction, as _settle does
-                    acked.append(delivery)
+                if delivery._settled is None and key not in held:
+                    held[key] = delivery
                 else:
                     lost.append(delivery)
+            # One statement for the whole batch; each key deletes at most one row,
+            # so a full count means every one was still held. Otherwise undo it and
+            # find the ones that were not, one by one.
+            conn.execute("SAVEPOINT ack_many")
+            if conn.executemany(_ACK, held).rowcount == len(held):
+                acked.extend(held.values())
+            else:
+                conn.execute("ROLLBACK TO ack_many")
+                for key, delivery in held.items():
+                    (acked if conn.execute(_ACK, key).rowcount == 1 else lost).append(delivery)
+            conn.execute("RELEASE ack_many")
+            for delivery in acked:
+                delivery._settled = "acked"  # in the transaction, as _settle does
             if acked:
                 conn.execute(_COUNT_ACKS, (len(acked), len(acked), qid))
 
