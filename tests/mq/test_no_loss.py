@@ -5,9 +5,12 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
+
 from tests.contracts.queue_contract import VT, QueueEnv, drain
 
 
+@pytest.mark.slow
 def test_ten_thousand_messages_all_acked_or_dead_lettered(env: QueueEnv) -> None:
     """Consumers take batches and, per message, crash holding it (never settle, 10%),
     nack it (15%) or ack it. In the end every message is acked exactly once or

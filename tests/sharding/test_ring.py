@@ -117,6 +117,7 @@ def test_a_custom_hash_places_keys_differently() -> None:
     assert differ > 1000
 
 
+@pytest.mark.slow
 def test_five_seconds_of_lookups_while_nodes_change() -> None:
     """The issue's thread-safety run: 4 lookup threads, one changing nodes, 5 s."""
     churn_while_looking_up(SharderFactory(HashRing), seconds=5.0)

@@ -25,11 +25,10 @@ a message to the dead letters with the reason instead of delivering it.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
 
-from scalekit._json import ORJSON_OPTIONS, orjson, std_dumps
+from scalekit._json import ORJSON_OPTIONS, has_wide_number, orjson, std_dumps
 from scalekit._validate import check_str, type_name
 from scalekit.errors import ArgumentTypeError, ConfigurationError
 
@@ -52,7 +51,6 @@ Body: TypeAlias = Any
 
 _std_dumps = std_dumps
 _std_loads = json.loads
-_WIDE_NUMBER = re.compile(rb"\d{19}")  # a number orjson may not read exactly (>= 2**63)
 
 _orjson: Any = orjson  # one codec for every block: scalekit._json
 _OPTIONS = ORJSON_OPTIONS
@@ -99,7 +97,7 @@ def check_text(value: str, name: str) -> str:
 
 
 def _json(data: bytes) -> JsonText:
-    return _WideJson((data,)) if _WIDE_NUMBER.search(data) else (data,)
+    return _WideJson((data,)) if has_wide_number(data) else (data,)
 
 
 def _std_encode(body: Body) -> JsonText:
