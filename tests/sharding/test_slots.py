@@ -29,7 +29,7 @@ from scalekit.errors import (
 )
 from scalekit.hashing import murmur3_64
 from scalekit.sharding._slots import SlotMap, crc16_xmodem, redis_key_slot
-from tests.services import redis_server, require_service
+from tests.services import free_port, redis_server, require_service
 
 RNG = random.Random(7)
 KEYS = [f"user:{RNG.getrandbits(48)}" for _ in range(20_000)]
@@ -97,7 +97,12 @@ def cluster_node() -> Iterator[Any]:
         clients: list[Any] = []
 
         def start(_: str) -> None:
-            port = stack.enter_context(redis_server("--cluster-enabled", "yes"))
+            # the cluster bus listens on port + 10000 unless told: past 65535 for
+            # a high free port, so it gets a free port of its own
+            bus = str(free_port())
+            port = stack.enter_context(
+                redis_server("--cluster-enabled", "yes", "--cluster-port", bus)
+            )
             client = _cluster_client("127.0.0.1", port)
             if client is None:
                 raise ConnectionError("the cluster-enabled redis-server does not answer")
