@@ -198,6 +198,7 @@ class Migration(Generic[N]):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._pending: list[tuple[N, list[Key]]] | None = None
+        self._busy: dict[N, int] = {}  # batches of each source being moved now
         self._sources = sorted(plan.sources, key=str)
         self._sources_done = 0
         self._examined = 0
@@ -285,19 +286,46 @@ class Migration(Generic[N]):
         return True
 
     def _take(self) -> tuple[N, list[Key]] | None:
-        """Up to a batch of keys of the current source, taken off the pending list."""
+        """Up to a batch of keys of the first source with keys left, taken off the
+        pending list; the source counts as busy until :meth:`_finish` hears back."""
         with self._lock:
             if self._pending is None:
                 return None
-            while self._pending and not self._pending[0][1]:
-                self._pending.pop(0)
-                self._sources_done += 1
-            if not self._pending:
-                return None
-            source, keys = self._pending[0]
-            batch = keys[-self._batch_size :]
-            del keys[-self._batch_size :]
-            return source, batch
+            self._retire()
+            for source, keys in self._pending:
+                if keys:
+                    batch = keys[-self._batch_size :]
+                    del keys[-self._batch_size :]
+                    self._busy[source] = self._busy.get(source, 0) + 1
+                    return source, batch
+            return None
+
+    def _retire(self) -> None:
+        """Under the lock: count as done the sources with no key left and no batch
+        in flight (another thread's batch may fail and give its keys back)."""
+        assert self._pending is not None
+        kept = [entry for entry in self._pending if entry[1] or self._busy.get(entry[0])]
+        self._sources_done += len(self._pending) - len(kept)
+        self._pending[:] = kept
+
+    def _finish(self, source: N, rest: list[Key], examined: int, moved: int) -> None:
+        """A batch of ``source`` ended: count it, and list again the keys ``rest`` it
+        did not get to (a store raised)."""
+        with self._lock:
+            assert self._pending is not None
+            self._examined += examined
+            self._moved += moved
+            self._busy[source] -= 1
+            if not self._busy[source]:
+                del self._busy[source]
+            if rest:
+                for entry in self._pending:
+                    if entry[0] == source:
+                        entry[1].extend(rest)
+                        break
+                else:  # pragma: no cover - a busy source stays listed
+                    self._pending.insert(0, (source, rest))
+            self._retire()
 
     def _list_keys(self) -> None:
         pending = []
@@ -329,20 +357,7 @@ class Migration(Generic[N]):
                         moved += 1
                     done += 1
             finally:
-                with self._lock:
-                    self._examined += done
-                    self._moved += moved
-                    if done < len(batch):  # a store raised: put the rest back
-                        assert self._pending is not None
-                        for entry in self._pending:
-                            if entry[0] == source:
-                                entry[1].extend(batch[: len(batch) - done])
-                                break
-                        else:
-                            self._pending.insert(0, (source, batch[: len(batch) - done]))
-                    while self._pending and not self._pending[0][1]:
-                        self._pending.pop(0)
-                        self._sources_done += 1
+                self._finish(source, batch[: len(batch) - done], done, moved)
         report = self.progress()
         if self._callback is not None:
             self._callback(report)
