@@ -345,3 +345,54 @@ def test_stop_is_bounded_even_while_the_balancer_blocks_a_mark(hang: threading.E
     checker.stop()
     assert time.monotonic() - began < 0.1 + 1.0 + 0.5  # timeout + 1 s, and slack
     assert not checker.running
+
+
+# -- backends that come and go ---------------------------------------------------
+
+
+def test_a_backend_removed_while_down_and_added_again_is_taken_down_again() -> None:
+    balancer = RoundRobin(["a", "b"], panic_threshold=0)
+    failing = {"b"}
+    checker = HealthChecker(balancer, lambda backend: backend not in failing, fall=2, rise=2)
+    checker.check_all()
+    checker.check_all()
+    assert balancer.healthy() == ("a",)
+    balancer.remove("b")
+    checker.check_all()  # sees it gone
+    balancer.add("b")  # a new instance under the old name, failing too
+    checker.check_all()
+    checker.check_all()
+    assert balancer.healthy() == ("a",)
+    checker._check()
+
+
+def test_a_backend_added_again_between_two_rounds_is_taken_down_again() -> None:
+    balancer = RoundRobin(["a", "b"], panic_threshold=0)
+    checker = HealthChecker(balancer, lambda backend: backend == "a", fall=2, rise=2)
+    checker.check_all()
+    checker.check_all()
+    assert balancer.healthy() == ("a",)
+    balancer.remove("b")
+    balancer.add("b")  # the checker never sees it gone
+    checker.check_all()
+    checker.check_all()
+    assert balancer.healthy() == ("a",)
+    balancer.mark_up("b")  # by hand, while it still fails: down again after fall rounds
+    checker.check_all()
+    assert balancer.healthy() == ("a", "b")
+    checker.check_all()
+    assert balancer.healthy() == ("a",)
+    checker._check()
+
+
+def test_the_checker_forgets_the_backends_removed_from_the_balancer() -> None:
+    balancer = RoundRobin(["a"], panic_threshold=0)
+    checker = HealthChecker(balancer, lambda backend: backend == "a", fall=1)
+    for i in range(50):
+        balancer.add(f"gone-{i}")
+        checker.check_all()
+        balancer.remove(f"gone-{i}")
+    checker.check_all()
+    assert set(checker._streaks) == {"a"}
+    assert not checker._took_down
+    assert not checker.last_error

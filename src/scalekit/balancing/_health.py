@@ -109,18 +109,35 @@ class HealthChecker(Generic[B]):
     def _record(self, results: dict[B, bool]) -> None:
         with self._lock:
             present = set(self.balancer.backends)
+            self._forget_gone(present)
             for backend, passed in results.items():
+                if backend not in present:
+                    continue  # removed while being checked
                 streak = self._streaks.get(backend, 0)
                 streak = max(streak, 0) + 1 if passed else min(streak, 0) - 1
                 self._streaks[backend] = streak
-                if backend not in present:
-                    continue  # removed while being checked
                 if streak >= self.rise and backend in self._took_down:
                     self._took_down.discard(backend)
                     self.balancer.mark_up(backend)
                 elif -streak >= self.fall and backend not in self._took_down:
                     self._took_down.add(backend)
                     self.balancer.mark_down(backend)
+
+    def _forget_gone(self, present: set[B]) -> None:
+        """Under the lock: forget the backends removed from the balancer, and start
+        afresh with those it took down that are back in rotation without it (removed
+        and added again, or marked up by hand): each is a backend to take down again
+        after ``fall`` failed checks, not one this checker holds down."""
+        for gone in [backend for backend in self._streaks if backend not in present]:
+            del self._streaks[gone]
+            self.last_error.pop(gone, None)
+        self._took_down &= present
+        healthy = getattr(self.balancer, "healthy", None)
+        if self._took_down and callable(healthy):
+            back = self._took_down.intersection(healthy())
+            self._took_down -= back
+            for backend in back:
+                self._streaks.pop(backend, None)
 
     def _verdict(self, backend: B, running: _Running | None) -> bool:
         """The result of ``backend``'s check this round: its check's answer if it
