@@ -813,6 +813,17 @@ def test_a_refused_promote_changes_nothing(args: Any, options: Any) -> None:
     router._check()
 
 
+def test_promote_refuses_a_replica_that_stays_a_primary() -> None:
+    router = ReplicaRouter(["p1", "p2"], ["r1"], sharder=HashRing(["p1", "p2"]), clock=FakeClock())
+    before = (router.primaries, router.replicas, router.balancer.backends)  # type: ignore[attr-defined]
+    with pytest.raises(DuplicateNode):
+        router.promote("n", ["r1", "p2"], replacing="p1")
+    assert (router.primaries, router.replicas, router.balancer.backends) == before  # type: ignore[attr-defined]
+    router.promote("n", ["r1", "p1"], replacing="p1")  # the replaced one may become a replica
+    assert (router.primaries, router.replicas) == (("n", "p2"), ("r1", "p1"))
+    router._check()
+
+
 def test_remove_replica_refuses_hostile_names() -> None:
     router = ReplicaRouter("p", ["a"], clock=FakeClock())
     for bad, error in (

@@ -380,6 +380,9 @@ class ReplicaRouter(Generic[R]):
             primaries = tuple(new_primary if p == replacing else p for p in self._primaries)
             if new_primary in wanted or len(set(primaries)) != len(primaries):
                 raise DuplicateNode(f"{new_primary!r} would be a primary twice, or also a replica")
+            both = [r for r in wanted if r in primaries]
+            if both:
+                raise DuplicateNode(f"{both[0]!r} would be both a primary and a replica")
             for replica in [r for r in self._replicas if r not in wanted]:
                 remove(replica)
                 del self._replicas[replica]
