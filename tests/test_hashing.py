@@ -101,3 +101,40 @@ def test_int_keys_hash_as_their_digits_and_other_types_are_named() -> None:
     for bad in (True, None, 1.5, ["a"], object()):
         with pytest.raises(ArgumentTypeError, match="str, bytes or int"):
             murmur3_64(bad)  # type: ignore[arg-type]
+
+
+def test_an_int_key_past_the_digit_limit_is_a_configuration_error() -> None:
+    import pytest
+
+    from scalekit.errors import ConfigurationError
+    from scalekit.hashing import key_bytes, murmur3_32, murmur3_64
+    from scalekit.sharding import HashRing, JumpHash
+
+    huge = 10**5000  # more digits than int-to-str converts by default
+    for call in (
+        lambda: key_bytes(huge),
+        lambda: murmur3_64(huge),
+        lambda: murmur3_32(huge),
+        lambda: HashRing(["a", "b"]).node_for(huge),
+        lambda: JumpHash(["a", "b"]).node_for(huge),
+    ):
+        with pytest.raises(ConfigurationError, match="too many digits"):
+            call()
+
+
+def test_a_bad_seed_is_named() -> None:
+    import pytest
+
+    from scalekit.errors import ArgumentTypeError, ConfigurationError
+    from scalekit.hashing import murmur3_32, murmur3_64
+
+    for function in (murmur3_64, murmur3_32):
+        for seed, error in (
+            (-1, ConfigurationError),
+            (2**40, ConfigurationError),
+            ("x", ArgumentTypeError),
+        ):
+            with pytest.raises(error, match="seed"):
+                function("k", seed)  # type: ignore[arg-type]
+        with pytest.raises(ArgumentTypeError, match="str, bytes or int"):
+            function(None)  # type: ignore[arg-type]  # a bad key with a good seed

@@ -70,7 +70,12 @@ def key_bytes(key: object) -> bytes:
         except UnicodeEncodeError:
             return key.encode("utf-8", "surrogatepass")
     if isinstance(key, int) and not isinstance(key, bool):
-        return b"%d" % key
+        try:
+            return b"%d" % key
+        except ValueError:  # more digits than sys.get_int_max_str_digits() allows
+            raise ConfigurationError(
+                f"an int key has too many digits to hash ({key.bit_length()} bits)"
+            ) from None
     if isinstance(key, (bytearray, memoryview)):
         return bytes(key)
     raise ArgumentTypeError(f"a key must be str, bytes or int, not {type(key).__name__}")
@@ -81,7 +86,11 @@ def murmur3_64(data: Key, seed: int = DEFAULT_SEED) -> int:
 
     Runtime complexity: O(len(data)).
     """
-    return _hash128(data if type(data) is bytes else key_bytes(data), seed, signed=False) >> 64
+    try:
+        return _hash128(data if type(data) is bytes else key_bytes(data), seed, signed=False) >> 64
+    except (TypeError, ValueError, OverflowError):
+        _check_seed(seed)  # a bad seed is named; otherwise the key's error stands
+        raise
 
 
 def murmur3_32(data: Key, seed: int = DEFAULT_SEED) -> int:
@@ -89,7 +98,20 @@ def murmur3_32(data: Key, seed: int = DEFAULT_SEED) -> int:
 
     Runtime complexity: O(len(data)).
     """
-    return _hash32(data if type(data) is bytes else key_bytes(data), seed, signed=False)
+    try:
+        return _hash32(data if type(data) is bytes else key_bytes(data), seed, signed=False)
+    except (TypeError, ValueError, OverflowError):
+        _check_seed(seed)
+        raise
+
+
+def _check_seed(seed: object) -> int:
+    """``seed`` if it is an int in ``[0, 2**32)``; the error of a bad one otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ArgumentTypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < 2**32:
+        raise ConfigurationError(f"seed must be in [0, 2**32), got {seed!r}")
+    return seed
 
 
 def make_murmur3_64(seed: int) -> HashFunction:
@@ -101,10 +123,7 @@ def make_murmur3_64(seed: int) -> HashFunction:
     >>> h("k") == murmur3_64("k", 7)
     True
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ArgumentTypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= seed < 2**32:
-        raise ConfigurationError(f"seed must be in [0, 2**32), got {seed!r}")
+    _check_seed(seed)
 
     def hash_function(data: Key, /) -> int:
         raw = data if type(data) is bytes else key_bytes(data)
