@@ -11,7 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scalekit.errors import ConfigurationError, DuplicateNode, NoNodeAvailable, UnknownNode
+from scalekit.errors import (
+    ArgumentTypeError,
+    ConfigurationError,
+    DuplicateNode,
+    NoNodeAvailable,
+    UnknownNode,
+)
 from scalekit.hashing import murmur3_64
 from scalekit.sharding import _jump
 from scalekit.sharding._base import ShardingScheme
@@ -51,6 +57,27 @@ def test_jump_bucket_is_the_published_algorithm(key: int, buckets: int, bucket: 
 def test_jump_bucket_needs_a_bucket() -> None:
     with pytest.raises(ConfigurationError):
         jump_bucket(1, 0)
+
+
+@pytest.mark.parametrize(
+    ("key", "buckets", "error"),
+    [
+        (-1, 3, ConfigurationError),
+        (2**64, 3, ConfigurationError),
+        pytest.param(10**5000, 3, ConfigurationError, id="a-5000-digit-key"),
+        (True, 3, ArgumentTypeError),
+        ("k", 3, ArgumentTypeError),
+        (1.5, 3, ArgumentTypeError),
+        (1, 1.5, ArgumentTypeError),
+        (1, True, ArgumentTypeError),
+        pytest.param(1, 10**400, ConfigurationError, id="a-400-digit-count"),
+    ],
+)
+def test_jump_bucket_refuses_what_is_not_a_64_bit_key_or_a_count(
+    key: Any, buckets: Any, error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        jump_bucket(key, buckets)
 
 
 @given(st.integers(0, 2**64 - 1), st.integers(1, 500))

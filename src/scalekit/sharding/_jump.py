@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any, TypeVar
 
-from scalekit.errors import ConfigurationError
+from scalekit._validate import check_count, type_name
+from scalekit.errors import ArgumentTypeError, ConfigurationError
 from scalekit.hashing import murmur3_64
 from scalekit.sharding._base import Key, ShardingScheme
 from scalekit.sharding._plan import Move
@@ -39,8 +40,20 @@ def jump_bucket(key: int, buckets: int) -> int:
     >>> jump_bucket(42, 57), jump_bucket(256, 1024), jump_bucket(16045690984833335023, 255)
     (43, 520, 237)
     """
-    if buckets < 1:
-        raise ConfigurationError(f"buckets must be at least 1, got {buckets!r}")
+    if isinstance(key, bool) or not isinstance(key, int):
+        raise ArgumentTypeError(f"key must be an int, got {type_name(key)}")
+    if not 0 <= key <= _MASK:
+        raise ConfigurationError(f"key must be an unsigned 64-bit int, got {_described(key)}")
+    return _jump(key, check_count(buckets, "buckets", minimum=1))
+
+
+def _described(number: int) -> str:
+    """``number`` for a message (a negative one, or its size when it is long)."""
+    return repr(number) if number.bit_length() <= 128 else f"an int of {number.bit_length()} bits"
+
+
+def _jump(key: int, buckets: int) -> int:
+    """:func:`jump_bucket` on arguments known to be good."""
     b, j = -1, 0
     while j < buckets:
         b = j
@@ -124,7 +137,7 @@ class JumpHash(ShardingScheme[N, tuple[Any, ...]]):
         return weights
 
     def _owner(self, state: tuple[Any, ...], key: bytes) -> N:
-        owner: N = state[jump_bucket(murmur3_64(key), len(state))]
+        owner: N = state[_jump(murmur3_64(key), len(state))]
         return owner
 
     def node_for(self, key: Key) -> N:
@@ -166,7 +179,7 @@ class JumpHash(ShardingScheme[N, tuple[Any, ...]]):
         seen: set[int] = set()
         h = murmur3_64(key)
         for _ in range(max(1, _MAX_TRIES_PER_NODE * count)):
-            bucket = jump_bucket(h, count)
+            bucket = _jump(h, count)
             if bucket not in seen:
                 seen.add(bucket)
                 chosen.append(bucket)
