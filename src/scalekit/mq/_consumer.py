@@ -82,7 +82,10 @@ class Consumer:
     A message is acked when the handler returns, and nacked when it raises: it
     comes back after ``retry_backoff(attempt)`` seconds, until the queue's
     ``max_deliveries`` sends it to the dead letters (the exception is logged on
-    the ``scalekit.mq`` logger and kept as the reason). With
+    the ``scalekit.mq`` logger and kept as the reason); a cancellation raised in
+    the handler (``asyncio.CancelledError``) counts as a failure too. A handler
+    that raises ``SystemExit`` ends its worker thread, and its message is given
+    back at once. With
     ``pass_delivery=True`` the handler gets the :class:`Delivery` instead of the
     body, to read headers or call ``extend`` during long work (it must not settle
     it). :meth:`stop` is graceful: no new messages are taken and running
@@ -198,33 +201,22 @@ class Consumer:
                 continue
             try:
                 self._handle(got[0])
+            except (SystemExit, KeyboardInterrupt):
+                log.warning("%s: a handler raised SystemExit: its worker thread ends", self.name)
+                return
             except Exception:  # a settlement failed (the backend is down...)
                 log.exception("%s: settling message %r failed", self.name, got[0].id)
 
     def _handle(self, delivery: Delivery) -> None:
         try:
             self.handler(delivery if self.pass_delivery else delivery.body)
-        except Exception as exc:
-            with self._lock:
-                self.failed += 1
-            log.warning(
-                "%s: handler failed on message %r (attempt %d)",
-                self.name,
-                delivery.id,
-                delivery.attempt,
-                exc_info=True,
-            )
-            try:
-                delay = check_seconds(
-                    self.retry_backoff(delivery.attempt), "retry_backoff()", allow_zero=True
-                )
-            except Exception:
-                log.exception("%s: retry_backoff failed; retrying at once", self.name)
-                delay = 0.0
-            try:
-                delivery.nack(delay, reason=_reason(exc))
-            except DeliveryExpired:
-                log.warning("%s: message %r timed out during its handler", self.name, delivery.id)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # the handler ends this worker (_work returns): its message goes back
+            # at once, not after the visibility timeout
+            self._failed(delivery, exc, 0.0)
+            raise
+        except BaseException as exc:  # an error, or a cancellation (asyncio.CancelledError)
+            self._failed(delivery, exc, None)
             return
         try:
             delivery.ack()
@@ -238,6 +230,31 @@ class Consumer:
             return
         with self._lock:
             self.handled += 1
+
+    def _failed(self, delivery: Delivery, exc: BaseException, delay: float | None) -> None:
+        """The handler raised ``exc``: count it, log it, and nack the message after
+        ``delay`` seconds (None: what ``retry_backoff`` says)."""
+        with self._lock:
+            self.failed += 1
+        log.warning(
+            "%s: handler failed on message %r (attempt %d)",
+            self.name,
+            delivery.id,
+            delivery.attempt,
+            exc_info=True,
+        )
+        if delay is None:
+            try:
+                delay = check_seconds(
+                    self.retry_backoff(delivery.attempt), "retry_backoff()", allow_zero=True
+                )
+            except Exception:
+                log.exception("%s: retry_backoff failed; retrying at once", self.name)
+                delay = 0.0
+        try:
+            delivery.nack(delay, reason=_reason(exc))
+        except DeliveryExpired:
+            log.warning("%s: message %r timed out during its handler", self.name, delivery.id)
 
     def __repr__(self) -> str:
         return f"<Consumer {self.name!r} x{self.concurrency}>"
