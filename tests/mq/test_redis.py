@@ -700,3 +700,71 @@ def test_closing_the_broker_wakes_a_getter_blocked_on_the_dead_letters(
     broker.close()
     assert returned.wait(5)
     assert dead_letters.closed
+
+
+def _kill_blocked(client: Any, name: str, command: str) -> int:
+    """CLIENT KILL the connections named ``name`` blocked in ``command``; how many."""
+    deadline = time.monotonic() + 5
+    killed = 0
+    while not killed and time.monotonic() < deadline:
+        for entry in client.client_list():
+            if entry.get("name") == name and entry.get("cmd") == command:
+                client.client_kill_filter(_id=entry["id"])
+                killed += 1
+        time.sleep(0.01)
+    return killed
+
+
+@pytest.mark.parametrize("blocked", ["get", "put"])
+def test_a_blocked_call_outlives_its_connection_being_killed(
+    redis_url: str, prefix: str, client: Any, blocked: str
+) -> None:
+    """CLIENT KILL (or an idle timeout of a proxy) of the connection a get or a put
+    blocks on loses nothing: the call looks again, and goes through when it can."""
+    import redis
+
+    name = f"kill-{blocked}-{prefix.rsplit(':', 1)[-1]}"[:40]
+    own = redis.Redis.from_url(redis_url, client_name=name)
+    broker = Broker(RedisStreamsBackend(own, prefix=prefix, block=2.0))
+    other = Broker(RedisStreamsBackend(client, prefix=prefix, block=2.0))
+    queue = broker.queue("jobs", maxsize=1)
+    outcome: list[Any] = []
+    if blocked == "put":
+        other.queue("jobs", maxsize=1).put("first")
+
+    def call() -> None:
+        try:
+            if blocked == "get":
+                outcome.append(queue.get(timeout=10))
+            else:
+                outcome.append(queue.put("second", timeout=10))
+        except Exception as exc:  # pragma: no cover - what the test looks for
+            outcome.append(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
+    try:
+        thread.start()
+        assert _kill_blocked(client, name, "xreadgroup" if blocked == "get" else "xread")
+        mine = other.queue("jobs", maxsize=1)
+        if blocked == "get":
+            mine.put("after the kill")
+        else:
+            delivery = mine.get(timeout=5)
+            assert delivery is not None
+            delivery.ack()  # room for the blocked put
+        thread.join(10)
+        assert len(outcome) == 1
+        assert not isinstance(outcome[0], Exception), outcome
+        if blocked == "get":
+            assert outcome[0].body == "after the kill"
+            outcome[0].ack()
+        else:
+            delivery = mine.get(timeout=5)
+            assert delivery is not None
+            assert delivery.body == "second"
+            delivery.ack()
+    finally:
+        broker.close()
+        other.close()
+        delete_keys(client, prefix)
+        own.close()

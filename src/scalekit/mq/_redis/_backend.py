@@ -79,6 +79,11 @@ class RedisStreamsBackend:
         self.prefix = prefix
         self.block = float(block)
         self._errors: tuple[type[Exception], ...] = (redis_module.RedisError,)
+        # a connection lost (killed, timed out): a blocking wait that fails so is looked past
+        self._dropped: tuple[type[Exception], ...] = (
+            redis_module.ConnectionError,
+            redis_module.TimeoutError,
+        )
         self._scripts: dict[str, Any] = load_scripts(client)
         self._lock = threading.Lock()
         self._queues: dict[str, RedisQueue] = {}

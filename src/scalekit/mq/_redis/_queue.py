@@ -68,6 +68,7 @@ class RedisQueue(Queue):
         self._client = backend.client
         self._scripts = backend._scripts
         self._errors = backend._errors
+        self._dropped = backend._dropped
         self._base = base
         # a dead-letter queue names itself as its dead letters: the scripts read that
         # as "none" (an empty key name would be in another cluster slot)
@@ -127,6 +128,7 @@ class RedisQueue(Queue):
         args.append(self._ops())  # one operation id for every try of this put
         keys = [self._base, self._ids_key]
         deadline = None if timeout is None else time.monotonic() + timeout
+        dropped = False
         while True:
             done, value = self._run("put", keys, args, "put")
             if done == 2:
@@ -142,7 +144,12 @@ class RedisQueue(Queue):
                     f"queue {self.name!r} is full ({self.maxsize} messages ready, delayed "
                     f"or in flight) and stayed full for {timeout or 0:g} s"
                 )
-            self._wait_for_room(value, wait)
+            try:
+                self._wait_for_room(value, wait)
+            except BackendError as exc:
+                dropped = self._dropped_once(exc, dropped)
+            else:
+                dropped = False
             self._check_open()
 
     def _wait_for_room(self, last: bytes, seconds: float) -> None:
@@ -155,6 +162,17 @@ class RedisQueue(Queue):
         finally:
             with self._lock:
                 self._putters -= 1
+
+    def _dropped_once(self, exc: BackendError, dropped: bool) -> bool:
+        """A blocking wait failed with ``exc``: True if its connection was lost
+        (CLIENT KILL, an idle timeout of the server or a proxy, a failover) and the
+        wait before it was not (``dropped``); then the caller looks again, as after
+        a wake-up, since waiting changes nothing in Redis and the next script call
+        raises if Redis is gone. Any other failure, or a second loss in a row, is
+        raised."""
+        if dropped or not isinstance(exc.__cause__, self._dropped):
+            raise exc
+        return True
 
     # -- consuming ------------------------------------------------------------
 
@@ -267,11 +285,17 @@ class RedisQueue(Queue):
         if got or timeout == 0:
             return got
         deadline = None if timeout is None else time.monotonic() + timeout
+        dropped = False
         while not (self._closed or (stop is not None and stop())):
             wait = self._wait_seconds(deadline, due_in)
             if wait is None:
                 break
-            self._sleep(wait)
+            try:
+                self._sleep(wait)
+            except BackendError as exc:
+                dropped = self._dropped_once(exc, dropped)
+            else:
+                dropped = False
             got, due_in = self._take_now(n, True)
             if got:
                 return got
