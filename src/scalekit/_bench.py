@@ -8,6 +8,7 @@ timed side by side and compared as a ratio.
 from __future__ import annotations
 
 import random
+import statistics
 import time
 import timeit
 from collections.abc import Callable, Iterator, MutableMapping
@@ -20,6 +21,7 @@ __all__ = [
     "BATCH",
     "CACHE_SIZE",
     "MQ_BATCH",
+    "MQ_JSON_BODY",
     "POLICIES",
     "WORKLOADS",
     "NaiveLeastConnections",
@@ -31,6 +33,7 @@ __all__ = [
     "get_hit_workload",
     "getitem_hit_workload",
     "hit_ratio",
+    "interleaved_ratio",
     "lease_workload",
     "make_balancer",
     "measure",
@@ -368,26 +371,36 @@ def queue_queue_workload(messages: int = MQ_BATCH) -> Callable[[], int]:
     return run
 
 
+MQ_JSON_BODY = {"user": 42, "action": "signup", "ok": True}
+"""The small JSON body of the durable comparison with persist-queue."""
+
+
 def mq_sqlite_workload(
-    path: str, synchronous: str = "FULL", messages: int = 200, batch: int = 0
+    path: str,
+    synchronous: str = "FULL",
+    messages: int = 200,
+    batch: int = 0,
+    body: Any = b"payload",
 ) -> Callable[[], int]:
-    """put + get + ack on a SqliteBackend queue: one message at a time, or with
-    ``put_many``/``get_many`` in batches of ``batch``."""
+    """put + get + ack on a SqliteBackend queue: one message at a time (the body
+    read back, as a consumer does), or with ``put_many``/``get_many`` in batches
+    of ``batch``."""
     from scalekit.mq import Broker, SqliteBackend
 
     queue = Broker(SqliteBackend(path, synchronous=synchronous)).queue("bench")
 
     def one_by_one() -> int:
         for _ in range(messages):
-            queue.put(b"payload")
+            queue.put(body)
             delivery = queue.get(timeout=0)
             assert delivery is not None
+            delivery.body  # noqa: B018 - a consumer reads the body
             delivery.ack()
         return messages
 
     def batched() -> int:
         for _ in range(messages // batch):
-            queue.put_many([b"payload"] * batch)
+            queue.put_many([body] * batch)
             for delivery in queue.get_many(batch, timeout=0):
                 delivery.ack()
         return messages
@@ -395,21 +408,69 @@ def mq_sqlite_workload(
     return batched if batch else one_by_one
 
 
-def persist_queue_workload(path: str, messages: int = 200) -> Callable[[], int]:
-    """put + get + ack on persist-queue's ``SQLiteAckQueue`` (WAL, a commit per
-    operation: the durability of ``synchronous="FULL"``)."""
-    import persistqueue
+def persist_queue_workload(
+    path: str, messages: int = 200, body: Any = b"payload"
+) -> Callable[[], int]:
+    """put + get + ack on persist-queue's ``SQLiteAckQueue``: WAL, SQLite's default
+    ``synchronous=FULL`` and a commit per operation (the durability of our
+    ``"FULL"``); ``multithreading=True``, as a queue shared by threads needs
+    (scalekit's always is). JSON bodies are stored as JSON (its json serializer).
 
-    rival = persistqueue.SQLiteAckQueue(path, auto_commit=True, multithreading=True)
+    Its ack marks a row acked and leaves it; its get then steps over the acked
+    rows, so left alone it slows down as a run goes on (a measurement would
+    depend on how many rounds ran before). Each run ends with
+    ``clear_acked_data`` of every acked row, timed with it: its counterpart of
+    our ack's delete, and it keeps each run alike."""
+    import persistqueue
+    import persistqueue.serializers.json
+
+    options: dict[str, Any] = {}
+    if not isinstance(body, bytes):
+        options["serializer"] = persistqueue.serializers.json
+    rival = persistqueue.SQLiteAckQueue(path, auto_commit=True, multithreading=True, **options)
 
     def run() -> int:
         for _ in range(messages):
-            rival.put(b"payload")
+            rival.put(body)
             item = rival.get(block=False)
             rival.ack(item)
+        rival.clear_acked_data(max_delete=0, keep_latest=0)
         return messages
 
     return run
+
+
+def interleaved_ratio(
+    ours: Callable[[], object], theirs: Callable[[], object], rounds: int = 15, warmup: int = 3
+) -> tuple[float, float, float]:
+    """Median seconds per run of ``ours`` and ``theirs``, timed in alternating
+    rounds (each goes first in every other round), and the median of the
+    per-round ratios theirs / ours (above 1: ours is faster). Alternating keeps
+    both under the same load on a shared machine, where separate runs drift.
+
+    ``warmup`` untimed runs of each come first: for the SQLite queues, enough for
+    each write-ahead log to pass its first checkpoint. Until then a commit grows
+    the log file, and an fdatasync that must also record a new file size cost
+    ~1.6 x one that overwrites (measured here); a long-lived queue overwrites."""
+    for _ in range(warmup):
+        ours()
+        theirs()
+    our_times, their_times, ratios = [], [], []
+    for i in range(rounds):
+        pair = [ours, theirs] if i % 2 == 0 else [theirs, ours]
+        times = {}
+        for run in pair:
+            start = time.perf_counter()
+            run()
+            times[run is ours] = time.perf_counter() - start
+        our_times.append(times[True])
+        their_times.append(times[False])
+        ratios.append(times[False] / times[True])
+    return (
+        statistics.median(our_times),
+        statistics.median(their_times),
+        statistics.median(ratios),
+    )
 
 
 def wakeup_latency(kind: str, samples: int = 300) -> tuple[float, float]:

@@ -42,8 +42,9 @@ class SqliteBackend:
     (``put_many``/``get_many``: one transaction for the batch); see the queue
     class for the rest. Cost, measured on a 2-core VM with 100-byte bodies: a
     put, get and ack per message runs ~2,800 messages/s from one thread with
-    FULL (three fsyncs per message) and ~6,300/s from 8 producer and 8 consumer
-    threads (shared fsyncs); ~16,000/s from one thread with NORMAL;
+    FULL (two fsyncs per message: the receive is not synced) and ~6,300/s from
+    8 producer and 8 consumer threads (shared fsyncs); ~16,000/s from one thread
+    with NORMAL;
     ``put_many``/``get_many`` of 100 and their acks ~41,000/s with NORMAL.
 
     >>> import tempfile, os

@@ -220,24 +220,25 @@ class SqliteQueue(Queue):
                 if seen is not None:
                     return [seen[0]]
             first = next_ids(conn, len(rows))
-            conn.executemany(
-                _INSERT,
-                [
-                    (
-                        first + i,
-                        qid,
-                        _DELAYED if delay > 0 else _READY,
-                        now + delay if delay > 0 else -priority,
-                        first + i,
-                        priority,
-                        now,
-                        kind,
-                        data,
-                        headers,
-                    )
-                    for i, (kind, data, headers, priority, delay) in enumerate(rows)
-                ],
-            )
+            inserted = [
+                (
+                    first + i,
+                    qid,
+                    _DELAYED if delay > 0 else _READY,
+                    now + delay if delay > 0 else -priority,
+                    first + i,
+                    priority,
+                    now,
+                    kind,
+                    data,
+                    headers,
+                )
+                for i, (kind, data, headers, priority, delay) in enumerate(rows)
+            ]
+            if len(inserted) == 1:
+                conn.execute(_INSERT, inserted[0])
+            else:
+                conn.executemany(_INSERT, inserted)
             conn.execute("UPDATE mq_queues SET size = size + ? WHERE id = ?", (len(rows), qid))
             if dedup_key is not None and window > 0:
                 conn.execute(
@@ -341,10 +342,11 @@ class SqliteQueue(Queue):
                         else:
                             moved.left = moved.buried = True
                 start = last + len(rows)
-                conn.executemany(
-                    _DELIVER,
-                    [(deadline, start + i, row[0]) for i, (row, _) in enumerate(good, 1)],
-                )
+                delivering = [(deadline, start + i, row[0]) for i, (row, _) in enumerate(good, 1)]
+                if len(delivering) == 1:
+                    conn.execute(_DELIVER, delivering[0])
+                else:
+                    conn.executemany(_DELIVER, delivering)
                 rows += good
                 if len(selected) < want:
                     break

@@ -24,6 +24,11 @@ _STORE_KIND = "scalekit.mq"
 _BUSY_TIMEOUT = 30.0  # seconds a transaction waits for another process's lock
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _PAGE_SIZE = 1024
+# Checkpoint when the WAL holds this many pages: 4 MiB of 1 KiB pages, the size
+# SQLite's default (1,000 pages) gives its default 4 KiB pages. Each checkpoint
+# costs about three fsyncs (the WAL, the file, the WAL's new header); at 1,000
+# 1 KiB pages a durable put + get + ack (~10 pages) paid one every ~100 messages.
+_WAL_AUTOCHECKPOINT = 4000
 
 _SCHEMA = (
     "CREATE TABLE scalekit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
@@ -115,6 +120,7 @@ def open_store(path: str, synchronous: str) -> sqlite3.Connection:
                 f"{path}: cannot use WAL journal mode (got {mode!r})", backend="sqlite"
             )
         conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT}")
     except BaseException as exc:
         conn.close()
         if isinstance(exc, sqlite3.Error):
