@@ -947,6 +947,8 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
                 removed.append((key, self._remove(key), "expired"))
         if not expires:
             queue.clear()
+        elif len(queue) > 4 * len(expires) + 128:
+            self._compact_queue()  # fewer live keys: stale entries may be too many
         heap = self._expiry_heap
         own = self._own_expires
         while heap and heap[0][0] <= now:
