@@ -213,9 +213,9 @@ class _LeanTimedLRU(LRUCache[K, V]):
             if old_deadline is None:
                 if self._own_expires:
                     self._forget_own_expiry(old_key)
-            elif queue[1] is old_deadline and len(queue) <= 4 * len(expires) + 130:
-                # The common case, _unqueue() written out: the victim is the
-                # oldest write, and the queue stays within its bound.
+            elif queue[1] is old_deadline:
+                # The common case: the victim is the oldest write. With the entry
+                # appended below, the queue keeps its length and live entries.
                 queue.popleft()
                 queue.popleft()
             else:
@@ -224,6 +224,8 @@ class _LeanTimedLRU(LRUCache[K, V]):
         expires_at = now + self._ttl  # type: ignore[operator]
         if expires_at < self._queue_tail:
             self._add_expiry(key, expires_at, False)  # the clock went backwards
+            if len(queue) > 4 * len(expires) + 128:
+                self._compact_queue()  # no entry was appended: one fewer live key
             return
         expires[key] = expires_at
         queue.append(key)
