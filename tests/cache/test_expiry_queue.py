@@ -276,7 +276,8 @@ def test_a_key_rewritten_many_times_expires_once_and_the_queue_stays_bounded(
     clock.now = 1000.0 + 1.0 + 5.0
     assert cache.expire() == [("k", 999)]
     cache._check()
-    assert not cache._expiry_queue and not cache._expires
+    assert not cache._expiry_queue
+    assert not cache._expires
 
 
 @pytest.mark.parametrize("cls", [TTLCache, LRUCache, LFUCache])
@@ -301,7 +302,8 @@ def test_the_clock_going_backwards_puts_earlier_deadlines_aside() -> None:
     cache["a"] = 1  # deadline 1005
     clock.now -= 3.0
     cache["b"] = 2  # deadline 1002, before the queue's tail: kept in the heap
-    assert list(cache._expires) == ["a"] and list(cache._own_expires) == ["b"]
+    assert list(cache._expires) == ["a"]
+    assert list(cache._own_expires) == ["b"]
     cache._check()
     clock.now = 1002.0
     assert list(cache) == ["a"]
