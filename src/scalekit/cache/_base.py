@@ -24,7 +24,8 @@ ones:
   by one write); an overwritten or removed key leaves a stale entry, dropped at
   the front, or all at once when the queue holds more than
   ``2 * len(_expires) + 64`` entries. A plain dict and a deque of two pointers
-  per entry take about 35 bytes less per key than an ordered dict.
+  per entry take about 28 bytes less per key than an ordered dict (a full
+  ``TTLCache``: 128 bytes per entry instead of 156, on CPython 3.11).
 - ``_own_expires``: ``key -> deadline`` for keys given their own ``ttl`` (or
   written while the clock went backwards), with ``_expiry_heap`` of
   ``(deadline, seq, key)`` to find them in O(log n). Heap deletion is lazy: an
