@@ -11,6 +11,7 @@ import random
 import statistics
 import time
 import timeit
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, MutableMapping
 from itertools import cycle
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "MQ_JSON_BODY",
     "POLICIES",
     "WORKLOADS",
+    "FloorTTLCache",
     "NaiveLeastConnections",
     "balancer_costs",
     "cache_factories",
@@ -75,6 +77,76 @@ def cache_factories(library: str) -> dict[str, Factory]:
         "FIFO": lambda: module.FIFOCache(CACHE_SIZE),
         "TTL": lambda: module.TTLCache(CACHE_SIZE, TTL),
     }
+
+
+class FloorTTLCache:
+    """The least a correct TTL cache can do on a hit, in Python: the yardstick of a hit.
+
+    An ordered dict in LRU order, a dict of deadlines, and ``_next_expiry``, at most
+    the earliest deadline. A hit is one lookup, one clock read compared with
+    ``_next_expiry`` and one ``move_to_end``; only once the clock reaches
+    ``_next_expiry`` does a read look at the key's own deadline, so that an expired
+    item is never returned. Writes evict the least recently used item; nothing is
+    purged ahead of time. Not part of scalekit's API: benchmarks only.
+
+    Runtime complexity: O(1) for a read and a write.
+    """
+
+    __slots__ = ("_data", "_deadlines", "_maxsize", "_next_expiry", "_timer", "_ttl")
+
+    def __init__(
+        self, maxsize: int, ttl: float, timer: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._data: OrderedDict[Any, Any] = OrderedDict()
+        self._deadlines: dict[Any, float] = {}
+        self._maxsize = maxsize
+        self._ttl = ttl
+        self._timer = timer
+        self._next_expiry = float("inf")
+
+    def __getitem__(self, key: Any) -> Any:
+        data = self._data
+        value = data[key]
+        if self._timer() < self._next_expiry:
+            data.move_to_end(key)
+            return value
+        return self._checked(key, value)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        data = self._data
+        try:
+            value = data[key]
+        except KeyError:
+            return default
+        if self._timer() < self._next_expiry:
+            data.move_to_end(key)
+            return value
+        try:
+            return self._checked(key, value)
+        except KeyError:
+            return default
+
+    def _checked(self, key: Any, value: Any) -> Any:
+        """The slow read: drop ``key`` if its deadline has passed."""
+        if self._deadlines[key] <= self._timer():
+            del self._data[key], self._deadlines[key]
+            self._next_expiry = min(self._deadlines.values(), default=float("inf"))
+            raise KeyError(key)
+        self._data.move_to_end(key)
+        return value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        data = self._data
+        if key not in data and len(data) >= self._maxsize:
+            del self._deadlines[data.popitem(last=False)[0]]
+        data[key] = value
+        data.move_to_end(key)
+        deadline = self._deadlines[key] = self._timer() + self._ttl
+        if deadline < self._next_expiry:
+            self._next_expiry = deadline
+
+    def __len__(self) -> int:
+        return len(self._data)
 
 
 def _filled(factory: Factory) -> MutableMapping[str, Any]:

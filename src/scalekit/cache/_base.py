@@ -13,10 +13,19 @@ A key with a deadline is expired once ``timer() >= deadline``. Deadlines live in
 one of two places, so that the expired keys are found without scanning the live
 ones:
 
-- ``_expires``: an ordered dict ``key -> deadline`` of the keys written with the
-  cache's own ``ttl``, in write order. With a clock that does not go backwards
-  that is also deadline order: the expired keys are a prefix, each found and
-  removed in O(1).
+- ``_expires``: a dict ``key -> deadline`` of the keys written with the cache's
+  own ``ttl``, in write order (an overwrite re-inserts its key), with
+  ``_expiry_queue``, a deque of ``key, deadline, key, deadline, ...`` in the same
+  order, holding the very float object that ``_expires`` holds. A deadline is
+  only appended when it is at least ``_queue_tail``, the last one appended, so
+  the queue is in deadline order: the expired keys are a prefix, each found and
+  removed in O(1). Queue deletion is lazy: an entry counts only while
+  ``_expires[key] is deadline`` (each deadline is a float of its own, computed
+  by one write); an overwritten or removed key leaves a stale entry, dropped at
+  the front, or all at once when the queue holds more than
+  ``2 * len(_expires) + 64`` entries. A plain dict and a deque of two pointers
+  per entry take about 28 bytes less per key than an ordered dict (a full
+  ``TTLCache``: 128 bytes per entry instead of 156, on CPython 3.11).
 - ``_own_expires``: ``key -> deadline`` for keys given their own ``ttl`` (or
   written while the clock went backwards), with ``_expiry_heap`` of
   ``(deadline, seq, key)`` to find them in O(log n). Heap deletion is lazy: an
@@ -29,9 +38,10 @@ from __future__ import annotations
 
 import heapq
 import inspect
+import itertools
 import math
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import (
     Callable,
     Hashable,
@@ -311,8 +321,9 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
             and self._maxlen >= 1
             and not self._datetime_clock
         )
-        self._expires: OrderedDict[K, float] = OrderedDict()
-        self._queue_tail = -_INF  # the deadline of the last key of _expires
+        self._expires: dict[K, float] = {}
+        self._expiry_queue: deque[Any] = deque()  # key, deadline, key, deadline, ...
+        self._queue_tail = -_INF  # the last deadline appended to _expiry_queue
         self._own_expires: dict[K, float] = {}
         self._expiry_heap: list[tuple[float, int, K]] = []
         self._seq = 0
@@ -677,7 +688,10 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         if len(data) >= self._maxlen:
             if self._ordered_data:
                 old_key, old_value = data.popitem(False)  # type: ignore[call-arg]
-                if expires.pop(old_key, None) is None and self._own_expires:
+                old_deadline = expires.pop(old_key, None)
+                if old_deadline is not None:
+                    self._unqueue(old_deadline)
+                elif self._own_expires:
                     self._forget_own_expiry(old_key)
             else:
                 old_key = self._policy_victim()
@@ -696,6 +710,9 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
                 self._add_expiry(key, expires_at, own_ttl)
             else:
                 expires[key] = expires_at
+                queue = self._expiry_queue
+                queue.append(key)
+                queue.append(expires_at)
                 self._queue_tail = expires_at
                 if expires_at < self._next_expiry:
                     self._next_expiry = expires_at
@@ -762,6 +779,9 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
             self.__class__ = self._general
         if not own_ttl and expires_at >= self._queue_tail:
             self._expires[key] = expires_at
+            queue = self._expiry_queue
+            queue.append(key)
+            queue.append(expires_at)
             self._queue_tail = expires_at
         else:
             self._own_expires[key] = expires_at
@@ -773,9 +793,33 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
             self._next_expiry = expires_at
 
     def _forget_expiry(self, key: K) -> None:
-        """Drop the deadline of ``key`` if it has one (a heap entry goes stale)."""
-        if self._expires.pop(key, None) is None and self._own_expires:
+        """Drop the deadline of ``key`` if it has one (its queue or heap entry goes stale)."""
+        deadline = self._expires.pop(key, None)
+        if deadline is not None:
+            self._unqueue(deadline)
+        elif self._own_expires:
             self._forget_own_expiry(key)
+
+    def _unqueue(self, deadline: float) -> None:
+        """The key of ``deadline`` was just dropped from ``_expires``: drop its
+        queue entry if it is the first, else leave it stale; compact the queue
+        once it holds more than ``2 * len(_expires) + 64`` entries (O(1) amortized)."""
+        queue = self._expiry_queue
+        if queue[1] is deadline:
+            queue.popleft()
+            queue.popleft()
+        if len(queue) > 4 * len(self._expires) + 128:
+            self._compact_queue()
+
+    def _compact_queue(self) -> None:
+        """Drop the stale queue entries. Runtime complexity: O(n).
+
+        The live entries are those of ``_expires``, in the same order (each write
+        of a key both re-inserts it there and appends it here).
+        """
+        queue = self._expiry_queue
+        queue.clear()
+        queue.extend(itertools.chain.from_iterable(self._expires.items()))
 
     def _forget_own_expiry(self, key: K) -> None:
         """Drop ``key`` from ``_own_expires``; compact the heap once stale entries
@@ -870,6 +914,7 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         self._sizes.clear()
         self._currsize = 0
         self._expires.clear()
+        self._expiry_queue.clear()
         self._queue_tail = -_INF
         self._own_expires.clear()
         self._expiry_heap.clear()
@@ -894,11 +939,17 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         """Remove every item expired at ``now``; return them without notifying."""
         removed: list[tuple[K, V, EvictionCause]] = []
         expires = self._expires
-        while expires:
-            key, deadline = next(iter(expires.items()))
-            if deadline > now:
-                break
-            removed.append((key, self._remove(key), "expired"))
+        queue = self._expiry_queue
+        while queue and queue[1] <= now:
+            key = queue.popleft()
+            deadline = queue.popleft()
+            if expires.get(key) is deadline:
+                del expires[key]  # its queue entry is gone already
+                removed.append((key, self._remove(key), "expired"))
+        if not expires:
+            queue.clear()
+        elif len(queue) > 4 * len(expires) + 128:
+            self._compact_queue()  # fewer live keys: stale entries may be too many
         heap = self._expiry_heap
         own = self._own_expires
         while heap and heap[0][0] <= now:
@@ -906,8 +957,8 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
             if own.get(key) == deadline:
                 removed.append((key, self._remove(key), "expired"))
         self._expirations += len(removed)
-        if expires:
-            head = next(iter(expires.values()))
+        if queue:
+            head = queue[1]  # stale or not, no live deadline is earlier
         else:
             head = _INF
             self._queue_tail = -_INF
@@ -996,6 +1047,7 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         clone._data = self._data.copy()
         clone._sizes = self._sizes.copy()
         clone._expires = self._expires.copy()
+        clone._expiry_queue = self._expiry_queue.copy()
         clone._own_expires = self._own_expires.copy()
         clone._expiry_heap = self._expiry_heap.copy()
         clone._timer = clone._clock  # a copy made in `with cache.timer:` is not held
@@ -1007,6 +1059,14 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         state = self.__dict__.copy()
         state["_timer"] = self._clock  # a copy made in `with cache.timer:` is not held
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        # pickle stores a float once per reference: the queue's deadlines come back
+        # as objects of their own, so rebuild it from _expires.
+        self._expires = dict(self._expires)
+        self._expiry_queue = deque()
+        self._compact_queue()
 
     def copy(self) -> Cache[K, V]:
         """A shallow copy: new structures, the same keys and values."""
@@ -1027,22 +1087,29 @@ class Cache(MutableMapping[K, V], Generic[K, V]):
         else:
             assert not self._sizes
         assert self._currsize_raw() <= self._maxsize or not data
-        queued = set(self._expires)
+        expires = self._expires
+        queued = set(expires)
         owned = set(self._own_expires)
         assert queued <= set(data)
         assert owned <= set(data)
         assert not queued & owned
-        deadlines = list(self._expires.values())
-        assert deadlines == sorted(deadlines), "default-ttl deadlines follow write order"
+        queue = list(self._expiry_queue)
+        assert len(queue) % 2 == 0
+        pairs = list(zip(queue[::2], queue[1::2], strict=True))
+        live = [(k, d) for k, d in pairs if expires.get(k) is d]
+        assert live == list(expires.items()), "the live queue entries are _expires, in order"
+        deadlines = [d for _, d in pairs]
+        assert deadlines == sorted(deadlines), "queued deadlines (stale ones too) are in order"
         if deadlines:
             assert self._queue_tail >= deadlines[-1]
+        assert len(pairs) <= 2 * len(expires) + 64, f"queue {len(pairs)} > 2*{len(expires)}+64"
         live_heap = {k for d, _, k in self._expiry_heap if self._own_expires.get(k) == d}
         assert live_heap == owned, "every own deadline has a heap entry"
         assert len(self._expiry_heap) <= 2 * len(owned) + 64, (
             f"heap {len(self._expiry_heap)} > 2*{len(owned)}+64"
         )
-        if deadlines or owned:
-            assert self._next_expiry <= min([*deadlines, *self._own_expires.values()])
+        if queued or owned:
+            assert self._next_expiry <= min([*expires.values(), *self._own_expires.values()])
         assert min(self._hits, self._misses, self._evictions, self._expirations) >= 0
         self._check_policy()
 

@@ -211,7 +211,7 @@ class LFUCache(Cache[K, V]):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         buckets = state.pop("_lfu_buckets")
-        self.__dict__.update(state)
+        super().__setstate__(state)
         self._rebuild(buckets)
 
     def _check_policy(self) -> None:

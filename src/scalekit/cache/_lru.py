@@ -206,16 +206,30 @@ class _LeanTimedLRU(LRUCache[K, V]):
             self._store(key, value)  # the general path purges first
             return
         expires = self._expires
+        queue = self._expiry_queue
         if len(data) >= self._maxlen:
             old_key = data.popitem(False)[0]
-            if expires.pop(old_key, None) is None and self._own_expires:
-                self._forget_own_expiry(old_key)
+            old_deadline = expires.pop(old_key, None)
+            if old_deadline is None:
+                if self._own_expires:
+                    self._forget_own_expiry(old_key)
+            elif queue[1] is old_deadline:
+                # The common case: the victim is the oldest write. With the entry
+                # appended below, the queue keeps its length and live entries.
+                queue.popleft()
+                queue.popleft()
+            else:
+                self._unqueue(old_deadline)
         data[key] = value
         expires_at = now + self._ttl  # type: ignore[operator]
         if expires_at < self._queue_tail:
             self._add_expiry(key, expires_at, False)  # the clock went backwards
+            if len(queue) > 4 * len(expires) + 128:
+                self._compact_queue()  # no entry was appended: one fewer live key
             return
         expires[key] = expires_at
+        queue.append(key)
+        queue.append(expires_at)
         self._queue_tail = expires_at
         if expires_at < self._next_expiry:
             self._next_expiry = expires_at
