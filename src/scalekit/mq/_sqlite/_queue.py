@@ -775,7 +775,9 @@ class SqliteQueue(Queue):
                 if wanted == 0:
                     return 0, moved
             dead._maintain(conn, now)
-            rows = conn.execute(_SELECT_DEAD, (dead_id, -1 if wanted is None else wanted)).fetchall()
+            rows = conn.execute(
+                _SELECT_DEAD, (dead_id, -1 if wanted is None else wanted)
+            ).fetchall()
             if not rows:
                 return 0, moved
             back = next_ids(conn, len(rows))
