@@ -702,6 +702,43 @@ class QueueContract:
         assert queue.redrive() == 0
         assert [d.body for d in drain(queue)] == ["c"]
 
+    def test_redrive_into_a_bounded_queue_moves_only_the_room(self, env: QueueEnv) -> None:
+        """A bounded queue never holds more than maxsize, redriven messages included:
+        redrive moves min(limit, room) oldest first, never waits, and leaves the
+        rest dead-lettered; ready, delayed and in-flight messages all take room."""
+        queue = env.queue("bounded", maxsize=3)
+        queue.put_many(["a", "b", "c"])
+        for delivery in drain(queue):
+            delivery.reject("downstream was down")
+        queue.put("d")
+        queue.put("e", delay=60)
+        checked = getattr(queue, "_check", lambda: None)
+
+        def held() -> tuple[int, int]:
+            checked()
+            stats = queue.stats()
+            return stats.total, stats.dead_letters
+
+        assert queue.redrive(limit=1) == 1  # room 1 of 3: the oldest, a
+        assert held() == (3, 2)
+        started = time.monotonic()
+        assert queue.redrive() == 0  # room 0: nothing moves, and no waiting
+        assert queue.redrive(limit=2) == 0
+        assert time.monotonic() - started < 1
+        assert held() == (3, 2)
+        first = queue.get(timeout=0)
+        assert first is not None
+        assert first.body == "d"
+        assert queue.redrive() == 0  # in flight still takes room
+        first.ack()
+        assert held() == (2, 2)
+        assert queue.redrive() == 1  # room 1 again: the next oldest, b
+        assert held() == (3, 1)
+        assert queue.purge() == 3  # a, b and the delayed e
+        assert queue.redrive(limit=5) == 1  # room 3, one dead letter left: c
+        assert held() == (1, 0)
+        assert [d.body for d in drain(queue)] == ["c"]
+
     def test_stats_snapshot(self, env: QueueEnv) -> None:
         queue = env.queue()
         queue.put_many(["a", "b", "c"])

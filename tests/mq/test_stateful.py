@@ -1,5 +1,6 @@
 """A queue against a reference model, driven by hypothesis through random
-puts, gets, acks, nacks, rejects, extends and the passing of time."""
+puts, gets, acks, nacks, rejects, extends, redrives and the passing of time;
+unbounded, and bounded (where a redrive moves only the room there is)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from scalekit.errors import DeliveryExpired
+from scalekit.errors import DeliveryExpired, QueueFull
 from scalekit.mq import Broker, Delivery, MemoryBackend
 from scalekit.testing import FakeClock
 
@@ -230,3 +231,91 @@ SqliteQueueMachine.TestCase.settings = settings(
     max_examples=25, stateful_step_count=40, deadline=None
 )
 TestSqliteQueue = SqliteQueueMachine.TestCase
+
+
+MAXSIZE = 4
+
+
+def dead_letter_ids(queue: Any) -> set[Any]:
+    """The ids of every message the dead-letter queue holds, read from the store."""
+    from scalekit.mq._memory import _MemoryQueue
+    from scalekit.mq._sqlite._queue import SqliteQueue
+
+    dead = queue.dead_letters
+    if isinstance(dead, _MemoryQueue):
+        with dead._lock:
+            held = [*dead._ready, *dead._inflight]
+            held += [entry[2] for entry in (*dead._ranked, *dead._delayed)]
+        return {delivery.id for delivery in held}
+    assert isinstance(dead, SqliteQueue)
+    rows = dead._store.run(
+        lambda conn: conn.execute(
+            "SELECT id FROM mq_messages WHERE queue = ?", (dead._qid,)
+        ).fetchall()
+    )
+    return {row[0] for row in rows}
+
+
+class BoundedQueueMachine(QueueMachine):
+    """The machine on a queue of maxsize 4: a put refused with QueueFull when the
+    model holds 4, and a redrive moving min(limit, room) dead letters, never more."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue = self.broker.queue(
+            "bounded", visibility_timeout=VT, max_deliveries=MAX_DELIVERIES, maxsize=MAXSIZE
+        )
+
+    def held(self) -> int:
+        self.model.catch_up(self.clock())
+        return sum(len(self.model.in_state(s)) for s in ("ready", "delayed", "in_flight"))
+
+    @rule(
+        body=st.integers(0, 1000),
+        priority=st.sampled_from([0, 0, 0, 1, 5, -2]),
+        delay=st.sampled_from([0.0, 0.0, 0.0, 3.0, 15.0]),
+    )
+    def put(self, body: int, priority: int, delay: float) -> None:
+        self.queue.stats()  # settles expired deliveries, as the model's catch_up does
+        if self.held() >= MAXSIZE:
+            with pytest.raises(QueueFull):
+                self.queue.put(body, priority=priority, delay=delay, timeout=0)
+            return
+        super().put(body, priority, delay)
+
+    @precondition(lambda self: self.model.in_state("dead"))
+    @rule(limit=st.sampled_from([None, 1, 2, 10]))
+    def redrive_some(self, limit: int | None) -> None:
+        room = MAXSIZE - self.held()
+        dead = {m.id for m in self.model.in_state("dead")}
+        before = dead_letter_ids(self.queue)
+        assert before == dead
+        moved = self.queue.redrive(limit)
+        assert moved == min(len(dead), room, len(dead) if limit is None else limit)
+        back = before - dead_letter_ids(self.queue)
+        assert len(back) == moved
+        for message_id in back:
+            message = self.model.messages[message_id]
+            message.state, message.attempts, message.current = "ready", 0, None
+        assert self.held() <= MAXSIZE
+
+    @precondition(lambda self: False)
+    @rule()
+    def redrive(self) -> None:  # every redrive of a bounded queue is redrive_some's
+        raise AssertionError("not a rule of the bounded machine")
+
+
+BoundedQueueMachine.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=40, deadline=None
+)
+TestBoundedMemoryQueue = BoundedQueueMachine.TestCase
+
+
+class BoundedSqliteQueueMachine(BoundedQueueMachine):
+    make_broker = staticmethod(sqlite_broker)
+
+
+BoundedSqliteQueueMachine.TestCase.settings = settings(
+    max_examples=25, stateful_step_count=40, deadline=None
+)
+TestBoundedSqliteQueue = BoundedSqliteQueueMachine.TestCase

@@ -617,26 +617,32 @@ class _MemoryQueue(Queue):
         dead = self._redrive_from(limit)
         wanted = math.inf if limit is None else limit
         moving: list[_MemoryDelivery] = []
-        with dead._lock:
-            dead._maintain(dead._clock())
-            while len(moving) < wanted:  # oldest first: the ready ones arrived in order
-                try:
-                    moving.append(dead._ready.popleft())  # lock-free gets may pop too
-                except IndexError:
-                    break
-            rest = sorted(
-                [*(e[2] for e in dead._ranked), *(e[2] for e in dead._delayed)],
-                key=lambda d: d.id,
-            )
-            budget = wanted - len(moving)
-            chosen = rest if budget >= len(rest) else rest[: int(budget)]
-            taken = {id(d) for d in chosen}
-            moving += chosen
-            dead._ranked = [e for e in dead._ranked if id(e[2]) not in taken]
-            heapq.heapify(dead._ranked)
-            dead._delayed = [e for e in dead._delayed if id(e[2]) not in taken]
-            heapq.heapify(dead._delayed)
-        with self._lock:
+        left = False
+        with self._lock:  # this queue's lock, then its dead letters' (as _bury takes them)
+            if self.maxsize is not None:  # the room now, counted as a put counts it
+                left = self._maintain(self._clock())
+                size = len(self._ready) + len(self._ranked) + len(self._delayed)
+                wanted = min(wanted, max(0, self.maxsize - size - len(self._inflight)))
+            with dead._lock:
+                dead._maintain(dead._clock())
+                while len(moving) < wanted:  # oldest first: the ready ones arrived in order
+                    try:
+                        moving.append(dead._ready.popleft())  # lock-free gets may pop too
+                    except IndexError:
+                        break
+                budget = wanted - len(moving)
+                if budget > 0:
+                    rest = sorted(
+                        [*(e[2] for e in dead._ranked), *(e[2] for e in dead._delayed)],
+                        key=lambda d: d.id,
+                    )
+                    chosen = rest if budget >= len(rest) else rest[: int(budget)]
+                    taken = {id(d) for d in chosen}
+                    moving += chosen
+                    dead._ranked = [e for e in dead._ranked if id(e[2]) not in taken]
+                    heapq.heapify(dead._ranked)
+                    dead._delayed = [e for e in dead._delayed if id(e[2]) not in taken]
+                    heapq.heapify(dead._delayed)
             for d in moving:
                 headers = {
                     k: v
@@ -647,6 +653,7 @@ class _MemoryQueue(Queue):
                     self, d.id, d._stored, headers or None, d.priority, d.enqueued_at, 1
                 )
                 self._make_ready(again, front=False)
+        self._wake_after(left)
         if moving:
             self._getters.wake(everyone=True)
         return len(moving)

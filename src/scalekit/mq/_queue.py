@@ -519,7 +519,12 @@ class Queue(ABC):
     def redrive(self, limit: int | None = None) -> int:
         """Move up to ``limit`` (None: all) dead letters back into this queue, oldest
         first, ready now with a fresh count of attempts; return how many moved.
-        An operator's action: it does not wait for room in a bounded queue."""
+
+        A bounded queue never holds more than ``maxsize``: redrive moves at most the
+        room there is (``maxsize`` less the messages ready, delayed and in flight,
+        counted as a put counts them, with the room check and the move atomic), and
+        never waits for more; the rest stay dead letters for a later redrive.
+        Unbounded queues take all that ``limit`` allows."""
 
 
 def close_all(queues: Iterable[Queue]) -> None:

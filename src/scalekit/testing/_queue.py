@@ -268,6 +268,36 @@ def check_bounded_queue(env: QueueCheckEnv) -> None:
     assert [d.body for d in _drain(queue)] == ["b", "c"]
 
 
+def check_redrive_into_a_bounded_queue(env: QueueCheckEnv) -> None:
+    """redrive into a bounded queue moves at most the room there is (maxsize less
+    what it holds), oldest first, without waiting; the rest stay dead letters."""
+    queue = env.queue("bounded", maxsize=2)
+    queue.put_many(["a", "b"])
+    for delivery in _drain(queue):
+        delivery.reject("bad input")
+    queue.put_many(["c", "d"])
+    moved = queue.redrive()
+    _checked(queue)
+    assert moved == 0, f"redrive moved {moved} into a full queue of maxsize 2"
+    stats = queue.stats()
+    assert (stats.total, stats.dead_letters) == (2, 2), stats
+    taken = queue.get(timeout=0)
+    assert taken is not None
+    taken.ack()
+    assert queue.redrive() == 1, "redrive with room for one did not move one"
+    _checked(queue)
+    stats = queue.stats()
+    assert (stats.total, stats.dead_letters) == (2, 1), stats
+    taken = queue.get(timeout=0)
+    assert taken is not None
+    taken.ack()
+    assert queue.redrive(limit=5) == 1
+    _checked(queue)
+    got = [d.body for d in _drain(queue)]
+    assert got == ["a", "b"], f"redrive did not move the oldest dead letters first: {got}"
+    assert queue.stats().dead_letters == 0
+
+
 HOSTILE_PUTS: tuple[tuple[dict[str, Any], type[Exception]], ...] = (
     ({"delay": float("nan")}, ConfigurationError),
     ({"delay": -1}, ConfigurationError),
@@ -372,6 +402,7 @@ QUEUE_CHECKS: dict[str, QueueCheck] = {
         check_priorities_and_delays,
         check_dedup,
         check_bounded_queue,
+        check_redrive_into_a_bounded_queue,
         check_hostile_arguments,
         check_close,
         check_topics,

@@ -1,13 +1,22 @@
 -- scalekit.mq, Redis Streams backend: redrive
 -- Runs after mq_prelude.lua (the shared helpers), loaded by scalekit.mq._redis._scripts.
 -- KEYS: base, dead letters' base. ARGV: at most how many, visibility timeout ms,
--- operation id.
+-- maxsize (0: none), operation id.
 -- Moves dead letters that wait (not those in flight) back, by priority level, in
 -- the order they were dead-lettered, then delayed ones; returns how many moved.
+-- A bounded queue takes at most the room it has (maxsize less what it holds,
+-- counted as mq_put.lua counts it); the rest stay dead letters.
 local base, dlq = KEYS[1], KEYS[2]
-local limit, vt, op = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local limit, vt, maxsize, op = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local done = replayed(base, op)
 if done then return done end
+if maxsize > 0 then
+  local size = redis.call('ZCARD', base .. ':delayed')
+  for _, lvl in ipairs(redis.call('ZRANGE', base .. ':levels', 0, -1)) do
+    size = size + redis.call('XLEN', skey(base, lvl))
+  end
+  limit = math.max(0, math.min(limit, maxsize - size))
+end
 local now = now_ms()
 local moved = 0
 local function back(lvl, fields)

@@ -79,7 +79,8 @@ How it differs from the memory backend, and why:
 - A put with a ``dedup_key`` already seen returns the first id even when a
   bounded queue is full (memory checks for room first).
 - ``redrive`` moves dead letters by priority level and in the order they were
-  dead-lettered (memory: by message id), in scripts of 1,000 messages.
+  dead-lettered (memory: by message id), in scripts of 1,000 messages; each script
+  counts a bounded queue's room (as a put counts it) and moves no more.
 - ``oldest_age`` looks at the head of each stream and at the next delayed
   message (a message put back with a delay is counted from its put time once it
   heads a stream).

@@ -531,7 +531,11 @@ class RedisQueue(Queue):
         while limit is None or moved < limit:
             batch = _REDRIVE_BATCH if limit is None else min(_REDRIVE_BATCH, limit - moved)
             done: int = self._run(
-                "redrive", [self._base, dead._base], [batch, dead._vt_ms], "redrive", op=True
+                "redrive",
+                [self._base, dead._base],
+                [batch, dead._vt_ms, self.maxsize or 0],
+                "redrive",
+                op=True,
             )
             moved += done
             if done < batch:
@@ -562,6 +566,10 @@ class RedisQueue(Queue):
             level, sid = key.decode().split("/", 1)
             stream = f"{self._base}:s:{level}"
             assert client.xpending_range(stream, GROUP, sid, sid, 1), f"stale extension {key!r}"
+        if self.maxsize is not None:  # counted as mq_put.lua counts it
+            size = client.zcard(self._base + ":delayed")
+            size += sum(client.xlen(f"{self._base}:s:{level}") for level in levels)
+            assert size <= self.maxsize, f"{size} > maxsize {self.maxsize}"
 
 
 def _int_or(data: bytes | None, default: int) -> int:

@@ -762,13 +762,24 @@ class SqliteQueue(Queue):
 
     def redrive(self, limit: int | None = None) -> int:
         dead = self._redrive_from(limit)
-        qid, dead_id, clock = self._qid, dead._qid, self._clock
+        qid, dead_id, clock, maxsize = self._qid, dead._qid, self._clock, self.maxsize
 
-        def job(conn: sqlite3.Connection) -> int:
-            dead._maintain(conn, clock())
-            rows = conn.execute(_SELECT_DEAD, (dead_id, -1 if limit is None else limit)).fetchall()
+        def job(conn: sqlite3.Connection) -> tuple[int, _Moved]:
+            now = clock()
+            wanted, moved = limit, _Moved()
+            if maxsize is not None:  # the room now, in this transaction, counted as a put counts it
+                moved = self._maintain(conn, now)
+                size = scalar(conn, "SELECT size FROM mq_queues WHERE id = ?", qid)
+                room = max(0, maxsize - size)
+                wanted = room if wanted is None else min(wanted, room)
+                if wanted == 0:
+                    return 0, moved
+            dead._maintain(conn, now)
+            rows = conn.execute(
+                _SELECT_DEAD, (dead_id, -1 if wanted is None else wanted)
+            ).fetchall()
             if not rows:
-                return 0
+                return 0, moved
             back = next_ids(conn, len(rows))
             moving = []
             for i, (message_id, priority, headers) in enumerate(rows):
@@ -793,13 +804,14 @@ class SqliteQueue(Queue):
             )
             conn.execute("UPDATE mq_queues SET size = size - ? WHERE id = ?", (len(rows), dead_id))
             conn.execute("UPDATE mq_queues SET size = size + ? WHERE id = ?", (len(rows), qid))
-            return len(rows)
+            return len(rows), moved
 
-        moved = self._store.run(job)
-        if moved:
+        count, moved = self._store.run(job)
+        self._after(moved)
+        if count:
             self._wake_getters(everyone=True)
             dead._after(_Moved(left=True))
-        return moved
+        return count
 
     def _check(self) -> None:
         """Assert the store's invariants for this queue; for tests. Runtime complexity: O(n)."""
@@ -813,6 +825,8 @@ class SqliteQueue(Queue):
                 ).fetchone()
                 count = scalar(conn, "SELECT count(*) FROM mq_messages WHERE queue = ?", queue_id)
                 assert size == count, f"size {size} != {count} rows"
+                if queue_id == self._qid and self.maxsize is not None:
+                    assert count <= self.maxsize, f"{count} > maxsize {self.maxsize}"
                 bad = scalar(
                     conn,
                     "SELECT count(*) FROM mq_messages WHERE queue = ? AND ("
