@@ -194,12 +194,14 @@ class _Core:
         self, session_id: str, record: Record, expires: float, expected: int, op: bytes
     ) -> list[Any]:
         """KEYS and ARGV of sessions_replace.lua."""
-        op = self.op(op)
+        if type(op) is not bytes or len(op) != 8:
+            self.op(op)
         return [
-            self.key(session_id),
+            self._prefix + session_id.encode(),
             _VERSION.pack(expected),
-            pack(record, op),
-            self.ttl(expires),
+            _HEAD.pack(MAGIC, record.version, record.created_at, record.accessed_at, op)
+            + record.data,
+            ttl_ms(expires, self._settings.clock()),
             op,
         ]
 
@@ -285,6 +287,7 @@ class RedisSessionStore(SessionStoreBase):
         self.client = client
         self.prefix = prefix
         self._scripts = register_scripts(client, _SCRIPT_NAMES)
+        self._replace_sha: str = self._scripts["sessions_replace"].sha
         self._execute: Callable[..., Any] = client.execute_command
 
     def _script(self, name: str, what: str, session_id: str, nkeys: int, args: list[Any]) -> Any:
@@ -299,10 +302,11 @@ class RedisSessionStore(SessionStoreBase):
 
     def _read(self, session_id: str) -> Record | None:
         """Cost: one ``GET``."""
+        core = self._core
         try:
-            raw = self.client.get(self._core.key(session_id))
-        except self._core.errors as exc:
-            self._core.fail("load", session_id, exc)
+            raw = self.client.get(core._prefix + session_id.encode())
+        except core.errors as exc:
+            core.fail("load", session_id, exc)
         return None if raw is None else unpack(raw)  # type: ignore[arg-type]
 
     def _insert(self, session_id: str, record: Record, expires: float, op: bytes) -> bool:
@@ -321,6 +325,12 @@ class RedisSessionStore(SessionStoreBase):
     ) -> bool:
         """Cost: one script call (compare-and-set), O(1) in Redis."""
         args = self._core.replace(session_id, record, expires, expected, op)
+        try:  # the common case in one call: the script is loaded
+            return bool(self._execute("EVALSHA", self._replace_sha, 1, *args))
+        except self._core.noscript:
+            pass
+        except self._core.errors as exc:
+            self._core.fail("save", session_id, exc)
         return bool(self._script("sessions_replace", "save", session_id, 1, args))
 
     def _touch(self, session_id: str, accessed_at: float, expires: float) -> bool:
