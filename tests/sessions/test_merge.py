@@ -209,14 +209,16 @@ def test_after_a_save_the_noted_keys_are_the_saved_values(
                 target.increment(key)
 
     act(session, first)
+    stored_any = session.modified
     store.save(session)
     session._check()
     fresh = store.load(session.id)
     assert fresh is not None
-    for key in session._original:
-        fresh.get(key)
-    expected = {key: text for key, text in fresh._original.items() if text is not None}
-    assert session._original == expected
+    if stored_any:  # else the save only touched: nothing is noted again
+        for key in session._original:
+            fresh.get(key)
+        expected = {key: text for key, text in fresh._original.items() if text is not None}
+        assert session._original == expected
     # the next save from this baseline stores what a fresh session's would
     act(session, second)
     act(fresh, second)

@@ -287,7 +287,6 @@ class RedisSessionStore(SessionStoreBase):
         self.client = client
         self.prefix = prefix
         self._scripts = register_scripts(client, _SCRIPT_NAMES)
-        self._replace_sha: str = self._scripts["sessions_replace"].sha
         self._execute: Callable[..., Any] = client.execute_command
 
     def _script(self, name: str, what: str, session_id: str, nkeys: int, args: list[Any]) -> Any:
@@ -325,12 +324,6 @@ class RedisSessionStore(SessionStoreBase):
     ) -> bool:
         """Cost: one script call (compare-and-set), O(1) in Redis."""
         args = self._core.replace(session_id, record, expires, expected, op)
-        try:  # the common case in one call: the script is loaded
-            return bool(self._execute("EVALSHA", self._replace_sha, 1, *args))
-        except self._core.noscript:
-            pass
-        except self._core.errors as exc:
-            self._core.fail("save", session_id, exc)
         return bool(self._script("sessions_replace", "save", session_id, 1, args))
 
     def _touch(self, session_id: str, accessed_at: float, expires: float) -> bool:
