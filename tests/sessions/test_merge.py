@@ -175,3 +175,54 @@ def test_increments_and_policies_merge_as_the_model_says(
     assert loaded is not None
     assert loaded.to_dict() == expected
     store._check()
+
+
+KEYS = st.sampled_from(["a", "b", "c", "d"])
+VALUES = st.one_of(st.integers(-5, 5), st.text(max_size=3), st.lists(st.integers(0, 3), max_size=2))
+ACTIONS = st.lists(
+    st.tuples(st.sampled_from(["read", "set", "delete", "append", "increment"]), KEYS, VALUES),
+    max_size=8,
+)
+
+
+@given(st.dictionaries(KEYS, VALUES), ACTIONS, ACTIONS)
+def test_after_a_save_the_noted_keys_are_the_saved_values(
+    data: dict[str, Any], first: list[tuple[str, str, Any]], second: list[tuple[str, str, Any]]
+) -> None:
+    """A save keeps the JSON it already made for the keys used (it does not encode
+    them again): that baseline must be what a fresh load notes, so the next save
+    and merge see the same changes."""
+    store = MemorySessionStore()
+    session = store.create(data)
+
+    def act(target: Any, actions: list[tuple[str, str, Any]]) -> None:
+        for action, key, value in actions:
+            if action == "read":
+                target.get(key)
+            elif action == "set":
+                target[key] = value
+            elif action == "delete" and key in target:
+                del target[key]
+            elif action == "append" and isinstance(target.get(key), list):
+                target[key].append(1)
+            elif action == "increment" and type(target.get(key, 0)) is int:
+                target.increment(key)
+
+    act(session, first)
+    stored_any = session.modified
+    store.save(session)
+    session._check()
+    fresh = store.load(session.id)
+    assert fresh is not None
+    if stored_any:  # else the save only touched: nothing is noted again
+        for key in session._original:
+            fresh.get(key)
+        expected = {key: text for key, text in fresh._original.items() if text is not None}
+        assert session._original == expected
+    # the next save from this baseline stores what a fresh session's would
+    act(session, second)
+    act(fresh, second)
+    store.save(session)
+    stored = store.load(session.id)
+    assert stored is not None
+    assert stored.to_dict() == fresh.to_dict()

@@ -25,6 +25,7 @@ the second run of the same op a no-op that answers as the first did.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Generator, Mapping
@@ -46,7 +47,6 @@ from scalekit.sessions._session import (
     Serializer,
     Session,
     check_policies,
-    expires_at,
     merge,
     new_id,
     valid_id,
@@ -95,6 +95,8 @@ class Settings:
     """
 
     __slots__ = (
+        "_absolute",
+        "_idle",
         "absolute_timeout",
         "clock",
         "idle_timeout",
@@ -129,9 +131,20 @@ class Settings:
         self.serializer = serializer
         self.clock: Clock = check_callable(clock, "clock")
         self.policies: dict[str, Policy] = check_policies(policies)
+        # the timeouts as numbers (inf: none), for expires() on every request
+        self._idle = math.inf if self.idle_timeout is None else float(self.idle_timeout)
+        self._absolute = math.inf if self.absolute_timeout is None else float(self.absolute_timeout)
 
     def expires(self, created_at: float, accessed_at: float) -> float:
-        return expires_at(created_at, accessed_at, self.idle_timeout, self.absolute_timeout)
+        """:func:`~scalekit.sessions._session.expires_at` with these timeouts.
+
+        >>> Settings(idle_timeout=10, absolute_timeout=None, max_bytes=None,
+        ...          serializer=Serializer(), clock=time.time).expires(0.0, 5.0)
+        15.0
+        """
+        idle = accessed_at + self._idle
+        absolute = created_at + self._absolute
+        return absolute if absolute < idle else idle
 
     def encode(self, data: Mapping[str, Any]) -> bytes:
         raw = self.serializer.dumps(data)
@@ -141,15 +154,18 @@ class Settings:
             )
         return raw
 
-    def session(self, session_id: str, record: Record) -> Session:
-        """The session a stored ``record`` holds (never new: it is stored)."""
+    def session(self, session_id: str, record: Record, expires: float | None = None) -> Session:
+        """The session a stored ``record`` holds (never new: it is stored), which
+        expires at ``expires`` (None: computed from the record)."""
+        if expires is None:
+            expires = self.expires(record.created_at, record.accessed_at)
         return Session(
             session_id,
             self.serializer.loads(record.data),
             version=record.version,
             created_at=record.created_at,
             accessed_at=record.accessed_at,
-            expires_at=self.expires(record.created_at, record.accessed_at),
+            expires_at=expires,
         )
 
     def live(self, record: Record | None, now: float) -> bool:
@@ -224,9 +240,12 @@ def load(settings: Settings, session_id: object) -> Flow[Session | None]:
         return None
     assert isinstance(session_id, str)
     record: Record | None = yield ("_read", session_id)
-    if record is None or not settings.live(record, settings.clock()):
+    if record is None:
         return None
-    return settings.session(session_id, record)
+    expires = settings.expires(record.created_at, record.accessed_at)
+    if expires <= settings.clock():
+        return None
+    return settings.session(session_id, record, expires)
 
 
 def save(settings: Settings, session: object, native_touch: bool) -> Flow[None]:
@@ -238,7 +257,8 @@ def save(settings: Settings, session: object, native_touch: bool) -> Flow[None]:
         if session:
             yield from _store_new(settings, session)
         return
-    if not session.modified:
+    changed, deleted, encoded = session._changes()
+    if not (changed or deleted):
         yield from touch(settings, session.id, native_touch)
         return
     data = dict(session._data)
@@ -251,7 +271,9 @@ def save(settings: Settings, session: object, native_touch: bool) -> Flow[None]:
         record = Record(settings.encode(data), expected + 1, session.created_at, now)
         expires = settings.expires(session.created_at, now)
         if (yield ("_replace", session.id, record, expires, expected, op)):
-            session._saved(data, expected + 1, now, expires)
+            # unmerged, the keys noted keep their JSON: the one loaded, or the one
+            # _changes() just made for a changed key
+            session._saved(data, expected + 1, now, expires, encoded if retry == 0 else None)
             return
         current: Record | None = yield ("_read", session.id)
         if current is None or not settings.live(current, now):

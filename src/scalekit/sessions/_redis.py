@@ -194,12 +194,14 @@ class _Core:
         self, session_id: str, record: Record, expires: float, expected: int, op: bytes
     ) -> list[Any]:
         """KEYS and ARGV of sessions_replace.lua."""
-        op = self.op(op)
+        if type(op) is not bytes or len(op) != 8:
+            self.op(op)
         return [
-            self.key(session_id),
+            self._prefix + session_id.encode(),
             _VERSION.pack(expected),
-            pack(record, op),
-            self.ttl(expires),
+            _HEAD.pack(MAGIC, record.version, record.created_at, record.accessed_at, op)
+            + record.data,
+            ttl_ms(expires, self._settings.clock()),
             op,
         ]
 
@@ -299,10 +301,11 @@ class RedisSessionStore(SessionStoreBase):
 
     def _read(self, session_id: str) -> Record | None:
         """Cost: one ``GET``."""
+        core = self._core
         try:
-            raw = self.client.get(self._core.key(session_id))
-        except self._core.errors as exc:
-            self._core.fail("load", session_id, exc)
+            raw = self.client.get(core._prefix + session_id.encode())
+        except core.errors as exc:
+            core.fail("load", session_id, exc)
         return None if raw is None else unpack(raw)  # type: ignore[arg-type]
 
     def _insert(self, session_id: str, record: Record, expires: float, op: bytes) -> bool:

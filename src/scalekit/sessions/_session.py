@@ -78,7 +78,7 @@ class Serializer:
 JSON = Serializer()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     """A session as a store keeps it."""
 
@@ -234,8 +234,10 @@ class Session(MutableMapping[str, Any]):
         if type(key) is not str or not key.isascii():
             _check_key(key)
         _encoded(value)  # refuse what cannot be stored now, not at save time
-        self._note(key)
-        self._deltas.pop(key, None)  # a plain write: merged as one
+        if key not in self._original:
+            self._note(key)
+        if self._deltas:
+            self._deltas.pop(key, None)  # a plain write: merged as one
         self._data[key] = value
 
     def __delitem__(self, key: str) -> None:
@@ -295,24 +297,33 @@ class Session(MutableMapping[str, Any]):
     def changes(self) -> tuple[dict[str, Any], set[str]]:
         """``(changed, deleted)``: keys set to a different value since loading, with
         their values, and keys deleted."""
+        changed, deleted, _ = self._changes()
+        return changed, deleted
+
+    def _changes(self) -> tuple[dict[str, Any], set[str], dict[str, str]]:
+        """:meth:`changes`, and the JSON of each changed key's value."""
         changed: dict[str, Any] = {}
         deleted: set[str] = set()
+        encoded: dict[str, str] = {}
         data = self._data
         for key, original in self._original.items():
             value = data.get(key, _MISSING)
             if value is _MISSING:
                 if original is not None:
                     deleted.add(key)
-            elif _encoded(value) != original:
-                changed[key] = value
-        return changed, deleted
+            else:
+                text = _encoded(value)
+                if text != original:
+                    changed[key] = value
+                    encoded[key] = text
+        return changed, deleted, encoded
 
     @property
     def modified(self) -> bool:
         """Whether a save would store anything (a new session always would)."""
         if self.is_new:
             return True
-        changed, deleted = self.changes()
+        changed, deleted, _ = self._changes()
         return bool(changed or deleted)
 
     def to_dict(self) -> dict[str, Any]:
@@ -320,12 +331,26 @@ class Session(MutableMapping[str, Any]):
         return json.loads(JSON._dumps(self._data))  # type: ignore[no-any-return]
 
     def _saved(
-        self, data: dict[str, Any], version: int, accessed_at: float, expires: float
+        self,
+        data: dict[str, Any],
+        version: int,
+        accessed_at: float,
+        expires: float,
+        encoded: dict[str, str] | None = None,
     ) -> None:
         """The store saved ``data`` as ``version``: it is the new baseline. Keys used
-        so far are noted again now: the caller may still hold their values."""
+        so far are noted again now: the caller may still hold their values. With
+        ``encoded`` (what :meth:`_changes` gave, ``data`` being this session's data
+        unmerged), a noted key keeps its JSON or takes the one there, unencoded again."""
         self._data = data
-        self._original = {key: _encoded(data[key]) for key in self._original if key in data}
+        original = self._original
+        if encoded is None:
+            self._original = {key: _encoded(data[key]) for key in original if key in data}
+        else:
+            original.update(encoded)
+            if len(original) != len(encoded):  # some noted keys are unchanged or gone
+                for key in [key for key in original if key not in data]:
+                    del original[key]
         self._deltas = {}
         self.version = version
         self.accessed_at = accessed_at
