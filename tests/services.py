@@ -91,3 +91,55 @@ def redis_server(*options: str) -> Iterator[int]:
             process.kill()
             process.wait()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def server_binary(name: str) -> str:
+    """The path of a server program a test starts itself; skips without it, or
+    fails when services are required (``.ci/run`` installs it)."""
+    path = shutil.which(name) or next(
+        (
+            f"{folder}/{name}"
+            for folder in ("/usr/sbin", "/usr/bin")
+            if os.access(f"{folder}/{name}", os.X_OK)
+        ),
+        None,
+    )
+    if path is None:
+        reason = f"{name} is not installed"
+        if services_required():
+            pytest.fail(f"{reason} (SCALEKIT_REQUIRE_SERVICES=1)", pytrace=False)
+        pytest.skip(reason)
+    return path
+
+
+@contextmanager
+def memcached_server(*options: str) -> Iterator[int]:
+    """A memcached of the test's own on a free loopback port (8 MB, one thread),
+    stopped on exit; yields its port."""
+    port = free_port()
+    command = [server_binary("memcached"), "-l", "127.0.0.1", "-p", str(port), "-U", "0"]
+    if os.geteuid() == 0:
+        command += ["-u", "root"]  # memcached refuses to run as root unless told
+    process = subprocess.Popen(
+        [*command, "-m", "8", "-t", "1", *options],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise ConnectionError(f"memcached {options} did not start") from None
+                time.sleep(0.02)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
