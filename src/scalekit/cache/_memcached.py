@@ -223,6 +223,11 @@ class MemcachedCache(Generic[V]):
                 backend="memcached",
             )
 
+    def check_items(self, items: Mapping[str, V], /) -> None:
+        """Raise what ``set_many(items)`` would raise for a bad key or value, with
+        no I/O (see :meth:`RedisCache.check_items`)."""
+        self._codec.items(items)
+
     def stats(self) -> StoreStats:
         """A snapshot of the counters. Runtime complexity: O(1)."""
         return self._counters.snapshot()

@@ -8,10 +8,12 @@ function that reads their replies, so the two shells only send and receive.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from scalekit._validate import check_count
 from scalekit.cache._remote import JSON, Codec, Counters, Serializer, StoreStats
 from scalekit.errors import BackendError
 
@@ -19,6 +21,7 @@ __all__ = ["AsyncRedisCache", "RedisCache", "RedisCommands"]
 
 V = TypeVar("V")
 _MISSING: Any = object()
+_GLOB_SPECIAL = re.compile(rb"[*?\[\]\\]")
 
 
 class Call(NamedTuple):
@@ -97,6 +100,21 @@ class RedisCommands(Generic[V]):
 
         return Call((("PTTL", self.codec.key(key)),), finish)
 
+    def scan(self, count: int) -> Callable[[Any], tuple[Any, ...]]:
+        """The ``SCAN`` command for a cursor, matching this store's prefix."""
+        count = check_count(count, "count", minimum=1)
+        pattern = _GLOB_SPECIAL.sub(rb"\\\g<0>", self.codec.prefix) + b"*"
+        return lambda cursor: ("SCAN", cursor, "MATCH", pattern, "COUNT", count)
+
+    def decode_keys(self, names: Iterable[bytes | str]) -> list[str]:
+        """The keys of server names found by ``SCAN``."""
+        cut = len(self.codec.prefix)
+        keys = []
+        for name in names:
+            raw = name.encode("utf-8", "surrogatepass") if isinstance(name, str) else name
+            keys.append(raw[cut:].decode("utf-8", "surrogatepass"))
+        return keys
+
     def get_many(self, keys: Iterable[str]) -> Call:
         names = self.codec.keys(keys)
 
@@ -159,6 +177,12 @@ class _RedisShell(Generic[V]):
         """A snapshot of the counters. Runtime complexity: O(1)."""
         return self._counters.snapshot()
 
+    def check_items(self, items: Mapping[str, V], /) -> None:
+        """Raise what ``set_many(items)`` would raise for a bad key or value, with
+        no I/O: a :class:`~scalekit.sharding.ShardedStore` checks every shard's
+        batch before it sends any. Runtime complexity: O(size of the items)."""
+        self._commands.codec.items(items)
+
     def reset_stats(self) -> None:
         """Set every counter back to zero."""
         self._counters.reset()
@@ -211,6 +235,25 @@ class RedisCache(_RedisShell[V]):
         """The value of ``key``, or ``default`` when it is missing or expired."""
         return self._run(self._commands.get(key, default))  # type: ignore[no-any-return]
 
+    def keys(self, *, count: int = 1000) -> Iterator[str]:
+        """Every key of this store (under its prefix), by ``SCAN``: a key written
+        or deleted meanwhile may or may not be seen, and a key may be
+        listed twice (``SCAN``'s promises). Runtime complexity: O(keys
+        in the database) over many round trips of ``count`` keys."""
+        scan = self._commands.scan(count)
+        cursor: Any = 0
+        while True:
+            try:
+                cursor, names = self._client.execute_command(*scan(cursor))
+            except self._errors as exc:
+                raise self._failed(exc) from exc
+            yield from self._commands.decode_keys(names)
+            if int(cursor) == 0:
+                return
+
+    def __iter__(self) -> Iterator[str]:
+        return self.keys()
+
     def set(self, key: str, value: V, /, *, ttl: float | timedelta | None = None) -> None:
         """Store ``value`` under ``key`` for ``ttl`` seconds (``math.inf``: forever)."""
         self._run(self._commands.set(key, value, ttl))
@@ -259,6 +302,20 @@ class AsyncRedisCache(_RedisShell[V]):
     async def get(self, key: str, default: V | None = None, /) -> V | None:
         """The value of ``key``, or ``default`` when it is missing or expired."""
         return await self._run(self._commands.get(key, default))  # type: ignore[no-any-return]
+
+    async def keys(self, *, count: int = 1000) -> AsyncIterator[str]:
+        """Every key of this store, by ``SCAN`` (see :meth:`RedisCache.keys`)."""
+        scan = self._commands.scan(count)
+        cursor: Any = 0
+        while True:
+            try:
+                cursor, names = await self._client.execute_command(*scan(cursor))
+            except self._errors as exc:
+                raise self._failed(exc) from exc
+            for key in self._commands.decode_keys(names):
+                yield key
+            if int(cursor) == 0:
+                return
 
     async def set(self, key: str, value: V, /, *, ttl: float | timedelta | None = None) -> None:
         """Store ``value`` under ``key`` for ``ttl`` seconds (``math.inf``: forever)."""

@@ -5,6 +5,8 @@ Every scheme implements the :class:`Sharder` protocol; changes are planned as a
 :class:`ReshardPlan` before they are made, and carried out by a :class:`Migration`
 while the service keeps serving. :class:`BoundedLoads` caps any node's load;
 :class:`HotKeyDetector` and :class:`HotKeyRouter` find and spread hot keys.
+:class:`ShardedStore` (and :class:`AsyncShardedStore`) is one store over many
+servers, routed by any sharder, resharded live.
 """
 
 from scalekit.sharding._base import Key, Sharder, ShardingScheme
@@ -19,6 +21,7 @@ from scalekit.sharding._rendezvous import RendezvousHash
 from scalekit.sharding._report import ShardingReport, report
 from scalekit.sharding._ring import DEFAULT_VNODES, HashRing
 from scalekit.sharding._slots import REDIS_CLUSTER_SLOTS, SlotMap, crc16_xmodem, redis_key_slot
+from scalekit.sharding._store import AsyncShardedStore, ShardedStore, ShardedStoreStats
 
 _SCHEMES: dict[str, type[ShardingScheme]] = {  # type: ignore[type-arg]
     scheme.__name__: scheme
@@ -31,6 +34,7 @@ __all__ = [
     "DEFAULT_VNODES",
     "HASHES_PER_SERVER",
     "REDIS_CLUSTER_SLOTS",
+    "AsyncShardedStore",
     "BoundedLoads",
     "Estimate",
     "HashRing",
@@ -46,6 +50,8 @@ __all__ = [
     "Move",
     "RendezvousHash",
     "ReshardPlan",
+    "ShardedStore",
+    "ShardedStoreStats",
     "Sharder",
     "ShardingReport",
     "ShardingScheme",
