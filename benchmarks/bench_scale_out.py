@@ -4,6 +4,9 @@
   bytes) against redis-py's ``get`` and ``set(px=...)`` of the same bytes on the
   same server: the issue's target is at most 1.3 x.
 - ``MemcachedCache`` the same against pymemcache, on a memcached of the run's own.
+- ``ShardedStore.get_many`` of 100 keys over 3 Redis servers of the run's own
+  (one ``MGET`` per shard, with a thread per shard or one after another) against
+  100 single ``get`` calls: the target is at least 10 x faster (a ratio <= 0.1).
 
 Each pair is measured interleaved (alternating batches of 100 calls, 40 rounds)
 and the median ratio is kept in ``extra_info["ratio"]``; with
@@ -101,3 +104,39 @@ def test_memcached_set(benchmark: Any, memcached_client: Any) -> None:
         **rounds(benchmark),
     )
     assert cache.get("k") == VALUE
+
+
+@pytest.fixture(scope="module")
+def three_redis() -> Iterator[dict[str, Any]]:
+    import redis
+    from tests.services import redis_server
+
+    with redis_server() as a, redis_server() as b, redis_server() as c:
+        clients = {
+            name: redis.Redis(port=port) for name, port in zip("abc", (a, b, c), strict=True)
+        }
+        yield clients
+        for client in clients.values():
+            client.close()
+
+
+@pytest.mark.parametrize("threads", [True, False])
+def test_sharded_get_many(benchmark: Any, three_redis: dict[str, Any], threads: bool) -> None:
+    """get_many of 100 keys over 3 shards against 100 single GETs (target >= 10 x)."""
+    from scalekit.sharding import KetamaRing, ShardedStore
+
+    benchmark.group = "ShardedStore get_many(100 keys, 3 shards) / 100 single gets"
+    stores = {name: RedisCache(client) for name, client in three_redis.items()}
+    store = ShardedStore(KetamaRing(list(stores)), stores, max_workers=None if threads else 1)
+    keys = [f"user:{i}" for i in range(100)]
+    store.set_many(dict.fromkeys(keys, VALUE))
+    assert len(store.get_many(keys)) == 100
+
+    def singles() -> None:
+        for key in keys:
+            store.get(key)
+
+    kw = {"rounds": 2, "batch": 2} if benchmark.disabled else {"rounds": 15, "batch": 10}
+    benchmark.extra_info["threads"] = threads
+    record(benchmark, lambda: store.get_many(keys), singles, **kw)
+    store.close()
