@@ -9,13 +9,15 @@ Every in-memory cache is a bounded :class:`~collections.abc.MutableMapping` with
 O(1) reads, writes, evictions and expiry. :class:`RedisCache`,
 :class:`AsyncRedisCache` and :class:`MemcachedCache` are the shared tier: a
 :class:`~scalekit.protocols.Store` on a server, JSON values, one round trip per
-call. See :doc:`docs/cache.md` for a guide.
+call. :class:`TieredCache` puts a near cache in front of the shared tier, kept
+fresh by :class:`RedisInvalidation`. See :doc:`docs/cache.md` for a guide.
 """
 
 from scalekit.cache import keys
 from scalekit.cache._base import Cache, CacheStats, EvictionCause, EvictionListener
 from scalekit.cache._decorators import CacheInfo, cached, cachedmethod
 from scalekit.cache._fifo import FIFOCache
+from scalekit.cache._invalidation import RedisInvalidation
 from scalekit.cache._lfu import LFUCache
 from scalekit.cache._lru import LRUCache
 from scalekit.cache._memcached import MemcachedCache
@@ -29,6 +31,7 @@ from scalekit.cache._remote import (
     StoreStats,
 )
 from scalekit.cache._threadsafe import ThreadSafeCache
+from scalekit.cache._tiered import TieredCache, TieredStats
 from scalekit.cache._tinylfu import FrequencySketch, TinyLFUCache
 from scalekit.cache._ttl import TTLCache
 
@@ -49,10 +52,13 @@ __all__ = [
     "LRUCache",
     "MemcachedCache",
     "RedisCache",
+    "RedisInvalidation",
     "Serializer",
     "StoreStats",
     "TTLCache",
     "ThreadSafeCache",
+    "TieredCache",
+    "TieredStats",
     "TinyLFUCache",
     "cached",
     "cachedmethod",

@@ -36,6 +36,12 @@ def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
+def _seconds_left(reply: Any) -> float | None:
+    """``PTTL``'s answer for a present key in seconds; ``None`` for no expiry."""
+    left = int(reply)
+    return None if left < 0 else left / 1000
+
+
 class RedisCommands(Generic[V]):
     """The commands of every :class:`RedisCache` operation, and the reading of
     their replies; no I/O. Runtime complexity: O(1) per key."""
@@ -63,6 +69,34 @@ class RedisCommands(Generic[V]):
             return self.codec.loads(data, key)
 
         return Call((("GET", name),), finish)
+
+    def get_with_ttl(self, key: str, default: Any) -> Call:
+        name = self.codec.key(key)
+
+        def finish(replies: list[Any]) -> tuple[Any, float | None]:
+            data, left = replies
+            if data is None or int(left) == -2:
+                self.counters.looked_up(0, 1)
+                return default, None
+            self.counters.looked_up(1, 0)
+            return self.codec.loads(data, key), _seconds_left(left)
+
+        return Call((("GET", name), ("PTTL", name)), finish)
+
+    def get_many_with_ttl(self, keys: Iterable[str]) -> Call:
+        names = self.codec.keys(keys)
+
+        def finish(replies: list[Any]) -> dict[str, tuple[V, float | None]]:
+            found = {}
+            if names:
+                for key, data, left in zip(names.values(), replies[0], replies[1:], strict=True):
+                    if data is not None and int(left) != -2:
+                        found[key] = (self.codec.loads(data, key), _seconds_left(left))
+            self.counters.looked_up(len(found), len(names) - len(found))
+            return found
+
+        commands = (("MGET", *names), *(("PTTL", name) for name in names)) if names else ()
+        return Call(commands, finish)
 
     def set(self, key: str, value: V, ttl: float | timedelta | None) -> Call:
         seconds = self.codec.ttl(ttl)
@@ -235,6 +269,16 @@ class RedisCache(_RedisShell[V]):
         """The value of ``key``, or ``default`` when it is missing or expired."""
         return self._run(self._commands.get(key, default))  # type: ignore[no-any-return]
 
+    def get_with_ttl(self, key: str, default: Any = None, /) -> tuple[Any, float | None]:
+        """``(value, seconds left)`` of ``key`` in one round trip (``GET`` and
+        ``PTTL`` pipelined); ``(default, None)`` when it is missing; ``None``
+        seconds when it never expires. What a near cache fills itself with."""
+        return self._run(self._commands.get_with_ttl(key, default))  # type: ignore[no-any-return]
+
+    def get_many_with_ttl(self, keys: Iterable[str], /) -> dict[str, tuple[V, float | None]]:
+        """``key -> (value, seconds left)`` of the present keys, in one round trip."""
+        return self._run(self._commands.get_many_with_ttl(keys))  # type: ignore[no-any-return]
+
     def keys(self, *, count: int = 1000) -> Iterator[str]:
         """Every key of this store (under its prefix), by ``SCAN``: a key written
         or deleted meanwhile may or may not be seen, and a key may be
@@ -302,6 +346,14 @@ class AsyncRedisCache(_RedisShell[V]):
     async def get(self, key: str, default: V | None = None, /) -> V | None:
         """The value of ``key``, or ``default`` when it is missing or expired."""
         return await self._run(self._commands.get(key, default))  # type: ignore[no-any-return]
+
+    async def get_with_ttl(self, key: str, default: Any = None, /) -> tuple[Any, float | None]:
+        """``(value, seconds left)`` in one round trip (see :meth:`RedisCache.get_with_ttl`)."""
+        return await self._run(self._commands.get_with_ttl(key, default))  # type: ignore[no-any-return]
+
+    async def get_many_with_ttl(self, keys: Iterable[str], /) -> dict[str, tuple[V, float | None]]:
+        """``key -> (value, seconds left)`` of the present keys, in one round trip."""
+        return await self._run(self._commands.get_many_with_ttl(keys))  # type: ignore[no-any-return]
 
     async def keys(self, *, count: int = 1000) -> AsyncIterator[str]:
         """Every key of this store, by ``SCAN`` (see :meth:`RedisCache.keys`)."""

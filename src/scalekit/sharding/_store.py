@@ -149,9 +149,9 @@ class _Core(Generic[N]):
             return bool(results[0])
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def get_many(self, keys: Iterable[str]) -> Flow[dict[str, Any]]:
-        """One ``get_many`` per shard, all at once; a failed shard's keys are asked
-        of their next owner."""
+    def get_many(self, keys: Iterable[str], method: str = "get_many") -> Flow[dict[str, Any]]:
+        """One ``get_many`` (or ``method``) per shard, all at once; a failed shard's
+        keys are asked of their next owner."""
         if not isinstance(keys, Iterable) or isinstance(keys, (str, bytes)):
             raise ArgumentTypeError(f"keys must be an iterable of str, got {type_name(keys)}")
         routes = {key: self.owners(key) for key in keys}
@@ -162,7 +162,7 @@ class _Core(Generic[N]):
             groups: dict[N, list[str]] = {}
             for key, owners in routes.items():
                 groups.setdefault(owners[attempt], []).append(key)
-            calls: Calls = [(node, "get_many", (group,), {}) for node, group in groups.items()]
+            calls: Calls = [(node, method, (group,), {}) for node, group in groups.items()]
             results = yield calls
             self._counted(calls, results)
             retry: dict[str, list[N]] = {}
@@ -384,6 +384,30 @@ class ShardedStore(_ShardedBase[N]):
             migration.delete(key)
             return present
         return any(self._run(self._core.write(key, "delete", (key,), {})))
+
+    def get_with_ttl(self, key: str, default: Any = None, /) -> tuple[Any, float | None]:
+        """``(value, seconds left)`` from the key's shard, which must have
+        ``get_with_ttl`` (:class:`~scalekit.cache.RedisCache` has)."""
+        if self._migration is not None:
+            value = self.get(key, _MISSING)
+            if value is _MISSING:
+                return default, None
+            try:
+                return value, self.ttl_of(key)
+            except KeyError:
+                return default, None
+        return self._run(self._core.read(key, "get_with_ttl", (key, default)))  # type: ignore[no-any-return]
+
+    def get_many_with_ttl(self, keys: Iterable[str], /) -> dict[str, tuple[Any, float | None]]:
+        """``key -> (value, seconds left)``: one ``get_many_with_ttl`` per shard, at once."""
+        if self._migration is not None:
+            found = {}
+            for key in keys:
+                value, ttl = self.get_with_ttl(key, _MISSING)
+                if value is not _MISSING:
+                    found[key] = (value, ttl)
+            return found
+        return self._run(self._core.get_many(keys, "get_many_with_ttl"))
 
     def ttl_of(self, key: str, /) -> float | None:
         """Seconds ``key`` has left on its shard; :class:`KeyError` when missing."""
