@@ -91,3 +91,119 @@ def redis_server(*options: str) -> Iterator[int]:
             process.kill()
             process.wait()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def require_program(name: str) -> str:
+    """The path of the program ``name`` (``/usr/sbin`` searched too); skips the test
+    without it, or fails it when services are required."""
+    search = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"])
+    path = shutil.which(name, path=search)
+    if path is None:
+        reason = f"{name} is not installed (Debian: apt-get install {name})"
+        if services_required():
+            pytest.fail(f"{reason} (SCALEKIT_REQUIRE_SERVICES=1)", pytrace=False)
+        pytest.skip(reason)
+    return path
+
+
+def _wait_for_listeners(
+    processes: list[subprocess.Popen[bytes]], addresses: list[tuple[str, int]], what: str
+) -> None:
+    """Return once every address accepts a connection; ConnectionError if a process
+    exits first or 10 s pass."""
+    deadline = time.monotonic() + 10
+    for process, address in zip(processes, addresses, strict=True):
+        while True:
+            try:
+                socket.create_connection(address, timeout=0.5).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise ConnectionError(f"{what} on {address} did not start") from None
+                time.sleep(0.01)
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def memcached_servers(
+    count: int, *options: str, host: str = "127.0.0.1", port: int | None = None
+) -> Iterator[list[int]]:
+    """``count`` memcached processes of the test's own (8 MB, one thread each) on
+    free ports of ``host`` (or all on ``port``, for distinct hosts), started
+    together and stopped on exit; yields their ports. Skips (fails when services
+    are required) without memcached; ConnectionError if one does not start."""
+    program = require_program("memcached")
+    as_root = ["-u", "root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
+    ports = [free_port() if port is None else port for _ in range(count)]
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for each in ports:
+            command = [program, "-l", host, "-p", str(each), "-U", "0", "-m", "8", "-t", "1"]
+            processes.append(
+                subprocess.Popen(
+                    [*command, *as_root, *options],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        _wait_for_listeners(processes, [(host, each) for each in ports], "memcached")
+        yield ports
+    finally:
+        _stop(processes)
+
+
+@contextmanager
+def memcached_server(*options: str, host: str = "127.0.0.1") -> Iterator[int]:
+    """One memcached of the test's own on a free port of ``host`` (see
+    :func:`memcached_servers`); yields its port."""
+    with memcached_servers(1, *options, host=host) as ports:
+        yield ports[0]
+
+
+@contextmanager
+def nutcracker(
+    servers: list[str],
+    *,
+    hash: str = "fnv1a_64",  # noqa: A002 - the name of nutcracker's setting
+    distribution: str = "ketama",
+) -> Iterator[int]:
+    """A nutcracker (twemproxy) of the test's own, proxying memcached ``servers``
+    (config lines such as ``"127.0.0.1:22122:1 server1"``) with the given key hash
+    and distribution, its stats on a free port too; stopped (and its files removed)
+    on exit. Yields its listening port. Skips (fails when services are required)
+    without nutcracker."""
+    program = require_program("nutcracker")
+    port, stats = free_port(), free_port()
+    folder = tempfile.mkdtemp(prefix="scalekit-nutcracker-")
+    config = os.path.join(folder, "nutcracker.yml")
+    lines = [
+        "pool:",
+        f"  listen: 127.0.0.1:{port}",
+        f"  hash: {hash}",
+        f"  distribution: {distribution}",
+        "  timeout: 5000",
+        "  auto_eject_hosts: false",
+        "  servers:",
+        *(f"   - {server}" for server in servers),
+    ]
+    with open(config, "w", encoding="utf-8") as file:
+        file.write("\n".join(lines) + "\n")
+    log = os.path.join(folder, "nutcracker.log")
+    command = [program, "-c", config, "-s", str(stats), "-a", "127.0.0.1", "-o", log]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_listeners([process], [("127.0.0.1", port)], f"nutcracker ({log})")
+        yield port
+    finally:
+        _stop([process])
+        shutil.rmtree(folder, ignore_errors=True)
