@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import pytest
 
@@ -106,6 +107,15 @@ def require_program(name: str) -> str:
     return path
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports on ``host`` that nothing listens on (now)."""
+    with ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind((host, 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+
+
 def _wait_for_listeners(
     processes: list[subprocess.Popen[bytes]], addresses: list[tuple[str, int]], what: str
 ) -> None:
@@ -123,9 +133,9 @@ def _wait_for_listeners(
                 time.sleep(0.01)
 
 
-def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+def _stop(processes: list[subprocess.Popen[bytes]], how: int = signal.SIGTERM) -> None:
     for process in processes:
-        process.terminate()
+        process.send_signal(how)
     for process in processes:
         try:
             process.wait(10)
@@ -144,7 +154,7 @@ def memcached_servers(
     are required) without memcached; ConnectionError if one does not start."""
     program = require_program("memcached")
     as_root = ["-u", "root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
-    ports = [free_port() if port is None else port for _ in range(count)]
+    ports = free_ports(count) if port is None else [port] * count
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for each in ports:
@@ -157,9 +167,11 @@ def memcached_servers(
                 )
             )
         _wait_for_listeners(processes, [(host, each) for each in ports], "memcached")
+        if any(process.poll() is not None for process in processes):
+            raise ConnectionError(f"a memcached on {host} exited (its port was taken)")
         yield ports
     finally:
-        _stop(processes)
+        _stop(processes, signal.SIGKILL)  # it keeps nothing; SIGTERM takes up to a second
 
 
 @contextmanager
@@ -183,7 +195,7 @@ def nutcracker(
     on exit. Yields its listening port. Skips (fails when services are required)
     without nutcracker."""
     program = require_program("nutcracker")
-    port, stats = free_port(), free_port()
+    port, stats = free_ports(2)
     folder = tempfile.mkdtemp(prefix="scalekit-nutcracker-")
     config = os.path.join(folder, "nutcracker.yml")
     lines = [
@@ -202,7 +214,11 @@ def nutcracker(
     command = [program, "-c", config, "-s", str(stats), "-a", "127.0.0.1", "-o", log]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for_listeners([process], [("127.0.0.1", port)], f"nutcracker ({log})")
+        try:
+            _wait_for_listeners([process], [("127.0.0.1", port)], "nutcracker")
+        except ConnectionError as exc:
+            with open(log, encoding="utf-8", errors="replace") as file:
+                raise ConnectionError(f"{exc}; its log says:\n{file.read()[-2000:]}") from None
         yield port
     finally:
         _stop([process])
