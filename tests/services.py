@@ -186,7 +186,7 @@ def memcached_server(*options: str, host: str = "127.0.0.1") -> Iterator[int]:
 def nutcracker(
     servers: list[str],
     *,
-    hash: str = "fnv1a_64",  # noqa: A002 - the name of nutcracker's setting
+    hash: str = "fnv1a_64",
     distribution: str = "ketama",
 ) -> Iterator[int]:
     """A nutcracker (twemproxy) of the test's own, proxying memcached ``servers``

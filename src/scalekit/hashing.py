@@ -270,6 +270,11 @@ def hashkit_murmur(key: Key) -> int:
     return value ^ (value >> 15)
 
 
+def _three_words(data: bytes, offset: int) -> tuple[int, int, int]:
+    words: tuple[int, int, int] = struct.unpack_from("<3I", data, offset)
+    return words
+
+
 def _rot(value: int, shift: int) -> int:
     return ((value << shift) | (value >> (32 - shift))) & _M32
 
@@ -289,7 +294,7 @@ def hashkit_jenkins(key: Key) -> int:
         return c
     offset = 0
     while length - offset > 12:
-        x, y, z = struct.unpack_from("<3I", data, offset)
+        x, y, z = _three_words(data, offset)
         a, b, c = (a + x) & _M32, (b + y) & _M32, (c + z) & _M32
         a = (a - c) & _M32 ^ _rot(c, 4)
         c = (c + b) & _M32
@@ -304,7 +309,7 @@ def hashkit_jenkins(key: Key) -> int:
         c = (c - b) & _M32 ^ _rot(b, 4)
         b = (b + a) & _M32
         offset += 12
-    x, y, z = struct.unpack("<3I", data[offset:].ljust(12, b"\0"))
+    x, y, z = _three_words(data[offset:].ljust(12, b"\0"), 0)
     a, b, c = (a + x) & _M32, (b + y) & _M32, (c + z) & _M32
     c = (c ^ b) - _rot(b, 14) & _M32
     a = (a ^ c) - _rot(c, 11) & _M32

@@ -187,7 +187,9 @@ def test_every_key_lands_where_the_ring_says(pool: list[int], case: str, hash_na
     keys = _keys(f"{case}/{hash_name}", KEY_COUNT, seed=len(case) * 31 + len(hash_name))
     found = _through_nutcracker(lines, hash_name, "127.0.0.1", ports, keys)
 
-    twemproxy = KetamaRing(dict(zip(nodes, weights, strict=True)), points="twemproxy", hash=hash_name)
+    twemproxy = KetamaRing(
+        dict(zip(nodes, weights, strict=True)), points="twemproxy", hash=hash_name
+    )
     libketama = KetamaRing(dict(zip(nodes, weights, strict=True)), hash=hash_name)
     agree = _agreement(twemproxy, nodes, keys, found)
     other = _agreement(libketama, nodes, keys, found)
@@ -252,7 +254,9 @@ def test_port_11211_is_left_out_of_the_name() -> None:
         found = [holder[key] for key in keys]
     results: dict[str, Any] = {}
     for label, nodes in (("host", hosts), ("host:11211", [f"{h}:11211" for h in hosts])):
-        ring = KetamaRing(dict(zip(nodes, weights, strict=True)), points="twemproxy", hash="fnv1a_64")
+        ring = KetamaRing(
+            dict(zip(nodes, weights, strict=True)), points="twemproxy", hash="fnv1a_64"
+        )
         results[label] = _agreement(ring, nodes, keys, found)
     print(f"\nport 11211: {results} of {len(keys)}")
     assert results["host"] == len(keys)

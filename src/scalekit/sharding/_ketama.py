@@ -226,7 +226,7 @@ class KetamaRing(ShardingScheme[N, _Continuum]):
         nodes: Iterable[N] | Mapping[N, float] = (),
         *,
         points: str = "libketama",
-        hash: str = "md5",  # noqa: A002 - the name twemproxy's setting has
+        hash: str = "md5",
     ) -> None:
         self._points = _check_points(points)
         self._key_hash: Callable[[Key], int] = _key_hash_called(hash)
