@@ -172,7 +172,13 @@ def pool() -> Iterator[list[int]]:
 
 
 @pytest.mark.parametrize("hash_name", ["md5", "fnv1a_64"])
-@pytest.mark.parametrize("case", list(WEIGHTS))
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(case, marks=pytest.mark.slow) if len(WEIGHTS[case]) == 100 else case
+        for case in WEIGHTS
+    ],
+)
 def test_every_key_lands_where_the_ring_says(pool: list[int], case: str, hash_name: str) -> None:
     weights = WEIGHTS[case]
     ports = pool[: len(weights)]
