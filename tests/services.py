@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import pytest
 
@@ -93,53 +94,132 @@ def redis_server(*options: str) -> Iterator[int]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def server_binary(name: str) -> str:
-    """The path of a server program a test starts itself; skips without it, or
-    fails when services are required (``.ci/run`` installs it)."""
-    path = shutil.which(name) or next(
-        (
-            f"{folder}/{name}"
-            for folder in ("/usr/sbin", "/usr/bin")
-            if os.access(f"{folder}/{name}", os.X_OK)
-        ),
-        None,
-    )
+def require_program(name: str) -> str:
+    """The path of the program ``name`` (``/usr/sbin`` searched too); skips the test
+    without it, or fails it when services are required."""
+    search = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"])
+    path = shutil.which(name, path=search)
     if path is None:
-        reason = f"{name} is not installed"
+        reason = f"{name} is not installed (Debian: apt-get install {name})"
         if services_required():
             pytest.fail(f"{reason} (SCALEKIT_REQUIRE_SERVICES=1)", pytrace=False)
         pytest.skip(reason)
     return path
 
 
-@contextmanager
-def memcached_server(*options: str) -> Iterator[int]:
-    """A memcached of the test's own on a free loopback port (8 MB, one thread),
-    stopped on exit; yields its port."""
-    port = free_port()
-    command = [server_binary("memcached"), "-l", "127.0.0.1", "-p", str(port), "-U", "0"]
-    if os.geteuid() == 0:
-        command += ["-u", "root"]  # memcached refuses to run as root unless told
-    process = subprocess.Popen(
-        [*command, "-m", "8", "-t", "1", *options],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports on ``host`` that nothing listens on (now)."""
+    with ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind((host, 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+
+
+def _wait_for_listeners(
+    processes: list[subprocess.Popen[bytes]], addresses: list[tuple[str, int]], what: str
+) -> None:
+    """Return once every address accepts a connection; ConnectionError if a process
+    exits first or 10 s pass."""
+    deadline = time.monotonic() + 10
+    for process, address in zip(processes, addresses, strict=True):
         while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                socket.create_connection(address, timeout=0.5).close()
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise ConnectionError(f"memcached {options} did not start") from None
-                time.sleep(0.02)
-        yield port
-    finally:
-        process.terminate()
+                    raise ConnectionError(f"{what} on {address} did not start") from None
+                time.sleep(0.01)
+
+
+def _stop(processes: list[subprocess.Popen[bytes]], how: int = signal.SIGTERM) -> None:
+    for process in processes:
+        process.send_signal(how)
+    for process in processes:
         try:
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def memcached_servers(
+    count: int, *options: str, host: str = "127.0.0.1", port: int | None = None
+) -> Iterator[list[int]]:
+    """``count`` memcached processes of the test's own (8 MB, one thread each) on
+    free ports of ``host`` (or all on ``port``, for distinct hosts), started
+    together and stopped on exit; yields their ports. Skips (fails when services
+    are required) without memcached; ConnectionError if one does not start."""
+    program = require_program("memcached")
+    as_root = ["-u", "root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
+    ports = free_ports(count) if port is None else [port] * count
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for each in ports:
+            command = [program, "-l", host, "-p", str(each), "-U", "0", "-m", "8", "-t", "1"]
+            processes.append(
+                subprocess.Popen(
+                    [*command, *as_root, *options],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        _wait_for_listeners(processes, [(host, each) for each in ports], "memcached")
+        if any(process.poll() is not None for process in processes):
+            raise ConnectionError(f"a memcached on {host} exited (its port was taken)")
+        yield ports
+    finally:
+        _stop(processes, signal.SIGKILL)  # it keeps nothing; SIGTERM takes up to a second
+
+
+@contextmanager
+def memcached_server(*options: str, host: str = "127.0.0.1") -> Iterator[int]:
+    """One memcached of the test's own on a free port of ``host`` (see
+    :func:`memcached_servers`); yields its port."""
+    with memcached_servers(1, *options, host=host) as ports:
+        yield ports[0]
+
+
+@contextmanager
+def nutcracker(
+    servers: list[str],
+    *,
+    hash: str = "fnv1a_64",
+    distribution: str = "ketama",
+) -> Iterator[int]:
+    """A nutcracker (twemproxy) of the test's own, proxying memcached ``servers``
+    (config lines such as ``"127.0.0.1:22122:1 server1"``) with the given key hash
+    and distribution, its stats on a free port too; stopped (and its files removed)
+    on exit. Yields its listening port. Skips (fails when services are required)
+    without nutcracker."""
+    program = require_program("nutcracker")
+    port, stats = free_ports(2)
+    folder = tempfile.mkdtemp(prefix="scalekit-nutcracker-")
+    config = os.path.join(folder, "nutcracker.yml")
+    lines = [
+        "pool:",
+        f"  listen: 127.0.0.1:{port}",
+        f"  hash: {hash}",
+        f"  distribution: {distribution}",
+        "  timeout: 5000",
+        "  auto_eject_hosts: false",
+        "  servers:",
+        *(f"   - {server}" for server in servers),
+    ]
+    with open(config, "w", encoding="utf-8") as file:
+        file.write("\n".join(lines) + "\n")
+    log = os.path.join(folder, "nutcracker.log")
+    command = [program, "-c", config, "-s", str(stats), "-a", "127.0.0.1", "-o", log]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        try:
+            _wait_for_listeners([process], [("127.0.0.1", port)], "nutcracker")
+        except ConnectionError as exc:
+            with open(log, encoding="utf-8", errors="replace") as file:
+                raise ConnectionError(f"{exc}; its log says:\n{file.read()[-2000:]}") from None
+        yield port
+    finally:
+        _stop([process])
+        shutil.rmtree(folder, ignore_errors=True)
