@@ -16,7 +16,7 @@ import pytest
 
 from scalekit.errors import ConfigurationError, UnknownNode
 from scalekit.sharding import SlotMap
-from scalekit.sharding._cluster import ClusterResharder, ClusterRouter
+from scalekit.sharding._cluster import ClusterResharder, ClusterRouter, read_cluster_table
 from scalekit.sharding._slots import redis_cli_split
 from tests.services import (
     redis_cluster_node,
@@ -372,6 +372,47 @@ def test_after_redis_cli_rebalance_reload_follows() -> None:
         assert list(slot_map._state.table) == owners
         slot_map._check()
         print(f"\nafter redis-cli rebalance: add() differs on {differ} slots, reload on 0")
+
+
+class FakeClient:
+    """Answers CLUSTER SHARDS (as a flat RESP list) or, like Redis 6, only CLUSTER SLOTS."""
+
+    def __init__(self, shards: bool) -> None:
+        self.shards = shards
+
+    def execute_command(self, *args: Any) -> Any:
+        import redis
+
+        if args[1] == "SHARDS":
+            if not self.shards:
+                raise redis.ResponseError("unknown subcommand 'SHARDS'")
+            node = [b"id", b"x", b"port", 7001, b"ip", b"10.0.0.2", b"role", b"master"]
+            empty = [b"id", b"y", b"port", 7003, b"ip", b"10.0.0.3", b"role", b"master"]
+            replica = [b"id", b"z", b"port", 7002, b"ip", b"10.0.0.9", b"role", b"replica"]
+            return [
+                [b"slots", [100, 16383], b"nodes", [node, replica]],
+                [
+                    b"slots",
+                    [0, 99],
+                    b"nodes",
+                    [[b"port", 7000, b"ip", b"10.0.0.1", b"role", b"master"]],
+                ],
+                [b"slots", [], b"nodes", [empty]],
+            ]
+        return [
+            [100, 16383, [b"10.0.0.2", 7001, b"x"], [b"10.0.0.9", 7002, b"z"]],
+            [0, 99, [b"10.0.0.1", 7000, b"w"]],
+        ]
+
+
+@pytest.mark.parametrize("shards", [True, False])
+def test_the_table_from_shards_or_slots(shards: bool) -> None:
+    slot_map = SlotMap.from_cluster(FakeClient(shards))
+    assert slot_map.nodes == ("10.0.0.1:7000", "10.0.0.2:7001")
+    assert slot_map.quotas() == {"10.0.0.1:7000": 100, "10.0.0.2:7001": 16284}
+    slot_map._check()
+    _, masters = read_cluster_table(FakeClient(shards))
+    assert ("10.0.0.3:7003" in masters) is shards  # a master with no slot: SHARDS only
 
 
 def test_errors_without_a_cluster() -> None:
