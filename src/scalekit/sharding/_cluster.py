@@ -52,7 +52,10 @@ def _address(host: str, port: int) -> str:
 
 
 def split_address(node: str) -> tuple[str, int]:
-    """``("host", port)`` of a node named ``"host:port"`` (``"[::1]:7000"`` too)."""
+    """``("host", port)`` of a node named ``"host:port"`` (``"[::1]:7000"`` too).
+
+    Runtime complexity: O(len(node)).
+    """
     if not isinstance(node, str):
         raise ArgumentTypeError(f"a cluster node is named 'host:port', not {type_name(node)}")
     host, colon, port = node.rpartition(":")
@@ -268,11 +271,17 @@ class ClusterResharder:
     # -- public ---------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Make :meth:`run` return after the slot it is moving. Thread-safe."""
+        """Make :meth:`run` return after the slot it is moving. Thread-safe.
+
+        Runtime complexity: O(1).
+        """
         self._stop.set()
 
     def progress(self) -> ClusterReshardProgress:
-        """How far the reshard is."""
+        """How far the reshard is.
+
+        Runtime complexity: O(1).
+        """
         return ClusterReshardProgress(self._done, len(self._work), self._keys, self._stop.is_set())
 
     def run(self) -> ClusterReshardProgress:
@@ -551,7 +560,10 @@ class ClusterRouter:
             self.slot_map.reload(client)
 
     def close(self) -> None:
-        """Close every connection."""
+        """Close every connection.
+
+        Runtime complexity: O(nodes).
+        """
         with self._lock:
             for client in self._clients.values():
                 client.close()

@@ -166,8 +166,12 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
     rounding flips (a node whose share is 0.6 slot owns 0 or 1). A node whose
     share rounds to 0 owns no slot and comes last in :meth:`nodes_for`.
 
-    The first table gives the nodes contiguous ranges, in node order; later
-    tables depend on history, like a Redis Cluster's.
+    The first table gives the nodes contiguous ranges, in node order (for a
+    Redis Cluster map of equal weights, exactly those of ``redis-cli --cluster
+    create``: :func:`redis_cli_split`); later tables depend on history, like a
+    Redis Cluster's. :meth:`from_cluster` and :meth:`reload` take a live
+    cluster's table as it is, and :meth:`assign_slot` moves one slot, as a
+    cluster does while it reshards; quotas hold again after the next change.
 
     Runtime complexity: ``node_for`` O(1) after hashing the key;
     ``add``/``remove``/``set_weight`` O(S + n log n) for S slots and n nodes.
