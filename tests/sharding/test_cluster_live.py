@@ -426,3 +426,11 @@ def test_errors_without_a_cluster() -> None:
         cluster_map.assign_slot(16384, "127.0.0.1:1")
     with pytest.raises(ConfigurationError, match="Redis Cluster slot maps"):
         ClusterResharder(_client, SlotMap(["a"]).plan_add("b"))
+
+
+def test_importing_sharding_does_not_import_redis() -> None:
+    import sys
+
+    code = "import sys, scalekit.sharding; print('redis' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
