@@ -244,6 +244,14 @@ def test_grow_three_masters_to_four_slot_by_slot_under_load() -> None:
             ]
             assert lost == []
             assert check.moved == check.asked == 0
+            # a router on the map from before the reshard follows MOVED and catches up
+            behind = ClusterRouter(plan.before.copy(), _client)  # type: ignore[arg-type]
+            moving = [k for k in keys if plan.move_for(k) is not None][:200]
+            assert all(behind.execute(k, "GET", k) is not None for k in moving)
+            assert behind.moved == 1  # to a master it did not know: it reloads the table
+            assert behind.asked == 0
+            assert all(behind.slot_map.node_for(k) == new for k in moving)
+            behind.close()
             total = sum(_client("127.0.0.1", port).dbsize() for port in [*ports, new_port])
             assert total == len(keys)
             # the map is plan.after and the cluster's table

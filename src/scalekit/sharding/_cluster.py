@@ -538,15 +538,15 @@ class ClusterRouter:
                     pipe.execute_command(*command)
                     return pipe.execute()[1]
                 return client.execute_command(*command)
-            except redis.exceptions.AskError as exc:
-                with self._lock:
-                    self.asked += 1
-                node, asking = _address(exc.host, exc.port), True
-            except redis.exceptions.MovedError as exc:
+            except redis.exceptions.MovedError as exc:  # first: a subclass of AskError
                 with self._lock:
                     self.moved += 1
                 node, asking = _address(exc.host, exc.port), False
                 self._follow(exc.slot_id, node, client)
+            except redis.exceptions.AskError as exc:
+                with self._lock:
+                    self.asked += 1
+                node, asking = _address(exc.host, exc.port), True
             except redis.exceptions.TryAgainError:
                 time.sleep(0.01)
             except redis.RedisError as exc:
