@@ -223,3 +223,91 @@ def nutcracker(
     finally:
         _stop([process])
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- Redis Cluster: throwaway clusters of the test's own ---------------------------------
+
+
+@contextmanager
+def redis_cluster_node(*options: str) -> Iterator[int]:
+    """A cluster-enabled redis-server of the test's own, in no cluster yet (its
+    cluster bus on a free port of its own: port + 10000 can pass 65535); yields
+    its port."""
+    bus = str(free_port())
+    with tempfile.TemporaryDirectory(prefix="scalekit-cluster-") as folder:
+        config = os.path.join(folder, "nodes.conf")
+        with redis_server(
+            "--cluster-enabled", "yes", "--cluster-port", bus,
+            "--cluster-config-file", config, *options,
+        ) as port:  # fmt: skip
+            yield port
+
+
+def wait_for_cluster(ports: list[int], known: int, timeout: float = 30) -> None:
+    """Wait until every node at ``ports`` says ``cluster_state:ok`` and knows
+    ``known`` nodes, and all agree on the slot owners; ``TimeoutError`` otherwise."""
+    import redis
+
+    clients = [redis.Redis(port=port, socket_timeout=5) for port in ports]
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            infos = [client.cluster("info") for client in clients]
+            tables = [_slot_owners(client) for client in clients]
+            if (
+                all(info.get("cluster_state") == "ok" for info in infos)
+                and all(int(info.get("cluster_known_nodes", 0)) == known for info in infos)
+                and all(table == tables[0] for table in tables)
+            ):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the cluster on ports {ports} did not settle: {infos}")
+            time.sleep(0.05)
+    finally:
+        for client in clients:
+            client.close()
+
+
+def _slot_owners(client: object) -> list[tuple[int, int, int]]:
+    """``(first, last, master port)`` of each range in ``CLUSTER SLOTS``, sorted."""
+    reply = client.execute_command("CLUSTER SLOTS")  # type: ignore[attr-defined]
+    return sorted((int(r[0]), int(r[1]), int(r[2][1])) for r in reply)
+
+
+@contextmanager
+def redis_cluster(masters: int) -> Iterator[list[int]]:
+    """A Redis Cluster of ``masters`` masters (no replicas) on free loopback ports,
+    created by ``redis-cli --cluster create`` (which refuses fewer than 3) and
+    settled (``cluster_state:ok`` everywhere); yields the ports in the order
+    given to redis-cli, stops every server on exit."""
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        raise FileNotFoundError("redis-cli is not installed")
+    with ExitStack() as stack:
+        ports = [stack.enter_context(redis_cluster_node()) for _ in range(masters)]
+        addresses = [f"127.0.0.1:{port}" for port in ports]
+        command = [cli, "--cluster", "create", *addresses]
+        done = subprocess.run(
+            [*command, "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise ConnectionError(f"redis-cli --cluster create failed: {done.stdout}{done.stderr}")
+        wait_for_cluster(ports, masters)
+        yield ports
+
+
+@contextmanager
+def redis_cluster_or_skip(masters: int) -> Iterator[list[int]]:
+    """:func:`redis_cluster`, or a skip (a failure when services are required)
+    when redis-server or redis-cli is missing or the cluster does not come up."""
+    with ExitStack() as stack:
+        ports: list[int] = []
+
+        def start(_: str) -> None:
+            ports.extend(stack.enter_context(redis_cluster(masters)))
+
+        require_service(f"a Redis Cluster of {masters} masters", "127.0.0.1 (free ports)", start)
+        yield ports
