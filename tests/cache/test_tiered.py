@@ -271,6 +271,7 @@ def test_a_dropped_invalidation_connection_flushes_l1(redis_client: Any) -> None
     try:
         assert invalidation.wait_ready(5)
         cache.set_many({"a": 1, "b": 2})
+        _wait(lambda: invalidation.stats()["keys"] >= 2)  # the writes' own messages
         cache.get_many(["a", "b"])
         assert len(cache.l1) == 2
         flushes = cache.stats().flushes
@@ -281,7 +282,9 @@ def test_a_dropped_invalidation_connection_flushes_l1(redis_client: Any) -> None
         assert invalidation.stats()["connects"] >= 2
         cache.get("a")
         assert "a" in cache.l1
+        heard = invalidation.stats()["keys"]
         redis_client.set("d:a", b"5")
+        _wait(lambda: invalidation.stats()["keys"] > heard)
         _wait(lambda: "a" not in cache.l1)  # and tracks again
     finally:
         invalidation.close()

@@ -309,8 +309,11 @@ class ShardedStore(_ShardedBase[N]):
 
     def _call(self, call: tuple[Any, str, tuple[Any, ...], dict[str, Any]]) -> Any:
         node, method, args, kwargs = call
+        store = self._core.stores[node]
         try:
-            return getattr(self._core.stores[node], method)(*args, **kwargs)
+            if method in _WITH_TTL and not hasattr(store, method):
+                return _WITH_TTL[method](store, *args)
+            return getattr(store, method)(*args, **kwargs)
         except BackendError as exc:
             return exc
 
@@ -521,6 +524,59 @@ class ShardedStore(_ShardedBase[N]):
             migration.stop()
 
 
+def _get_with_ttl(store: Any, key: str, default: Any) -> tuple[Any, float | None]:
+    """``get_with_ttl`` for a store without it: two calls."""
+    value = store.get(key, _MISSING)
+    if value is _MISSING:
+        return default, None
+    try:
+        return value, store.ttl_of(key)
+    except KeyError:  # expired between the two calls
+        return default, None
+
+
+def _get_many_with_ttl(store: Any, keys: list[str]) -> dict[str, tuple[Any, float | None]]:
+    found = {}
+    for key, value in store.get_many(keys).items():
+        try:
+            found[key] = (value, store.ttl_of(key))
+        except KeyError:
+            continue
+    return found
+
+
+async def _get_with_ttl_async(store: Any, key: str, default: Any) -> tuple[Any, float | None]:
+    value = await store.get(key, _MISSING)
+    if value is _MISSING:
+        return default, None
+    try:
+        return value, await store.ttl_of(key)
+    except KeyError:
+        return default, None
+
+
+async def _get_many_with_ttl_async(
+    store: Any, keys: list[str]
+) -> dict[str, tuple[Any, float | None]]:
+    found = {}
+    for key, value in (await store.get_many(keys)).items():
+        try:
+            found[key] = (value, await store.ttl_of(key))
+        except KeyError:
+            continue
+    return found
+
+
+_WITH_TTL: dict[str, Callable[..., Any]] = {
+    "get_with_ttl": _get_with_ttl,
+    "get_many_with_ttl": _get_many_with_ttl,
+}
+_WITH_TTL_ASYNC: dict[str, Callable[..., Any]] = {
+    "get_with_ttl": _get_with_ttl_async,
+    "get_many_with_ttl": _get_many_with_ttl_async,
+}
+
+
 def _keys_of(store: Any) -> Iterable[Any]:
     keys = getattr(store, "keys", None)
     listed: Iterable[Any]
@@ -548,8 +604,11 @@ class AsyncShardedStore(_ShardedBase[N]):
         async def call(
             node: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
+            store = self._core.stores[node]
             try:
-                return await getattr(self._core.stores[node], method)(*args, **kwargs)
+                if method in _WITH_TTL and not hasattr(store, method):
+                    return await _WITH_TTL_ASYNC[method](store, *args)
+                return await getattr(store, method)(*args, **kwargs)
             except BackendError as exc:
                 return exc
 
