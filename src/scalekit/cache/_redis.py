@@ -188,7 +188,7 @@ class _RedisShell(Generic[V]):
 
         name = type(self).__name__
         what = "a redis.asyncio.Redis" if name.startswith("Async") else "a redis.Redis"
-        self._client = check_methods(client, "client", what, ("execute_command", "pipeline"))
+        self._client = check_methods(client, "client", what, ("execute_command",))
         self._counters = Counters()
         self._commands = RedisCommands(Codec[V](name, prefix, ttl, serializer), self._counters)
         self._errors = (redis.RedisError, OSError)
