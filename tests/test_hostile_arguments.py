@@ -12,7 +12,9 @@ it means "forever").
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -775,6 +777,28 @@ def _sharded_state(store: Any) -> object:
     )
 
 
+def _async_redis_store() -> Any:
+    import redis.asyncio
+
+    raw = _SERVERS["redis"]
+    prefix = f"{_PREFIX}{uuid.uuid4().hex}:"
+    RedisCache(raw, prefix=prefix).set_many({"a": 1, "b": [2], SURROGATE: 3}, ttl=300)
+    client = redis.asyncio.Redis(
+        connection_pool=redis.asyncio.ConnectionPool.from_url(_SERVERS["url"])
+    )
+    return AsyncRedisCache(_Counting(client), prefix=prefix)
+
+
+def _async_sharded() -> Any:
+    return AsyncShardedStore(
+        HashRing(["n1", "n2"]), {"n1": _async_redis_store(), "n2": _async_redis_store()}
+    )
+
+
+def _awaited(call: Callable[[Any, Any], Any]) -> Callable[[Any, Any], object]:
+    return lambda o, v: asyncio.run(call(o, v))
+
+
 def _growing(store: Any) -> tuple[Any, dict[str, Any]]:
     """A plan that brings node ``n3`` in, and its store."""
     return store.sharder.plan_add("n3"), {"n3": _redis_store()}
@@ -1090,6 +1114,18 @@ def _scale_out_cases() -> list[Case]:
         cases.append(
             Case(f"ShardedStore.{suffix}", _sharded, call, values, _sharded_state, word, "redis")
         )
+        if not suffix.startswith(("follow", "complete", "reshard", "get_with", "get_many_with")):
+            cases.append(
+                Case(
+                    f"AsyncShardedStore.{suffix}",
+                    _async_sharded,
+                    _awaited(call),
+                    values,
+                    _sharded_state,
+                    word,
+                    "redis",
+                )
+            )
     for cls in (ShardedStore, AsyncShardedStore):
         name = cls.__name__
         cases += [
@@ -1255,10 +1291,11 @@ def _hostile_redis(redis_url: str) -> Iterator[None]:
 
     client = redis.Redis.from_url(redis_url)
     _SERVERS["redis"] = client
+    _SERVERS["url"] = redis_url
     try:
         yield
     finally:
-        del _SERVERS["redis"]
+        del _SERVERS["redis"], _SERVERS["url"]
         for name in client.scan_iter(match=_PREFIX + "*"):
             client.delete(name)
         client.close()
@@ -1292,3 +1329,54 @@ def test_hostile_value_is_refused_and_changes_nothing(
     word = case.names or case.id.rsplit(".", 1)[-1]
     assert word in str(caught.value), f"{str(caught.value)!r} does not name {word!r}"
     assert case.snapshot(obj) == before
+
+
+# -- lone surrogates are keys like any other: valid, kept apart, read back -----------
+
+
+def _surrogate_stores() -> dict[str, Callable[[], Any]]:
+    return {
+        "RedisCache": _redis_store,
+        "MemcachedCache": _memcached_store,
+        "ShardedStore": _sharded,
+        "TieredCache": _tiered,
+    }
+
+
+@pytest.mark.parametrize("kind", list(_surrogate_stores()))
+def test_lone_surrogate_keys_are_valid_and_read_back(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    request.getfixturevalue("_hostile_memcached" if kind == "MemcachedCache" else "_hostile_redis")
+    store = _surrogate_stores()[kind]()
+    keys = [SURROGATE, "\udfff", "a\ud800b", SURROGATE + SURROGATE]
+    for n, key in enumerate(keys):
+        store.set(key, n, ttl=60)
+    assert [store.get(key) for key in keys] == list(range(len(keys)))
+    assert store.get_many(keys) == {key: n for n, key in enumerate(keys)}
+    assert 0 < store.ttl_of(keys[1]) <= 62  # memcached adds a second
+    assert store.add(keys[0], 9) is False
+    store.set_many({keys[2]: "x", "\udc80": "y"})
+    assert store.get_many([keys[2], "\udc80"]) == {keys[2]: "x", "\udc80": "y"}
+    assert store.delete(keys[3]) is True
+    assert store.get(keys[3], "gone") == "gone"
+    assert store.get("a") == 1  # the filled key is untouched
+
+
+@pytest.mark.usefixtures("_hostile_redis")
+def test_pubsub_invalidation_carries_lone_surrogate_keys() -> None:
+
+    raw = _SERVERS["redis"]
+    received: list[list[str]] = []
+    arrived = threading.Event()
+
+    def on_keys(keys: list[str]) -> None:
+        received.append(keys)
+        arrived.set()
+
+    with RedisInvalidation(raw, prefix=f"{_PREFIX}{uuid.uuid4().hex}:", mode="pubsub") as inv:
+        inv.attach(on_keys, lambda: None)
+        assert inv.wait_ready(5)
+        inv.publish([SURROGATE, "a\udfffb", "plain"])
+        assert arrived.wait(5)
+    assert received == [[SURROGATE, "a\udfffb", "plain"]]
