@@ -63,6 +63,7 @@ from scalekit.sharding import (
     RendezvousHash,
     ShardedStore,
     SlotMap,
+    ketama_hash,
 )
 from scalekit.testing import FakeClock
 from tests.services import memcached_server
@@ -819,6 +820,35 @@ def _cluster_map() -> Any:
     return SlotMap(["127.0.0.1:7000", "127.0.0.1:7001"], redis_cluster=True)
 
 
+class _Factory:
+    """A client factory of a cluster's nodes that keeps what it made."""
+
+    def __init__(self) -> None:
+        self.made: list[_Counting] = []
+
+    def __call__(self, host: str, port: int) -> Any:
+        import redis
+
+        client = _Counting(redis.Redis(host=host, port=port, socket_connect_timeout=0.2))
+        self.made.append(client)
+        return client
+
+
+def _router() -> tuple[Any, _Factory]:
+    factory = _Factory()
+    return ClusterRouter(_cluster_map(), factory), factory
+
+
+def _router_calls(pair: tuple[Any, _Factory]) -> object:
+    router, factory = pair
+    return (
+        router.moved,
+        router.asked,
+        _sharder_state(router.slot_map),
+        [client.calls for client in factory.made],
+    )
+
+
 def _scale_out_cases() -> list[Case]:
     import redis
     import redis.asyncio
@@ -1258,6 +1288,26 @@ def _scale_out_cases() -> list[Case]:
             lambda: None,
             lambda _, v: ClusterRouter(_cluster_map(), redis.Redis, redirects=v),
             [*BAD_COUNT, 0],
+        ),
+        Case(
+            "ClusterRouter.execute.key",
+            _router,
+            lambda o, v: o[0].execute(v, "GET", "k"),
+            BAD_KEY,
+            _router_calls,
+        ),
+        Case(
+            "ClusterRouter.execute.command",
+            _router,
+            lambda o, v: o[0].execute("k", *v),
+            [(), ("",), (None,), (5, "k"), ([], "k"), (b"GET", "k", object()), ("SET", "k", True)],
+            _router_calls,
+        ),
+        Case(
+            "ketama_hash.key",
+            lambda: None,
+            lambda _, v: ketama_hash(v),
+            [None, 1.5, NAN, True, [], object(), _Unhashable()],
         ),
         Case(
             "hashkit_hash.name",

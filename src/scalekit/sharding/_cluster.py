@@ -51,6 +51,21 @@ def _address(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+def _check_command(command: tuple[Any, ...]) -> None:
+    """Refuse, before any I/O, a command redis-py could not send."""
+    if not command or command[0] in ("", b""):
+        raise ConfigurationError("command must start with a Redis command's name, got none")
+    if not isinstance(command[0], (str, bytes)):
+        raise ArgumentTypeError(
+            f"command must start with a Redis command's name, got {type_name(command[0])}"
+        )
+    for arg in command:
+        if isinstance(arg, bool) or not isinstance(arg, (str, bytes, int, float)):
+            raise ArgumentTypeError(
+                f"command arguments must be str, bytes, int or float, got {type_name(arg)}"
+            )
+
+
 def _is_cluster_map(slot_map: object) -> bool:
     """Whether ``slot_map`` places keys as a Redis Cluster does."""
     return (
@@ -541,6 +556,7 @@ class ClusterRouter:
         import redis
 
         node = self.slot_map.node_for(key)
+        _check_command(command)
         asking = False
         for _ in range(self._redirects):
             client = self._client(node)
