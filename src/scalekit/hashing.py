@@ -439,4 +439,4 @@ def hashkit_hash(name: str) -> Callable[[Key], int]:
         return HASHKIT_HASHES[name]
     except KeyError:
         choices = ", ".join(HASHKIT_HASHES)
-        raise ConfigurationError(f"unknown hash {name!r}; choose one of {choices}") from None
+        raise ConfigurationError(f"unknown hash name {name!r}; choose one of {choices}") from None

@@ -19,13 +19,13 @@ a value read before the change is not kept (see :class:`~scalekit.cache.TieredCa
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from scalekit import _json
-from scalekit._validate import check_choice, check_seconds, check_str, type_name
+from scalekit._validate import check_choice, check_methods, check_seconds, check_str, type_name
 from scalekit.errors import ArgumentTypeError, BackendError, ClosedError
 
 __all__ = ["RedisInvalidation"]
@@ -60,8 +60,7 @@ class RedisInvalidation:
         channel: str | None = None,
         reconnect_delay: float = 0.1,
     ) -> None:
-        if not callable(getattr(client, "execute_command", None)):
-            raise ArgumentTypeError(f"client must be a redis.Redis, got {type_name(client)}")
+        check_methods(client, "client", "a redis.Redis", ("execute_command",))
         self._prefix = check_str(prefix, "prefix", allow_empty=True).encode(
             "utf-8", "surrogatepass"
         )
@@ -120,13 +119,18 @@ class RedisInvalidation:
         """Report ``keys`` as changed, in ``"pubsub"`` mode (tracking reports by itself).
 
         Raises :class:`~scalekit.errors.BackendError` when Redis fails."""
-        if self._resolved_mode() != "pubsub":
-            return
+        if not isinstance(keys, Iterable) or isinstance(keys, (str, bytes)):
+            raise ArgumentTypeError(f"keys must be an iterable of str, got {type_name(keys)}")
         names = list(keys)
-        if not names:
+        for key in names:
+            if not isinstance(key, str):
+                raise ArgumentTypeError(f"a key must be a str, got {type_name(key)}")
+        if not names or self._resolved_mode() != "pubsub":
             return
+        # ASCII JSON: a key with a lone surrogate travels as a \ud800 escape
+        payload = json.dumps(names, ensure_ascii=True).encode()
         try:
-            self._client.execute_command("PUBLISH", self._channel, _json.dumps(names))
+            self._client.execute_command("PUBLISH", self._channel, payload)
         except Exception as exc:
             raise BackendError(
                 f"publishing an invalidation failed: {exc}", backend="redis"
@@ -214,7 +218,7 @@ class RedisInvalidation:
         if payload is None:
             return None
         if self.mode == "pubsub":
-            names = _json.loads(payload if isinstance(payload, bytes) else payload.encode())
+            names = json.loads(payload)
             return None if names is None else [str(name) for name in names]
         cut = len(self._prefix)
         keys = []

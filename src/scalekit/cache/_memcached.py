@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
+from scalekit._validate import check_methods
 from scalekit.cache._remote import JSON, Codec, Counters, Serializer, StoreStats
 from scalekit.errors import BackendError, ConfigurationError, ItemTooLarge
 
@@ -99,7 +100,9 @@ class MemcachedCache(Generic[V]):
             )
         if len(self._codec.prefix) > MAX_KEY_BYTES - 40:
             raise ConfigurationError(f"prefix is longer than {MAX_KEY_BYTES - 40} bytes")
-        self._client = client
+        self._client = check_methods(
+            client, "client", "a pymemcache client", ("get", "set", "add", "delete", "get_many")
+        )
         self._counters = Counters()
         self._errors = (MemcacheError, OSError)
         self._too_large = MemcacheServerError

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from scalekit._validate import check_count
+from scalekit._validate import check_count, check_methods
 from scalekit.cache._remote import JSON, Codec, Counters, Serializer, StoreStats
 from scalekit.errors import BackendError
 
@@ -187,7 +187,8 @@ class _RedisShell(Generic[V]):
         import redis
 
         name = type(self).__name__
-        self._client = client
+        what = "a redis.asyncio.Redis" if name.startswith("Async") else "a redis.Redis"
+        self._client = check_methods(client, "client", what, ("execute_command",))
         self._counters = Counters()
         self._commands = RedisCommands(Codec[V](name, prefix, ttl, serializer), self._counters)
         self._errors = (redis.RedisError, OSError)
@@ -284,7 +285,9 @@ class RedisCache(_RedisShell[V]):
         or deleted meanwhile may or may not be seen, and a key may be
         listed twice (``SCAN``'s promises). Runtime complexity: O(keys
         in the database) over many round trips of ``count`` keys."""
-        scan = self._commands.scan(count)
+        return self._keys(self._commands.scan(count))
+
+    def _keys(self, scan: Callable[[Any], tuple[Any, ...]]) -> Iterator[str]:
         cursor: Any = 0
         while True:
             try:
@@ -355,9 +358,11 @@ class AsyncRedisCache(_RedisShell[V]):
         """``key -> (value, seconds left)`` of the present keys, in one round trip."""
         return await self._run(self._commands.get_many_with_ttl(keys))  # type: ignore[no-any-return]
 
-    async def keys(self, *, count: int = 1000) -> AsyncIterator[str]:
+    def keys(self, *, count: int = 1000) -> AsyncIterator[str]:
         """Every key of this store, by ``SCAN`` (see :meth:`RedisCache.keys`)."""
-        scan = self._commands.scan(count)
+        return self._keys(self._commands.scan(count))
+
+    async def _keys(self, scan: Callable[[Any], tuple[Any, ...]]) -> AsyncIterator[str]:
         cursor: Any = 0
         while True:
             try:

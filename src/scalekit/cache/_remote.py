@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any, Generic, Protocol, TypeVar
 
 from scalekit import _json
-from scalekit._validate import check_seconds, check_str, type_name
+from scalekit._validate import check_count, check_seconds, check_str, type_name
 from scalekit.errors import ArgumentTypeError, ConfigurationError, IncompatibleStore
 
 __all__ = [
@@ -58,7 +58,12 @@ class JSONSerializer:
     name = "json"
 
     def dumps(self, value: Any, /) -> bytes:
-        return _json.dumps(value)
+        try:
+            return _json.dumps(value)
+        except TypeError as exc:
+            raise ArgumentTypeError(f"value is not JSON: {exc}") from None
+        except ValueError as exc:  # NaN, infinities, lone surrogates
+            raise ConfigurationError(f"value is not JSON: {exc}") from None
 
     def loads(self, data: bytes, /) -> Any:
         return _json.loads(data)
@@ -75,7 +80,9 @@ class BytesSerializer:
 
     def dumps(self, value: bytes, /) -> bytes:
         if not isinstance(value, (bytes, bytearray, memoryview)):
-            raise TypeError(f"the bytes serializer keeps bytes, got {type_name(value)}")
+            raise ArgumentTypeError(
+                f"value must be bytes for this serializer, got {type_name(value)}"
+            )
         return bytes(value)
 
     def loads(self, data: bytes, /) -> bytes:
@@ -100,6 +107,10 @@ class StoreStats:
     writes: int
     deletes: int
     errors: int
+
+    def __post_init__(self) -> None:
+        for name in ("hits", "misses", "writes", "deletes", "errors"):
+            check_count(getattr(self, name), name)
 
     @property
     def hit_ratio(self) -> float:
@@ -213,7 +224,13 @@ class Codec(Generic[V]):
         encoded before anything is sent, so a bad one stores nothing."""
         if not isinstance(items, Mapping):
             raise ArgumentTypeError(f"items must be a mapping, got {type_name(items)}")
-        return {self.key(key): (key, self.dumps(value)) for key, value in items.items()}
+        encoded = {}
+        for key, value in items.items():
+            try:
+                encoded[self.key(key)] = (key, self.dumps(value))
+            except (ArgumentTypeError, ConfigurationError) as exc:
+                raise type(exc)(f"items[{key!r}]: {exc}") from None
+        return encoded
 
     def loads(self, data: bytes | str, key: str) -> V:
         if isinstance(data, str):  # a client made with decode_responses=True

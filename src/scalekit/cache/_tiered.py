@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
-from scalekit._validate import check_seconds, type_name
+from scalekit._validate import check_hashable, check_seconds, type_name
 from scalekit.errors import ArgumentTypeError
 
 __all__ = ["TieredCache", "TieredStats"]
@@ -192,6 +192,7 @@ class TieredCache(Generic[V]):
 
         Runtime complexity: O(1) on an l1 hit; one or two round trips otherwise.
         """
+        check_hashable(key, "key")
         with self._lock:
             value = self.l1.get(key, _MISSING)
             if value is not _MISSING:
@@ -220,18 +221,21 @@ class TieredCache(Generic[V]):
         """
         if not isinstance(keys, Iterable) or isinstance(keys, (str, bytes)):
             raise ArgumentTypeError(f"keys must be an iterable of keys, got {type_name(keys)}")
+        keys = [check_hashable(key, "a key") for key in keys]
         found: dict[Any, Any] = {}
         flights: dict[Any, _Flight] = {}
+        l1_hits = 0  # counted once l2 has taken the rest: a refused call counts nothing
         with self._lock:
             for key in keys:
                 value = self.l1.get(key, _MISSING)
                 if value is not _MISSING:
-                    self._l1_hits += 1
+                    l1_hits += 1
                     found[key] = value
                 elif key not in flights:
                     flights[key] = self._take_off(key)
-        if not flights:
-            return found
+            if not flights:
+                self._l1_hits += l1_hits
+                return found
         try:
             if self._read_ttls:
                 fetched = self.l2.get_many_with_ttl(list(flights))
@@ -245,6 +249,7 @@ class TieredCache(Generic[V]):
                     self._land(key, flight, _MISSING, None)
             raise
         with self._lock:
+            self._l1_hits += l1_hits
             for key, flight in flights.items():
                 value, ttl = fetched.get(key, (_MISSING, None))
                 if value is _MISSING:
@@ -264,7 +269,16 @@ class TieredCache(Generic[V]):
 
     # -- writing -------------------------------------------------------------------
 
+    def _check_items(self, items: Mapping[Any, Any]) -> None:
+        """Refuse a bad key or value before l1 is touched, as l2 would (no I/O)."""
+        for key in items:
+            check_hashable(key, "key")
+        check = getattr(self.l2, "check_items", None)
+        if check is not None:
+            check(items)
+
     def _write(self, key: Any, value: Any, ttl: float | None, *, add: bool) -> bool:
+        self._check_items({check_hashable(key, "key"): value})
         with self._lock:
             self.l1.pop(key, None)
             flight = self._take_off(key)
@@ -312,6 +326,7 @@ class TieredCache(Generic[V]):
         if not isinstance(items, Mapping):
             raise ArgumentTypeError(f"items must be a mapping, got {type_name(items)}")
         seconds = None if ttl is None else check_seconds(ttl, "ttl", allow_inf=True)
+        self._check_items(items)
         with self._lock:
             for key in items:
                 self.l1.pop(key, None)
@@ -326,6 +341,7 @@ class TieredCache(Generic[V]):
 
     def delete(self, key: Any, /) -> bool:
         """Delete ``key`` from l2 and l1; whether l2 had it."""
+        check_hashable(key, "key")
         with self._lock:
             self.l1.pop(key, None)
         deleted = bool(self.l2.delete(key))

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from scalekit._validate import check_callable, check_count, type_name
+from scalekit._validate import check_callable, check_count, check_methods, type_name
 from scalekit.errors import ArgumentTypeError, BackendError, ConfigurationError
 from scalekit.sharding._plan import ReshardPlan
 from scalekit.sharding._slots import REDIS_CLUSTER_SLOTS, SlotMap, redis_key_slot
@@ -51,6 +51,30 @@ def _address(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
+def _check_command(command: tuple[Any, ...]) -> None:
+    """Refuse, before any I/O, a command redis-py could not send."""
+    if not command or command[0] in ("", b""):
+        raise ConfigurationError("command must start with a Redis command's name, got none")
+    if not isinstance(command[0], (str, bytes)):
+        raise ArgumentTypeError(
+            f"command must start with a Redis command's name, got {type_name(command[0])}"
+        )
+    for arg in command:
+        if isinstance(arg, bool) or not isinstance(arg, (str, bytes, int, float)):
+            raise ArgumentTypeError(
+                f"command arguments must be str, bytes, int or float, got {type_name(arg)}"
+            )
+
+
+def _is_cluster_map(slot_map: object) -> bool:
+    """Whether ``slot_map`` places keys as a Redis Cluster does."""
+    return (
+        isinstance(slot_map, SlotMap)
+        and slot_map._hash is redis_key_slot
+        and slot_map.slots == REDIS_CLUSTER_SLOTS
+    )
+
+
 def split_address(node: str) -> tuple[str, int]:
     """``("host", port)`` of a node named ``"host:port"`` (``"[::1]:7000"`` too).
 
@@ -83,6 +107,7 @@ def read_cluster_table(client: Any) -> tuple[list[str], list[str]]:
     """
     import redis
 
+    check_methods(client, "client", "a redis.Redis of a cluster node", ("execute_command",))
     owners: list[str | None] = [None] * REDIS_CLUSTER_SLOTS
     masters: list[str] = []
     with _redis_errors("CLUSTER SHARDS"):
@@ -234,14 +259,13 @@ class ClusterResharder:
         if not isinstance(plan, ReshardPlan):
             raise ArgumentTypeError(f"plan must be a ReshardPlan, got {type_name(plan)}")
         for side in (plan.before, plan.after):
-            if not (
-                isinstance(side, SlotMap)
-                and side._hash is redis_key_slot
-                and side.slots == REDIS_CLUSTER_SLOTS
-            ):
+            if not _is_cluster_map(side):
                 raise ConfigurationError("the plan must be between two Redis Cluster slot maps")
             for node in side.nodes:
-                split_address(node)
+                try:
+                    split_address(node)
+                except (ArgumentTypeError, ConfigurationError) as exc:
+                    raise type(exc)(f"the plan has a node that is not an address: {exc}") from None
         if slot_map is not None and not isinstance(slot_map, SlotMap):
             raise ArgumentTypeError(f"slot_map must be a SlotMap, got {type_name(slot_map)}")
         check_callable(on_slot, "on_slot", allow_none=True)
@@ -501,6 +525,10 @@ class ClusterRouter:
     ) -> None:
         if not isinstance(slot_map, SlotMap):
             raise ArgumentTypeError(f"slot_map must be a SlotMap, got {type_name(slot_map)}")
+        if not _is_cluster_map(slot_map):
+            raise ConfigurationError(
+                "slot_map must be a Redis Cluster slot map (redis_cluster=True)"
+            )
         check_callable(client_factory, "client_factory")
         self.slot_map = slot_map
         self._factory = client_factory
@@ -528,6 +556,7 @@ class ClusterRouter:
         import redis
 
         node = self.slot_map.node_for(key)
+        _check_command(command)
         asking = False
         for _ in range(self._redirects):
             client = self._client(node)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
-from scalekit._validate import check_count, check_seconds, type_name
+from scalekit._validate import check_count, check_methods, check_seconds, type_name
 from scalekit.errors import ArgumentTypeError, BackendError, ConfigurationError, ShardUnavailable
 from scalekit.sharding._base import Sharder
 from scalekit.sharding._migration import Migration, MigrationProgress
@@ -45,16 +45,18 @@ class ShardedStoreStats:
     failovers: int
 
 
+_STORE_METHODS = ("get", "set", "add", "delete", "get_many", "set_many")
+
+
 class _Core(Generic[N]):
     """Routing and the flows of every operation; no I/O."""
 
     def __init__(self, sharder: Sharder[N], stores: Mapping[N, Any], replicas: int) -> None:
-        if not callable(getattr(sharder, "node_for", None)) or not callable(
-            getattr(sharder, "nodes_for", None)
-        ):
-            raise ArgumentTypeError(f"sharder must be a Sharder, got {type_name(sharder)}")
+        check_methods(sharder, "sharder", "a Sharder", ("node_for", "nodes_for"))
         if not isinstance(stores, Mapping):
             raise ArgumentTypeError(f"stores must map nodes to stores, got {type_name(stores)}")
+        for node, store in stores.items():
+            check_methods(store, f"stores[{node!r}]", "a Store", _STORE_METHODS)
         self.replicas = check_count(replicas, "replicas")
         missing = [node for node in sharder.nodes if node not in stores]
         if missing:
@@ -193,7 +195,10 @@ class _Core(Generic[N]):
         groups: dict[N, dict[str, Any]] = {}
         owners_of = {}
         for key, value in items.items():
-            owners_of[key] = self.owners(key)
+            try:
+                owners_of[key] = self.owners(key)
+            except ArgumentTypeError as exc:
+                raise ArgumentTypeError(f"items[{key!r}]: {exc}") from None
             for node in owners_of[key]:
                 groups.setdefault(node, {})[key] = value
         for node, group in groups.items():  # a bad value anywhere stores nothing anywhere
@@ -260,6 +265,13 @@ class _ShardedBase(Generic[N]):
     def stats(self) -> ShardedStoreStats:
         """Calls and errors per node, and failovers. Runtime complexity: O(nodes)."""
         return self._core.stats()
+
+    def check_items(self, items: Mapping[str, Any], /) -> None:
+        """Raise what ``set_many(items)`` would raise for a bad key or value, with
+        no I/O (every shard's ``check_items``). Runtime complexity: O(len(items))."""
+        flow = self._core.set_many(items, {})
+        next(flow)  # the checks all run before the first batch of calls
+        flow.close()
 
 
 class ShardedStore(_ShardedBase[N]):
@@ -466,6 +478,8 @@ class ShardedStore(_ShardedBase[N]):
             raise ConfigurationError("resharding a store with replicas is not supported")
         if stores is not None and not isinstance(stores, Mapping):
             raise ArgumentTypeError(f"stores must map nodes to stores, got {type_name(stores)}")
+        for node, store in (stores or {}).items():
+            check_methods(store, f"stores[{node!r}]", "a Store", _STORE_METHODS)
         all_stores = {**self._core.stores, **(stores or {})}
         migration = Migration(
             plan,
