@@ -1,7 +1,8 @@
 """scalekit.sharding lookups against uhashring, on the same 10 nodes and keys.
 
 Each round looks up 10,000 string keys. ``pytest benchmarks --benchmark-only``
-prints each scheme beside uhashring (in ketama mode beside KetamaRing).
+prints each scheme beside uhashring (in ketama mode beside KetamaRing, also
+beside KetamaRing's twemproxy options, which uhashring lacks).
 ``scalekit bench sharding`` prints the ratios, and balance and moves at 1M keys.
 """
 
@@ -21,6 +22,15 @@ LOOKUPS = {
     "HashRing": (sh.HashRing(NODES).node_for, UHashRing(nodes=NODES).get_node),
     "KetamaRing": (
         sh.KetamaRing(NODES).node_for,
+        UHashRing(nodes=NODES, hash_fn="ketama").get_node,
+    ),
+    # twemproxy's point counts with its key hashes; uhashring has only libketama's
+    "KetamaRing twemproxy md5": (
+        sh.KetamaRing(NODES, points="twemproxy").node_for,
+        UHashRing(nodes=NODES, hash_fn="ketama").get_node,
+    ),
+    "KetamaRing twemproxy fnv1a_64": (
+        sh.KetamaRing(NODES, points="twemproxy", hash="fnv1a_64").node_for,
         UHashRing(nodes=NODES, hash_fn="ketama").get_node,
     ),
     "SlotMap": (sh.SlotMap(NODES).node_for, UHashRing(nodes=NODES).get_node),

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import probe_redis, require_service
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 EXPECTED = {
@@ -18,7 +20,10 @@ EXPECTED = {
     "replication_sqlalchemy.py": "every read of the note found it: True",
     "mq_email_worker.py": "60 of 60 e-mails sent, 0 lost",
     "sessions_stateless.py": "logged in on app-1, still logged in on app-2: True",
+    "sharded_redis.py": "every key read back after resharding: True",
+    "near_cache.py": "app-2 serves the new price: True",
 }
+NEEDS_REDIS = {"sharded_redis.py", "near_cache.py"}
 
 
 def test_every_example_is_checked() -> None:
@@ -27,6 +32,8 @@ def test_every_example_is_checked() -> None:
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_example_runs(name: str) -> None:
+    if name in NEEDS_REDIS:
+        require_service("Redis", "redis://127.0.0.1:6379/15", probe_redis)
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=60
     )

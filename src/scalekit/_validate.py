@@ -48,6 +48,8 @@ __all__ = [
     "check_callable",
     "check_choice",
     "check_count",
+    "check_hashable",
+    "check_methods",
     "check_name",
     "check_node",
     "check_number",
@@ -217,15 +219,24 @@ def check_node(node: _T, name: str = "node") -> _T:
     """
     if node is None:
         raise ArgumentTypeError(f"{name} must not be None")
-    if not isinstance(node, Hashable):
-        raise ArgumentTypeError(f"{name} must be hashable, got {type_name(node)}")
-    try:
-        hash(node)
-    except TypeError:
-        raise ArgumentTypeError(f"{name} must be hashable, got {node!r}") from None
+    check_hashable(node, name)
     if node != node:
         raise ConfigurationError(f"{name} must equal itself, got {node!r}")
     return node
+
+
+def check_hashable(value: _T, name: str) -> _T:
+    """Return ``value`` if it is hashable (what a dict key, a cache key must be).
+
+    Runtime complexity: O(1) plus the value's ``__hash__``.
+    """
+    if not isinstance(value, Hashable):
+        raise ArgumentTypeError(f"{name} must be hashable, got {type_name(value)}")
+    try:
+        hash(value)
+    except TypeError:
+        raise ArgumentTypeError(f"{name} must be hashable, got {value!r}") from None
+    return value
 
 
 def check_choice(value: _T, name: str, choices: Collection[Any]) -> _T:
@@ -260,4 +271,22 @@ def check_callable(value: _T, name: str, *, allow_none: bool = False) -> _T:
     """
     if not callable(value) and not (allow_none and value is None):
         raise ArgumentTypeError(f"{name} must be callable, got {type_name(value)}")
+    return value
+
+
+def check_methods(value: _T, name: str, what: str, methods: tuple[str, ...]) -> _T:
+    """Return ``value`` if it is an instance (not a class) with every one of
+    ``methods`` callable: ``what`` it must be, as the message says.
+
+    Runtime complexity: O(len(methods)).
+
+    >>> check_methods(None, "client", "a client", ("get",))
+    Traceback (most recent call last):
+    ...
+    scalekit.errors.ArgumentTypeError: client must be a client (with get()), got NoneType
+    """
+    missing = [m for m in methods if not callable(getattr(value, m, None))]
+    if missing or isinstance(value, type):
+        needs = ", ".join(f"{m}()" for m in (missing or methods))
+        raise ArgumentTypeError(f"{name} must be {what} (with {needs}), got {type_name(value)}")
     return value

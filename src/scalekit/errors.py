@@ -25,6 +25,7 @@ that situation, so code written against the standard library keeps working::
           +-- BackendError                                a storage backend failed;
                |                                          the cause is ``__cause__``
                +-- IncompatibleStore                      not a store of ours, or damaged
+               +-- ShardUnavailable                       some keys' shards failed
 
 A cache miss stays a plain :class:`KeyError`. Building blocks add their own
 children under these (for example a full queue is a :class:`CapacityError`).
@@ -34,6 +35,8 @@ error and its traceback are never lost.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "ArgumentTypeError",
@@ -53,6 +56,7 @@ __all__ = [
     "SessionConflict",
     "SessionCorrupted",
     "SessionTooLarge",
+    "ShardUnavailable",
     "UnknownNode",
 ]
 
@@ -138,6 +142,22 @@ class BackendError(ScalekitError):
 class IncompatibleStore(BackendError):
     """The database or file is not a scalekit store of this kind, is from an
     incompatible version, or is damaged. Nothing was changed in it."""
+
+
+class ShardUnavailable(BackendError):
+    """Some keys' shards (and their replicas) failed; the other keys were served.
+
+    ``found`` holds what the call read from the shards that answered (for
+    ``get_many``); ``failed`` maps each key that failed to the error of the last
+    node tried for it. The first of those errors is the ``__cause__``.
+    """
+
+    def __init__(
+        self, message: str, *, found: dict[str, Any], failed: dict[str, BaseException]
+    ) -> None:
+        super().__init__(message, backend="sharded")
+        self.found = found
+        self.failed = failed
 
 
 class SessionTooLarge(ItemTooLarge):

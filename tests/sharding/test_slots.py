@@ -29,7 +29,7 @@ from scalekit.errors import (
 )
 from scalekit.hashing import murmur3_64
 from scalekit.sharding._slots import SlotMap, crc16_xmodem, redis_key_slot
-from tests.services import free_port, redis_server, require_service
+from tests.services import redis_cluster_node, require_service
 
 RNG = random.Random(7)
 KEYS = [f"user:{RNG.getrandbits(48)}" for _ in range(20_000)]
@@ -97,12 +97,7 @@ def cluster_node() -> Iterator[Any]:
         clients: list[Any] = []
 
         def start(_: str) -> None:
-            # the cluster bus listens on port + 10000 unless told: past 65535 for
-            # a high free port, so it gets a free port of its own
-            bus = str(free_port())
-            port = stack.enter_context(
-                redis_server("--cluster-enabled", "yes", "--cluster-port", bus)
-            )
+            port = stack.enter_context(redis_cluster_node())
             client = _cluster_client("127.0.0.1", port)
             if client is None:
                 raise ConnectionError("the cluster-enabled redis-server does not answer")
@@ -407,6 +402,48 @@ def test_an_empty_map_has_no_node() -> None:
     assert slot_map.slot_of("foo") == 12182  # slots need no node
 
 
+# -- following a cluster: tables taken as they are ----------------------------------------
+
+
+def test_assign_slot_moves_one_slot_and_a_change_rebalances() -> None:
+    slot_map = SlotMap.redis_cluster(["a", "b", "c"])
+    before = _table(slot_map)
+    slot_map.assign_slot(0, "c")
+    after = _table(slot_map)
+    assert [s for s in range(16384) if before[s] != after[s]] == [0]
+    assert slot_map.node_for("{user1000}") == ("c" if slot_map.slot_of("{user1000}") == 0 else "a")
+    assert slot_map.nodes_for(next(k for k in KEYS if slot_map.slot_of(k) == 0), 3)[0] == "c"
+    slot_map._check()  # uneven now: the quotas hold again after the next change
+    for clone in (
+        pickle.loads(pickle.dumps(slot_map)),
+        SlotMap.from_dict(slot_map.to_dict()),
+        slot_map.copy(),
+    ):
+        assert _table(clone) == _table(slot_map)
+        clone._check()
+    plan = slot_map.plan_add("d")
+    assert {m.source for m in plan.moves} <= {"a", "b", "c"}
+    slot_map.add("d")
+    slot_map._check()
+    assert _table(slot_map) == _table(plan.after)
+    assert set(slot_map.quotas().values()) == {4096}
+
+
+def test_assign_slot_refuses_bad_input_and_changes_nothing() -> None:
+    slot_map = SlotMap.redis_cluster(["a", "b"])
+    before = _snapshot(slot_map)
+    with pytest.raises(UnknownNode):
+        slot_map.assign_slot(1, "z")
+    for slot in (-1, 16384, 1.5, True, "1", None):
+        with pytest.raises(ScalekitError):
+            slot_map.assign_slot(slot, "a")  # type: ignore[arg-type]
+    with pytest.raises(ScalekitError):
+        slot_map.assign_slot(0, None)  # type: ignore[arg-type]
+    assert _snapshot(slot_map) == before
+    with pytest.raises(ConfigurationError, match="Redis Cluster"):
+        SlotMap(["a"]).reload(object())
+
+
 class SlotMapMachine(RuleBasedStateMachine):
     """Random changes against a plain model of the weights; every change is first
     planned, and the plan must be what happens."""
@@ -452,6 +489,16 @@ class SlotMapMachine(RuleBasedStateMachine):
         plan = self.slot_map.plan_weight(node, weight)
         self._apply(plan, lambda: self.slot_map.set_weight(node, weight))
         self.weights[node] = weight
+
+    @rule(slot=st.integers(0, 96), index=st.integers(0, 20))
+    def assign_slot(self, slot: int, index: int) -> None:
+        assume(self.weights)
+        node = list(self.weights)[index % len(self.weights)]
+        before = _table(self.slot_map)
+        self.slot_map.assign_slot(slot, node)
+        after = _table(self.slot_map)
+        assert after[slot] == node
+        assert [s for s in range(97) if before[s] != after[s]] in ([], [slot])
 
     @invariant()
     def agrees_with_the_model(self) -> None:

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import math
 import threading
 import weakref
 from collections.abc import Callable, Hashable, MutableMapping
@@ -29,10 +30,13 @@ from threading import get_ident
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar, cast
 
-from scalekit._validate import check_bool, check_callable, type_name
+from scalekit._validate import check_bool, check_callable, check_seconds, type_name
 from scalekit._waiting import Latch
+from scalekit.cache._shared_memo import Memo, store_key
+from scalekit.cache._shared_memo import run as run_memo
+from scalekit.cache._shared_memo import run_async as run_memo_async
 from scalekit.cache.keys import hashkey, methodkey
-from scalekit.errors import ArgumentTypeError, ReentrantCall
+from scalekit.errors import ArgumentTypeError, ConfigurationError, ReentrantCall
 
 __all__ = ["CacheInfo", "cached", "cachedmethod"]
 
@@ -235,6 +239,81 @@ LockOf = Callable[[tuple[Any, ...]], Lock]
 OwnerOf = Callable[[tuple[Any, ...], MutableMapping[Any, Any]], object]
 
 
+_DEFAULT: Any = object()
+
+
+def _is_store(cache: object) -> bool:
+    """A Store (get, set, add, delete) that is not a mapping: I/O to reach."""
+    kind = type(cache)
+    return not hasattr(kind, "__setitem__") and all(
+        callable(getattr(cache, name, None)) for name in ("get", "set", "add", "delete")
+    )
+
+
+def _cached_in_store(
+    store: Any, key: Callable[..., Hashable], *, lease: Any, ttl: Any, poll: Any
+) -> Callable[[F], F]:
+    lease = 10.0 if lease is _DEFAULT else lease
+    lease = None if lease is None else check_seconds(lease, "lease")
+    ttl = None if ttl is None else check_seconds(ttl, "ttl", allow_inf=True)
+    poll = 0.005 if poll is _DEFAULT else check_seconds(poll, "poll")
+    check_callable(key, "key")
+    store_is_async = inspect.iscoroutinefunction(getattr(store, "get", None))
+
+    def decorator(func: F) -> F:
+        is_async = inspect.iscoroutinefunction(func)
+        if store_is_async and not is_async:
+            raise ConfigurationError(
+                f"{type_name(store)} is async: it can cache coroutine functions only"
+            )
+        memo = Memo(store, lease, ttl, poll)
+        name = f"{func.__module__}.{func.__qualname__}:"
+        make_key = store_key(name, None if key is hashkey else key)
+
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            runner: object = asyncio.current_task() or object()
+            k = make_key(*args, **kwargs)
+            outcome = await run_memo_async(memo, memo.flow(k, runner), func, args, kwargs)
+            memo.calls.count(outcome.hit)
+            return outcome.value
+
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            k = make_key(*args, **kwargs)
+            outcome = run_memo(memo, memo.flow(k, get_ident()), func, args, kwargs)
+            memo.calls.count(outcome.hit)
+            return outcome.value
+
+        wrapper: Any = async_wrapper if is_async else sync_wrapper
+
+        def invalidate(*args: Any, **kwargs: Any) -> Any:
+            k = make_key(*args, **kwargs)
+            memo.calls.detach(k)
+            if store_is_async:
+
+                async def drop() -> bool:
+                    await store.delete(memo.lease_key(k))
+                    return bool(await store.delete(k))
+
+                return drop()
+            store.delete(memo.lease_key(k))
+            return bool(store.delete(k))
+
+        def cache_clear() -> None:
+            memo.calls.detach()
+            memo.calls.reset()
+
+        wrapped: Any = functools.update_wrapper(wrapper, func)
+        wrapped.cache = store
+        wrapped.cache_key = make_key
+        wrapped.cache_lock = None
+        wrapped.cache_info = lambda: CacheInfo(memo.calls.hits, memo.calls.misses, None, math.nan)
+        wrapped.cache_clear = cache_clear
+        wrapped.invalidate = invalidate
+        return cast(F, wrapped)
+
+    return decorator
+
+
 def _check_lock(lock: object, name: str) -> None:
     if lock is not None and not (hasattr(lock, "__enter__") and hasattr(lock, "__exit__")):
         raise ArgumentTypeError(f"{name} must be a context manager (a lock), got {type_name(lock)}")
@@ -329,18 +408,34 @@ def _decorate(
 
 
 def cached(
-    cache: MutableMapping[Any, Any],
+    cache: MutableMapping[Any, Any] | Any,
     key: Callable[..., Hashable] = hashkey,
     lock: Lock | None = None,
     *,
     condition: Lock | None = None,
     info: bool = True,
+    lease: float | None = _DEFAULT,
+    ttl: float | None = None,
+    poll: float = _DEFAULT,
 ) -> Callable[[F], F]:
     """Memoize a function or coroutine function in ``cache``, with stampede protection.
 
     Concurrent callers that miss on the same key cause exactly one call of the
     function; they all get its result, or its exception (failures are not cached).
     A result too large for the cache is returned but not stored.
+
+    ``cache`` may also be a shared :class:`~scalekit.protocols.Store` (or
+    :class:`~scalekit.protocols.AsyncStore` for a coroutine function): a
+    :class:`RedisCache`, a :class:`TieredCache`, a
+    :class:`~scalekit.sharding.ShardedStore`. Then the protection spans app
+    servers: the caller that misses takes a lease in the store for ``lease``
+    seconds (default 10; ``None``: no lease, one call per process), and callers
+    in every process wait for its value instead of calling the function; a
+    crashed holder's lease expires. Results are kept for ``ttl`` seconds (default:
+    the store's), keys are the JSON of the arguments after the function's
+    qualified name (or ``key(*args, **kwargs)``), so arguments and results must
+    be JSON values; waiters look for the value every ``poll`` seconds at first
+    (default 0.005), backing off to 0.25. ``lock`` is not used with a store.
 
     Args:
         cache: where results are kept (any mutable mapping; a TTL cache makes a
@@ -376,9 +471,20 @@ def cached(
     CacheInfo(hits=1, misses=1, maxsize=128, currsize=1)
     >>> square.invalidate(4), square.invalidate(4)
     (True, False)
+
+    Over a store, ``invalidate`` deletes the entry and the lease, so a call in
+    flight in any process does not store what it computed, and ``cache_clear()``
+    only forgets this process's counts and calls in flight (a shared store keeps
+    its entries; delete them there).
     """
+    if _is_store(cache):
+        return _cached_in_store(cache, key, lease=lease, ttl=ttl, poll=poll)
     if not all(hasattr(type(cache), name) for name in ("__getitem__", "__setitem__")):
-        raise ArgumentTypeError(f"cache must be a mutable mapping, got {type_name(cache)}")
+        raise ArgumentTypeError(
+            f"cache must be a mutable mapping or a Store, got {type_name(cache)}"
+        )
+    if lease is not _DEFAULT or ttl is not None or poll is not _DEFAULT:
+        raise ConfigurationError("lease, ttl and poll are for a cache that is a shared Store")
     check_callable(key, "key")
     _check_lock(lock, "lock")
     _check_lock(condition, "condition")

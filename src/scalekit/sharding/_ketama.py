@@ -35,6 +35,22 @@ Keys are hashed whole; libketama hashes C strings, which end at a NUL byte.
 uhashring's ``hash_fn='ketama'`` mode agrees with all this except these three
 points: it computes ``ks`` in exact integers, looks up with ``bisect_right``, and
 gives a shared point to the server listed last.
+
+twemproxy (nutcracker's ``distribution: ketama``) and libmemcached's weighted
+ketama (``MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED``) place the same md5 points and look
+keys up the same way, but count a server's hashes differently, all in single
+precision (``ketama_update`` in twemproxy's ``nc_ketama.c``)::
+
+    pct = (float)weight / (float)total_weight;
+    points = floorf((float)(pct * 160 / 4 * (float)nservers + 0.0000000001)) * 4;
+
+``pct * 160`` and ``* (float)nservers`` are rounded to ``float`` one at a time, so
+where libketama rounds ``62.99999714`` down to 62 hashes, twemproxy gets 63: with
+weights ``21, 10, 9`` the first server has 252 points there and 248 here, and
+pools of 25, 47, 50, 55, 71, 94 or 100 equal servers differ too.
+``KetamaRing(points="twemproxy")`` counts as they do, and ``hash=`` picks the key
+hash (twemproxy's ``hash:`` setting, :data:`scalekit.hashing.HASHKIT_HASHES`);
+the points stay md5, as in twemproxy.
 """
 
 from __future__ import annotations
@@ -47,17 +63,22 @@ from bisect import bisect_left
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
-from scalekit.errors import ConfigurationError, DuplicateNode
+from scalekit.errors import ArgumentTypeError, ConfigurationError, DuplicateNode
+from scalekit.hashing import hashkit_hash
 from scalekit.sharding._base import Key, ShardingScheme, key_bytes
 from scalekit.sharding._plan import Move
 from scalekit.sharding._ring import _arc_length, arc_moves
 
-__all__ = ["HASHES_PER_SERVER", "KetamaRing", "hash_count", "ketama_hash"]
+__all__ = ["HASHES_PER_SERVER", "POINT_COUNTS", "KetamaRing", "hash_count", "ketama_hash"]
 
 N = TypeVar("N", bound=Hashable)
 
 HASHES_PER_SERVER = 40
 """libketama's hashes per server of average weight (4 points each: 160 points)."""
+
+POINT_COUNTS = ("libketama", "twemproxy")
+"""How :class:`KetamaRing` may count a server's points: libketama's arithmetic, or
+the one twemproxy and libmemcached's weighted ketama share."""
 
 _SPACE = 1 << 32  # the ketama circle: points and key hashes are unsigned 32-bit
 
@@ -99,21 +120,48 @@ def _float32(value: float) -> float:
     return rounded
 
 
-def hash_count(weight: float, total: float, servers: int) -> int:
-    """How many md5 hashes (4 points each) libketama gives a server.
+def hash_count(weight: float, total: float, servers: int, *, points: str = "libketama") -> int:
+    """How many md5 hashes (4 points each) libketama, or twemproxy, gives a server.
 
-    ``floorf(pct * 40.0 * (float)numservers)`` with ``float pct = (float)weight /
-    (float)total``: the product is taken in double precision and rounded back to
-    single precision by ``floorf``'s parameter, so the result can be one less than
-    the exact quotient.
+    Both start from ``float pct = (float)weight / (float)total``. libketama takes
+    ``floorf(pct * 40.0 * (float)numservers)``: the product in double precision,
+    rounded back to single precision by ``floorf``'s parameter, so the result can
+    be one less than the exact quotient. twemproxy (``points="twemproxy"``) takes
+    ``floorf((float)(pct * 160 / 4 * (float)nservers + 0.0000000001))``, each
+    product rounded to single precision in turn (as x86-64 and arm64 builds
+    compute), which lands on the other side of a whole number now and then.
 
     Runtime complexity: O(1).
 
     >>> hash_count(1, 3, 3), hash_count(1, 61, 61), hash_count(21, 40, 3)
     (40, 39, 62)
+    >>> hash_count(21, 40, 3, points="twemproxy"), hash_count(1, 25, 25, points="twemproxy")
+    (63, 39)
     """
+    _check_points(points)
     pct = _float32(_float32(weight) / _float32(total))
+    if points == "twemproxy":
+        per_hash = _float32(_float32(pct * 4 * HASHES_PER_SERVER) / 4)
+        return math.floor(_float32(_float32(per_hash * _float32(servers)) + 0.0000000001))
     return math.floor(_float32(pct * HASHES_PER_SERVER * _float32(servers)))
+
+
+def _check_points(points: object) -> str:
+    """``points`` if it names a way of counting points, else the error saying which do."""
+    if not isinstance(points, str):
+        raise ArgumentTypeError(f"points must be a str, not {type(points).__name__}")
+    if points not in POINT_COUNTS:
+        choices = ", ".join(repr(choice) for choice in POINT_COUNTS)
+        raise ConfigurationError(f"unknown points {points!r}; choose one of {choices}")
+    return points
+
+
+def _key_hash_called(name: str) -> Callable[[Key], int]:
+    """The key hash ``name`` stands for: :func:`ketama_hash` for ``"md5"`` (the
+    faster md5), else the hashkit function of that name."""
+    if name == "md5" and type(name) is str:
+        return ketama_hash
+    return hashkit_hash(name)
 
 
 def _server_points(name: str, hashes: int, start: int = 0) -> list[int]:
@@ -140,6 +188,16 @@ class KetamaRing(ShardingScheme[N, _Continuum]):
     (``"10.0.1.1:11211"``) as nodes to agree with libketama clients; libketama
     keeps addresses in 22-byte buffers, so it handles names of up to 21 bytes.
 
+    ``points="twemproxy"`` counts each node's points as twemproxy and
+    libmemcached's weighted ketama do (see :func:`hash_count`), and ``hash=``
+    names the key hash, one of :data:`scalekit.hashing.HASHKIT_HASHES` (twemproxy's
+    ``hash:`` setting; ``"md5"``, libketama's, by default). Both name a server
+    differently from libketama: an unnamed server on port 11211 is hashed as
+    ``"host-k"``, without the port, any other as ``"host:port-k"``, and a named
+    one (``- 127.0.0.1:22122:1 server1``) as ``"server1-k"``; so the nodes must be
+    ``"10.0.1.1"``, ``"127.0.0.1:22122"`` or ``"server1"`` (a node called
+    ``"10.0.1.1:11211"`` shares a twemproxy pool's placement for 1 key in n).
+
     Ketama's point counts depend on the node count and the total weight, so with
     unequal weights (or when libketama's rounding drops a hash) adding a node
     also moves some keys between other nodes; plans show exactly which.
@@ -158,11 +216,36 @@ class KetamaRing(ShardingScheme[N, _Continuum]):
     >>> ring = KetamaRing(["10.0.1.1:11211", "10.0.1.2:11211", "10.0.1.3:11211"])
     >>> ring.plan_add("10.0.1.4:11211").targets
     frozenset({'10.0.1.4:11211'})
+    >>> pool = KetamaRing({"a": 21, "b": 10, "c": 9}, points="twemproxy", hash="fnv1a_64")
+    >>> pool.points_of("a"), KetamaRing({"a": 21, "b": 10, "c": 9}).points_of("a")
+    (252, 248)
     """
 
-    def __init__(self, nodes: Iterable[N] | Mapping[N, float] = ()) -> None:
+    def __init__(
+        self,
+        nodes: Iterable[N] | Mapping[N, float] = (),
+        *,
+        points: str = "libketama",
+        hash: str = "md5",
+    ) -> None:
+        self._points = _check_points(points)
+        self._key_hash: Callable[[Key], int] = _key_hash_called(hash)
+        self._hash_name = hash
         self._points_by_name: dict[str, list[int]] = {}
         super().__init__(nodes)
+
+    @property
+    def points(self) -> str:
+        """How this ring counts points: ``"libketama"`` or ``"twemproxy"``."""
+        return self._points
+
+    @property
+    def hash(self) -> str:
+        """The name of the key hash (``"md5"`` unless given ``hash=``)."""
+        return self._hash_name
+
+    def _settings(self) -> dict[str, Any]:
+        return {"points": self._points, "hash": self._hash_name}
 
     # -- the continuum ----------------------------------------------------------
 
@@ -182,8 +265,11 @@ class KetamaRing(ShardingScheme[N, _Continuum]):
                 "ketama computes weight shares in single precision: the total weight "
                 f"must lie within (1e-38, 3e38), got {math.fsum(weights.values())!r}"
             )
-        count = len(weights)
-        return {node: hash_count(weight, total, count) for node, weight in weights.items()}
+        count, points = len(weights), self._points
+        return {
+            node: hash_count(weight, total, count, points=points)
+            for node, weight in weights.items()
+        }
 
     def _points_of_name(self, name: str, hashes: int) -> list[int]:
         cache = self._points_by_name
@@ -219,23 +305,24 @@ class KetamaRing(ShardingScheme[N, _Continuum]):
         """
         weight = self.weight_of(node)
         total = _float32(math.fsum(self._weights.values()))
-        return 4 * hash_count(weight, total, len(self._weights))
+        return 4 * hash_count(weight, total, len(self._weights), points=self._points)
 
     def hash_of(self, key: Key) -> int:
-        """The position of ``key`` on the circle (what the ranges of a plan refer to).
+        """The position of ``key`` on the circle (what the ranges of a plan refer to):
+        ``ketama_hash(key)``, or the hash ``hash=`` named.
 
         Runtime complexity: O(len(key)).
         """
-        return ketama_hash(key)
+        return self._key_hash(key)
 
     # -- lookups ------------------------------------------------------------------
 
     def _owner(self, state: _Continuum, key: bytes) -> N:
-        owner: N = state.owners[bisect_left(state.points, _first_u32(_md5(key).digest())[0])]
+        owner: N = state.owners[bisect_left(state.points, self._key_hash(key))]
         return owner
 
     def node_for(self, key: Key) -> N:
-        """The node of the first point at or after ``ketama_hash(key)``, wrapping around.
+        """The node of the first point at or after ``hash_of(key)``, wrapping around.
 
         Raises :class:`~scalekit.errors.NoNodeAvailable` when there is no node.
 
@@ -245,6 +332,10 @@ class KetamaRing(ShardingScheme[N, _Continuum]):
         owners = state.owners
         if not owners:
             return super().node_for(key)  # raises NoNodeAvailable
+        key_hash = self._key_hash
+        if key_hash is not ketama_hash:
+            owner: N = owners[bisect_left(state.points, key_hash(key))]
+            return owner
         # key_bytes(key), inlined on purpose in every node_for: a shared helper's call
         # adds 25-35 ns a lookup (timeit of the step: 115 ns inline, 137-152 ns via a helper).
         if type(key) is str:
@@ -256,12 +347,12 @@ class KetamaRing(ShardingScheme[N, _Continuum]):
             data = key
         else:
             data = key_bytes(key)  # int as its digits, a subclass; ArgumentTypeError else
-        owner: N = owners[bisect_left(state.points, _first_u32(_md5(data).digest())[0])]
-        return owner
+        found: N = owners[bisect_left(state.points, _first_u32(_md5(data).digest())[0])]
+        return found
 
     def _owners(self, state: _Continuum, key: bytes, n: int) -> list[N]:
         points, owners = state.points, state.owners
-        start = bisect_left(points, _first_u32(_md5(key).digest())[0])
+        start = bisect_left(points, self._key_hash(key))
         found: list[N] = []
         count = len(points)
         for step in range(count):
@@ -293,6 +384,8 @@ class KetamaRing(ShardingScheme[N, _Continuum]):
         """Assert the invariants: sorted distinct points, the wrap entry, every
         point held by a node that has it, and a continuum a fresh build agrees with."""
         super()._check()
+        assert _check_points(self._points) == self._points
+        assert self._key_hash is _key_hash_called(self._hash_name)
         state = self._state
         assert state.nodes == tuple(self._weights)
         assert state.points == sorted(set(state.points))

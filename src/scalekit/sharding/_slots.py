@@ -12,6 +12,7 @@ from __future__ import annotations
 import binascii
 import itertools
 import math
+import struct
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping
@@ -25,7 +26,13 @@ from scalekit.protocols import HashFunction
 from scalekit.sharding._base import Key, ShardingScheme, key_bytes
 from scalekit.sharding._plan import Move
 
-__all__ = ["REDIS_CLUSTER_SLOTS", "SlotMap", "crc16_xmodem", "redis_key_slot"]
+__all__ = [
+    "REDIS_CLUSTER_SLOTS",
+    "SlotMap",
+    "crc16_xmodem",
+    "redis_cli_split",
+    "redis_key_slot",
+]
 
 N = TypeVar("N", bound=Hashable)
 
@@ -90,11 +97,50 @@ def redis_key_slot(key: Key) -> int:
     return binascii.crc_hqx(data, 0) & 0x3FFF
 
 
+def _float32(value: float) -> float:
+    """``value`` rounded to the nearest C ``float`` (IEEE single precision)."""
+    rounded: float = struct.unpack("f", struct.pack("f", value))[0]
+    return rounded
+
+
+def redis_cli_split(masters: int, slots: int = REDIS_CLUSTER_SLOTS) -> list[range]:
+    """The slot ranges ``redis-cli --cluster create`` gives ``masters`` masters, in order.
+
+    redis-cli (``clusterManagerCommandCreate``) steps a C ``float`` cursor by
+    ``slots / masters`` and ends master ``i``'s range at
+    ``lround(cursor + slots_per_node - 1)``; the last master takes the rest. The
+    arithmetic is single precision there, and here: from 78 masters on, doubles
+    would place some boundaries one slot off. (redis-cli itself refuses fewer than
+    3 masters; the formula is the same for any count.)
+
+    Runtime complexity: O(masters).
+
+    >>> [(r.start, r.stop - 1) for r in redis_cli_split(3)]
+    [(0, 5460), (5461, 10922), (10923, 16383)]
+    """
+    slots = check_count(slots, "slots", minimum=1, maximum=MAX_SLOTS)
+    masters = check_count(masters, "masters", minimum=1, maximum=slots)
+    per_node = _float32(slots / masters)
+    cursor = 0.0
+    first = 0
+    ranges = []
+    for index in range(masters):
+        last = math.floor(_float32(_float32(cursor + per_node) - 1) + 0.5)  # lround, x > 0
+        if last > slots or index == masters - 1:
+            last = slots - 1
+        last = max(last, first)
+        ranges.append(range(first, last + 1))
+        first = last + 1
+        cursor = _float32(cursor + per_node)
+    return ranges
+
+
 class _SlotTable(NamedTuple):
     table: tuple[Any, ...]  # table[slot] is the slot's owner; () when there is no node
     nodes: tuple[Any, ...]  # every node in order, also those with no slot
     run_starts: list[int]  # the first slot of each run of slots with one owner
     run_owners: list[Any]  # the owner of each run
+    adopted: bool = False  # taken as it is (from a cluster), not built from the weights
 
 
 class SlotMap(ShardingScheme[N, _SlotTable]):
@@ -120,8 +166,12 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
     rounding flips (a node whose share is 0.6 slot owns 0 or 1). A node whose
     share rounds to 0 owns no slot and comes last in :meth:`nodes_for`.
 
-    The first table gives the nodes contiguous ranges, in node order; later
-    tables depend on history, like a Redis Cluster's.
+    The first table gives the nodes contiguous ranges, in node order (for a
+    Redis Cluster map of equal weights, exactly those of ``redis-cli --cluster
+    create``: :func:`redis_cli_split`); later tables depend on history, like a
+    Redis Cluster's. :meth:`from_cluster` and :meth:`reload` take a live
+    cluster's table as it is, and :meth:`assign_slot` moves one slot, as a
+    cluster does while it reshards; quotas hold again after the next change.
 
     Runtime complexity: ``node_for`` O(1) after hashing the key;
     ``add``/``remove``/``set_weight`` O(S + n log n) for S slots and n nodes.
@@ -163,9 +213,17 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
 
         16384 slots; a key's slot is the CRC16 of the key (or of its hash tag)
         mod 16384, what ``CLUSTER KEYSLOT`` answers (see :func:`redis_key_slot`).
-        Which node owns a slot is this map's own assignment, not a cluster's.
+        Nodes of equal weight get the ranges ``redis-cli --cluster create`` gives
+        the same masters in the same order (:func:`redis_cli_split`), so a map
+        made with a cluster's masters in creation order owns every slot as the
+        cluster does; weighted nodes get ranges in proportion. Later changes are
+        this map's own (see :meth:`from_cluster` and :meth:`reload` to follow a
+        live cluster instead).
 
         Runtime complexity: O(S + n log n).
+
+        >>> SlotMap.redis_cluster(["m1", "m2", "m3"]).quotas()
+        {'m1': 5461, 'm2': 5462, 'm3': 5461}
 
         >>> cluster = SlotMap.redis_cluster(["m1", "m2", "m3"])
         >>> cluster.slot_of("{user1000}.following") == cluster.slot_of("{user1000}.followers")
@@ -195,6 +253,8 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
             [start, index[owner]]
             for start, owner in zip(state.run_starts, state.run_owners, strict=True)
         ]
+        if state.adopted:
+            spec["adopted"] = True
         return spec
 
     def _restore(self, spec: Mapping[str, Any]) -> None:
@@ -210,7 +270,7 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
         if len(table) != self._slot_count or (nodes and not table):
             raise ConfigurationError("slot runs do not cover the slots")
         if table:
-            state = self._state_of(tuple(table), nodes)
+            state = self._state_of(tuple(table), nodes, spec.get("adopted") is True)
             self._state = state
             self._published = (self._weights, state)
 
@@ -322,10 +382,13 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
             return _SlotTable((), (), [], [])
         restoring = self.__dict__.get("_restoring")
         if restoring is not None:
-            return self._state_of(restoring, tuple(weights))
+            return self._state_of(restoring, tuple(weights), self.__dict__["_restoring_adopted"])
         current = self.__dict__.get("_state")  # absent while __init__ builds the first
         old: tuple[Any, ...] = () if current is None else current.table
         if not old:
+            split = self._create_split(weights)
+            if split is not None:
+                return self._state_of(split, tuple(weights))
             targets = self._targets(weights, {})
             table: list[Any] = []
             for node, count in targets.items():
@@ -350,8 +413,27 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
             position += need
         return self._state_of(tuple(table), tuple(weights))
 
+    def _create_split(self, weights: dict[N, float]) -> tuple[Any, ...] | None:
+        """The table ``redis-cli --cluster create`` makes, for a Redis Cluster map
+        of equal weights (when each node's count stays within its quota, true up
+        to 2,687 nodes); else None."""
+        if self._hash is not redis_key_slot or len(set(weights.values())) != 1:
+            return None
+        slots = self._slot_count
+        if len(weights) > slots:
+            return None
+        floor, ceiling = slots // len(weights), -(-slots // len(weights))
+        table: list[Any] = []
+        for node, owned in zip(weights, redis_cli_split(len(weights), slots), strict=True):
+            if not floor <= len(owned) <= ceiling:
+                return None
+            table += [node] * len(owned)
+        return tuple(table)
+
     @staticmethod
-    def _state_of(table: tuple[Any, ...], nodes: tuple[Any, ...]) -> _SlotTable:
+    def _state_of(
+        table: tuple[Any, ...], nodes: tuple[Any, ...], adopted: bool = False
+    ) -> _SlotTable:
         starts: list[int] = []
         owners: list[Any] = []
         previous: Any = _NONE
@@ -360,7 +442,92 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
                 starts.append(slot)
                 owners.append(owner)
                 previous = owner
-        return _SlotTable(table, nodes, starts, owners)
+        return _SlotTable(table, nodes, starts, owners, adopted)
+
+    # -- following a live Redis Cluster ------------------------------------------------
+
+    @classmethod
+    def from_cluster(cls, client: Any) -> SlotMap[str]:
+        """The slot table of the live Redis Cluster ``client`` talks to.
+
+        ``client`` is a redis-py ``Redis`` of any node of the cluster. The table
+        comes from ``CLUSTER SHARDS`` (``CLUSTER SLOTS`` on servers without it);
+        nodes are the masters that own slots, named ``"host:port"`` (the address
+        the cluster announces), in the order of their first slot, each of weight
+        1. The table is the cluster's as it is, even if uneven, until a change
+        (``add``, ``remove``, ``set_weight``) rebalances it by the weights, as
+        ``redis-cli --cluster rebalance`` would, with minimal moves. Errors of
+        redis are raised as :class:`~scalekit.errors.BackendError`.
+
+        Runtime complexity: one round trip, then O(S + n log n).
+        """
+        slot_map: SlotMap[str] = SlotMap(redis_cluster=True)
+        slot_map.reload(client)
+        return slot_map
+
+    def reload(self, client: Any) -> None:
+        """Adopt the live cluster's slot table in place, so that this map follows a
+        reshard or a ``redis-cli --cluster rebalance`` made elsewhere.
+
+        Nodes that are still masters of the cluster stay, in their order and with
+        their weights (also with no slot left, as the target of a reshard in
+        progress); masters that own slots and are not nodes yet come after them,
+        of weight 1; other nodes leave. Lookups see the old table or the new one,
+        never a mix. See :meth:`from_cluster`.
+
+        Runtime complexity: one round trip, then O(S + n).
+        """
+        if self._hash is not redis_key_slot or self._slot_count != REDIS_CLUSTER_SLOTS:
+            raise ConfigurationError("only a Redis Cluster slot map can follow a cluster")
+        from scalekit.sharding._cluster import read_cluster_table
+
+        table, masters = read_cluster_table(client)
+        with self._lock:
+            known = set(masters)
+            weights: dict[Any, float] = {n: w for n, w in self._weights.items() if n in known}
+            for owner in table:
+                if owner not in weights:
+                    weights[owner] = 1
+            self._adopt(weights, tuple(table), adopted=True)
+
+    def assign_slot(self, slot: int, node: N) -> None:
+        """Hand ``slot`` to ``node`` (already a node), as a cluster does when one
+        slot has finished moving; the rest of the table stays as it is.
+
+        Raises :class:`~scalekit.errors.UnknownNode` or
+        :class:`~scalekit.errors.ConfigurationError` (no such slot) and changes
+        nothing.
+
+        Runtime complexity: O(S).
+        """
+        slot = check_count(slot, "slot", maximum=self._slot_count - 1)
+        check_node(node)
+        with self._lock:
+            if node not in self._weights:
+                raise UnknownNode(f"{node!r} is not a node")
+            table = self._state.table
+            if table[slot] == node:
+                return
+            self._adopt(self._weights, (*table[:slot], node, *table[slot + 1 :]), adopted=True)
+
+    def _adopt(
+        self,
+        weights: dict[N, float],
+        table: tuple[Any, ...],
+        *,
+        adopted: bool,
+        epoch: int | None = None,
+    ) -> None:
+        """Publish ``weights`` with ``table`` as it is; the caller holds the lock."""
+        if weights and len(table) != self._slot_count:
+            raise ConfigurationError(f"a table of {len(table)} slots, not {self._slot_count}")
+        if not set(table) <= set(weights):
+            raise ConfigurationError("a slot owner that is not a node")
+        state = self._state_of(table, tuple(weights), adopted)
+        self._weights, self._state = weights, state
+        self._published = (weights, state)
+        if epoch is not None:
+            self._epoch = epoch
 
     # -- plans, shares, pickles -----------------------------------------------------
 
@@ -385,15 +552,17 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["_table"] = self._state.table  # the assignment depends on history: keep it
+        state["_adopted"] = self._state.adopted
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
         self._restoring = state.pop("_table")  # what _build returns while unpickling
+        self._restoring_adopted = state.pop("_adopted", False)
         try:
             super().__setstate__(state)
         finally:
-            del self._restoring
+            del self._restoring, self._restoring_adopted
 
     def _check(self) -> None:
         """Assert the invariants: every slot owned by a node, quotas within one slot."""
@@ -406,11 +575,13 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
         assert len(state.table) == self._slot_count
         counts = Counter(state.table)
         assert set(counts) <= set(self._weights)
+        assert self._state_of(state.table, state.nodes, state.adopted) == state
+        if state.adopted:
+            return  # a cluster's table, as it is: quotas hold after the next change
         total = sum(Fraction(weight) for weight in self._weights.values())
         for node, weight in self._weights.items():
             share = Fraction(weight) * self._slot_count / total
             assert math.floor(share) <= counts.get(node, 0) <= math.ceil(share)
-        assert self._state_of(state.table, state.nodes) == state
 
 
 _NONE: Any = object()

@@ -10,6 +10,9 @@
   delivery, redelivery, dead letters, delays), for your own backend.
 - :func:`check_session_store` and :func:`check_async_session_store`: the session
   store contract (compare-and-set saves, merges, expiry, rotation), sync and async.
+- :func:`check_store` and :func:`check_async_store`: the
+  :class:`~scalekit.protocols.Store` contract (get, set, add, TTLs, expiry, batches,
+  hostile arguments), for your own key-value store, sync and async.
 - :func:`check_sharder`: the sharding-scheme contract (placement, exact plans,
   minimal movement), for your own scheme.
 
@@ -32,17 +35,21 @@ from scalekit.testing._sessions import (
     check_session_store,
 )
 from scalekit.testing._sharder import SHARDER_CHECKS, check_sharder
+from scalekit.testing._store import STORE_CHECKS, check_async_store, check_store
 
 __all__ = [
     "BALANCER_CHECKS",
     "QUEUE_CHECKS",
     "SESSION_STORE_CHECKS",
     "SHARDER_CHECKS",
+    "STORE_CHECKS",
     "FakeClock",
     "check_async_session_store",
+    "check_async_store",
     "check_balancer",
     "check_cache",
     "check_queue_backend",
     "check_session_store",
     "check_sharder",
+    "check_store",
 ]

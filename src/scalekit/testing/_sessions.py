@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from scalekit.errors import (
@@ -35,6 +34,9 @@ from scalekit.errors import (
     SessionTooLarge,
 )
 from scalekit.testing._clock import FakeClock
+from scalekit.testing._coroutines import Awaited, drive
+from scalekit.testing._coroutines import expect as _expect
+from scalekit.testing._coroutines import raises as _raises
 
 __all__ = ["SESSION_STORE_CHECKS", "check_async_session_store", "check_session_store"]
 
@@ -72,7 +74,7 @@ class _Env:
     def make(self, **settings: Any) -> Any:
         """A new store with these settings (and the clock), awaitable either way."""
         store = self._factory(clock=self.clock, **settings)
-        return store if self._asynchronous else _Awaited(store)
+        return store if self._asynchronous else Awaited(store, _STORE_METHODS)
 
     def refuses(self, **settings: Any) -> ScalekitError:
         """The error a store made with these (bad) settings raises."""
@@ -93,7 +95,7 @@ class _Env:
 
         def run(worker: Coroutine[Any, Any, None]) -> None:
             try:
-                _drive(worker)
+                drive(worker)
             except BaseException as exc:  # reported below
                 errors.append(exc)
 
@@ -104,49 +106,6 @@ class _Env:
             thread.join()
         if errors:
             raise errors[0]
-
-
-class _Awaited:
-    """A sync store whose methods return awaitables that never suspend."""
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._store, name)
-        if name not in _STORE_METHODS:
-            return attribute
-
-        async def call(*args: Any) -> Any:
-            return attribute(*args)
-
-        return call
-
-
-def _drive(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    """Run a coroutine that never suspends (a check on a sync store) to its end."""
-    try:
-        coroutine.send(None)
-    except StopIteration as stop:
-        return stop.value
-    coroutine.close()
-    raise AssertionError("a sync store's check suspended: the store returned an awaitable")
-
-
-@contextmanager
-def _raises(
-    kind: type[BaseException] | tuple[type[BaseException], ...], what: str
-) -> Iterator[None]:
-    try:
-        yield
-    except kind:
-        return
-    raise AssertionError(f"{what}: no {kind!r} was raised")
-
-
-def _expect(condition: bool, what: str) -> None:
-    if not condition:
-        raise AssertionError(what)
 
 
 async def _data(store: Any, session_id: str) -> Any:
@@ -598,7 +557,7 @@ def check_session_store(
     """
     for check in _selected(checks):
         try:
-            _drive(check(_Env(factory, asynchronous=False)))  # type: ignore[arg-type]
+            drive(check(_Env(factory, asynchronous=False)))  # type: ignore[arg-type]
         except AssertionError as exc:
             raise _named(check.__name__, exc) from exc
 

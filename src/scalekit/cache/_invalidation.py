@@ -1,0 +1,273 @@
+"""Telling every app server's near cache that a key changed: :class:`RedisInvalidation`.
+
+Two ways, chosen by ``mode``:
+
+- ``"tracking"``: Redis client-side caching (Redis 6 and newer). A connection of
+  its own turns on ``CLIENT TRACKING ... BCAST PREFIX <prefix>`` redirected to
+  itself and subscribes to ``__redis__:invalidate``: the *server* then reports
+  every change of a key under the prefix, by anyone (another app server, a
+  script, an expiry, ``FLUSHDB``), with nothing for writers to do.
+- ``"pubsub"``: writers publish the keys they change on a channel that every
+  listener subscribes to (for servers without tracking, or data kept elsewhere).
+
+``"auto"`` uses tracking where the server has it. Either way, a listener thread
+reads the messages and hands the keys to every attached near cache. Messages
+sent while the connection is down are lost, so the near caches are flushed
+whenever it drops and again once it is back, and :attr:`generation` changes, so
+a value read before the change is not kept (see :class:`~scalekit.cache.TieredCache`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from scalekit._validate import check_choice, check_methods, check_seconds, check_str, type_name
+from scalekit.errors import ArgumentTypeError, BackendError, ClosedError
+
+__all__ = ["RedisInvalidation"]
+
+_log = logging.getLogger("scalekit.cache")
+
+OnKeys = Callable[[list[str]], object]
+OnFlush = Callable[[], object]
+
+TRACKING_CHANNEL = b"__redis__:invalidate"
+
+
+class RedisInvalidation:
+    """Invalidation messages for the keys under ``prefix`` on one Redis server.
+
+    ``client`` is a ``redis.Redis`` of the server that holds the shared tier; a
+    connection of this object's own is made from its settings. ``prefix`` is the
+    prefix of the shared store's keys (a :class:`~scalekit.cache.RedisCache`'s
+    ``prefix``): keys are reported without it. ``channel`` is the pub/sub channel
+    of ``"pubsub"`` mode (by default, one per prefix).
+
+    The listener thread starts with the first :meth:`attach`; :meth:`close`
+    stops it. Counters: :meth:`stats`.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        prefix: str = "",
+        mode: str = "auto",
+        channel: str | None = None,
+        reconnect_delay: float = 0.1,
+    ) -> None:
+        check_methods(client, "client", "a redis.Redis", ("execute_command",))
+        self._prefix = check_str(prefix, "prefix", allow_empty=True).encode(
+            "utf-8", "surrogatepass"
+        )
+        self._asked_mode = check_choice(mode, "mode", ("auto", "tracking", "pubsub"))
+        if channel is None:
+            channel = "scalekit:invalidate:" + prefix
+        self._channel = check_str(channel, "channel").encode("utf-8", "surrogatepass")
+        self._delay = check_seconds(reconnect_delay, "reconnect_delay")
+        self._client = client
+        self._listeners: list[tuple[OnKeys, OnFlush]] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._connection: Any = None
+        self._generation = 0
+        self._closed = False
+        self.mode: str | None = None if mode == "auto" else mode
+        self._counts = {"messages": 0, "keys": 0, "flushes": 0, "connects": 0, "drops": 0}
+
+    # -- for near caches -------------------------------------------------------------
+
+    def attach(self, on_keys: OnKeys, on_flush: OnFlush) -> None:
+        """Call ``on_keys(keys)`` for every message and ``on_flush()`` whenever
+        messages may have been missed; starts listening on first use."""
+        with self._lock:
+            if self._closed:
+                raise ClosedError("this RedisInvalidation is closed")
+            self._listeners.append((on_keys, on_flush))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._listen, name="scalekit-invalidation", daemon=True
+                )
+                self._thread.start()
+
+    def detach(self, on_keys: OnKeys) -> None:
+        """Stop calling the listener attached with ``on_keys``."""
+        with self._lock:
+            self._listeners = [pair for pair in self._listeners if pair[0] is not on_keys]
+
+    @property
+    def ready(self) -> bool:
+        """Whether messages are being received now (near caches may keep values)."""
+        return self._ready.is_set()
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever the connection drops or comes back."""
+        return self._generation
+
+    def wait_ready(self, timeout: float = 5.0) -> bool:
+        """Wait until listening; whether it is."""
+        return self._ready.wait(check_seconds(timeout, "timeout", allow_zero=True))
+
+    def publish(self, keys: Iterable[str]) -> None:
+        """Report ``keys`` as changed, in ``"pubsub"`` mode (tracking reports by itself).
+
+        Raises :class:`~scalekit.errors.BackendError` when Redis fails."""
+        if not isinstance(keys, Iterable) or isinstance(keys, (str, bytes)):
+            raise ArgumentTypeError(f"keys must be an iterable of str, got {type_name(keys)}")
+        names = list(keys)
+        for key in names:
+            if not isinstance(key, str):
+                raise ArgumentTypeError(f"a key must be a str, got {type_name(key)}")
+        if not names or self._resolved_mode() != "pubsub":
+            return
+        # ASCII JSON: a key with a lone surrogate travels as a \ud800 escape
+        payload = json.dumps(names, ensure_ascii=True).encode()
+        try:
+            self._client.execute_command("PUBLISH", self._channel, payload)
+        except Exception as exc:
+            raise BackendError(
+                f"publishing an invalidation failed: {exc}", backend="redis"
+            ) from exc
+
+    def stats(self) -> dict[str, int]:
+        """Messages and keys received, flushes, connects and drops so far."""
+        with self._lock:
+            return dict(self._counts)
+
+    def close(self) -> None:
+        """Stop listening and close the connection."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        self._stopping.set()
+        connection = self._connection
+        if connection is not None:
+            try:
+                connection.disconnect()
+            except Exception:
+                _log.debug("closing the invalidation connection failed", exc_info=True)
+        if thread is not None:
+            thread.join(5)
+
+    def __enter__(self) -> RedisInvalidation:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the listener thread ---------------------------------------------------------
+
+    def _resolved_mode(self) -> str:
+        if self.mode is None:
+            try:
+                self._client.execute_command("CLIENT", "TRACKINGINFO")
+            except Exception:
+                self.mode = "pubsub"
+            else:
+                self.mode = "tracking"
+        return self.mode
+
+    def _connect(self) -> Any:
+        pool = self._client.connection_pool
+        settings = dict(pool.connection_kwargs)
+        # RESP2: the messages are read as pub/sub replies, whatever the client speaks
+        settings.update(health_check_interval=0, socket_timeout=5.0, protocol=2)
+        for name in ("maint_notifications_config", "maint_notifications_pool_handler"):
+            settings.pop(name, None)  # redis-py 7+: only for RESP3
+        connection = pool.connection_class(**settings)
+        connection.connect()
+        if self._resolved_mode() == "tracking":
+            connection.send_command("CLIENT", "ID")
+            own_id = connection.read_response()
+            tracking = ["CLIENT", "TRACKING", "on", "REDIRECT", own_id, "BCAST"]
+            if self._prefix:
+                tracking += ["PREFIX", self._prefix]
+            connection.send_command(*tracking)
+            connection.read_response()
+            connection.send_command("SUBSCRIBE", TRACKING_CHANNEL)
+        else:
+            connection.send_command("SUBSCRIBE", self._channel)
+        connection.read_response()  # the subscribe confirmation
+        return connection
+
+    def _flush(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._counts["flushes"] += 1
+            listeners = list(self._listeners)
+        for _, on_flush in listeners:
+            on_flush()
+
+    def _deliver(self, keys: list[str]) -> None:
+        with self._lock:
+            self._counts["messages"] += 1
+            self._counts["keys"] += len(keys)
+            listeners = list(self._listeners)
+        for on_keys, _ in listeners:
+            on_keys(keys)
+
+    def _decode(self, payload: Any) -> list[str] | None:
+        """The keys of a message, or ``None`` for "everything"."""
+        if payload is None:
+            return None
+        if self.mode == "pubsub":
+            names = json.loads(payload)
+            return None if names is None else [str(name) for name in names]
+        cut = len(self._prefix)
+        keys = []
+        for name in payload if isinstance(payload, list) else [payload]:
+            raw = name.encode("utf-8", "surrogatepass") if isinstance(name, str) else name
+            keys.append(raw[cut:].decode("utf-8", "surrogatepass"))
+        return keys
+
+    def _listen(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._connection = self._connect()
+            except Exception as exc:
+                _log.warning("invalidation connection failed, retrying: %s", exc)
+                self._stopping.wait(self._delay)
+                continue
+            with self._lock:
+                self._counts["connects"] += 1
+            self._flush()  # what was cached before listening may be stale
+            self._ready.set()
+            try:
+                self._receive(self._connection)
+            except Exception as exc:
+                if not self._stopping.is_set():
+                    _log.warning("invalidation connection dropped: %s", exc)
+            finally:
+                self._ready.clear()
+                with self._lock:
+                    self._counts["drops"] += 1
+                self._flush()  # messages may have been missed
+                try:
+                    self._connection.disconnect()
+                except Exception:
+                    _log.debug("closing a dropped connection failed", exc_info=True)
+            if not self._stopping.is_set():
+                self._stopping.wait(self._delay)
+
+    def _receive(self, connection: Any) -> None:
+        while not self._stopping.is_set():
+            if not connection.can_read(timeout=0.2):
+                continue
+            message = connection.read_response()
+            if not isinstance(message, list) or len(message) < 3:
+                continue
+            kind = message[0]
+            if kind not in (b"message", "message"):
+                continue
+            keys = self._decode(message[2])
+            if keys is None:
+                self._flush()
+            else:
+                self._deliver(keys)

@@ -1,0 +1,401 @@
+"""The shared cache tier on Redis: :class:`RedisCache` and :class:`AsyncRedisCache`.
+
+Both drive one I/O-free core, :class:`RedisCommands`: each operation is built as
+the commands it sends (one round trip: a single command, or a pipeline) and a
+function that reads their replies, so the two shells only send and receive.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from datetime import timedelta
+from typing import Any, Generic, NamedTuple, TypeVar
+
+from scalekit._validate import check_count, check_methods
+from scalekit.cache._remote import JSON, Codec, Counters, Serializer, StoreStats
+from scalekit.errors import BackendError
+
+__all__ = ["AsyncRedisCache", "RedisCache", "RedisCommands"]
+
+V = TypeVar("V")
+_MISSING: Any = object()
+_GLOB_SPECIAL = re.compile(rb"[*?\[\]\\]")
+
+
+class Call(NamedTuple):
+    """One round trip: the commands to send, and what reads their replies."""
+
+    commands: tuple[tuple[Any, ...], ...]
+    finish: Callable[[list[Any]], Any]
+
+
+def _ms(seconds: float) -> int:
+    """Milliseconds for ``PX``, rounded up: an item never expires early."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _seconds_left(reply: Any) -> float | None:
+    """``PTTL``'s answer for a present key in seconds; ``None`` for no expiry."""
+    left = int(reply)
+    return None if left < 0 else left / 1000
+
+
+class RedisCommands(Generic[V]):
+    """The commands of every :class:`RedisCache` operation, and the reading of
+    their replies; no I/O. Runtime complexity: O(1) per key."""
+
+    __slots__ = ("codec", "counters")
+
+    def __init__(self, codec: Codec[V], counters: Counters) -> None:
+        self.codec = codec
+        self.counters = counters
+
+    def _set(self, name: bytes, data: bytes, ttl: float | None, *flags: str) -> tuple[Any, ...]:
+        if ttl is None:
+            return ("SET", name, data, *flags)
+        return ("SET", name, data, "PX", _ms(ttl), *flags)
+
+    def get(self, key: str, default: Any) -> Call:
+        name = self.codec.key(key)
+
+        def finish(replies: list[Any]) -> Any:
+            data = replies[0]
+            if data is None:
+                self.counters.looked_up(0, 1)
+                return default
+            self.counters.looked_up(1, 0)
+            return self.codec.loads(data, key)
+
+        return Call((("GET", name),), finish)
+
+    def get_with_ttl(self, key: str, default: Any) -> Call:
+        name = self.codec.key(key)
+
+        def finish(replies: list[Any]) -> tuple[Any, float | None]:
+            data, left = replies
+            if data is None or int(left) == -2:
+                self.counters.looked_up(0, 1)
+                return default, None
+            self.counters.looked_up(1, 0)
+            return self.codec.loads(data, key), _seconds_left(left)
+
+        return Call((("GET", name), ("PTTL", name)), finish)
+
+    def get_many_with_ttl(self, keys: Iterable[str]) -> Call:
+        names = self.codec.keys(keys)
+
+        def finish(replies: list[Any]) -> dict[str, tuple[V, float | None]]:
+            found = {}
+            if names:
+                for key, data, left in zip(names.values(), replies[0], replies[1:], strict=True):
+                    if data is not None and int(left) != -2:
+                        found[key] = (self.codec.loads(data, key), _seconds_left(left))
+            self.counters.looked_up(len(found), len(names) - len(found))
+            return found
+
+        commands = (("MGET", *names), *(("PTTL", name) for name in names)) if names else ()
+        return Call(commands, finish)
+
+    def set(self, key: str, value: V, ttl: float | timedelta | None) -> Call:
+        seconds = self.codec.ttl(ttl)
+        command = self._set(self.codec.key(key), self.codec.dumps(value), seconds)
+        return Call((command,), self._wrote_one)
+
+    def _wrote_one(self, replies: list[Any]) -> None:
+        self.counters.wrote(1)
+
+    def add(self, key: str, value: V, ttl: float | timedelta | None) -> Call:
+        seconds = self.codec.ttl(ttl)
+        command = self._set(self.codec.key(key), self.codec.dumps(value), seconds, "NX")
+
+        def finish(replies: list[Any]) -> bool:
+            added = bool(replies[0])
+            if added:
+                self.counters.wrote(1)
+            return added
+
+        return Call((command,), finish)
+
+    def delete(self, key: str) -> Call:
+        def finish(replies: list[Any]) -> bool:
+            self.counters.deleted()
+            return bool(replies[0])
+
+        return Call((("DEL", self.codec.key(key)),), finish)
+
+    def ttl_of(self, key: str) -> Call:
+        def finish(replies: list[Any]) -> float | None:
+            left = int(replies[0])
+            if left == -2:
+                raise KeyError(key)
+            return None if left == -1 else left / 1000
+
+        return Call((("PTTL", self.codec.key(key)),), finish)
+
+    def scan(self, count: int) -> Callable[[Any], tuple[Any, ...]]:
+        """The ``SCAN`` command for a cursor, matching this store's prefix."""
+        count = check_count(count, "count", minimum=1)
+        pattern = _GLOB_SPECIAL.sub(rb"\\\g<0>", self.codec.prefix) + b"*"
+        return lambda cursor: ("SCAN", cursor, "MATCH", pattern, "COUNT", count)
+
+    def decode_keys(self, names: Iterable[bytes | str]) -> list[str]:
+        """The keys of server names found by ``SCAN``."""
+        cut = len(self.codec.prefix)
+        keys = []
+        for name in names:
+            raw = name.encode("utf-8", "surrogatepass") if isinstance(name, str) else name
+            keys.append(raw[cut:].decode("utf-8", "surrogatepass"))
+        return keys
+
+    def get_many(self, keys: Iterable[str]) -> Call:
+        names = self.codec.keys(keys)
+
+        def finish(replies: list[Any]) -> dict[str, V]:
+            found = {}
+            for key, data in zip(names.values(), replies[0] if names else (), strict=True):
+                if data is not None:
+                    found[key] = self.codec.loads(data, key)
+            self.counters.looked_up(len(found), len(names) - len(found))
+            return found
+
+        return Call((("MGET", *names),) if names else (), finish)
+
+    def set_many(self, items: Mapping[str, V], ttl: float | timedelta | None) -> Call:
+        seconds = self.codec.ttl(ttl)
+        encoded = self.codec.items(items)
+        commands = tuple(self._set(name, data, seconds) for name, (_, data) in encoded.items())
+
+        def finish(replies: list[Any]) -> None:
+            self.counters.wrote(len(commands))
+
+        return Call(commands, finish)
+
+
+class _RedisShell(Generic[V]):
+    """What the sync and async shells share: checking and keeping the settings."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        prefix: str = "",
+        ttl: float | timedelta | None = None,
+        serializer: Serializer[V] = JSON,
+    ) -> None:
+        import redis
+
+        name = type(self).__name__
+        what = "a redis.asyncio.Redis" if name.startswith("Async") else "a redis.Redis"
+        self._client = check_methods(client, "client", what, ("execute_command",))
+        self._counters = Counters()
+        self._commands = RedisCommands(Codec[V](name, prefix, ttl, serializer), self._counters)
+        self._errors = (redis.RedisError, OSError)
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client this store sends its commands with."""
+        return self._client
+
+    @property
+    def prefix(self) -> str:
+        """What is put before every key on the server."""
+        return self._commands.codec.prefix.decode("utf-8", "surrogatepass")
+
+    @property
+    def ttl(self) -> float | None:
+        """The TTL of items written with ``ttl=None``; ``None`` for never."""
+        return self._commands.codec.default_ttl
+
+    def stats(self) -> StoreStats:
+        """A snapshot of the counters. Runtime complexity: O(1)."""
+        return self._counters.snapshot()
+
+    def check_items(self, items: Mapping[str, V], /) -> None:
+        """Raise what ``set_many(items)`` would raise for a bad key or value, with
+        no I/O: a :class:`~scalekit.sharding.ShardedStore` checks every shard's
+        batch before it sends any. Runtime complexity: O(size of the items)."""
+        self._commands.codec.items(items)
+
+    def reset_stats(self) -> None:
+        """Set every counter back to zero."""
+        self._counters.reset()
+
+    def _failed(self, exc: BaseException) -> BackendError:
+        self._counters.failed()
+        return BackendError(f"redis failed: {type(exc).__name__}: {exc}", backend="redis")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._client!r}, prefix={self.prefix!r}, ttl={self.ttl!r})"
+
+
+class RedisCache(_RedisShell[V]):
+    """A :class:`~scalekit.protocols.Store` on a Redis server, shared by every process
+    that reads it: the cache tier in front of a database.
+
+    ``client`` is a ``redis.Redis`` (any ``decode_responses``); ``prefix`` is put
+    before every key, ``ttl`` is the TTL of items written without one (``None``:
+    never expire), and values go through ``serializer`` (strict JSON by default,
+    never pickle). Each call is one round trip: ``get_many`` is one ``MGET``,
+    ``set_many`` one pipeline. Errors of the client are raised as
+    :class:`~scalekit.errors.BackendError` with the client's error as ``__cause__``.
+
+    Runtime complexity: one round trip per call; O(len(keys)) to encode and decode.
+
+    >>> import redis                                     # doctest: +SKIP
+    >>> cache = RedisCache(redis.Redis(), prefix="users:", ttl=300)  # doctest: +SKIP
+    >>> cache.set("42", {"name": "Ada"})                 # doctest: +SKIP
+    >>> cache.get("42")                                  # doctest: +SKIP
+    {'name': 'Ada'}
+    """
+
+    def _run(self, call: Call) -> Any:
+        commands = call.commands
+        try:
+            if len(commands) == 1:
+                replies = [self._client.execute_command(*commands[0])]
+            elif commands:
+                pipe = self._client.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                replies = pipe.execute()
+            else:
+                replies = []
+        except self._errors as exc:
+            raise self._failed(exc) from exc
+        return call.finish(replies)
+
+    def get(self, key: str, default: V | None = None, /) -> V | None:
+        """The value of ``key``, or ``default`` when it is missing or expired."""
+        return self._run(self._commands.get(key, default))  # type: ignore[no-any-return]
+
+    def get_with_ttl(self, key: str, default: Any = None, /) -> tuple[Any, float | None]:
+        """``(value, seconds left)`` of ``key`` in one round trip (``GET`` and
+        ``PTTL`` pipelined); ``(default, None)`` when it is missing; ``None``
+        seconds when it never expires. What a near cache fills itself with."""
+        return self._run(self._commands.get_with_ttl(key, default))  # type: ignore[no-any-return]
+
+    def get_many_with_ttl(self, keys: Iterable[str], /) -> dict[str, tuple[V, float | None]]:
+        """``key -> (value, seconds left)`` of the present keys, in one round trip."""
+        return self._run(self._commands.get_many_with_ttl(keys))  # type: ignore[no-any-return]
+
+    def keys(self, *, count: int = 1000) -> Iterator[str]:
+        """Every key of this store (under its prefix), by ``SCAN``: a key written
+        or deleted meanwhile may or may not be seen, and a key may be
+        listed twice (``SCAN``'s promises). Runtime complexity: O(keys
+        in the database) over many round trips of ``count`` keys."""
+        return self._keys(self._commands.scan(count))
+
+    def _keys(self, scan: Callable[[Any], tuple[Any, ...]]) -> Iterator[str]:
+        cursor: Any = 0
+        while True:
+            try:
+                cursor, names = self._client.execute_command(*scan(cursor))
+            except self._errors as exc:
+                raise self._failed(exc) from exc
+            yield from self._commands.decode_keys(names)
+            if int(cursor) == 0:
+                return
+
+    def __iter__(self) -> Iterator[str]:
+        return self.keys()
+
+    def set(self, key: str, value: V, /, *, ttl: float | timedelta | None = None) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (``math.inf``: forever)."""
+        self._run(self._commands.set(key, value, ttl))
+
+    def add(self, key: str, value: V, /, *, ttl: float | timedelta | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent (``SET NX``); return whether it did."""
+        return self._run(self._commands.add(key, value, ttl))  # type: ignore[no-any-return]
+
+    def delete(self, key: str, /) -> bool:
+        """Remove ``key``; return whether it was there."""
+        return self._run(self._commands.delete(key))  # type: ignore[no-any-return]
+
+    def ttl_of(self, key: str, /) -> float | None:
+        """Seconds ``key`` has left (``None``: never expires); :class:`KeyError` if missing."""
+        return self._run(self._commands.ttl_of(key))  # type: ignore[no-any-return]
+
+    def get_many(self, keys: Iterable[str], /) -> dict[str, V]:
+        """The present keys among ``keys`` with their values, in one ``MGET``."""
+        return self._run(self._commands.get_many(keys))  # type: ignore[no-any-return]
+
+    def set_many(self, items: Mapping[str, V], /, *, ttl: float | timedelta | None = None) -> None:
+        """Store every item with the same ``ttl``, in one pipelined round trip."""
+        self._run(self._commands.set_many(items, ttl))
+
+
+class AsyncRedisCache(_RedisShell[V]):
+    """:class:`RedisCache` over a ``redis.asyncio.Redis`` client: the same
+    commands, awaited (an :class:`~scalekit.protocols.AsyncStore`)."""
+
+    async def _run(self, call: Call) -> Any:
+        commands = call.commands
+        try:
+            if len(commands) == 1:
+                replies = [await self._client.execute_command(*commands[0])]
+            elif commands:
+                pipe = self._client.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                replies = await pipe.execute()
+            else:
+                replies = []
+        except self._errors as exc:
+            raise self._failed(exc) from exc
+        return call.finish(replies)
+
+    async def get(self, key: str, default: V | None = None, /) -> V | None:
+        """The value of ``key``, or ``default`` when it is missing or expired."""
+        return await self._run(self._commands.get(key, default))  # type: ignore[no-any-return]
+
+    async def get_with_ttl(self, key: str, default: Any = None, /) -> tuple[Any, float | None]:
+        """``(value, seconds left)`` in one round trip (see :meth:`RedisCache.get_with_ttl`)."""
+        return await self._run(self._commands.get_with_ttl(key, default))  # type: ignore[no-any-return]
+
+    async def get_many_with_ttl(self, keys: Iterable[str], /) -> dict[str, tuple[V, float | None]]:
+        """``key -> (value, seconds left)`` of the present keys, in one round trip."""
+        return await self._run(self._commands.get_many_with_ttl(keys))  # type: ignore[no-any-return]
+
+    def keys(self, *, count: int = 1000) -> AsyncIterator[str]:
+        """Every key of this store, by ``SCAN`` (see :meth:`RedisCache.keys`)."""
+        return self._keys(self._commands.scan(count))
+
+    async def _keys(self, scan: Callable[[Any], tuple[Any, ...]]) -> AsyncIterator[str]:
+        cursor: Any = 0
+        while True:
+            try:
+                cursor, names = await self._client.execute_command(*scan(cursor))
+            except self._errors as exc:
+                raise self._failed(exc) from exc
+            for key in self._commands.decode_keys(names):
+                yield key
+            if int(cursor) == 0:
+                return
+
+    async def set(self, key: str, value: V, /, *, ttl: float | timedelta | None = None) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (``math.inf``: forever)."""
+        await self._run(self._commands.set(key, value, ttl))
+
+    async def add(self, key: str, value: V, /, *, ttl: float | timedelta | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent (``SET NX``); return whether it did."""
+        return await self._run(self._commands.add(key, value, ttl))  # type: ignore[no-any-return]
+
+    async def delete(self, key: str, /) -> bool:
+        """Remove ``key``; return whether it was there."""
+        return await self._run(self._commands.delete(key))  # type: ignore[no-any-return]
+
+    async def ttl_of(self, key: str, /) -> float | None:
+        """Seconds ``key`` has left (``None``: never expires); :class:`KeyError` if missing."""
+        return await self._run(self._commands.ttl_of(key))  # type: ignore[no-any-return]
+
+    async def get_many(self, keys: Iterable[str], /) -> dict[str, V]:
+        """The present keys among ``keys`` with their values, in one ``MGET``."""
+        return await self._run(self._commands.get_many(keys))  # type: ignore[no-any-return]
+
+    async def set_many(
+        self, items: Mapping[str, V], /, *, ttl: float | timedelta | None = None
+    ) -> None:
+        """Store every item with the same ``ttl``, in one pipelined round trip."""
+        await self._run(self._commands.set_many(items, ttl))

@@ -1,0 +1,95 @@
+"""A progress bar for long moves: rich or tqdm when installed, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import IO, Any, Protocol
+
+__all__ = ["progress_bar"]
+
+
+class _Report(Protocol):
+    @property
+    def examined(self) -> int: ...
+
+    @property
+    def moved(self) -> int: ...
+
+    @property
+    def total(self) -> int: ...
+
+    @property
+    def done(self) -> bool: ...
+
+
+def progress_bar(
+    description: str, *, stream: IO[str] | None = None, every: float = 1.0
+) -> Callable[[_Report], None]:
+    """A callback that shows each report of a move (a
+    :class:`~scalekit.sharding.MigrationProgress`) and closes itself when done.
+
+    rich's bar when rich is installed, else tqdm's, else a plain line on
+    ``stream`` (standard error) at most every ``every`` seconds and at the end.
+    """
+    try:
+        from rich.progress import Progress  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        pass
+    else:
+        return _rich(Progress, description)
+    try:
+        from tqdm import tqdm  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    except ImportError:
+        pass
+    else:
+        return _tqdm(tqdm, description)
+    return _plain(description, stream, every)
+
+
+def _rich(progress_class: Any, description: str) -> Callable[[_Report], None]:
+    progress = progress_class(transient=False)
+    task = progress.add_task(description, total=None)
+    progress.start()
+
+    def update(report: _Report) -> None:
+        progress.update(task, completed=report.examined, total=report.total or None)
+        if report.done:
+            progress.stop()
+
+    return update
+
+
+def _tqdm(tqdm: Any, description: str) -> Callable[[_Report], None]:
+    bar = tqdm(unit="key", desc=description)
+    seen = [0]
+
+    def update(report: _Report) -> None:
+        bar.total = report.total
+        bar.update(report.examined - seen[0])
+        seen[0] = report.examined
+        if report.done:
+            bar.close()
+
+    return update
+
+
+def _plain(description: str, stream: IO[str] | None, every: float) -> Callable[[_Report], None]:
+    last = [-float("inf")]
+
+    def update(report: _Report) -> None:
+        now = time.monotonic()
+        if not report.done and now - last[0] < every:
+            return
+        last[0] = now
+        total = report.total or report.examined
+        share = report.examined / total if total else 1.0
+        print(
+            f"{description}: {report.examined:,}/{total:,} keys examined ({share:.0%}), "
+            f"{report.moved:,} moved{', done' if report.done else ''}",
+            file=stream if stream is not None else sys.stderr,
+            flush=True,
+        )
+
+    return update

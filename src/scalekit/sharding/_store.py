@@ -1,0 +1,669 @@
+"""One store over many: :class:`ShardedStore` and :class:`AsyncShardedStore`.
+
+Every operation is written once, as a flow that does no I/O: it yields the
+store calls it needs, as a list of ``(node, method, args)`` to run at once, and
+receives their results (or the :class:`~scalekit.errors.BackendError` each
+raised). :func:`_run` drives a flow on sync stores (a thread per shard when a
+call spans several), :func:`_run_async` on async stores (``asyncio.gather``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Generator, Hashable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
+
+from scalekit._validate import check_count, check_methods, check_seconds, type_name
+from scalekit.errors import ArgumentTypeError, BackendError, ConfigurationError, ShardUnavailable
+from scalekit.sharding._base import Sharder
+from scalekit.sharding._migration import Migration, MigrationProgress
+from scalekit.sharding._plan import ReshardPlan
+from scalekit.sharding._progress import progress_bar
+
+__all__ = ["AsyncShardedStore", "ShardedStore", "ShardedStoreStats"]
+
+N = TypeVar("N", bound=Hashable)
+_R = TypeVar("_R")
+_MISSING: Any = object()
+_log = logging.getLogger("scalekit.sharding")
+
+Calls = list[tuple[Any, str, tuple[Any, ...], dict[str, Any]]]
+Flow = Generator[Calls, list[Any], _R]
+
+
+@dataclass(frozen=True)
+class ShardedStoreStats:
+    """Counters of a sharded store: calls per shard, shard errors, and failovers
+    (a call served by a replica because an earlier node of the key failed)."""
+
+    calls: dict[Any, int]
+    errors: dict[Any, int]
+    failovers: int
+
+
+_STORE_METHODS = ("get", "set", "add", "delete", "get_many", "set_many")
+
+
+class _Core(Generic[N]):
+    """Routing and the flows of every operation; no I/O."""
+
+    def __init__(self, sharder: Sharder[N], stores: Mapping[N, Any], replicas: int) -> None:
+        check_methods(sharder, "sharder", "a Sharder", ("node_for", "nodes_for"))
+        if not isinstance(stores, Mapping):
+            raise ArgumentTypeError(f"stores must map nodes to stores, got {type_name(stores)}")
+        for node, store in stores.items():
+            check_methods(store, f"stores[{node!r}]", "a Store", _STORE_METHODS)
+        self.replicas = check_count(replicas, "replicas")
+        missing = [node for node in sharder.nodes if node not in stores]
+        if missing:
+            raise ConfigurationError(f"no store for node(s) {missing!r}")
+        if self.replicas + 1 > len(sharder.nodes):
+            raise ConfigurationError(
+                f"replicas={self.replicas} needs {self.replicas + 1} nodes, "
+                f"the sharder has {len(sharder.nodes)}"
+            )
+        self.sharder = sharder
+        self.stores = dict(stores)
+        self.lock = threading.Lock()
+        self.calls: dict[Any, int] = dict.fromkeys(self.stores, 0)
+        self.errors: dict[Any, int] = dict.fromkeys(self.stores, 0)
+        self.failovers = 0
+
+    def owners(self, key: str) -> list[N]:
+        if type(key) is not str:
+            raise ArgumentTypeError(f"a key must be a str, got {type_name(key)}")
+        if self.replicas:
+            return self.sharder.nodes_for(key, self.replicas + 1)
+        return [self.sharder.node_for(key)]
+
+    def _counted(self, calls: Calls, results: list[Any]) -> None:
+        with self.lock:
+            for (node, *_), result in zip(calls, results, strict=True):
+                self.calls[node] = self.calls.get(node, 0) + 1
+                if isinstance(result, BackendError):
+                    self.errors[node] = self.errors.get(node, 0) + 1
+
+    def _failover(self) -> None:
+        with self.lock:
+            self.failovers += 1
+
+    # Each flow yields lists of calls and gets each call's result or BackendError.
+
+    def read(self, key: str, method: str, args: tuple[Any, ...]) -> Flow[Any]:
+        """``method`` on the first owner that answers (the primary, then replicas)."""
+        last: BaseException | None = None
+        for index, node in enumerate(self.owners(key)):
+            calls: Calls = [(node, method, args, {})]
+            results = yield calls
+            self._counted(calls, results)
+            if not isinstance(results[0], BackendError):
+                if index:
+                    self._failover()
+                return results[0]
+            last = results[0]
+        raise ShardUnavailable(
+            f"every node of {key!r} failed",
+            found={},
+            failed={key: last},  # type: ignore[dict-item]
+        ) from last
+
+    def write(
+        self, key: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Flow[list[Any]]:
+        """``method`` on every owner at once; the results of those that answered.
+        Raises only when all failed (a failed replica is logged and counted)."""
+        calls: Calls = [(node, method, args, kwargs) for node in self.owners(key)]
+        results = yield calls
+        self._counted(calls, results)
+        answered = [r for r in results if not isinstance(r, BackendError)]
+        if not answered:
+            raise ShardUnavailable(
+                f"every node of {key!r} failed", found={}, failed={key: results[-1]}
+            ) from results[-1]
+        if len(answered) < len(results):
+            self._failover()
+            _log.warning("a replica of %r missed a write: %s", key, results)
+        return answered
+
+    def add(self, key: str, value: Any, kwargs: dict[str, Any]) -> Flow[bool]:
+        """Set-if-absent at the first owner that answers, then set at the others."""
+        owners = self.owners(key)
+        for index, node in enumerate(owners):
+            calls: Calls = [(node, "add", (key, value), kwargs)]
+            results = yield calls
+            self._counted(calls, results)
+            if isinstance(results[0], BackendError):
+                if index == len(owners) - 1:
+                    raise ShardUnavailable(
+                        f"every node of {key!r} failed", found={}, failed={key: results[0]}
+                    ) from results[0]
+                continue
+            if index:
+                self._failover()
+            rest = [(other, "set", (key, value), kwargs) for other in owners[index + 1 :]]
+            if results[0] and rest:
+                copies = yield rest
+                self._counted(rest, copies)
+            return bool(results[0])
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def get_many(self, keys: Iterable[str], method: str = "get_many") -> Flow[dict[str, Any]]:
+        """One ``get_many`` (or ``method``) per shard, all at once; a failed shard's
+        keys are asked of their next owner."""
+        if not isinstance(keys, Iterable) or isinstance(keys, (str, bytes)):
+            raise ArgumentTypeError(f"keys must be an iterable of str, got {type_name(keys)}")
+        routes = {key: self.owners(key) for key in keys}
+        found: dict[str, Any] = {}
+        failed: dict[str, BaseException] = {}
+        attempt = 0
+        while routes:
+            groups: dict[N, list[str]] = {}
+            for key, owners in routes.items():
+                groups.setdefault(owners[attempt], []).append(key)
+            calls: Calls = [(node, method, (group,), {}) for node, group in groups.items()]
+            results = yield calls
+            self._counted(calls, results)
+            retry: dict[str, list[N]] = {}
+            for group, result in zip(groups.values(), results, strict=True):
+                if isinstance(result, BackendError):
+                    for key in group:
+                        if attempt + 1 < len(routes[key]):
+                            retry[key] = routes[key]
+                        else:
+                            failed[key] = result
+                else:
+                    if attempt:
+                        self._failover()
+                    found.update(result)
+            routes = retry
+            attempt += 1
+        if failed:
+            first = next(iter(failed.values()))
+            raise ShardUnavailable(
+                f"{len(failed)} key(s) failed on every node they have", found=found, failed=failed
+            ) from first
+        return found
+
+    def set_many(self, items: Mapping[str, Any], kwargs: dict[str, Any]) -> Flow[None]:
+        """One ``set_many`` per node (every owner of each key), all at once."""
+        if not isinstance(items, Mapping):
+            raise ArgumentTypeError(f"items must be a mapping, got {type_name(items)}")
+        groups: dict[N, dict[str, Any]] = {}
+        owners_of = {}
+        for key, value in items.items():
+            try:
+                owners_of[key] = self.owners(key)
+            except ArgumentTypeError as exc:
+                raise ArgumentTypeError(f"items[{key!r}]: {exc}") from None
+            for node in owners_of[key]:
+                groups.setdefault(node, {})[key] = value
+        for node, group in groups.items():  # a bad value anywhere stores nothing anywhere
+            check = getattr(self.stores[node], "check_items", None)
+            if check is not None:
+                check(group)
+        calls: Calls = [(node, "set_many", (group,), kwargs) for node, group in groups.items()]
+        results = yield calls
+        self._counted(calls, results)
+        down = {
+            node: result
+            for (node, _), result in zip(groups.items(), results, strict=True)
+            if isinstance(result, BackendError)
+        }
+        if not down:
+            return
+        failed: dict[str, BaseException] = {
+            key: down[owners[-1]]
+            for key, owners in owners_of.items()
+            if all(node in down for node in owners)
+        }
+        if failed:
+            first = next(iter(failed.values()))
+            raise ShardUnavailable(
+                f"{len(failed)} key(s) failed on every node they have", found={}, failed=failed
+            ) from first
+        self._failover()
+        _log.warning("replicas missed writes: %s", down)
+
+    def stats(self) -> ShardedStoreStats:
+        with self.lock:
+            return ShardedStoreStats(dict(self.calls), dict(self.errors), self.failovers)
+
+
+def _check_ttl(ttl: float | timedelta | None) -> dict[str, Any]:
+    if ttl is None:
+        return {}
+    return {"ttl": check_seconds(ttl, "ttl", allow_inf=True)}
+
+
+class _ShardedBase(Generic[N]):
+    def __init__(self, sharder: Sharder[N], stores: Mapping[N, Any], *, replicas: int = 0) -> None:
+        self._core = _Core(sharder, stores, replicas)
+
+    @property
+    def sharder(self) -> Sharder[N]:
+        """The sharder keys are routed by."""
+        return self._core.sharder
+
+    @property
+    def stores(self) -> dict[N, Any]:
+        """``node -> store`` (a copy)."""
+        return dict(self._core.stores)
+
+    @property
+    def replicas(self) -> int:
+        """How many more nodes of each key's preference list hold it."""
+        return self._core.replicas
+
+    def store_for(self, key: str) -> Any:
+        """The store that owns ``key`` (its first node). Runtime complexity: one lookup."""
+        return self._core.stores[self._core.owners(key)[0]]
+
+    def stats(self) -> ShardedStoreStats:
+        """Calls and errors per node, and failovers. Runtime complexity: O(nodes)."""
+        return self._core.stats()
+
+    def check_items(self, items: Mapping[str, Any], /) -> None:
+        """Raise what ``set_many(items)`` would raise for a bad key or value, with
+        no I/O (every shard's ``check_items``). Runtime complexity: O(len(items))."""
+        flow = self._core.set_many(items, {})
+        next(flow)  # the checks all run before the first batch of calls
+        flow.close()
+
+
+class ShardedStore(_ShardedBase[N]):
+    """One :class:`~scalekit.protocols.Store` over many, each key on the node a
+    :class:`~scalekit.sharding.Sharder` gives it: a cache tier spread over
+    several Redis or memcached servers, as twemproxy and Redis Cluster clients do.
+
+    ``get_many`` and ``set_many`` send one batch per shard, to all shards at once
+    (a thread per shard). A shard that fails raises
+    :class:`ShardUnavailable` (a :class:`~scalekit.errors.BackendError`) for its
+    keys only: ``get_many`` keeps what the other shards answered in ``found``.
+    With ``replicas=r`` each key is written to the first ``r + 1`` nodes of its
+    preference list, and read from the first that answers.
+
+    :meth:`reshard` carries out a :class:`~scalekit.sharding.ReshardPlan` while
+    reads and writes continue (see :class:`~scalekit.sharding.Migration`).
+
+    Runtime complexity: one sharder lookup per key, one round trip per shard.
+
+    >>> from scalekit.cache import LRUCache
+    >>> from scalekit.sharding import JumpHash
+    >>> store = ShardedStore(JumpHash(["a", "b"]), {"a": LRUCache(100), "b": LRUCache(100)})
+    >>> store.set_many({"x": 1, "y": 2, "z": 3})
+    >>> store.get_many(["x", "y", "z", "w"])
+    {'x': 1, 'y': 2, 'z': 3}
+    """
+
+    def __init__(
+        self,
+        sharder: Sharder[N],
+        stores: Mapping[N, Any],
+        *,
+        replicas: int = 0,
+        max_workers: int | None = None,
+    ) -> None:
+        super().__init__(sharder, stores, replicas=replicas)
+        self._max_workers = check_count(
+            len(self._core.stores) if max_workers is None else max_workers,
+            "max_workers",
+            minimum=1,
+        )
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
+        self._migration: Migration[N] | None = None
+
+    # -- driving flows ---------------------------------------------------------
+
+    def _call(self, call: tuple[Any, str, tuple[Any, ...], dict[str, Any]]) -> Any:
+        node, method, args, kwargs = call
+        store = self._core.stores[node]
+        try:
+            if method in _WITH_TTL and not hasattr(store, method):
+                return _WITH_TTL[method](store, *args)
+            return getattr(store, method)(*args, **kwargs)
+        except BackendError as exc:
+            return exc
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    self._max_workers, thread_name_prefix="scalekit-shards"
+                )
+            return self._executor
+
+    def _run(self, flow: Flow[_R]) -> _R:
+        try:
+            calls = next(flow)
+            while True:
+                if len(calls) == 1 or self._max_workers == 1:
+                    results = [self._call(call) for call in calls]
+                else:
+                    results = list(self._pool().map(self._call, calls))
+                calls = flow.send(results)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Stop the worker threads (the stores stay open: they are the caller's)."""
+        with self._executor_lock:
+            if self._executor is not None:
+                self._executor.shutdown()
+                self._executor = None
+
+    def __enter__(self) -> ShardedStore[N]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the Store -------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None, /) -> Any:
+        """The value of ``key`` from its shard, or ``default``."""
+        migration = self._migration
+        if migration is not None:
+            return migration.get(key, default)
+        value = self._run(self._core.read(key, "get", (key, _MISSING)))
+        return default if value is _MISSING else value
+
+    def set(self, key: str, value: Any, /, *, ttl: float | timedelta | None = None) -> None:
+        """Store ``value`` under ``key`` on its shard (and replicas)."""
+        kwargs = _check_ttl(ttl)
+        migration = self._migration
+        if migration is not None:
+            migration.set(key, value, ttl=kwargs.get("ttl"))
+            return
+        self._run(self._core.write(key, "set", (key, value), kwargs))
+
+    def add(self, key: str, value: Any, /, *, ttl: float | timedelta | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent on its shard; whether it did."""
+        kwargs = _check_ttl(ttl)
+        migration = self._migration
+        if migration is not None:  # absent at the source too, then added at the target
+            if migration.get(key, _MISSING) is not _MISSING:
+                return False
+            return bool(self._core.stores[migration.write_owner(key)].add(key, value, **kwargs))
+        return self._run(self._core.add(key, value, kwargs))
+
+    def delete(self, key: str, /) -> bool:
+        """Remove ``key`` from its shard (and replicas); whether it was there."""
+        migration = self._migration
+        if migration is not None:
+            present = migration.get(key, _MISSING) is not _MISSING
+            migration.delete(key)
+            return present
+        return any(self._run(self._core.write(key, "delete", (key,), {})))
+
+    def get_with_ttl(self, key: str, default: Any = None, /) -> tuple[Any, float | None]:
+        """``(value, seconds left)`` from the key's shard, which must have
+        ``get_with_ttl`` (:class:`~scalekit.cache.RedisCache` has)."""
+        if self._migration is not None:
+            value = self.get(key, _MISSING)
+            if value is _MISSING:
+                return default, None
+            try:
+                return value, self.ttl_of(key)
+            except KeyError:
+                return default, None
+        return self._run(self._core.read(key, "get_with_ttl", (key, default)))  # type: ignore[no-any-return]
+
+    def get_many_with_ttl(self, keys: Iterable[str], /) -> dict[str, tuple[Any, float | None]]:
+        """``key -> (value, seconds left)``: one ``get_many_with_ttl`` per shard, at once."""
+        if self._migration is not None:
+            found = {}
+            for key in keys:
+                value, ttl = self.get_with_ttl(key, _MISSING)
+                if value is not _MISSING:
+                    found[key] = (value, ttl)
+            return found
+        return self._run(self._core.get_many(keys, "get_many_with_ttl"))
+
+    def ttl_of(self, key: str, /) -> float | None:
+        """Seconds ``key`` has left on its shard; :class:`KeyError` when missing."""
+        migration = self._migration
+        if migration is not None:
+            return self._core.stores[migration.read_owner(key)].ttl_of(key)  # type: ignore[no-any-return]
+        return self._run(self._core.read(key, "ttl_of", (key,)))  # type: ignore[no-any-return]
+
+    def get_many(self, keys: Iterable[str], /) -> dict[str, Any]:
+        """The present keys with their values: one ``get_many`` per shard, at once."""
+        migration = self._migration
+        if migration is not None:
+            found = {}
+            for key in keys:
+                value = migration.get(key, _MISSING)
+                if value is not _MISSING:
+                    found[key] = value
+            return found
+        return self._run(self._core.get_many(keys))
+
+    def set_many(
+        self, items: Mapping[str, Any], /, *, ttl: float | timedelta | None = None
+    ) -> None:
+        """Store every item: one ``set_many`` per shard, at once."""
+        kwargs = _check_ttl(ttl)
+        migration = self._migration
+        if migration is not None:
+            for key, value in items.items():
+                migration.set(key, value, ttl=kwargs.get("ttl"))
+            return
+        self._run(self._core.set_many(items, kwargs))
+
+    # -- resharding ------------------------------------------------------------
+
+    def follow(
+        self,
+        plan: ReshardPlan[N],
+        stores: Mapping[N, Any] | None = None,
+        *,
+        progress: Callable[[MigrationProgress], object] | bool | None = None,
+        batch_size: int = 1000,
+    ) -> Migration[N]:
+        """Route by ``plan`` while its keys move (this process or another moves them):
+        reads try a moving key's source then its target, writes go to the target.
+
+        ``stores`` adds the stores of nodes the plan brings in. Returns the
+        :class:`Migration` reads and writes go through (``progress`` and
+        ``batch_size`` are its settings for moving).
+        """
+        if not isinstance(plan, ReshardPlan):
+            raise ArgumentTypeError(f"plan must be a ReshardPlan, got {type_name(plan)}")
+        if self._core.replicas:
+            raise ConfigurationError("resharding a store with replicas is not supported")
+        if stores is not None and not isinstance(stores, Mapping):
+            raise ArgumentTypeError(f"stores must map nodes to stores, got {type_name(stores)}")
+        for node, store in (stores or {}).items():
+            check_methods(store, f"stores[{node!r}]", "a Store", _STORE_METHODS)
+        all_stores = {**self._core.stores, **(stores or {})}
+        migration = Migration(
+            plan,
+            all_stores,
+            keys_of=_keys_of,
+            progress=progress_bar("resharding") if progress is True else progress,
+            batch_size=batch_size,
+        )
+        with self._core.lock:
+            for node in all_stores:
+                self._core.calls.setdefault(node, 0)
+                self._core.errors.setdefault(node, 0)
+        self._core.stores = all_stores
+        self._migration = migration
+        return migration
+
+    def complete(self, plan: ReshardPlan[N]) -> None:
+        """Route by ``plan.after`` from now on: the plan's keys have all moved."""
+        if not isinstance(plan, ReshardPlan):
+            raise ArgumentTypeError(f"plan must be a ReshardPlan, got {type_name(plan)}")
+        self._core.sharder = plan.after
+        self._migration = None
+
+    def reshard(
+        self,
+        plan: ReshardPlan[N],
+        stores: Mapping[N, Any] | None = None,
+        *,
+        progress: Callable[[MigrationProgress], object] | bool | None = None,
+        batch_size: int = 1000,
+    ) -> MigrationProgress:
+        """Move the keys ``plan`` moves, between live stores, then route by ``plan.after``.
+
+        Reads and writes go on meanwhile (from any thread; other processes
+        :meth:`follow` the same plan, or reshard it too: a copy is an ``add``
+        with the item's remaining TTL, so a newer write is never overwritten).
+        :meth:`stop` makes it return early; calling it again with the same plan
+        resumes. ``progress=True`` shows a bar (rich or tqdm when installed,
+        plain text otherwise), or pass a callable taking each
+        :class:`MigrationProgress`.
+
+        Runtime complexity: O(keys on the source nodes) store calls.
+        """
+        migration = self._migration
+        if migration is None or migration.plan is not plan:
+            migration = self.follow(plan, stores, progress=progress, batch_size=batch_size)
+        report = migration.run()
+        if report.done:
+            self.complete(plan)
+        return report
+
+    def stop(self) -> None:
+        """Make a running :meth:`reshard` return after its current batch."""
+        migration = self._migration
+        if migration is not None:
+            migration.stop()
+
+
+def _get_with_ttl(store: Any, key: str, default: Any) -> tuple[Any, float | None]:
+    """``get_with_ttl`` for a store without it: two calls."""
+    value = store.get(key, _MISSING)
+    if value is _MISSING:
+        return default, None
+    try:
+        return value, store.ttl_of(key)
+    except KeyError:  # expired between the two calls
+        return default, None
+
+
+def _get_many_with_ttl(store: Any, keys: list[str]) -> dict[str, tuple[Any, float | None]]:
+    found = {}
+    for key, value in store.get_many(keys).items():
+        try:
+            found[key] = (value, store.ttl_of(key))
+        except KeyError:
+            continue
+    return found
+
+
+async def _get_with_ttl_async(store: Any, key: str, default: Any) -> tuple[Any, float | None]:
+    value = await store.get(key, _MISSING)
+    if value is _MISSING:
+        return default, None
+    try:
+        return value, await store.ttl_of(key)
+    except KeyError:
+        return default, None
+
+
+async def _get_many_with_ttl_async(
+    store: Any, keys: list[str]
+) -> dict[str, tuple[Any, float | None]]:
+    found = {}
+    for key, value in (await store.get_many(keys)).items():
+        try:
+            found[key] = (value, await store.ttl_of(key))
+        except KeyError:
+            continue
+    return found
+
+
+_WITH_TTL: dict[str, Callable[..., Any]] = {
+    "get_with_ttl": _get_with_ttl,
+    "get_many_with_ttl": _get_many_with_ttl,
+}
+_WITH_TTL_ASYNC: dict[str, Callable[..., Any]] = {
+    "get_with_ttl": _get_with_ttl_async,
+    "get_many_with_ttl": _get_many_with_ttl_async,
+}
+
+
+def _keys_of(store: Any) -> Iterable[Any]:
+    keys = getattr(store, "keys", None)
+    listed: Iterable[Any]
+    if callable(keys):
+        listed = keys()
+    elif hasattr(store, "__iter__"):
+        listed = iter(store)
+    else:
+        raise ConfigurationError(
+            f"{type_name(store)} cannot list its keys, so it cannot be resharded"
+        )
+    return listed
+
+
+class AsyncShardedStore(_ShardedBase[N]):
+    """:class:`ShardedStore` over :class:`~scalekit.protocols.AsyncStore` shards:
+    the same flows, each batch of shard calls awaited together
+    (``asyncio.gather``). Resharding is done by a sync :class:`ShardedStore`
+    (or :class:`~scalekit.sharding.Migration`) over sync clients of the same
+    servers."""
+
+    async def _run(self, flow: Flow[_R]) -> _R:
+        import asyncio
+
+        async def call(
+            node: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            store = self._core.stores[node]
+            try:
+                if method in _WITH_TTL and not hasattr(store, method):
+                    return await _WITH_TTL_ASYNC[method](store, *args)
+                return await getattr(store, method)(*args, **kwargs)
+            except BackendError as exc:
+                return exc
+
+        try:
+            calls = next(flow)
+            while True:
+                if len(calls) == 1:
+                    results = [await call(*calls[0])]
+                else:
+                    results = list(await asyncio.gather(*(call(*c) for c in calls)))
+                calls = flow.send(results)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    async def get(self, key: str, default: Any = None, /) -> Any:
+        """The value of ``key`` from its shard, or ``default``."""
+        value = await self._run(self._core.read(key, "get", (key, _MISSING)))
+        return default if value is _MISSING else value
+
+    async def set(self, key: str, value: Any, /, *, ttl: float | timedelta | None = None) -> None:
+        """Store ``value`` under ``key`` on its shard (and replicas)."""
+        await self._run(self._core.write(key, "set", (key, value), _check_ttl(ttl)))
+
+    async def add(self, key: str, value: Any, /, *, ttl: float | timedelta | None = None) -> bool:
+        """Store ``value`` only if ``key`` is absent on its shard; whether it did."""
+        return await self._run(self._core.add(key, value, _check_ttl(ttl)))
+
+    async def delete(self, key: str, /) -> bool:
+        """Remove ``key`` from its shard (and replicas); whether it was there."""
+        return any(await self._run(self._core.write(key, "delete", (key,), {})))
+
+    async def ttl_of(self, key: str, /) -> float | None:
+        """Seconds ``key`` has left on its shard; :class:`KeyError` when missing."""
+        return await self._run(self._core.read(key, "ttl_of", (key,)))
+
+    async def get_many(self, keys: Iterable[str], /) -> dict[str, Any]:
+        """The present keys with their values: one ``get_many`` per shard, at once."""
+        return await self._run(self._core.get_many(keys))
+
+    async def set_many(
+        self, items: Mapping[str, Any], /, *, ttl: float | timedelta | None = None
+    ) -> None:
+        """Store every item: one ``set_many`` per shard, at once."""
+        await self._run(self._core.set_many(items, _check_ttl(ttl)))
