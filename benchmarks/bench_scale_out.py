@@ -7,6 +7,8 @@
 - ``ShardedStore.get_many`` of 100 keys over 3 Redis servers of the run's own
   (one ``MGET`` per shard, with a thread per shard or one after another) against
   100 single ``get`` calls: the target is at least 10 x faster (a ratio <= 0.1).
+- ``TieredCache`` l1 hit against a plain ``LRUCache`` hit, 1,000 keys (target
+  <= 1.5 x), without TTLs and with the same TTL on both (then both read the clock).
 
 Each pair is measured interleaved (alternating batches of 100 calls, 40 rounds)
 and the median ratio is kept in ``extra_info["ratio"]``; with
@@ -140,3 +142,31 @@ def test_sharded_get_many(benchmark: Any, three_redis: dict[str, Any], threads: 
     benchmark.extra_info["threads"] = threads
     record(benchmark, lambda: store.get_many(keys), singles, **kw)
     store.close()
+
+
+@pytest.mark.parametrize("l1_ttl", [None, 60.0])
+def test_tiered_l1_hit(benchmark: Any, l1_ttl: float | None) -> None:
+    """A TieredCache l1 hit against a plain LRUCache hit (target <= 1.5 x); with
+    ``l1_ttl`` each hit reads the clock, and so does the LRUCache's (same ``ttl``)."""
+    from scalekit.cache import LRUCache, TieredCache
+
+    benchmark.group = f"TieredCache l1 hit / LRUCache hit (l1_ttl={l1_ttl})"
+    keys = [f"user:{i}:profile" for i in range(1000)]
+    plain = LRUCache(1000, ttl=l1_ttl)
+    near = TieredCache(LRUCache(1000), LRUCache(2000), l1_ttl=l1_ttl)
+    for key in keys:
+        plain[key] = key
+        near.set(key, key)
+    get_plain, get_near = plain.get, near.get
+
+    def ours() -> None:
+        for key in keys:
+            get_near(key)
+
+    def rival() -> None:
+        for key in keys:
+            get_plain(key)
+
+    kw = {"rounds": 2, "batch": 2} if benchmark.disabled else {"rounds": 30, "batch": 20}
+    record(benchmark, ours, rival, **kw)
+    assert near.stats().l1_hits >= 1000

@@ -199,11 +199,50 @@ class TwoServers(RuleBasedStateMachine):
         for server in self.servers:
             for key in list(server.l1):
                 assert server.l1[key] == self.model[key]
-            server.l1._check()
+            for key, (value, _) in server._index.items():  # what hits read, lock-free
+                assert value == self.model[key]
+            server._check()
 
 
 TestTwoServers = TwoServers.TestCase
 TestTwoServers.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+def test_hits_without_the_lock_never_see_an_invalidated_value() -> None:
+    """Readers on 6 threads hit l1 without its lock while a writer on another
+    "server" changes keys: once a write's invalidation is delivered, no read
+    started after it returns an older version."""
+    channel, l2 = Channel(), LRUCache(1000)
+    reader = TieredCache(LRUCache(50), l2, invalidation=channel)
+    writer = TieredCache(LRUCache(50), l2, invalidation=channel)
+    keys = [f"k{i}" for i in range(80)]
+    writer.set_many(dict.fromkeys(keys, 0))
+    delivered = dict.fromkeys(keys, 0)  # version whose invalidation has been delivered
+    stop, errors = threading.Event(), []
+
+    def read() -> None:
+        n = 0
+        while not stop.is_set():
+            key = keys[n % len(keys)]
+            n += 7
+            floor = delivered[key]
+            got = reader.get(key)
+            if got < floor:
+                errors.append((key, got, floor))
+
+    threads = [threading.Thread(target=read) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for version in range(1, 300):
+        key = keys[version % len(keys)]
+        writer.set(key, version)  # publishes to every TieredCache on the channel
+        delivered[key] = version
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    reader._check()
+    assert reader.stats().l1_hits > 1000
 
 
 # -- on a real Redis ---------------------------------------------------------------

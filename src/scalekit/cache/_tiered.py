@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
-from scalekit._validate import check_hashable, check_seconds, type_name
+from scalekit._validate import check_callable, check_hashable, check_seconds, type_name
 from scalekit.errors import ArgumentTypeError
 
 __all__ = ["TieredCache", "TieredStats"]
@@ -17,6 +20,13 @@ __all__ = ["TieredCache", "TieredStats"]
 V = TypeVar("V")
 _MISSING: Any = object()
 _UNKNOWN: Any = object()
+_FOREVER = math.inf  # the deadline of an l1 entry with none; compared by identity
+_TOUCHED = 1024  # l1 hits remembered for l1's recency until the next locked call
+
+
+def _tally(counter: itertools.count[int]) -> int:
+    """How many times ``next(counter)`` was called (``count(n)`` reprs as ``count(n)``)."""
+    return int(repr(counter)[6:-1])
 
 
 @dataclass(frozen=True)
@@ -71,10 +81,14 @@ class TieredCache(Generic[V]):
     Without ``invalidation``, l1 entries are only as fresh as ``l1_ttl`` allows.
 
     ``l1`` must take ``set(key, value, ttl=...)`` (every scalekit cache does);
-    this object guards it with a lock of its own.
+    this object guards it with a lock of its own, and an l1 hit takes no lock: it
+    reads an index of what l1 holds (value and deadline), kept by the locked
+    calls, and the keys it read are replayed into l1's recency at the next locked
+    call (as Caffeine's read buffer does). ``timer`` is the clock of the
+    deadlines: give l1 the same one.
 
-    Runtime complexity: an l1 hit is O(1) with no I/O; a miss is one round trip
-    to l2 (two when l2 cannot read a value and its TTL together).
+    Runtime complexity: an l1 hit is O(1) with no I/O and no lock; a miss is one
+    round trip to l2 (two when l2 cannot read a value and its TTL together).
     """
 
     def __init__(
@@ -84,6 +98,7 @@ class TieredCache(Generic[V]):
         *,
         invalidation: Any = None,
         l1_ttl: float | timedelta | None = None,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         for name, tier in (("l1", l1), ("l2", l2)):
             for method in ("get", "set", "delete"):
@@ -102,12 +117,18 @@ class TieredCache(Generic[V]):
                     f"invalidation must be a RedisInvalidation, got {type_name(channel)}"
                 )
         self._l1_ttl = None if l1_ttl is None else check_seconds(l1_ttl, "l1_ttl")
+        check_callable(timer, "timer")
         self.l1 = l1
         self.l2 = l2
         self._channels = channels
         self._lock = threading.Lock()
         self._flights: dict[Any, list[_Flight]] = {}
-        self._l1_hits = self._l2_hits = self._misses = 0
+        self._timer = timer
+        # key -> (value, deadline) of what l1 holds: read without the lock
+        self._index: dict[Any, tuple[Any, float]] = {}
+        self._touched: deque[Any] = deque(maxlen=_TOUCHED)
+        self._l1_hits = itertools.count()
+        self._l2_hits = self._misses = 0
         self._invalidated = self._flushes = self._not_kept = 0
         self._read_ttl = callable(getattr(l2, "get_with_ttl", None))
         self._read_ttls = callable(getattr(l2, "get_many_with_ttl", None))
@@ -126,10 +147,38 @@ class TieredCache(Generic[V]):
     def _listening(self) -> bool:
         return all(channel.ready for channel in self._channels)
 
+    # -- l1 and its index, under the lock ------------------------------------------
+
+    def _drop(self, key: Any) -> bool:
+        """Drop ``key`` from l1 and the index; whether l1 held it."""
+        self._index.pop(key, None)
+        return self.l1.pop(key, _MISSING) is not _MISSING
+
+    def _keep(self, key: Any, value: Any, ttl: float | None) -> None:
+        if ttl is None:
+            self.l1.set(key, value)
+            deadline = _FOREVER
+        else:
+            self.l1.set(key, value, ttl=ttl)
+            deadline = self._timer() + ttl
+        index = self._index
+        index[key] = (value, deadline)
+        if len(index) > 2 * len(self.l1) + 64:  # l1 evicted or expired on its own
+            l1 = self.l1
+            self._index = {k: entry for k, entry in index.items() if k in l1}
+
+    def _replay(self) -> None:
+        """Tell l1 which keys were read since the last locked call (its recency)."""
+        touched, index, l1 = self._touched, self._index, self.l1
+        for _ in range(len(touched)):
+            key = touched.popleft()
+            if key in index and l1.get(key, _MISSING) is _MISSING:
+                del index[key]  # l1 let it go (expired): so does the index
+
     def _on_keys(self, keys: list[str]) -> None:
         with self._lock:
             for key in keys:
-                if self.l1.pop(key, _MISSING) is not _MISSING:
+                if self._drop(key):
                     self._invalidated += 1
                 for flight in self._flights.get(key, ()):
                     flight.stale = True
@@ -137,6 +186,7 @@ class TieredCache(Generic[V]):
     def _on_flush(self) -> None:
         with self._lock:
             self.l1.clear()
+            self._index = {}
             self._flushes += 1
             for flights in self._flights.values():
                 for flight in flights:
@@ -165,10 +215,7 @@ class TieredCache(Generic[V]):
         bound = self._l1_bound
         if bound is not None:
             ttl = bound if ttl is None else min(ttl, bound)
-        if ttl is None:
-            self.l1.set(key, value)
-        else:
-            self.l1.set(key, value, ttl=ttl)
+        self._keep(key, value, ttl)
 
     def _forget(self, key: Any, flight: _Flight) -> None:
         with self._lock:
@@ -192,12 +239,24 @@ class TieredCache(Generic[V]):
 
         Runtime complexity: O(1) on an l1 hit; one or two round trips otherwise.
         """
-        check_hashable(key, "key")
+        try:
+            entry = self._index.get(key)
+        except TypeError:
+            check_hashable(key, "key")  # raises, naming the key
+            raise
+        if entry is not None:
+            deadline = entry[1]
+            if deadline is _FOREVER or deadline > self._timer():
+                next(self._l1_hits)
+                self._touched.append(key)
+                return entry[0]
         with self._lock:
+            self._replay()
             value = self.l1.get(key, _MISSING)
             if value is not _MISSING:
-                self._l1_hits += 1
+                next(self._l1_hits)
                 return value
+            self._index.pop(key, None)
             flight = self._take_off(key)
         try:
             value, ttl = self._read_l2(key)
@@ -226,6 +285,7 @@ class TieredCache(Generic[V]):
         flights: dict[Any, _Flight] = {}
         l1_hits = 0  # counted once l2 has taken the rest: a refused call counts nothing
         with self._lock:
+            self._replay()
             for key in keys:
                 value = self.l1.get(key, _MISSING)
                 if value is not _MISSING:
@@ -234,7 +294,8 @@ class TieredCache(Generic[V]):
                 elif key not in flights:
                     flights[key] = self._take_off(key)
             if not flights:
-                self._l1_hits += l1_hits
+                for _ in range(l1_hits):
+                    next(self._l1_hits)
                 return found
         try:
             if self._read_ttls:
@@ -249,7 +310,8 @@ class TieredCache(Generic[V]):
                     self._land(key, flight, _MISSING, None)
             raise
         with self._lock:
-            self._l1_hits += l1_hits
+            for _ in range(l1_hits):
+                next(self._l1_hits)
             for key, flight in flights.items():
                 value, ttl = fetched.get(key, (_MISSING, None))
                 if value is _MISSING:
@@ -280,7 +342,8 @@ class TieredCache(Generic[V]):
     def _write(self, key: Any, value: Any, ttl: float | None, *, add: bool) -> bool:
         self._check_items({check_hashable(key, "key"): value})
         with self._lock:
-            self.l1.pop(key, None)
+            self._replay()
+            self._drop(key)
             flight = self._take_off(key)
         try:
             kwargs = {} if ttl is None else {"ttl": ttl}
@@ -328,12 +391,13 @@ class TieredCache(Generic[V]):
         seconds = None if ttl is None else check_seconds(ttl, "ttl", allow_inf=True)
         self._check_items(items)
         with self._lock:
+            self._replay()
             for key in items:
-                self.l1.pop(key, None)
+                self._drop(key)
         self.l2.set_many(items, **({} if seconds is None else {"ttl": seconds}))
         with self._lock:
             for key in items:
-                self.l1.pop(key, None)
+                self._drop(key)
                 for flight in self._flights.get(key, ()):
                     flight.stale = True
         for channel in self._channels:
@@ -343,10 +407,10 @@ class TieredCache(Generic[V]):
         """Delete ``key`` from l2 and l1; whether l2 had it."""
         check_hashable(key, "key")
         with self._lock:
-            self.l1.pop(key, None)
+            self._drop(key)
         deleted = bool(self.l2.delete(key))
         with self._lock:
-            self.l1.pop(key, None)
+            self._drop(key)
             for flight in self._flights.get(key, ()):
                 flight.stale = True
         for channel in self._channels:
@@ -361,13 +425,29 @@ class TieredCache(Generic[V]):
         """A snapshot of the counters. Runtime complexity: O(1)."""
         with self._lock:
             return TieredStats(
-                self._l1_hits,
+                _tally(self._l1_hits),
                 self._l2_hits,
                 self._misses,
                 self._invalidated,
                 self._flushes,
                 self._not_kept,
             )
+
+    def _check(self) -> None:
+        """Assert the invariants: the index holds l1's values (and at most as many
+        others as the next rebuild allows), no flight is left without a caller."""
+        with self._lock:
+            index, l1 = self._index, self.l1
+            assert len(index) <= 2 * len(l1) + 64 + 1, (len(index), len(l1))
+            for key, (value, deadline) in index.items():
+                held = l1.get(key, _MISSING) if key in l1 else _MISSING
+                assert held is _MISSING or held == value, (key, held, value)
+                assert deadline is _FOREVER or deadline == deadline  # a number, not NaN
+            for key, flights in self._flights.items():
+                assert flights, key
+            check = getattr(l1, "_check", None)
+            if check is not None:
+                check()
 
     def close(self) -> None:
         """Stop receiving invalidations (the channels and tiers stay open)."""
