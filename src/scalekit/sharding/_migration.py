@@ -373,6 +373,27 @@ class Migration(Generic[N]):
 
     resume = run
 
+    def configure(
+        self,
+        *,
+        progress: Callable[[MigrationProgress], object] | bool | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        """Change how the next :meth:`run` reports and batches (``None``: keep it).
+
+        Runtime complexity: O(1).
+        """
+        if batch_size is not None:
+            batch_size = check_count(batch_size, "batch_size", minimum=1)
+        if not (progress is None or isinstance(progress, bool) or callable(progress)):
+            raise ArgumentTypeError(
+                f"progress must be a callable, a bool or None, got {type_name(progress)}"
+            )
+        if batch_size is not None:
+            self._batch_size = batch_size
+        if progress is not None:
+            self._callback = self._progress_callback(progress)
+
     def stop(self) -> None:
         """Ask :meth:`run` to return after the current batch (call :meth:`resume` later)."""
         self._stop.set()

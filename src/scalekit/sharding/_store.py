@@ -526,6 +526,9 @@ class ShardedStore(_ShardedBase[N]):
         migration = self._migration
         if migration is None or migration.plan is not plan:
             migration = self.follow(plan, stores, progress=progress, batch_size=batch_size)
+        else:  # following it already (or resuming): move with these settings
+            shown = progress_bar("resharding") if progress is True else progress
+            migration.configure(progress=shown, batch_size=batch_size)
         report = migration.run()
         if report.done:
             self.complete(plan)
