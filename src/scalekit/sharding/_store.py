@@ -22,6 +22,7 @@ from scalekit.errors import ArgumentTypeError, BackendError, ConfigurationError,
 from scalekit.sharding._base import Sharder
 from scalekit.sharding._migration import Migration, MigrationProgress
 from scalekit.sharding._plan import ReshardPlan
+from scalekit.sharding._plan_routing import AsyncPlanRoute
 from scalekit.sharding._progress import progress_bar
 
 __all__ = ["AsyncShardedStore", "ShardedStore", "ShardedStoreStats"]
@@ -72,6 +73,12 @@ class _Core(Generic[N]):
         self.calls: dict[Any, int] = dict.fromkeys(self.stores, 0)
         self.errors: dict[Any, int] = dict.fromkeys(self.stores, 0)
         self.failovers = 0
+
+    def checked(self, key: object) -> str:
+        """``key`` if it is a ``str``."""
+        if type(key) is not str:
+            raise ArgumentTypeError(f"a key must be a str, got {type_name(key)}")
+        return key
 
     def owners(self, key: str) -> list[N]:
         if type(key) is not str:
@@ -231,6 +238,18 @@ class _Core(Generic[N]):
     def stats(self) -> ShardedStoreStats:
         with self.lock:
             return ShardedStoreStats(dict(self.calls), dict(self.errors), self.failovers)
+
+
+def _iterable(keys: object) -> Iterable[Any]:
+    if not isinstance(keys, Iterable) or isinstance(keys, (str, bytes)):
+        raise ArgumentTypeError(f"keys must be an iterable of str, got {type_name(keys)}")
+    return keys
+
+
+def _mapping(items: object) -> Mapping[Any, Any]:
+    if not isinstance(items, Mapping):
+        raise ArgumentTypeError(f"items must be a mapping, got {type_name(items)}")
+    return items
 
 
 def _check_ttl(ttl: float | timedelta | None) -> dict[str, Any]:
@@ -611,9 +630,47 @@ def _keys_of(store: Any) -> Iterable[Any]:
 class AsyncShardedStore(_ShardedBase[N]):
     """:class:`ShardedStore` over :class:`~scalekit.protocols.AsyncStore` shards:
     the same flows, each batch of shard calls awaited together
-    (``asyncio.gather``). Resharding is done by a sync :class:`ShardedStore`
-    (or :class:`~scalekit.sharding.Migration`) over sync clients of the same
-    servers."""
+    (``asyncio.gather``).
+
+    While a reshard moves keys, :meth:`follow` routes reads and writes by its
+    plan (as :class:`ShardedStore` does), and :meth:`complete` switches to the
+    new placement once the keys have moved. The keys are moved by a sync
+    :class:`ShardedStore` (or :class:`~scalekit.sharding.Migration`) over sync
+    clients of the same servers, in this process or another.
+    """
+
+    def __init__(self, sharder: Sharder[N], stores: Mapping[N, Any], *, replicas: int = 0) -> None:
+        super().__init__(sharder, stores, replicas=replicas)
+        self._route: AsyncPlanRoute[N] | None = None
+
+    def follow(self, plan: ReshardPlan[N], stores: Mapping[N, Any] | None = None) -> None:
+        """Route by ``plan`` while its keys move: reads try a moving key's source,
+        then its target; writes go to the target and drop the source's copy.
+        ``stores`` adds the stores of nodes the plan brings in. Runtime complexity: O(nodes).
+        """
+        if not isinstance(plan, ReshardPlan):
+            raise ArgumentTypeError(f"plan must be a ReshardPlan, got {type_name(plan)}")
+        if self._core.replicas:
+            raise ConfigurationError("resharding a store with replicas is not supported")
+        if stores is not None and not isinstance(stores, Mapping):
+            raise ArgumentTypeError(f"stores must map nodes to stores, got {type_name(stores)}")
+        all_stores = {**self._core.stores, **(stores or {})}
+        missing = (plan.sources | plan.targets) - set(all_stores)
+        if missing:
+            raise ConfigurationError(f"no store for {sorted(map(str, missing))}")
+        with self._core.lock:
+            for node in all_stores:
+                self._core.calls.setdefault(node, 0)
+                self._core.errors.setdefault(node, 0)
+        self._core.stores = all_stores
+        self._route = AsyncPlanRoute(plan, all_stores)
+
+    def complete(self, plan: ReshardPlan[N]) -> None:
+        """Route by ``plan.after`` from now on: the plan's keys have all moved."""
+        if not isinstance(plan, ReshardPlan):
+            raise ArgumentTypeError(f"plan must be a ReshardPlan, got {type_name(plan)}")
+        self._core.sharder = plan.after
+        self._route = None
 
     async def _run(self, flow: Flow[_R]) -> _R:
         import asyncio
@@ -642,31 +699,62 @@ class AsyncShardedStore(_ShardedBase[N]):
 
     async def get(self, key: str, default: Any = None, /) -> Any:
         """The value of ``key`` from its shard, or ``default``."""
+        route = self._route
+        if route is not None:
+            return await route.get(self._core.checked(key), default)
         value = await self._run(self._core.read(key, "get", (key, _MISSING)))
         return default if value is _MISSING else value
 
     async def set(self, key: str, value: Any, /, *, ttl: float | timedelta | None = None) -> None:
         """Store ``value`` under ``key`` on its shard (and replicas)."""
-        await self._run(self._core.write(key, "set", (key, value), _check_ttl(ttl)))
+        kwargs = _check_ttl(ttl)
+        route = self._route
+        if route is not None:
+            await route.set(self._core.checked(key), value, kwargs)
+            return
+        await self._run(self._core.write(key, "set", (key, value), kwargs))
 
     async def add(self, key: str, value: Any, /, *, ttl: float | timedelta | None = None) -> bool:
         """Store ``value`` only if ``key`` is absent on its shard; whether it did."""
-        return await self._run(self._core.add(key, value, _check_ttl(ttl)))
+        kwargs = _check_ttl(ttl)
+        route = self._route
+        if route is not None:
+            return await route.add(self._core.checked(key), value, kwargs)
+        return await self._run(self._core.add(key, value, kwargs))
 
     async def delete(self, key: str, /) -> bool:
         """Remove ``key`` from its shard (and replicas); whether it was there."""
+        route = self._route
+        if route is not None:
+            return await route.delete(self._core.checked(key))
         return any(await self._run(self._core.write(key, "delete", (key,), {})))
 
     async def ttl_of(self, key: str, /) -> float | None:
         """Seconds ``key`` has left on its shard; :class:`KeyError` when missing."""
+        route = self._route
+        if route is not None:
+            return await route.ttl_of(self._core.checked(key))
         return await self._run(self._core.read(key, "ttl_of", (key,)))
 
     async def get_many(self, keys: Iterable[str], /) -> dict[str, Any]:
         """The present keys with their values: one ``get_many`` per shard, at once."""
+        route = self._route
+        if route is not None:
+            return await route.get_many([self._core.checked(k) for k in _iterable(keys)])
         return await self._run(self._core.get_many(keys))
 
     async def set_many(
         self, items: Mapping[str, Any], /, *, ttl: float | timedelta | None = None
     ) -> None:
         """Store every item: one ``set_many`` per shard, at once."""
-        await self._run(self._core.set_many(items, _check_ttl(ttl)))
+        kwargs = _check_ttl(ttl)
+        route = self._route
+        if route is not None:
+            for key in _mapping(items):
+                self._core.checked(key)
+            check = getattr(self, "check_items", None)
+            if check is not None:
+                check(items)
+            await route.set_many(items, kwargs)
+            return
+        await self._run(self._core.set_many(items, kwargs))
