@@ -143,6 +143,9 @@ def test_bad_arguments() -> None:
     for bad in (0, -1, float("nan"), True, "1"):
         with pytest.raises((ArgumentTypeError, ConfigurationError)):
             TieredCache(LRUCache(1), LRUCache(1), l1_ttl=bad)
+    for timer in (None, 5, "monotonic"):
+        with pytest.raises(ArgumentTypeError, match="timer"):
+            TieredCache(LRUCache(1), LRUCache(1), timer=timer)  # type: ignore[arg-type]
 
 
 class TwoServers(RuleBasedStateMachine):
