@@ -490,25 +490,32 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
                     weights[owner] = 1
             self._adopt(weights, tuple(table), adopted=True)
 
-    def assign_slot(self, slot: int, node: N) -> None:
-        """Hand ``slot`` to ``node`` (already a node), as a cluster does when one
-        slot has finished moving; the rest of the table stays as it is.
+    def assign_slot(self, slot: int, node: N, *, join: bool = False) -> None:
+        """Hand ``slot`` to ``node``, as a cluster does when one slot has finished
+        moving; the rest of the table stays as it is. ``node`` must be a node
+        already, unless ``join=True``: then a new node joins, of weight 1 (a
+        master a cluster's ``MOVED`` named, which the map did not know).
 
         Raises :class:`~scalekit.errors.UnknownNode` or
         :class:`~scalekit.errors.ConfigurationError` (no such slot) and changes
         nothing.
 
-        Runtime complexity: O(S).
+        Runtime complexity: O(1) when ``node`` owns the slot already, else O(S).
         """
         slot = check_count(slot, "slot", maximum=self._slot_count - 1)
         check_node(node)
+        if not isinstance(join, bool):
+            raise ArgumentTypeError(f"join must be a bool, got {join!r}")
         with self._lock:
-            if node not in self._weights:
-                raise UnknownNode(f"{node!r} is not a node")
+            weights = self._weights
+            if node not in weights:
+                if not join:
+                    raise UnknownNode(f"{node!r} is not a node")
+                weights = {**weights, node: 1}
             table = self._state.table
             if table[slot] == node:
                 return
-            self._adopt(self._weights, (*table[:slot], node, *table[slot + 1 :]), adopted=True)
+            self._adopt(weights, (*table[:slot], node, *table[slot + 1 :]), adopted=True)
 
     def _adopt(
         self,
