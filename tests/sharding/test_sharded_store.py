@@ -532,6 +532,11 @@ class ClusterModel(RuleBasedStateMachine):
         if slot not in self.cluster.migrating and self.cluster.owner[slot] != to:
             self.cluster.migrating[slot] = (self.cluster.owner[slot], to)
 
+    @rule(key=keys, to=nodes)
+    def move_slot(self, key: str, to: str) -> None:
+        self.start_migration(key, to)
+        self.finish_migration(key)
+
     @rule(key=keys)
     def migrate_key(self, key: str) -> None:
         migration = self.cluster.migrating.get(redis_key_slot(key))

@@ -8,6 +8,7 @@ function that reads their replies, so the two shells only send and receive.
 from __future__ import annotations
 
 import binascii
+import inspect
 import math
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -372,8 +373,14 @@ class _RedisShell(Generic[V]):
     def _asking(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         """The round trip of ``method(*args, **kwargs)`` with ``ASKING`` before each command."""
         commands = self._commands
-        if method not in _ASKABLE or set(kwargs) - {"ttl"}:
-            raise ConfigurationError(f"{type(self).__name__} has no operation {method!r} to ask")
+        if not isinstance(method, str):
+            raise ArgumentTypeError(f"method must be an operation's name, got {type_name(method)}")
+        if method not in _ASKABLE:
+            raise ConfigurationError(f"method must be one of {sorted(_ASKABLE)}, got {method!r}")
+        try:
+            inspect.signature(getattr(RedisCache, method)).bind(self, *args, **kwargs)
+        except TypeError as exc:
+            raise ArgumentTypeError(f"arguments of method {method!r}: {exc}") from None
         if method in ("set", "add"):
             key, value = args
             call = getattr(commands, method)(key, value, kwargs.get("ttl"))
