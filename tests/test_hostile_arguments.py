@@ -1258,6 +1258,27 @@ def _scale_out_cases() -> list[Case]:
             _sharder_state,
         ),
         Case(
+            "SlotMap.assign_slots.owners",
+            _cluster_map,
+            lambda o, v: o.assign_slots(v),
+            [None, 5, "ab", [(0, "127.0.0.1:7001")]],
+            _sharder_state,
+        ),
+        Case(
+            "SlotMap.assign_slots.slot",
+            _cluster_map,
+            lambda o, v: o.assign_slots({1: "127.0.0.1:7001", v: "127.0.0.1:7001"}),
+            [1.5, "3", NAN, INF, HUGE_INT, -1, object(), 16384],
+            _sharder_state,
+        ),
+        Case(
+            "SlotMap.assign_slots.node",
+            _cluster_map,
+            lambda o, v: o.assign_slots({0: "127.0.0.1:7001", 1: v}),
+            BAD_NODE,
+            _sharder_state,
+        ),
+        Case(
             "SlotMap.assign_slot.join",
             _cluster_map,
             lambda o, v: o.assign_slot(0, "127.0.0.1:7009", join=v),

@@ -5,6 +5,7 @@ whole node's share moved by ClusterResharder while two threads read and write)."
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
 import random
 import threading
@@ -276,6 +277,7 @@ def test_grow_three_masters_to_four_under_load_through_a_sharded_store() -> None
         for worker in workers:
             worker.join(30)
         assert done
+        assert _client("127.0.0.1", new_port).dbsize() == keys_reported  # what MIGRATE moved
         errors = [e for w in workers for e in w.errors]
         stale = [s for w in workers for s in w.stale]
         assert errors == []
@@ -293,10 +295,25 @@ def test_grow_three_masters_to_four_under_load_through_a_sharded_store() -> None
         # the store's map caught up with the cluster's table on every slot it touched
         owners, _ = _table(ports[0])
         assert [store.sharder.node_for(k) for k in keys] == [owners[_slot(k)] for k in keys]
-        keys_moved = _client("127.0.0.1", new_port).dbsize()
-        assert keys_moved == keys_reported
+        # a batch over a key of every slot, through the map still stale on untouched slots
+        every_slot: dict[int, str] = {}
+        for i in itertools.count():
+            every_slot.setdefault(_slot(f"slot:{i}"), f"slot:{i}")
+            if len(every_slot) == 16384:
+                break
+        batch_started = time.monotonic()
+        moved_before = store.stats().moved
+        store.set_many({key: key for key in every_slot.values()})
+        assert store.get_many(list(every_slot.values())) == {k: k for k in every_slot.values()}
+        batch_time = time.monotonic() - batch_started
+        late_moved = store.stats().moved - moved_before
+        assert late_moved > 0
+        assert list(store.sharder._state.table) == owners  # type: ignore[attr-defined]
+        store.sharder._check()  # type: ignore[attr-defined]
+        keys_moved = keys_reported
         assert keys_moved / len(keys) <= 1.05 * plan.ideal_fraction
-        assert sum(_client("127.0.0.1", p).dbsize() for p in [*ports, new_port]) == len(keys)
+        total = sum(_client("127.0.0.1", p).dbsize() for p in [*ports, new_port])
+        assert total == len(keys) + len(every_slot)
         operations = sum(w.operations for w in workers)
         print(
             f"\ngrow 3->4 through a ShardedStore: {len(keys)} keys, {operations} operations "
@@ -304,7 +321,9 @@ def test_grow_three_masters_to_four_under_load_through_a_sharded_store() -> None
             f"reads; keys moved {keys_moved} = {keys_moved / len(keys):.4%} "
             f"({keys_moved / len(keys) / plan.ideal_fraction:.4f} x ideal); MOVED "
             f"{stats.moved}, ASK {stats.asked}, TRYAGAIN splits {stats.retried}; "
-            f"reshard {reshard_time:.1f} s, test {time.monotonic() - started:.1f} s"
+            f"reshard {reshard_time:.1f} s; then a batch of a key a slot, written and read in "
+            f"{batch_time:.2f} s, followed MOVED {late_moved}; test "
+            f"{time.monotonic() - started:.1f} s"
         )
         store.close()
 

@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from scalekit.cache import AsyncRedisCache, LRUCache, RedisCache
-from scalekit.errors import ArgumentTypeError, BackendError, ConfigurationError, ShardUnavailable
+from scalekit.errors import (
+    ArgumentTypeError,
+    BackendError,
+    ConfigurationError,
+    ShardUnavailable,
+    UnknownNode,
+)
 from scalekit.sharding import (
     AsyncShardedStore,
     HashRing,
@@ -756,3 +762,20 @@ def test_the_async_store_follows_redirections_too() -> None:
         assert stats.retried == 1
 
     asyncio.run(main())
+
+
+def test_assign_slots_makes_one_table_and_joins_new_nodes_when_told() -> None:
+    slot_map = SlotMap.redis_cluster(MASTERS)
+    before = slot_map._state.table
+    with pytest.raises(UnknownNode):
+        slot_map.assign_slots({0: MASTERS[1], 1: SPARE[0]})
+    assert slot_map._state.table is before  # refused: nothing changed
+    slot_map.assign_slots({0: MASTERS[1], 1: SPARE[0], 16383: SPARE[0]}, join=True)
+    assert slot_map.nodes == (*MASTERS, SPARE[0])
+    assert slot_map.slots_of(SPARE[0]) == {1, 16383}
+    assert slot_map._state.table[0] == MASTERS[1]
+    assert sum(a != b for a, b in zip(before, slot_map._state.table, strict=True)) == 3
+    slot_map._check()
+    table = slot_map._state.table
+    slot_map.assign_slots({1: SPARE[0]})  # owned so already: no new table
+    assert slot_map._state.table is table

@@ -503,19 +503,38 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
         Runtime complexity: O(1) when ``node`` owns the slot already, else O(S).
         """
         slot = check_count(slot, "slot", maximum=self._slot_count - 1)
-        check_node(node)
+        self.assign_slots({slot: check_node(node)}, join=join)
+
+    def assign_slots(self, owners: Mapping[int, N], *, join: bool = False) -> None:
+        """Hand each slot of ``owners`` (``slot -> node``) to its node at once, in
+        one new table (see :meth:`assign_slot`): what a client does with the
+        ``MOVED`` answers of one batch.
+
+        Runtime complexity: O(len(owners)) when every slot is owned so already,
+        else O(S).
+        """
+        if not isinstance(owners, Mapping):
+            raise ArgumentTypeError(f"owners must map slots to nodes, got {type(owners).__name__}")
         if not isinstance(join, bool):
             raise ArgumentTypeError(f"join must be a bool, got {join!r}")
+        for slot, node in owners.items():
+            check_count(slot, "slot", maximum=self._slot_count - 1)
+            check_node(node)
         with self._lock:
             weights = self._weights
-            if node not in weights:
-                if not join:
-                    raise UnknownNode(f"{node!r} is not a node")
-                weights = {**weights, node: 1}
             table = self._state.table
-            if table[slot] == node:
+            changed = {slot: node for slot, node in owners.items() if table[slot] != node}
+            if not changed:
                 return
-            self._adopt(weights, (*table[:slot], node, *table[slot + 1 :]), adopted=True)
+            for node in changed.values():
+                if node not in weights:
+                    if not join:
+                        raise UnknownNode(f"{node!r} is not a node")
+                    weights = {**weights, node: 1}
+            new = list(table)
+            for slot, node in changed.items():
+                new[slot] = node
+            self._adopt(weights, tuple(new), adopted=True)
 
     def _adopt(
         self,

@@ -194,13 +194,17 @@ class _Core(Generic[N]):
                 self.errors.setdefault(node, 0)
         return store
 
-    def _follow(self, redirect: _Redirect) -> tuple[Any, bool]:
+    def _follow(self, redirect: _Redirect, moves: dict[int, Any] | None = None) -> tuple[Any, bool]:
         """``(node, asking)`` to send a redirected key's call to next: a ``MOVED``
-        slot is assigned in the map (its node joins if new); an ``ASK`` leaves
-        the map alone and asks once at the importing node."""
+        slot is assigned in the map (its node joins if new), or added to
+        ``moves`` to be assigned with others; an ``ASK`` leaves the map alone and
+        asks once at the importing node."""
         store = self._store_for(redirect.node)
         if redirect.kind == "moved":
-            self.sharder.assign_slot(redirect.slot, redirect.node, join=True)  # type: ignore[attr-defined]
+            if moves is None:
+                self.sharder.assign_slot(redirect.slot, redirect.node, join=True)  # type: ignore[attr-defined]
+            else:
+                moves[redirect.slot] = redirect.node
             with self.lock:
                 self.moved += 1
             return redirect.node, False
@@ -275,6 +279,7 @@ class _Core(Generic[N]):
             self._counted(calls, results)
             retry: dict[str, tuple[Any, bool, bool]] = {}
             followed: dict[_Redirect, tuple[Any, bool]] = {}
+            moves: dict[int, Any] = {}
             for ((node, asking, _), group), result in zip(groups.items(), results, strict=True):
                 if not isinstance(result, BackendError):
                     if result:
@@ -294,11 +299,13 @@ class _Core(Generic[N]):
                         split = True
                         continue
                     if redirect not in followed:
-                        followed[redirect] = self._follow(redirect)
+                        followed[redirect] = self._follow(redirect, moves)
                     retry[key] = (*followed[redirect], False)
                 if split:
                     with self.lock:
                         self.retried += 1
+            if moves:  # one new table for the batch's MOVED slots
+                self.sharder.assign_slots(moves, join=True)  # type: ignore[attr-defined]
             pending = retry
         for key in pending:
             error = BackendError(f"{method}: more than {REDIRECTIONS} redirections for {key!r}")
