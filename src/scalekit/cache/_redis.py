@@ -411,6 +411,17 @@ class RedisCache(_RedisShell[V]):
     ``set_many`` one pipeline. Errors of the client are raised as
     :class:`~scalekit.errors.BackendError` with the client's error as ``__cause__``.
 
+    ``cluster=True`` makes it the store of one master of a Redis Cluster (give
+    one per master to a :class:`~scalekit.sharding.ShardedStore` over
+    :meth:`SlotMap.from_cluster <scalekit.sharding.SlotMap.from_cluster>`): a
+    command's keys must share a slot there, so ``get_many`` and
+    ``get_many_with_ttl`` send one ``MGET`` per slot, all in one pipeline, and
+    a batch whose commands partly fail (``MOVED``, ``ASK``...) raises
+    :class:`~scalekit.errors.ShardUnavailable` with what the rest read in
+    ``found`` and each failed key's error in ``failed``; :meth:`asking` sends an
+    operation with ``ASKING`` before each of its commands. Without it the
+    commands are those of a single server, unchanged.
+
     Runtime complexity: one round trip per call; O(len(keys)) to encode and decode.
 
     >>> import redis                                     # doctest: +SKIP

@@ -60,7 +60,7 @@ class ShardedStoreStats:
 
 
 _STORE_METHODS = ("get", "set", "add", "delete", "get_many", "set_many")
-REDIRECTIONS = 16
+_REDIRECTIONS = 16
 """How many Redis Cluster redirections one key follows before its call fails."""
 
 
@@ -223,7 +223,7 @@ class _Core(Generic[N]):
         """The result (or error) of one call of one key, following redirections."""
         asking = False
         result: Any = None
-        for _ in range(REDIRECTIONS + 1):
+        for _ in range(_REDIRECTIONS + 1):
             if asking:
                 call = (node, "asking", (method, *args), kwargs)
             else:
@@ -241,7 +241,7 @@ class _Core(Generic[N]):
                     self.retried += 1
                 continue
             node, asking = self._follow(redirect)
-        error = BackendError(f"{method}: more than {REDIRECTIONS} redirections, last at {node}")
+        error = BackendError(f"{method}: more than {_REDIRECTIONS} redirections, last at {node}")
         error.__cause__ = result
         return error
 
@@ -263,7 +263,7 @@ class _Core(Generic[N]):
         found: dict[str, Any] = {}
         failed: dict[str, BaseException] = {}
         last: dict[str, BaseException] = {}
-        for _ in range(REDIRECTIONS + 1):
+        for _ in range(_REDIRECTIONS + 1):
             if not pending:
                 break
             groups: dict[tuple[Any, bool, str | None], list[str]] = {}
@@ -308,7 +308,7 @@ class _Core(Generic[N]):
                 self.sharder.assign_slots(moves, join=True)  # type: ignore[attr-defined]
             pending = retry
         for key in pending:
-            error = BackendError(f"{method}: more than {REDIRECTIONS} redirections for {key!r}")
+            error = BackendError(f"{method}: more than {_REDIRECTIONS} redirections for {key!r}")
             error.__cause__ = last.get(key)
             failed[key] = error
         return found, failed
@@ -545,7 +545,20 @@ class ShardedStore(_ShardedBase[N]):
     :meth:`reshard` carries out a :class:`~scalekit.sharding.ReshardPlan` while
     reads and writes continue (see :class:`~scalekit.sharding.Migration`).
 
-    Runtime complexity: one sharder lookup per key, one round trip per shard.
+    Over a Redis Cluster (the sharder a :class:`~scalekit.sharding.SlotMap` with
+    Redis Cluster hashing, e.g. :meth:`SlotMap.from_cluster`, no replicas, one
+    ``RedisCache(client, cluster=True)`` per master), the store follows the
+    cluster's redirections itself while slots move: ``MOVED`` hands the slot to
+    the named master in the map (``assign_slot``; a master the map did not know
+    joins, its store made by ``store_factory(node)``) and sends the keys there;
+    ``ASK`` sends them once to the importing master with ``ASKING`` (the store's
+    ``asking``); ``TRYAGAIN`` splits a batch to single keys. Only the redirected
+    keys of a batch are sent again, regrouped; after 16
+    redirections a key fails with :class:`ShardUnavailable`. :meth:`stats`
+    counts them (``moved``, ``asked``, ``retried``).
+
+    Runtime complexity: one sharder lookup per key, one round trip per shard,
+    plus one per round of redirections (and O(S) per round that moves slots).
 
     >>> from scalekit.cache import LRUCache
     >>> from scalekit.sharding import JumpHash
