@@ -877,6 +877,12 @@ def _scale_out_cases() -> list[Case]:
                 lambda _, v, c=cls, m=make_client: c(m(), serializer=v),
                 [None, 5, "json", JSON.dumps],
             ),
+            Case(
+                f"{name}.cluster",
+                lambda: None,
+                lambda _, v, c=cls, m=make_client: c(m(), cluster=v),
+                [None, 1, 0, "yes"],
+            ),
         ]
     cases.append(
         Case(
@@ -910,6 +916,19 @@ def _scale_out_cases() -> list[Case]:
                 ("get_with_ttl.key", lambda o, v: o.get_with_ttl(v), BAD_STORE_KEY, "key"),
                 ("get_many_with_ttl.keys", lambda o, v: o.get_many_with_ttl(v), BAD_KEYS, "key"),
                 ("keys.count", lambda o, v: o.keys(count=v), [*BAD_COUNT, 0], "count"),
+                (
+                    "asking.method",
+                    lambda o, v: o.asking(v, "a"),
+                    [None, 5, "", "flushdb", "keys", "__init__", "asking"],
+                    "method",
+                ),
+                ("asking.key", lambda o, v: o.asking("get", v), BAD_STORE_KEY, "key"),
+                (
+                    "asking.arguments",
+                    lambda o, v: o.asking("set", *v),
+                    [(), ("a",), ("a", 1, 2, 3)],
+                    "arguments",
+                ),
             ]
         else:
             store_cases += [
@@ -1183,6 +1202,14 @@ def _scale_out_cases() -> list[Case]:
         ]
     cases.append(
         Case(
+            "ShardedStore.store_factory",
+            lambda: None,
+            lambda _, v: ShardedStore(HashRing(["a"]), {"a": LRUCache(2)}, store_factory=v),
+            [5, "x", LRUCache],
+        )
+    )
+    cases.append(
+        Case(
             "ShardedStore.max_workers",
             lambda: None,
             lambda _, v: ShardedStore(HashRing(["a"]), {"a": LRUCache(2)}, max_workers=v),
@@ -1228,6 +1255,34 @@ def _scale_out_cases() -> list[Case]:
             _cluster_map,
             lambda o, v: o.assign_slot(0, v),
             BAD_NODE,
+            _sharder_state,
+        ),
+        Case(
+            "SlotMap.assign_slots.owners",
+            _cluster_map,
+            lambda o, v: o.assign_slots(v),
+            [None, 5, "ab", [(0, "127.0.0.1:7001")]],
+            _sharder_state,
+        ),
+        Case(
+            "SlotMap.assign_slots.slot",
+            _cluster_map,
+            lambda o, v: o.assign_slots({1: "127.0.0.1:7001", v: "127.0.0.1:7001"}),
+            [1.5, "3", NAN, INF, HUGE_INT, -1, object(), 16384],
+            _sharder_state,
+        ),
+        Case(
+            "SlotMap.assign_slots.node",
+            _cluster_map,
+            lambda o, v: o.assign_slots({0: "127.0.0.1:7001", 1: v}),
+            BAD_NODE,
+            _sharder_state,
+        ),
+        Case(
+            "SlotMap.assign_slot.join",
+            _cluster_map,
+            lambda o, v: o.assign_slot(0, "127.0.0.1:7009", join=v),
+            [None, 1, "yes"],
             _sharder_state,
         ),
         Case(

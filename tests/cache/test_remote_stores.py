@@ -154,6 +154,80 @@ def test_batches_are_one_round_trip(redis_client: Any) -> None:
 
 
 @pytest.mark.redis
+def test_a_cluster_node_store_keeps_the_contract_and_batches_by_slot(redis_client: Any) -> None:
+    check_store(lambda: RedisCache(redis_client, cluster=True))
+    counting = CountingClient(redis_client)
+    sent: list[tuple[Any, ...]] = []
+    pipeline = counting.pipeline
+
+    def recording(transaction: bool = True) -> Any:
+        pipe = pipeline(transaction)
+        execute_command = pipe.execute_command
+
+        def record(*args: Any) -> Any:
+            sent.append(args)
+            return execute_command(*args)
+
+        pipe.execute_command = record
+        return pipe
+
+    counting.pipeline = recording  # type: ignore[method-assign]
+    cache = RedisCache(counting, prefix="{app}", cluster=True)
+    assert cache.cluster
+    keys = [f"k{i}" for i in range(50)]
+    cache.set_many(dict.fromkeys(keys, 1))
+    assert cache.get_many(keys) == dict.fromkeys(keys, 1)  # one hash tag: one slot, one MGET
+    assert counting.round_trips == 2
+    tagged = RedisCache(counting, prefix="p:", cluster=True)
+    mixed = ["{a}1", "{a}2", "{b}1", "x", "{a}3"]
+    tagged.set_many(dict.fromkeys(mixed, 2))
+    sent.clear()
+    assert tagged.get_many(mixed) == dict.fromkeys(mixed, 2)
+    assert counting.round_trips == 4  # pipelined: one round trip
+    assert sent == [  # one MGET a slot (the prefix is hashed too: no tag in "p:")
+        ("MGET", b"p:{a}1", b"p:{a}2", b"p:{a}3"),
+        ("MGET", b"p:{b}1"),
+        ("MGET", b"p:x"),
+    ]
+    assert set(tagged.get_many_with_ttl(mixed)) == set(mixed)
+    assert RedisCache(redis_client).cluster is False
+
+
+def test_cluster_batches_go_one_command_a_slot() -> None:
+    from scalekit.cache._redis import ClusterRedisCommands, with_asking
+    from scalekit.cache._remote import JSON, Codec, Counters
+    from scalekit.sharding import redis_key_slot
+
+    commands = ClusterRedisCommands(Codec[Any]("RedisCache", "", None, JSON), Counters())
+    keys = ["{u1}a", "{u1}b", "foo", "{u2}a", "bar", "{u1}c"]
+    call = commands.get_many(keys)
+    assert call.partial
+    slots = [{redis_key_slot(name) for name in command[1:]} for command in call.commands]
+    assert all(len(one) == 1 for one in slots)  # never CROSSSLOT
+    assert sorted(name for command in call.commands for name in command[1:]) == sorted(
+        key.encode() for key in keys
+    )
+    assert call.commands[0] == ("MGET", b"{u1}a", b"{u1}b", b"{u1}c")
+    # a slot's MGET that fails fails only its keys: the others are read
+    moved = RuntimeError("MOVED")
+    replies = [moved if c[1] == b"foo" else [b"1"] * (len(c) - 1) for c in call.commands]
+    with pytest.raises(BackendError) as caught:
+        call.finish(replies)
+    assert caught.value.found == {k: 1 for k in keys if k != "foo"}  # type: ignore[attr-defined]
+    assert list(caught.value.failed) == ["foo"]  # type: ignore[attr-defined]
+    assert caught.value.failed["foo"].__cause__ is moved  # type: ignore[attr-defined]
+    single = commands.get_many(["{u1}a", "{u1}b"])
+    assert single.commands == (("MGET", b"{u1}a", b"{u1}b"),)
+    assert not single.partial
+    asked = with_asking(commands.set_many({"a": 1, "b": 2}, None))
+    assert [command[0] for command in asked.commands] == ["ASKING", "SET", "ASKING", "SET"]
+    ttl = with_asking(commands.get_many_with_ttl(["{u1}a", "foo"]))
+    names = [command[0] for command in ttl.commands]
+    assert names == ["ASKING", "MGET", "ASKING", "PTTL"] * 2
+    assert ttl.finish([b"OK", [b"1"], b"OK", -1, b"OK", [None], b"OK", -2]) == {"{u1}a": (1, None)}
+
+
+@pytest.mark.redis
 def test_prefix_ttl_and_stats(redis_client: Any) -> None:
     users = RedisCache(redis_client, prefix="users:", ttl=30)
     other = RedisCache(redis_client, prefix="orders:")

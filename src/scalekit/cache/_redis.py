@@ -7,15 +7,17 @@ function that reads their replies, so the two shells only send and receive.
 
 from __future__ import annotations
 
+import binascii
+import inspect
 import math
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from scalekit._validate import check_count, check_methods
+from scalekit._validate import check_count, check_methods, type_name
 from scalekit.cache._remote import JSON, Codec, Counters, Serializer, StoreStats
-from scalekit.errors import BackendError
+from scalekit.errors import ArgumentTypeError, BackendError, ConfigurationError, ShardUnavailable
 
 __all__ = ["AsyncRedisCache", "RedisCache", "RedisCommands"]
 
@@ -29,6 +31,7 @@ class Call(NamedTuple):
 
     commands: tuple[tuple[Any, ...], ...]
     finish: Callable[[list[Any]], Any]
+    partial: bool = False  # a pipeline whose error replies finish reads, key by key
 
 
 def _ms(seconds: float) -> int:
@@ -173,6 +176,142 @@ class RedisCommands(Generic[V]):
         return Call(commands, finish)
 
 
+def _cluster_slot(name: bytes) -> int:
+    """The Redis Cluster slot of a server key: CRC16 of it (or of its hash tag) mod 16384
+    (``scalekit.sharding.redis_key_slot``, which a cache module does not import)."""
+    start = name.find(b"{")
+    if start >= 0:
+        end = name.find(b"}", start + 1)
+        if end > start + 1:
+            name = name[start + 1 : end]
+    return binascii.crc_hqx(name, 0) & 0x3FFF
+
+
+def _by_slot(names: Mapping[bytes, str]) -> list[list[bytes]]:
+    """The server names grouped by cluster slot, in order of first appearance."""
+    groups: dict[int, list[bytes]] = {}
+    for name in names:
+        groups.setdefault(_cluster_slot(name), []).append(name)
+    return list(groups.values())
+
+
+class ClusterRedisCommands(RedisCommands[V]):
+    """:class:`RedisCommands` for one node of a Redis Cluster, where a command's keys
+    must share a slot: ``get_many`` sends one ``MGET`` per slot (pipelined), and a
+    batch whose commands partly fail raises
+    :class:`~scalekit.errors.ShardUnavailable` with what the others read (``found``)
+    and each failed key's error (``failed``, the redis-py error as ``__cause__``:
+    ``MOVED``, ``ASK``, ``TRYAGAIN``...). Runtime complexity: O(1) per key."""
+
+    __slots__ = ()
+
+    def _partly_failed(
+        self, found: dict[str, Any], failed: dict[str, BaseException]
+    ) -> ShardUnavailable:
+        """What a batch raises when some of its commands failed."""
+        self.counters.failed()
+        errors: dict[str, BaseException] = {}
+        for key, reply in failed.items():
+            error = BackendError(f"redis failed: {type(reply).__name__}: {reply}", backend="redis")
+            error.__cause__ = reply
+            errors[key] = error
+        unavailable = ShardUnavailable(
+            f"{len(errors)} key(s) failed on this cluster node", found=found, failed=errors
+        )
+        unavailable.__cause__ = next(iter(failed.values()))
+        return unavailable
+
+    def get_many(self, keys: Iterable[str]) -> Call:
+        names = self.codec.keys(keys)
+        groups = _by_slot(names)
+        if len(groups) <= 1:
+            return super().get_many(names.values())
+
+        def finish(replies: list[Any]) -> dict[str, V]:
+            found: dict[str, V] = {}
+            failed: dict[str, BaseException] = {}
+            for group, reply in zip(groups, replies, strict=True):
+                if isinstance(reply, BaseException):
+                    failed.update(dict.fromkeys((names[name] for name in group), reply))
+                    continue
+                for name, data in zip(group, reply, strict=True):
+                    if data is not None:
+                        key = names[name]
+                        found[key] = self.codec.loads(data, key)
+            self.counters.looked_up(len(found), len(names) - len(found) - len(failed))
+            if failed:
+                raise self._partly_failed(found, failed)
+            return found
+
+        return Call(tuple(("MGET", *group) for group in groups), finish, partial=True)
+
+    def get_many_with_ttl(self, keys: Iterable[str]) -> Call:
+        names = self.codec.keys(keys)
+        groups = _by_slot(names)
+        if not groups:
+            return super().get_many_with_ttl(())
+
+        def finish(replies: list[Any]) -> dict[str, tuple[V, float | None]]:
+            found: dict[str, tuple[V, float | None]] = {}
+            failed: dict[str, BaseException] = {}
+            position = 0
+            for group in groups:
+                values = replies[position]
+                lefts = replies[position + 1 : position + 1 + len(group)]
+                position += 1 + len(group)
+                for index, name in enumerate(group):
+                    key, left = names[name], lefts[index]
+                    if isinstance(values, BaseException) or isinstance(left, BaseException):
+                        failed[key] = values if isinstance(values, BaseException) else left
+                    elif values[index] is not None and int(left) != -2:
+                        found[key] = (self.codec.loads(values[index], key), _seconds_left(left))
+            self.counters.looked_up(len(found), len(names) - len(found) - len(failed))
+            if failed:
+                raise self._partly_failed(found, failed)
+            return found
+
+        commands = tuple(
+            command
+            for group in groups
+            for command in (("MGET", *group), *(("PTTL", name) for name in group))
+        )
+        return Call(commands, finish, partial=True)
+
+    def set_many(self, items: Mapping[str, V], ttl: float | timedelta | None) -> Call:
+        seconds = self.codec.ttl(ttl)
+        encoded = self.codec.items(items)
+        keys = [key for key, _ in encoded.values()]
+        commands = tuple(self._set(name, data, seconds) for name, (_, data) in encoded.items())
+
+        def finish(replies: list[Any]) -> None:
+            failed = {
+                key: reply
+                for key, reply in zip(keys, replies, strict=True)
+                if isinstance(reply, BaseException)
+            }
+            self.counters.wrote(len(commands) - len(failed))
+            if failed:
+                raise self._partly_failed({}, failed)
+
+        return Call(commands, finish, partial=len(commands) > 1)
+
+
+def with_asking(call: Call) -> Call:
+    """``call`` with ``ASKING`` before each of its commands, as a Redis Cluster node
+    importing a slot needs (``ASKING`` holds for the next command only); sent as
+    one pipeline, so on one connection. Runtime complexity: O(commands)."""
+    commands = tuple(part for command in call.commands for part in (("ASKING",), command))
+    return Call(commands, lambda replies: call.finish(replies[1::2]), partial=call.partial)
+
+
+_ASKABLE = frozenset(
+    (
+        "get", "get_with_ttl", "get_many", "get_many_with_ttl", "set", "add", "delete",
+        "ttl_of", "set_many",
+    )
+)  # fmt: skip
+
+
 class _RedisShell(Generic[V]):
     """What the sync and async shells share: checking and keeping the settings."""
 
@@ -183,20 +322,29 @@ class _RedisShell(Generic[V]):
         prefix: str = "",
         ttl: float | timedelta | None = None,
         serializer: Serializer[V] = JSON,
+        cluster: bool = False,
     ) -> None:
         import redis
 
         name = type(self).__name__
         what = "a redis.asyncio.Redis" if name.startswith("Async") else "a redis.Redis"
         self._client = check_methods(client, "client", what, ("execute_command",))
+        if not isinstance(cluster, bool):
+            raise ArgumentTypeError(f"cluster must be a bool, got {type_name(cluster)}")
         self._counters = Counters()
-        self._commands = RedisCommands(Codec[V](name, prefix, ttl, serializer), self._counters)
+        commands = ClusterRedisCommands if cluster else RedisCommands
+        self._commands = commands(Codec[V](name, prefix, ttl, serializer), self._counters)
         self._errors = (redis.RedisError, OSError)
 
     @property
     def client(self) -> Any:
         """The redis-py client this store sends its commands with."""
         return self._client
+
+    @property
+    def cluster(self) -> bool:
+        """Whether this store is one node of a Redis Cluster (batches split by slot)."""
+        return isinstance(self._commands, ClusterRedisCommands)
 
     @property
     def prefix(self) -> str:
@@ -222,6 +370,28 @@ class _RedisShell(Generic[V]):
         """Set every counter back to zero."""
         self._counters.reset()
 
+    def _asking(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+        """The round trip of ``method(*args, **kwargs)`` with ``ASKING`` before each command."""
+        commands = self._commands
+        if not isinstance(method, str):
+            raise ArgumentTypeError(f"method must be an operation's name, got {type_name(method)}")
+        if method not in _ASKABLE:
+            raise ConfigurationError(f"method must be one of {sorted(_ASKABLE)}, got {method!r}")
+        try:
+            inspect.signature(getattr(RedisCache, method)).bind(self, *args, **kwargs)
+        except TypeError as exc:
+            raise ArgumentTypeError(f"arguments of method {method!r}: {exc}") from None
+        if method in ("set", "add"):
+            key, value = args
+            call = getattr(commands, method)(key, value, kwargs.get("ttl"))
+        elif method == "set_many":
+            call = commands.set_many(args[0], kwargs.get("ttl"))
+        elif method in ("get", "get_with_ttl"):
+            call = getattr(commands, method)(args[0], args[1] if len(args) > 1 else None)
+        else:
+            call = getattr(commands, method)(*args)
+        return with_asking(call)
+
     def _failed(self, exc: BaseException) -> BackendError:
         self._counters.failed()
         return BackendError(f"redis failed: {type(exc).__name__}: {exc}", backend="redis")
@@ -241,6 +411,17 @@ class RedisCache(_RedisShell[V]):
     ``set_many`` one pipeline. Errors of the client are raised as
     :class:`~scalekit.errors.BackendError` with the client's error as ``__cause__``.
 
+    ``cluster=True`` makes it the store of one master of a Redis Cluster (give
+    one per master to a :class:`~scalekit.sharding.ShardedStore` over
+    :meth:`SlotMap.from_cluster <scalekit.sharding.SlotMap.from_cluster>`): a
+    command's keys must share a slot there, so ``get_many`` and
+    ``get_many_with_ttl`` send one ``MGET`` per slot, all in one pipeline, and
+    a batch whose commands partly fail (``MOVED``, ``ASK``...) raises
+    :class:`~scalekit.errors.ShardUnavailable` with what the rest read in
+    ``found`` and each failed key's error in ``failed``; :meth:`asking` sends an
+    operation with ``ASKING`` before each of its commands. Without it the
+    commands are those of a single server, unchanged.
+
     Runtime complexity: one round trip per call; O(len(keys)) to encode and decode.
 
     >>> import redis                                     # doctest: +SKIP
@@ -259,7 +440,7 @@ class RedisCache(_RedisShell[V]):
                 pipe = self._client.pipeline(transaction=False)
                 for command in commands:
                     pipe.execute_command(*command)
-                replies = pipe.execute()
+                replies = pipe.execute(raise_on_error=not call.partial)
             else:
                 replies = []
         except self._errors as exc:
@@ -269,6 +450,15 @@ class RedisCache(_RedisShell[V]):
     def get(self, key: str, default: V | None = None, /) -> V | None:
         """The value of ``key``, or ``default`` when it is missing or expired."""
         return self._run(self._commands.get(key, default))  # type: ignore[no-any-return]
+
+    def asking(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """``method(*args, **kwargs)`` (``"get"``, ``"set_many"``...) with ``ASKING``
+        before each of its commands, in one pipeline: what a Redis Cluster client
+        sends to the node importing a slot after an ``ASK`` redirection.
+
+        Runtime complexity: as ``method``, in one round trip.
+        """
+        return self._run(self._asking(method, args, kwargs))
 
     def get_with_ttl(self, key: str, default: Any = None, /) -> tuple[Any, float | None]:
         """``(value, seconds left)`` of ``key`` in one round trip (``GET`` and
@@ -339,7 +529,7 @@ class AsyncRedisCache(_RedisShell[V]):
                 pipe = self._client.pipeline(transaction=False)
                 for command in commands:
                     pipe.execute_command(*command)
-                replies = await pipe.execute()
+                replies = await pipe.execute(raise_on_error=not call.partial)
             else:
                 replies = []
         except self._errors as exc:
@@ -349,6 +539,11 @@ class AsyncRedisCache(_RedisShell[V]):
     async def get(self, key: str, default: V | None = None, /) -> V | None:
         """The value of ``key``, or ``default`` when it is missing or expired."""
         return await self._run(self._commands.get(key, default))  # type: ignore[no-any-return]
+
+    async def asking(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """``method(*args, **kwargs)`` with ``ASKING`` before each command (see
+        :meth:`RedisCache.asking`)."""
+        return await self._run(self._asking(method, args, kwargs))
 
     async def get_with_ttl(self, key: str, default: Any = None, /) -> tuple[Any, float | None]:
         """``(value, seconds left)`` in one round trip (see :meth:`RedisCache.get_with_ttl`)."""

@@ -490,25 +490,51 @@ class SlotMap(ShardingScheme[N, _SlotTable]):
                     weights[owner] = 1
             self._adopt(weights, tuple(table), adopted=True)
 
-    def assign_slot(self, slot: int, node: N) -> None:
-        """Hand ``slot`` to ``node`` (already a node), as a cluster does when one
-        slot has finished moving; the rest of the table stays as it is.
+    def assign_slot(self, slot: int, node: N, *, join: bool = False) -> None:
+        """Hand ``slot`` to ``node``, as a cluster does when one slot has finished
+        moving; the rest of the table stays as it is. ``node`` must be a node
+        already, unless ``join=True``: then a new node joins, of weight 1 (a
+        master a cluster's ``MOVED`` named, which the map did not know).
 
         Raises :class:`~scalekit.errors.UnknownNode` or
         :class:`~scalekit.errors.ConfigurationError` (no such slot) and changes
         nothing.
 
-        Runtime complexity: O(S).
+        Runtime complexity: O(1) when ``node`` owns the slot already, else O(S).
         """
         slot = check_count(slot, "slot", maximum=self._slot_count - 1)
-        check_node(node)
+        self.assign_slots({slot: check_node(node)}, join=join)
+
+    def assign_slots(self, owners: Mapping[int, N], *, join: bool = False) -> None:
+        """Hand each slot of ``owners`` (``slot -> node``) to its node at once, in
+        one new table (see :meth:`assign_slot`): what a client does with the
+        ``MOVED`` answers of one batch.
+
+        Runtime complexity: O(len(owners)) when every slot is owned so already,
+        else O(S).
+        """
+        if not isinstance(owners, Mapping):
+            raise ArgumentTypeError(f"owners must map slots to nodes, got {type(owners).__name__}")
+        if not isinstance(join, bool):
+            raise ArgumentTypeError(f"join must be a bool, got {join!r}")
+        for slot, node in owners.items():
+            check_count(slot, "slot", maximum=self._slot_count - 1)
+            check_node(node)
         with self._lock:
-            if node not in self._weights:
-                raise UnknownNode(f"{node!r} is not a node")
+            weights = self._weights
             table = self._state.table
-            if table[slot] == node:
+            changed = {slot: node for slot, node in owners.items() if table[slot] != node}
+            if not changed:
                 return
-            self._adopt(self._weights, (*table[:slot], node, *table[slot + 1 :]), adopted=True)
+            for node in changed.values():
+                if node not in weights:
+                    if not join:
+                        raise UnknownNode(f"{node!r} is not a node")
+                    weights = {**weights, node: 1}
+            new = list(table)
+            for slot, node in changed.items():
+                new[slot] = node
+            self._adopt(weights, tuple(new), adopted=True)
 
     def _adopt(
         self,

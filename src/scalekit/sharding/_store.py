@@ -10,20 +10,28 @@ call spans several), :func:`_run_async` on async stores (``asyncio.gather``).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Generator, Hashable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
-from scalekit._validate import check_count, check_methods, check_seconds, type_name
+from scalekit._validate import (
+    check_callable,
+    check_count,
+    check_methods,
+    check_seconds,
+    type_name,
+)
 from scalekit.errors import ArgumentTypeError, BackendError, ConfigurationError, ShardUnavailable
 from scalekit.sharding._base import Sharder
 from scalekit.sharding._migration import Migration, MigrationProgress
 from scalekit.sharding._plan import ReshardPlan
 from scalekit.sharding._plan_routing import AsyncPlanRoute
 from scalekit.sharding._progress import progress_bar
+from scalekit.sharding._slots import REDIS_CLUSTER_SLOTS, SlotMap, redis_key_slot
 
 __all__ = ["AsyncShardedStore", "ShardedStore", "ShardedStoreStats"]
 
@@ -38,22 +46,76 @@ Flow = Generator[Calls, list[Any], _R]
 
 @dataclass(frozen=True)
 class ShardedStoreStats:
-    """Counters of a sharded store: calls per shard, shard errors, and failovers
-    (a call served by a replica because an earlier node of the key failed)."""
+    """Counters of a sharded store: calls per shard, shard errors, failovers
+    (a call served by a replica because an earlier node of the key failed), and
+    the Redis Cluster redirections followed: ``moved`` (the map was updated),
+    ``asked`` (a key asked of the node importing its slot) and ``retried`` (a
+    batch split to single keys after ``TRYAGAIN``)."""
 
     calls: dict[Any, int]
     errors: dict[Any, int]
     failovers: int
+    moved: int = 0
+    asked: int = 0
+    retried: int = 0
 
 
 _STORE_METHODS = ("get", "set", "add", "delete", "get_many", "set_many")
+_REDIRECTIONS = 16
+"""How many Redis Cluster redirections one key follows before its call fails."""
+
+
+class _Redirect(NamedTuple):
+    kind: str  # "moved", "ask" or "tryagain"
+    slot: int
+    node: str
+
+
+def _redirect_of(error: BaseException) -> _Redirect | None:
+    """The redirection a Redis Cluster answered with, from a store's error (its
+    ``__cause__`` is redis-py's ``MovedError``, ``AskError`` or ``TryAgainError``,
+    or a ``ResponseError`` reading ``MOVED <slot> <host>:<port>``); else None.
+    redis-py is not imported: its errors are known by class name."""
+    cause = error.__cause__
+    if cause is None:
+        return None
+    names = {kind.__name__ for kind in type(cause).__mro__}
+    if "TryAgainError" in names:
+        return _Redirect("tryagain", -1, "")
+    slot, host, port = (getattr(cause, name, None) for name in ("slot_id", "host", "port"))
+    if isinstance(slot, int) and isinstance(host, str) and isinstance(port, int):
+        return _Redirect("moved" if "MovedError" in names else "ask", slot, f"{host}:{port}")
+    if "ResponseError" in names:
+        match = _REDIRECT_TEXT.match(str(cause))
+        if match is not None:
+            kind, slot_text, node = match.groups()
+            return _Redirect(kind.lower(), int(slot_text), node)
+    return None
+
+
+_REDIRECT_TEXT = re.compile(r"(MOVED|ASK) (\d+) (\S+:\d+)$")
+
+
+def _key_errors(result: BackendError, keys: Iterable[str]) -> dict[str, BaseException]:
+    """Each key's error in a batch call's error: its own when the store said
+    which keys failed (:class:`ShardUnavailable`), else the call's."""
+    if isinstance(result, ShardUnavailable) and isinstance(result.failed, dict):
+        return {key: result.failed[key] for key in keys if key in result.failed}
+    return dict.fromkeys(keys, result)
 
 
 class _Core(Generic[N]):
     """Routing and the flows of every operation; no I/O."""
 
-    def __init__(self, sharder: Sharder[N], stores: Mapping[N, Any], replicas: int) -> None:
+    def __init__(
+        self,
+        sharder: Sharder[N],
+        stores: Mapping[N, Any],
+        replicas: int,
+        store_factory: Callable[[Any], Any] | None = None,
+    ) -> None:
         check_methods(sharder, "sharder", "a Sharder", ("node_for", "nodes_for"))
+        check_callable(store_factory, "store_factory", allow_none=True)
         if not isinstance(stores, Mapping):
             raise ArgumentTypeError(f"stores must map nodes to stores, got {type_name(stores)}")
         for node, store in stores.items():
@@ -67,12 +129,27 @@ class _Core(Generic[N]):
                 f"replicas={self.replicas} needs {self.replicas + 1} nodes, "
                 f"the sharder has {len(sharder.nodes)}"
             )
+        # Redis Cluster redirections are followed over a cluster's slot map, one node a key
+        self.follows = (
+            isinstance(sharder, SlotMap)
+            and sharder._hash is redis_key_slot
+            and sharder.slots == REDIS_CLUSTER_SLOTS
+            and self.replicas == 0
+        )
+        if store_factory is not None and not self.follows:
+            raise ConfigurationError(
+                "store_factory is for a Redis Cluster SlotMap (redis_cluster=True) without replicas"
+            )
         self.sharder = sharder
         self.stores = dict(stores)
+        self.store_factory = store_factory
         self.lock = threading.Lock()
         self.calls: dict[Any, int] = dict.fromkeys(self.stores, 0)
         self.errors: dict[Any, int] = dict.fromkeys(self.stores, 0)
         self.failovers = 0
+        self.moved = 0
+        self.asked = 0
+        self.retried = 0
 
     def checked(self, key: object) -> str:
         """``key`` if it is a ``str``."""
@@ -91,8 +168,157 @@ class _Core(Generic[N]):
         with self.lock:
             for (node, *_), result in zip(calls, results, strict=True):
                 self.calls[node] = self.calls.get(node, 0) + 1
-                if isinstance(result, BackendError):
+                if isinstance(result, BackendError) and not self._redirected(result):
                     self.errors[node] = self.errors.get(node, 0) + 1
+
+    def _redirected(self, result: BackendError) -> bool:
+        """Whether ``result`` is a redirection this store follows (not an error)."""
+        if not self.follows:
+            return False
+        if isinstance(result, ShardUnavailable) and isinstance(result.failed, dict):
+            return all(_redirect_of(error) is not None for error in result.failed.values())
+        return _redirect_of(result) is not None
+
+    # -- Redis Cluster redirections --------------------------------------------------
+
+    def _store_for(self, node: Any) -> Any:
+        """The store of ``node``, made by ``store_factory`` the first time."""
+        store = self.stores.get(node)
+        if store is not None:
+            return store
+        if self.store_factory is None:
+            raise ConfigurationError(
+                f"the cluster redirected to {node}, a node with no store: "
+                "give the sharded store a store_factory"
+            )
+        with self.lock:
+            store = self.stores.get(node)
+            if store is None:
+                store = self.store_factory(node)
+                check_methods(store, f"store_factory({node!r})", "a Store", _STORE_METHODS)
+                self.stores = {**self.stores, node: store}  # copied: readers hold no lock
+                self.calls.setdefault(node, 0)
+                self.errors.setdefault(node, 0)
+        return store
+
+    def _follow(self, redirect: _Redirect, moves: dict[int, Any] | None = None) -> tuple[Any, bool]:
+        """``(node, asking)`` to send a redirected key's call to next: a ``MOVED``
+        slot is assigned in the map (its node joins if new), or added to
+        ``moves`` to be assigned with others; an ``ASK`` leaves the map alone and
+        asks once at the importing node."""
+        store = self._store_for(redirect.node)
+        if redirect.kind == "moved":
+            if moves is None:
+                self.sharder.assign_slot(redirect.slot, redirect.node, join=True)  # type: ignore[attr-defined]
+            else:
+                moves[redirect.slot] = redirect.node
+            with self.lock:
+                self.moved += 1
+            return redirect.node, False
+        if not callable(getattr(store, "asking", None)):
+            raise ConfigurationError(
+                f"the store of {redirect.node} cannot send ASKING "
+                "(a RedisCache(..., cluster=True) can)"
+            )
+        with self.lock:
+            self.asked += 1
+        return redirect.node, True
+
+    def _one(
+        self, node: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Flow[Any]:
+        """The result (or error) of one call of one key, following redirections."""
+        asking = False
+        result: Any = None
+        for _ in range(_REDIRECTIONS + 1):
+            if asking:
+                call = (node, "asking", (method, *args), kwargs)
+            else:
+                call = (node, method, args, kwargs)
+            results = yield [call]
+            self._counted([call], results)
+            result = results[0]
+            redirect = None
+            if self.follows and isinstance(result, BackendError):
+                redirect = _redirect_of(result)
+            if redirect is None:
+                return result
+            if redirect.kind == "tryagain":
+                with self.lock:
+                    self.retried += 1
+                continue
+            node, asking = self._follow(redirect)
+        error = BackendError(f"{method}: more than {_REDIRECTIONS} redirections, last at {node}")
+        error.__cause__ = result
+        return error
+
+    def _spread(
+        self,
+        routes: dict[str, Any],
+        method: str,
+        args_of: Callable[[list[str]], tuple[Any, ...]],
+        kwargs: dict[str, Any],
+    ) -> Flow[tuple[dict[str, Any], dict[str, BaseException]]]:
+        """One batch call per node for the keys of ``routes`` (``key -> node``), all
+        at once, then again for the keys redirected, regrouped: ``MOVED`` and
+        ``ASK`` keys at their new node, a ``TRYAGAIN`` batch split to single
+        keys. Returns ``(found, failed)``: what the calls returned, merged, and
+        each key's error when it was not a redirection or they ran out."""
+        pending: dict[str, tuple[Any, bool, bool]] = {
+            key: (node, False, False) for key, node in routes.items()
+        }  # key -> (node, asking, alone)
+        found: dict[str, Any] = {}
+        failed: dict[str, BaseException] = {}
+        last: dict[str, BaseException] = {}
+        for _ in range(_REDIRECTIONS + 1):
+            if not pending:
+                break
+            groups: dict[tuple[Any, bool, str | None], list[str]] = {}
+            for key, (node, asking, alone) in pending.items():
+                groups.setdefault((node, asking, key if alone else None), []).append(key)
+            calls: Calls = [
+                (node, "asking", (method, *args_of(group)), kwargs)
+                if asking
+                else (node, method, args_of(group), kwargs)
+                for (node, asking, _), group in groups.items()
+            ]
+            results = yield calls
+            self._counted(calls, results)
+            retry: dict[str, tuple[Any, bool, bool]] = {}
+            followed: dict[_Redirect, tuple[Any, bool]] = {}
+            moves: dict[int, Any] = {}
+            for ((node, asking, _), group), result in zip(groups.items(), results, strict=True):
+                if not isinstance(result, BackendError):
+                    if result:
+                        found.update(result)
+                    continue
+                if isinstance(result, ShardUnavailable) and isinstance(result.found, dict):
+                    found.update(result.found)
+                split = False
+                for key, error in _key_errors(result, group).items():
+                    redirect = _redirect_of(error) if self.follows else None
+                    if redirect is None:
+                        failed[key] = error
+                        continue
+                    last[key] = error
+                    if redirect.kind == "tryagain":
+                        retry[key] = (node, asking, True)
+                        split = True
+                        continue
+                    if redirect not in followed:
+                        followed[redirect] = self._follow(redirect, moves)
+                    retry[key] = (*followed[redirect], False)
+                if split:
+                    with self.lock:
+                        self.retried += 1
+            if moves:  # one new table for the batch's MOVED slots
+                self.sharder.assign_slots(moves, join=True)  # type: ignore[attr-defined]
+            pending = retry
+        for key in pending:
+            error = BackendError(f"{method}: more than {_REDIRECTIONS} redirections for {key!r}")
+            error.__cause__ = last.get(key)
+            failed[key] = error
+        return found, failed
 
     def _failover(self) -> None:
         with self.lock:
@@ -104,14 +330,12 @@ class _Core(Generic[N]):
         """``method`` on the first owner that answers (the primary, then replicas)."""
         last: BaseException | None = None
         for index, node in enumerate(self.owners(key)):
-            calls: Calls = [(node, method, args, {})]
-            results = yield calls
-            self._counted(calls, results)
-            if not isinstance(results[0], BackendError):
+            result = yield from self._one(node, method, args, {})
+            if not isinstance(result, BackendError):
                 if index:
                     self._failover()
-                return results[0]
-            last = results[0]
+                return result
+            last = result
         raise ShardUnavailable(
             f"every node of {key!r} failed",
             found={},
@@ -123,9 +347,13 @@ class _Core(Generic[N]):
     ) -> Flow[list[Any]]:
         """``method`` on every owner at once; the results of those that answered.
         Raises only when all failed (a failed replica is logged and counted)."""
-        calls: Calls = [(node, method, args, kwargs) for node in self.owners(key)]
-        results = yield calls
-        self._counted(calls, results)
+        owners = self.owners(key)
+        if len(owners) == 1:
+            results = [(yield from self._one(owners[0], method, args, kwargs))]
+        else:
+            calls: Calls = [(node, method, args, kwargs) for node in owners]
+            results = yield calls
+            self._counted(calls, results)
         answered = [r for r in results if not isinstance(r, BackendError)]
         if not answered:
             raise ShardUnavailable(
@@ -140,22 +368,20 @@ class _Core(Generic[N]):
         """Set-if-absent at the first owner that answers, then set at the others."""
         owners = self.owners(key)
         for index, node in enumerate(owners):
-            calls: Calls = [(node, "add", (key, value), kwargs)]
-            results = yield calls
-            self._counted(calls, results)
-            if isinstance(results[0], BackendError):
+            result = yield from self._one(node, "add", (key, value), kwargs)
+            if isinstance(result, BackendError):
                 if index == len(owners) - 1:
                     raise ShardUnavailable(
-                        f"every node of {key!r} failed", found={}, failed={key: results[0]}
-                    ) from results[0]
+                        f"every node of {key!r} failed", found={}, failed={key: result}
+                    ) from result
                 continue
             if index:
                 self._failover()
             rest = [(other, "set", (key, value), kwargs) for other in owners[index + 1 :]]
-            if results[0] and rest:
+            if result and rest:
                 copies = yield rest
                 self._counted(rest, copies)
-            return bool(results[0])
+            return bool(result)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def get_many(self, keys: Iterable[str], method: str = "get_many") -> Flow[dict[str, Any]]:
@@ -164,8 +390,13 @@ class _Core(Generic[N]):
         if not isinstance(keys, Iterable) or isinstance(keys, (str, bytes)):
             raise ArgumentTypeError(f"keys must be an iterable of str, got {type_name(keys)}")
         routes = {key: self.owners(key) for key in keys}
-        found: dict[str, Any] = {}
-        failed: dict[str, BaseException] = {}
+        found: dict[str, Any]
+        failed: dict[str, BaseException]
+        found, failed = {}, {}
+        if self.follows:
+            start = {key: owners[0] for key, owners in routes.items()}
+            found, failed = yield from self._spread(start, method, lambda group: (group,), {})
+            routes = {}
         attempt = 0
         while routes:
             groups: dict[N, list[str]] = {}
@@ -212,6 +443,17 @@ class _Core(Generic[N]):
             check = getattr(self.stores[node], "check_items", None)
             if check is not None:
                 check(group)
+        if self.follows:
+            start = {key: owners[0] for key, owners in owners_of.items()}
+            _, unsent = yield from self._spread(
+                start, "set_many", lambda group: ({key: items[key] for key in group},), kwargs
+            )
+            if unsent:
+                cause = next(iter(unsent.values()))
+                raise ShardUnavailable(
+                    f"{len(unsent)} key(s) failed on their node", found={}, failed=unsent
+                ) from cause
+            return
         calls: Calls = [(node, "set_many", (group,), kwargs) for node, group in groups.items()]
         results = yield calls
         self._counted(calls, results)
@@ -237,7 +479,14 @@ class _Core(Generic[N]):
 
     def stats(self) -> ShardedStoreStats:
         with self.lock:
-            return ShardedStoreStats(dict(self.calls), dict(self.errors), self.failovers)
+            return ShardedStoreStats(
+                dict(self.calls),
+                dict(self.errors),
+                self.failovers,
+                self.moved,
+                self.asked,
+                self.retried,
+            )
 
 
 def _iterable(keys: object) -> Iterable[Any]:
@@ -259,8 +508,15 @@ def _check_ttl(ttl: float | timedelta | None) -> dict[str, Any]:
 
 
 class _ShardedBase(Generic[N]):
-    def __init__(self, sharder: Sharder[N], stores: Mapping[N, Any], *, replicas: int = 0) -> None:
-        self._core = _Core(sharder, stores, replicas)
+    def __init__(
+        self,
+        sharder: Sharder[N],
+        stores: Mapping[N, Any],
+        *,
+        replicas: int = 0,
+        store_factory: Callable[[N], Any] | None = None,
+    ) -> None:
+        self._core = _Core(sharder, stores, replicas, store_factory)
 
     @property
     def sharder(self) -> Sharder[N]:
@@ -308,7 +564,20 @@ class ShardedStore(_ShardedBase[N]):
     :meth:`reshard` carries out a :class:`~scalekit.sharding.ReshardPlan` while
     reads and writes continue (see :class:`~scalekit.sharding.Migration`).
 
-    Runtime complexity: one sharder lookup per key, one round trip per shard.
+    Over a Redis Cluster (the sharder a :class:`~scalekit.sharding.SlotMap` with
+    Redis Cluster hashing, e.g. :meth:`SlotMap.from_cluster`, no replicas, one
+    ``RedisCache(client, cluster=True)`` per master), the store follows the
+    cluster's redirections itself while slots move: ``MOVED`` hands the slot to
+    the named master in the map (``assign_slot``; a master the map did not know
+    joins, its store made by ``store_factory(node)``) and sends the keys there;
+    ``ASK`` sends them once to the importing master with ``ASKING`` (the store's
+    ``asking``); ``TRYAGAIN`` splits a batch to single keys. Only the redirected
+    keys of a batch are sent again, regrouped; after 16
+    redirections a key fails with :class:`ShardUnavailable`. :meth:`stats`
+    counts them (``moved``, ``asked``, ``retried``).
+
+    Runtime complexity: one sharder lookup per key, one round trip per shard,
+    plus one per round of redirections (and O(S) per round that moves slots).
 
     >>> from scalekit.cache import LRUCache
     >>> from scalekit.sharding import JumpHash
@@ -325,8 +594,9 @@ class ShardedStore(_ShardedBase[N]):
         *,
         replicas: int = 0,
         max_workers: int | None = None,
+        store_factory: Callable[[N], Any] | None = None,
     ) -> None:
-        super().__init__(sharder, stores, replicas=replicas)
+        super().__init__(sharder, stores, replicas=replicas, store_factory=store_factory)
         self._max_workers = check_count(
             len(self._core.stores) if max_workers is None else max_workers,
             "max_workers",
