@@ -909,8 +909,15 @@ class AsyncShardedStore(_ShardedBase[N]):
     clients of the same servers, in this process or another.
     """
 
-    def __init__(self, sharder: Sharder[N], stores: Mapping[N, Any], *, replicas: int = 0) -> None:
-        super().__init__(sharder, stores, replicas=replicas)
+    def __init__(
+        self,
+        sharder: Sharder[N],
+        stores: Mapping[N, Any],
+        *,
+        replicas: int = 0,
+        store_factory: Callable[[N], Any] | None = None,
+    ) -> None:
+        super().__init__(sharder, stores, replicas=replicas, store_factory=store_factory)
         self._route: AsyncPlanRoute[N] | None = None
 
     def follow(self, plan: ReshardPlan[N], stores: Mapping[N, Any] | None = None) -> None:
