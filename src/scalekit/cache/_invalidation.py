@@ -99,7 +99,13 @@ class RedisInvalidation:
     def detach(self, on_keys: OnKeys) -> None:
         """Stop calling the listener attached with ``on_keys``."""
         with self._lock:
-            self._listeners = [pair for pair in self._listeners if pair[0] is not on_keys]
+            # ==, not is: a bound method is a new object at each access
+            self._listeners = [pair for pair in self._listeners if pair[0] != on_keys]
+
+    @property
+    def prefix(self) -> str:
+        """The prefix of the keys reported (cut from the keys handed to listeners)."""
+        return self._prefix.decode("utf-8", "surrogatepass")
 
     @property
     def ready(self) -> bool:
@@ -182,6 +188,14 @@ class RedisInvalidation:
         for name in ("maint_notifications_config", "maint_notifications_pool_handler"):
             settings.pop(name, None)  # redis-py 7+: only for RESP3
         connection = pool.connection_class(**settings)
+        try:
+            self._subscribe(connection)
+        except BaseException:
+            connection.disconnect()  # a failed setup must not leave a socket per retry
+            raise
+        return connection
+
+    def _subscribe(self, connection: Any) -> None:
         connection.connect()
         if self._resolved_mode() == "tracking":
             connection.send_command("CLIENT", "ID")
@@ -195,7 +209,6 @@ class RedisInvalidation:
         else:
             connection.send_command("SUBSCRIBE", self._channel)
         connection.read_response()  # the subscribe confirmation
-        return connection
 
     def _flush(self) -> None:
         with self._lock:
