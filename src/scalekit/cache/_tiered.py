@@ -210,8 +210,10 @@ class TieredCache(Generic[V]):
         if (
             flight.stale
             or self._closed
-            or self._channels
-            and (flight.generation != self._generation() or not self._listening())
+            or (
+                self._channels
+                and (flight.generation != self._generation() or not self._listening())
+            )
         ):
             self._not_kept += 1
             return
