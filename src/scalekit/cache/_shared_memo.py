@@ -227,7 +227,7 @@ class Memo:
                 _log.warning("could not drop the lease %r; it expires by itself", lease_key)
         return Outcome(value, False)
 
-    def _release(self, lease_key: str, token: str) -> Flow:
+    def _release(self, lease_key: str, token: str) -> Generator[Step, Any, None]:
         """Drop the lease if it is still this caller's (read, then delete: a lease
         that expired and was taken in between is dropped too, which costs one more
         computation, never a wrong value); a failing store leaves it to expire."""
