@@ -90,7 +90,7 @@ class SetManyKeepsDeadline(JsonStore):
 
     def set_many(self, items: Mapping[Any, Any], *, ttl: Any = None) -> None:
         if ttl is None and isinstance(items, Mapping):
-            for key, value in items.items():
+            for value in items.values():
                 self._json(value)
             for key, value in items.items():
                 left = self.ttl_of(key) if key in self else None
