@@ -163,7 +163,8 @@ def test_a_restarted_server_flushes_l1_and_no_read_is_stale_after() -> None:
         cache = TieredCache(
             LRUCache(100), RedisCache(client, prefix="r:"), invalidation=invalidation
         )
-        other = RedisCache(redis.Redis(port=port), prefix="r:")
+        other_client = redis.Redis(port=port)
+        other = RedisCache(other_client, prefix="r:")
         try:
             assert invalidation.wait_ready(5)
             other.set("k", 1)
@@ -186,3 +187,5 @@ def test_a_restarted_server_flushes_l1_and_no_read_is_stale_after() -> None:
             assert cache.get("k") == 3
         finally:
             invalidation.close()
+            client.close()
+            other_client.close()
