@@ -3,6 +3,7 @@ channel failing mid-call, close(), a prefix mismatch, a Redis server restarted."
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from typing import Any
@@ -190,3 +191,74 @@ def test_a_restarted_server_flushes_l1_and_no_read_is_stale_after() -> None:
             invalidation.close()
             client.close()
             other_client.close()
+
+
+class FreezingProxy:
+    """A TCP proxy to a Redis server that can stop forwarding while keeping every
+    socket open: a link that died without a word (a partition, a NAT timeout)."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream = port
+        self.frozen = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            self.sockets += [client, server]
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+                while self.frozen.is_set():
+                    time.sleep(0.01)
+                if not data:
+                    target.close()
+                    return
+                target.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.mark.redis
+def test_a_link_that_died_without_a_word_is_dropped_and_l1_flushed(redis_url: str) -> None:
+    import redis
+
+    port = redis.Redis.from_url(redis_url).connection_pool.connection_kwargs["port"]
+    proxy = FreezingProxy(port)
+    client = redis.Redis(port=proxy.port, db=14)
+    invalidation = RedisInvalidation(client, prefix="h:", heartbeat=0.2, reconnect_delay=0.05)
+    cache = TieredCache(LRUCache(10), LRUCache(10), invalidation=invalidation)
+    try:
+        assert invalidation.wait_ready(5)
+        cache.set("k", 1)
+        assert cache.get("k") == 1
+        assert "k" in cache.l1
+        proxy.frozen.set()
+        deadline = time.monotonic() + 2
+        while invalidation.ready and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not invalidation.ready
+        assert invalidation.stats()["drops"] == 1
+        assert "k" not in cache.l1
+        cache.get("k")
+        assert "k" not in cache.l1  # nothing kept while down
+    finally:
+        proxy.frozen.clear()
+        invalidation.close()
+        client.close()
+        proxy.close()
