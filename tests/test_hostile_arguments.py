@@ -1042,6 +1042,12 @@ def _scale_out_cases() -> list[Case]:
             [*BAD_SECONDS, 0, INF],
         ),
         Case(
+            "RedisInvalidation.heartbeat",
+            lambda: None,
+            lambda _, v: _invalidation(heartbeat=v),
+            [*BAD_SECONDS, 0, INF],
+        ),
+        Case(
             "RedisInvalidation.wait_ready.timeout",
             _invalidation,
             lambda o, v: o.wait_ready(v),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -45,7 +46,10 @@ class RedisInvalidation:
     connection of this object's own is made from its settings. ``prefix`` is the
     prefix of the shared store's keys (a :class:`~scalekit.cache.RedisCache`'s
     ``prefix``): keys are reported without it. ``channel`` is the pub/sub channel
-    of ``"pubsub"`` mode (by default, one per prefix).
+    of ``"pubsub"`` mode (by default, one per prefix). After ``heartbeat``
+    seconds without a message the connection is sent a ``PING``; with no reply
+    within ``heartbeat`` more it is taken as dropped (a link that died without a
+    word, behind a NAT or a partition, would otherwise keep near caches stale).
 
     The listener thread starts with the first :meth:`attach`; :meth:`close`
     stops it. Counters: :meth:`stats`.
@@ -59,6 +63,7 @@ class RedisInvalidation:
         mode: str = "auto",
         channel: str | None = None,
         reconnect_delay: float = 0.1,
+        heartbeat: float = 5.0,
     ) -> None:
         check_methods(client, "client", "a redis.Redis", ("execute_command",))
         self._prefix = check_str(prefix, "prefix", allow_empty=True).encode(
@@ -69,6 +74,7 @@ class RedisInvalidation:
             channel = "scalekit:invalidate:" + prefix
         self._channel = check_str(channel, "channel").encode("utf-8", "surrogatepass")
         self._delay = check_seconds(reconnect_delay, "reconnect_delay")
+        self._heartbeat = check_seconds(heartbeat, "heartbeat")
         self._client = client
         self._listeners: list[tuple[OnKeys, OnFlush]] = []
         self._lock = threading.Lock()
@@ -99,7 +105,13 @@ class RedisInvalidation:
     def detach(self, on_keys: OnKeys) -> None:
         """Stop calling the listener attached with ``on_keys``."""
         with self._lock:
-            self._listeners = [pair for pair in self._listeners if pair[0] is not on_keys]
+            # ==, not is: a bound method is a new object at each access
+            self._listeners = [pair for pair in self._listeners if pair[0] != on_keys]
+
+    @property
+    def prefix(self) -> str:
+        """The prefix of the keys reported (cut from the keys handed to listeners)."""
+        return self._prefix.decode("utf-8", "surrogatepass")
 
     @property
     def ready(self) -> bool:
@@ -182,6 +194,14 @@ class RedisInvalidation:
         for name in ("maint_notifications_config", "maint_notifications_pool_handler"):
             settings.pop(name, None)  # redis-py 7+: only for RESP3
         connection = pool.connection_class(**settings)
+        try:
+            self._subscribe(connection)
+        except BaseException:
+            connection.disconnect()  # a failed setup must not leave a socket per retry
+            raise
+        return connection
+
+    def _subscribe(self, connection: Any) -> None:
         connection.connect()
         if self._resolved_mode() == "tracking":
             connection.send_command("CLIENT", "ID")
@@ -195,7 +215,6 @@ class RedisInvalidation:
         else:
             connection.send_command("SUBSCRIBE", self._channel)
         connection.read_response()  # the subscribe confirmation
-        return connection
 
     def _flush(self) -> None:
         with self._lock:
@@ -257,10 +276,18 @@ class RedisInvalidation:
                 self._stopping.wait(self._delay)
 
     def _receive(self, connection: Any) -> None:
+        wait, heard, pinged = min(0.2, self._heartbeat), time.monotonic(), False
         while not self._stopping.is_set():
-            if not connection.can_read(timeout=0.2):
+            if not connection.can_read(timeout=wait):
+                if time.monotonic() - heard < self._heartbeat:
+                    continue
+                if pinged:
+                    raise ConnectionError(f"no reply to PING in {self._heartbeat} s")
+                connection.send_command("PING")  # the reply is a ["pong", ""] message
+                heard, pinged = time.monotonic(), True
                 continue
             message = connection.read_response()
+            heard, pinged = time.monotonic(), False
             if not isinstance(message, list) or len(message) < 3:
                 continue
             kind = message[0]

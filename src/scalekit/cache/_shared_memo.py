@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 from scalekit import _json
 from scalekit._waiting import Latch
-from scalekit.errors import ArgumentTypeError, BackendError, ReentrantCall
+from scalekit.errors import ArgumentTypeError, ReentrantCall
 
 __all__ = ["LocalCalls", "Memo", "run", "run_async", "store_key"]
 
@@ -191,7 +191,12 @@ class Memo:
         lease_key, token = self.lease_key(key), uuid.uuid4().hex
         delay = self.poll
         while True:
-            if (yield ("add", lease_key, token, self.lease)):
+            try:
+                taken = yield ("add", lease_key, token, self.lease)
+            except BaseException:
+                yield from self._release(lease_key, token)  # the add may have been done
+                raise
+            if taken:
                 return (yield from self._compute(key, call, lease_key, token))
             while True:  # another caller holds the lease: wait for its value
                 value = yield ("get", key, _MISSING)
@@ -205,20 +210,32 @@ class Memo:
     def _compute(self, key: str, call: _Call, lease_key: str, token: str) -> Flow:
         try:
             value = yield ("call",)
+            # An invalidation meanwhile dropped the lease (or it expired and another
+            # caller took it): this result may predate the change, so it is not stored.
+            still_ours = (yield ("get", lease_key, _MISSING)) == token
+            if still_ours and not call.stale:
+                yield self._store(key, value)
         except BaseException:
-            try:
-                yield ("delete", lease_key)  # let another caller try now
-            except BackendError:
-                _log.warning("could not drop the lease %r; it expires by itself", lease_key)
+            # the function, the store or a cancellation failed this caller: let
+            # another caller try now rather than when the lease expires
+            yield from self._release(lease_key, token)
             raise
-        # An invalidation meanwhile dropped the lease (or it expired and another
-        # caller took it): this result may predate the change, so it is not stored.
-        still_ours = (yield ("get", lease_key, _MISSING)) == token
-        if still_ours and not call.stale:
-            yield self._store(key, value)
         if still_ours:
-            yield ("delete", lease_key)
+            try:
+                yield ("delete", lease_key)
+            except Exception:  # the value is stored: answer with it
+                _log.warning("could not drop the lease %r; it expires by itself", lease_key)
         return Outcome(value, False)
+
+    def _release(self, lease_key: str, token: str) -> Generator[Step, Any, None]:
+        """Drop the lease if it is still this caller's (read, then delete: a lease
+        that expired and was taken in between is dropped too, which costs one more
+        computation, never a wrong value); a failing store leaves it to expire."""
+        try:
+            if (yield ("get", lease_key, _MISSING)) == token:
+                yield ("delete", lease_key)
+        except Exception:
+            _log.warning("could not drop the lease %r; it expires by itself", lease_key)
 
 
 def _store_call(store: Any, step: Step) -> Any:
@@ -255,6 +272,19 @@ def run(memo: Memo, flow: Flow, func: Callable[..., Any], args: Any, kwargs: Any
         return stop.value  # type: ignore[no-any-return]
 
 
+async def _on_thread(store: Any, step: Step) -> Any:
+    """A sync store's call on a worker thread; a cancellation waits for the call
+    to end (it runs on regardless), so the flow's next step sees what it did."""
+    done = asyncio.ensure_future(asyncio.to_thread(_store_call, store, step))
+    try:
+        return await asyncio.shield(done)
+    except asyncio.CancelledError:
+        await asyncio.wait([done])
+        if not done.cancelled():
+            done.exception()  # retrieved: the cancellation is what the caller sees
+        raise
+
+
 async def run_async(
     memo: Memo, flow: Flow, func: Callable[..., Any], args: Any, kwargs: Any
 ) -> Outcome:
@@ -276,7 +306,7 @@ async def run_async(
                 elif awaited:
                     result = await _store_call(memo.store, step)
                 else:
-                    result = await asyncio.to_thread(_store_call, memo.store, step)
+                    result = await _on_thread(memo.store, step)
             except BaseException as exc:
                 step = flow.throw(exc)
             else:

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 from scalekit._validate import check_callable, check_hashable, check_seconds, type_name
-from scalekit.errors import ArgumentTypeError
+from scalekit.errors import ArgumentTypeError, ConfigurationError
 
 __all__ = ["TieredCache", "TieredStats"]
 
@@ -116,6 +116,7 @@ class TieredCache(Generic[V]):
                 raise ArgumentTypeError(
                     f"invalidation must be a RedisInvalidation, got {type_name(channel)}"
                 )
+            _check_prefix(l2, channel)
         self._l1_ttl = None if l1_ttl is None else check_seconds(l1_ttl, "l1_ttl")
         check_callable(timer, "timer")
         self.l1 = l1
@@ -136,6 +137,7 @@ class TieredCache(Generic[V]):
         own = own if isinstance(own, (int, float)) and not isinstance(own, bool) else None
         bounds = [b for b in (self._l1_ttl, own) if b is not None]
         self._l1_bound: float | None = min(bounds) if bounds else None
+        self._closed = False
         for channel in channels:
             channel.attach(self._on_keys, self._on_flush)
 
@@ -205,8 +207,13 @@ class TieredCache(Generic[V]):
             del self._flights[key]
         if value is _MISSING:
             return
-        if flight.stale or (
-            self._channels and (flight.generation != self._generation() or not self._listening())
+        if (
+            flight.stale
+            or self._closed
+            or (
+                self._channels
+                and (flight.generation != self._generation() or not self._listening())
+            )
         ):
             self._not_kept += 1
             return
@@ -355,8 +362,12 @@ class TieredCache(Generic[V]):
         except BaseException:
             self._forget(key, flight)
             raise
-        for channel in self._channels:
-            channel.publish([key])
+        try:
+            for channel in self._channels:
+                channel.publish([key])
+        except BaseException:
+            self._forget(key, flight)  # the others may keep the old value: so does nothing here
+            raise
         with self._lock:
             if stored:
                 l2_ttl = self._l2_ttl(ttl)
@@ -394,12 +405,10 @@ class TieredCache(Generic[V]):
             self._replay()
             for key in items:
                 self._drop(key)
-        self.l2.set_many(items, **({} if seconds is None else {"ttl": seconds}))
-        with self._lock:
-            for key in items:
-                self._drop(key)
-                for flight in self._flights.get(key, ()):
-                    flight.stale = True
+        try:
+            self.l2.set_many(items, **({} if seconds is None else {"ttl": seconds}))
+        finally:  # a failed batch may have written some items: reads in flight keep none
+            self._dropped(items)
         for channel in self._channels:
             channel.publish(list(items))
 
@@ -408,14 +417,21 @@ class TieredCache(Generic[V]):
         check_hashable(key, "key")
         with self._lock:
             self._drop(key)
-        deleted = bool(self.l2.delete(key))
-        with self._lock:
-            self._drop(key)
-            for flight in self._flights.get(key, ()):
-                flight.stale = True
+        try:
+            deleted = bool(self.l2.delete(key))
+        finally:  # a failed delete may have deleted: a read in flight keeps nothing
+            self._dropped([key])
         for channel in self._channels:
             channel.publish([key])
         return deleted
+
+    def _dropped(self, keys: Iterable[Any]) -> None:
+        """Drop ``keys`` from l1 and mark their reads in flight stale."""
+        with self._lock:
+            for key in keys:
+                self._drop(key)
+                for flight in self._flights.get(key, ()):
+                    flight.stale = True
 
     def clear_l1(self) -> None:
         """Empty this process's l1 (l2 is untouched)."""
@@ -450,6 +466,26 @@ class TieredCache(Generic[V]):
                 check()
 
     def close(self) -> None:
-        """Stop receiving invalidations (the channels and tiers stay open)."""
+        """Stop receiving invalidations (the channels and tiers stay open). l1 is
+        emptied and, having no news of other servers' writes, keeps nothing more:
+        the cache then reads and writes l2 only."""
         for channel in self._channels:
             channel.detach(self._on_keys)
+        with self._lock:
+            self._closed = bool(self._channels)
+        self._on_flush()
+
+
+def _check_prefix(l2: Any, channel: Any) -> None:
+    """Refuse a channel reporting keys under another prefix than l2's: none of
+    its messages would name a key of l1 (silently stale)."""
+    store_prefix, channel_prefix = getattr(l2, "prefix", None), getattr(channel, "prefix", None)
+    if (
+        isinstance(store_prefix, str)
+        and isinstance(channel_prefix, str)
+        and store_prefix != channel_prefix
+    ):
+        raise ConfigurationError(
+            f"the invalidation reports keys under the prefix {channel_prefix!r} but l2's "
+            f"prefix is {store_prefix!r}: no message would reach l1"
+        )

@@ -162,6 +162,24 @@ async def ttls(env: _Env) -> None:
         await store.ttl_of(env.key("never-set"))
 
 
+async def overwrites_reset_the_ttl(env: _Env) -> None:
+    store = env.store()
+    fresh, again, many = env.key("fresh"), env.key("again"), env.key("again-many")
+    await store.set(fresh, 0)  # no ttl: the store's default, whatever it is
+    default = await store.ttl_of(fresh)
+    for key in (again, many):
+        await store.set(key, 1, ttl=0.5)
+    await store.set(again, 2)
+    await store.set_many({many: 2})
+    for key, how in ((again, "set"), (many, "set_many")):
+        left = await store.ttl_of(key)
+        expect(
+            left is None if default is None else left is not None and left > default - 1,
+            f"{how} without ttl over a key with one kept its ttl ({left}, a new key gets "
+            f"{default})",
+        )
+
+
 async def items_expire(env: _Env) -> None:
     store = env.store()
     short, kept, added = env.key("short"), env.key("kept"), env.key("short-add")
@@ -239,6 +257,7 @@ _CHECKS: dict[str, Callable[..., Awaitable[None]]] = {
         values_read_back,
         keys_kept_apart,
         ttls,
+        overwrites_reset_the_ttl,
         items_expire,
         many_at_once,
         bad_arguments_change_nothing,
