@@ -779,3 +779,32 @@ def test_assign_slots_makes_one_table_and_joins_new_nodes_when_told() -> None:
     table = slot_map._state.table
     slot_map.assign_slots({1: SPARE[0]})  # owned so already: no new table
     assert slot_map._state.table is table
+
+
+@pytest.mark.redis
+def test_batches_are_sent_to_every_shard_before_any_reply_is_read(redis_client: Any) -> None:
+    """get_many and set_many over RedisCache shards go out on every shard's
+    connection first (no thread); an error reply of one shard (a full server
+    refusing writes) fails only its keys, and every connection goes back clean."""
+    import redis
+
+    with redis_server("--maxmemory", "1", "--maxmemory-policy", "noeviction") as full_port:
+        full = redis.Redis(port=full_port)
+        stores = {n: RedisCache(redis_client, prefix=f"sg-{n}:") for n in NODES[:2]}
+        stores["full"] = RedisCache(full)
+        ring = HashRing(list(stores))
+        with ShardedStore(ring, stores) as store:
+            keys = [f"k{i}" for i in range(90)]
+            doomed = {k for k in keys if ring.node_for(k) == "full"}
+            assert doomed
+            with pytest.raises(ShardUnavailable) as caught:
+                store.set_many({k: i for i, k in enumerate(keys)})
+            assert set(caught.value.failed) == doomed
+            assert "maxmemory" in str(caught.value.__cause__)
+            assert store._executor is None  # no worker thread was needed
+            expected = {k: i for i, k in enumerate(keys) if k not in doomed}
+            assert store.get_many(keys) == expected  # the other shards took theirs
+            assert store.get_many(keys) == expected  # and their connections are clean
+            for client in (redis_client, full):
+                assert not client.connection_pool._in_use_connections
+        full.close()

@@ -45,6 +45,14 @@ def _seconds_left(reply: Any) -> float | None:
     return None if left < 0 else left / 1000
 
 
+def _connection(pool: Any) -> Any:
+    """A connection of ``pool`` (redis-py before 5.3 wants a command name)."""
+    try:
+        return pool.get_connection()
+    except TypeError:
+        return pool.get_connection("MGET")
+
+
 class RedisCommands(Generic[V]):
     """The commands of every :class:`RedisCache` operation, and the reading of
     their replies; no I/O. Runtime complexity: O(1) per key."""
@@ -335,6 +343,7 @@ class _RedisShell(Generic[V]):
         commands = ClusterRedisCommands if cluster else RedisCommands
         self._commands = commands(Codec[V](name, prefix, ttl, serializer), self._counters)
         self._errors = (redis.RedisError, OSError)
+        self._response_error: type[BaseException] = redis.ResponseError
 
     @property
     def client(self) -> Any:
@@ -450,6 +459,66 @@ class RedisCache(_RedisShell[V]):
     def get(self, key: str, default: V | None = None, /) -> V | None:
         """The value of ``key``, or ``default`` when it is missing or expired."""
         return self._run(self._commands.get(key, default))  # type: ignore[no-any-return]
+
+    def start(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Send the commands of a batch (``get_many``, ``get_many_with_ttl`` or
+        ``set_many``) on a connection of the client's pool and return at once, so
+        that a :class:`~scalekit.sharding.ShardedStore` can send every shard's batch
+        before it reads any reply; :meth:`finish` reads them. ``None`` when this
+        batch cannot go this way (another method, a cluster batch, a client
+        without a connection pool): call the method itself then.
+
+        Runtime complexity: as the method, without waiting for the reply.
+        """
+        build = _SCATTERED.get(method)
+        pool = getattr(self._client, "connection_pool", None)
+        if build is None or pool is None or not callable(getattr(pool, "release", None)):
+            return None
+        call: Call = build(self._commands, *args, **kwargs)
+        if call.partial or not call.commands:
+            return None
+        try:
+            connection = _connection(pool)
+        except self._errors as exc:
+            raise self._failed(exc) from exc
+        try:
+            connection.send_packed_command(connection.pack_commands(call.commands))
+        except BaseException as exc:
+            connection.disconnect()
+            pool.release(connection)
+            if isinstance(exc, self._errors):
+                raise self._failed(exc) from exc
+            raise
+        return (pool, connection, call)
+
+    def finish(self, started: Any) -> Any:
+        """Read the replies of what :meth:`start` sent, and return the batch's result."""
+        pool, connection, call = started
+        replies: list[Any] = []
+        refused: BaseException | None = None
+        try:
+            for _ in call.commands:  # read them all: the connection goes back clean
+                try:
+                    replies.append(connection.read_response())
+                except self._response_error as exc:
+                    replies.append(exc)
+                    refused = refused or exc
+        except BaseException as exc:
+            connection.disconnect()
+            if isinstance(exc, self._errors):
+                raise self._failed(exc) from exc
+            raise
+        finally:
+            pool.release(connection)
+        if refused is not None:
+            raise self._failed(refused) from refused
+        return call.finish(replies)
+
+    def abort(self, started: Any) -> None:
+        """Drop what :meth:`start` sent without reading it (the connection is closed)."""
+        pool, connection, _ = started
+        connection.disconnect()
+        pool.release(connection)
 
     def asking(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         """``method(*args, **kwargs)`` (``"get"``, ``"set_many"``...) with ``ASKING``
@@ -594,3 +663,11 @@ class AsyncRedisCache(_RedisShell[V]):
     ) -> None:
         """Store every item with the same ``ttl``, in one pipelined round trip."""
         await self._run(self._commands.set_many(items, ttl))
+
+
+_SCATTERED: dict[str, Callable[..., Call]] = {
+    "get_many": lambda commands, keys: commands.get_many(keys),
+    "get_many_with_ttl": lambda commands, keys: commands.get_many_with_ttl(keys),
+    "set_many": lambda commands, items, ttl=None: commands.set_many(items, ttl),
+}
+"""The batches :meth:`RedisCache.start` sends without waiting for the reply."""

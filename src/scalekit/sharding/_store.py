@@ -630,13 +630,52 @@ class ShardedStore(_ShardedBase[N]):
         try:
             calls = next(flow)
             while True:
-                if len(calls) == 1 or self._max_workers == 1:
-                    results = [self._call(call) for call in calls]
+                if len(calls) == 1:
+                    results = [self._call(calls[0])]
                 else:
-                    results = list(self._pool().map(self._call, calls))
+                    results = self._scatter(calls)
                 calls = flow.send(results)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
+
+    def _scatter(self, calls: Calls) -> list[Any]:
+        """Run shard calls at once: the batches of stores that can send without
+        waiting (:meth:`RedisCache.start`) are all sent before any reply is read;
+        the others run on the worker threads (or one by one with ``max_workers=1``)."""
+        results: list[Any] = [_MISSING] * len(calls)
+        started: list[tuple[int, Any, Any]] = []
+        try:
+            for index, (node, method, args, kwargs) in enumerate(calls):
+                store = self._core.stores[node]
+                start = getattr(store, "start", None)
+                if start is None:
+                    continue
+                try:
+                    handle = start(method, *args, **kwargs)
+                except BackendError as exc:
+                    results[index] = exc
+                    continue
+                if handle is not None:
+                    started.append((index, store, handle))
+            sent = {index for index, _, _ in started}
+            rest = [i for i, result in enumerate(results) if result is _MISSING and i not in sent]
+            if len(rest) > 1 and self._max_workers > 1:
+                answers = self._pool().map(self._call, [calls[i] for i in rest])
+                for i, result in zip(rest, answers, strict=True):
+                    results[i] = result
+            else:
+                for i in rest:
+                    results[i] = self._call(calls[i])
+            while started:
+                index, store, handle = started.pop(0)
+                try:
+                    results[index] = store.finish(handle)
+                except BackendError as exc:
+                    results[index] = exc
+        finally:
+            for _, store, handle in started:  # an error stopped us: close what was sent
+                store.abort(handle)
+        return results
 
     def close(self) -> None:
         """Stop the worker threads (the stores stay open: they are the caller's)."""
