@@ -5,7 +5,7 @@
   same server: the issue's target is at most 1.3 x.
 - ``MemcachedCache`` the same against pymemcache, on a memcached of the run's own.
 - ``ShardedStore.get_many`` of 100 keys over 3 Redis servers of the run's own
-  (one ``MGET`` per shard, with a thread per shard or one after another) against
+  (one ``MGET`` per shard, all sent before any reply is read) against
   100 single ``get`` calls: the target is at least 10 x faster (a ratio <= 0.1).
 - ``TieredCache`` l1 hit against a plain ``LRUCache`` hit, 1,000 keys (target
   <= 1.5 x), without TTLs and with the same TTL on both (then both read the clock).

@@ -3,8 +3,10 @@
 Every operation is written once, as a flow that does no I/O: it yields the
 store calls it needs, as a list of ``(node, method, args)`` to run at once, and
 receives their results (or the :class:`~scalekit.errors.BackendError` each
-raised). :func:`_run` drives a flow on sync stores (a thread per shard when a
-call spans several), :func:`_run_async` on async stores (``asyncio.gather``).
+raised). ``ShardedStore._run`` drives a flow on sync stores: when a step spans several
+shards, every batch a store can send without waiting (``RedisCache.start``) is
+sent before any reply is read, and the others run on worker threads;
+``AsyncShardedStore._run`` awaits them together (``asyncio.gather``).
 """
 
 from __future__ import annotations
@@ -555,7 +557,8 @@ class ShardedStore(_ShardedBase[N]):
     several Redis or memcached servers, as twemproxy and Redis Cluster clients do.
 
     ``get_many`` and ``set_many`` send one batch per shard, to all shards at once
-    (a thread per shard). A shard that fails raises
+    (over Redis, every batch is sent before any reply is read; other stores run
+    on worker threads, ``max_workers`` of them). A shard that fails raises
     :class:`ShardUnavailable` (a :class:`~scalekit.errors.BackendError`) for its
     keys only: ``get_many`` keeps what the other shards answered in ``found``.
     With ``replicas=r`` each key is written to the first ``r + 1`` nodes of its
