@@ -16,7 +16,7 @@ from scalekit.sharding._hotkeys import Estimate, HotKeyDetector, HotKeyRouter, K
 from scalekit.sharding._jump import JumpHash, jump_bucket
 from scalekit.sharding._ketama import HASHES_PER_SERVER, KetamaRing, ketama_hash
 from scalekit.sharding._maglev import DEFAULT_TABLE_SIZE, MaglevHash
-from scalekit.sharding._migration import Migration, MigrationProgress
+from scalekit.sharding._migration import AsyncMigration, Migration, MigrationProgress
 from scalekit.sharding._plan import Move, ReshardPlan
 from scalekit.sharding._rendezvous import RendezvousHash
 from scalekit.sharding._report import ShardingReport, report
@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_VNODES",
     "HASHES_PER_SERVER",
     "REDIS_CLUSTER_SLOTS",
+    "AsyncMigration",
     "AsyncShardedStore",
     "BoundedLoads",
     "ClusterReshardProgress",

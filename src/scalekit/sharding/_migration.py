@@ -25,7 +25,15 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping
+from collections.abc import (
+    AsyncIterable,
+    Callable,
+    Generator,
+    Hashable,
+    Iterable,
+    Mapping,
+    MutableMapping,
+)
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -34,7 +42,7 @@ from scalekit.errors import ArgumentTypeError, ConfigurationError
 from scalekit.sharding._base import Key
 from scalekit.sharding._plan import ReshardPlan
 
-__all__ = ["Migration", "MigrationProgress"]
+__all__ = ["AsyncMigration", "Migration", "MigrationProgress"]
 
 N = TypeVar("N", bound=Hashable)
 _MISSING: Any = object()
@@ -268,22 +276,38 @@ class Migration(Generic[N]):
 
     # -- running ----------------------------------------------------------------
 
-    def _move(self, source: N, key: Key) -> bool:
-        """Move ``key`` off ``source`` if the plan moves it; whether it was there."""
+    def _move_steps(self, source: N, key: Key) -> Generator[tuple[Any, ...], Any, bool]:
+        """The move of ``key`` off ``source``, written once and free of I/O: it
+        yields ``(node, operation, *arguments)`` for its store adapter calls and
+        returns whether it moved the key (sync and async movers drive it)."""
         move = self.plan.move_for(key)
         if move is None or move[0] != source:
             return False
-        source_store, target_store = self._stores[source], self._stores[move[1]]
-        value = source_store.get(key)
+        value = yield (source, "get", key)
         if value is _MISSING:
             return False  # deleted, or moved by another process, meanwhile
         try:
-            ttl = source_store.ttl_of(key)
+            ttl = yield (source, "ttl_of", key)
         except KeyError:
             return False  # expired meanwhile: nothing to carry
-        target_store.add(key, value, ttl)  # a write that got there first is newer
-        source_store.delete(key)
+        yield (move[1], "add", key, value, ttl)  # a write that got there first is newer
+        yield (source, "delete", key)
         return True
+
+    def _move(self, source: N, key: Key) -> bool:
+        """Move ``key`` off ``source`` if the plan moves it; whether it was there."""
+        steps = self._move_steps(source, key)
+        try:
+            step = next(steps)
+            while True:
+                try:
+                    result = getattr(self._stores[step[0]], step[1])(*step[2:])
+                except KeyError as exc:
+                    step = steps.throw(exc)
+                else:
+                    step = steps.send(result)
+        except StopIteration as stop:
+            return bool(stop.value)
 
     def _take(self) -> tuple[N, list[Key]] | None:
         """Up to a batch of keys of the first source with keys left, taken off the
@@ -333,6 +357,9 @@ class Migration(Generic[N]):
             store = self._stores[source]
             keys = list(self._keys_of(store.store)) if self._keys_of else store.keys()
             pending.append((source, keys))
+        self._listed(pending)
+
+    def _listed(self, pending: list[tuple[N, list[Key]]]) -> None:
         with self._lock:
             if self._pending is None:
                 self._pending = pending
@@ -358,6 +385,9 @@ class Migration(Generic[N]):
                     done += 1
             finally:
                 self._finish(source, batch[: len(batch) - done], done, moved)
+        return self._report()
+
+    def _report(self) -> MigrationProgress:
         report = self.progress()
         if self._callback is not None:
             self._callback(report)
@@ -437,3 +467,124 @@ class Migration(Generic[N]):
         if progress is False or progress is None:
             return None
         return progress
+
+
+class _AsyncStoreAdapter:
+    """The store calls of a move, awaited, on an :class:`~scalekit.protocols.AsyncStore`."""
+
+    def __init__(self, store: Any) -> None:
+        if not _is_store(store):
+            raise ConfigurationError(
+                f"an async store must have get, set, add, ttl_of and delete, got {type_name(store)}"
+            )
+        self.store = store
+
+    async def get(self, key: Key) -> Any:
+        return await self.store.get(key, _MISSING)
+
+    async def ttl_of(self, key: Key) -> float | None:
+        ttl: float | None = await self.store.ttl_of(key)
+        return math.inf if ttl is None else ttl
+
+    async def add(self, key: Key, value: Any, ttl: float | None) -> bool:
+        return bool(await self.store.add(key, value, ttl=ttl))
+
+    async def delete(self, key: Key) -> None:
+        await self.store.delete(key)
+
+
+class AsyncMigration(Migration[N]):
+    """:class:`Migration` over :class:`~scalekit.protocols.AsyncStore` shards: the
+    same moves (one I/O-free sequence of store calls per key), awaited.
+
+    Route reads and writes meanwhile with
+    :meth:`AsyncShardedStore.follow <scalekit.sharding.AsyncShardedStore.follow>`.
+    ``keys_of(store)`` may return an iterable or an async iterable (the default
+    calls the store's ``keys()``, as ``AsyncRedisCache.keys()``).
+
+    Runtime complexity: as :class:`Migration`'s.
+    """
+
+    def __init__(
+        self,
+        plan: ReshardPlan[N],
+        stores: Mapping[N, Any],
+        *,
+        batch_size: int = 1000,
+        progress: Callable[[MigrationProgress], object] | bool | None = None,
+        keys_of: Callable[[Any], Any] | None = None,
+    ) -> None:
+        super().__init__(plan, stores, batch_size=batch_size, progress=progress, keys_of=keys_of)
+        self._async_stores = {node: _AsyncStoreAdapter(store) for node, store in stores.items()}
+
+    def get(self, key: Key, default: Any = None) -> Any:
+        raise ConfigurationError("route async reads with AsyncShardedStore.follow(plan)")
+
+    def set(self, key: Key, value: Any, *, ttl: float | None = None) -> None:
+        raise ConfigurationError("route async writes with AsyncShardedStore.follow(plan)")
+
+    def delete(self, key: Key) -> None:
+        raise ConfigurationError("route async deletes with AsyncShardedStore.follow(plan)")
+
+    async def _move_async(self, source: N, key: Key) -> bool:
+        steps = self._move_steps(source, key)
+        try:
+            step = next(steps)
+            while True:
+                try:
+                    result = await getattr(self._async_stores[step[0]], step[1])(*step[2:])
+                except KeyError as exc:
+                    step = steps.throw(exc)
+                else:
+                    step = steps.send(result)
+        except StopIteration as stop:
+            return bool(stop.value)
+
+    async def _list_keys_async(self) -> None:
+        pending = []
+        for source in self._sources:
+            store = self._async_stores[source].store
+            listed = self._keys_of(store) if self._keys_of else _default_keys(store)
+            if isinstance(listed, AsyncIterable):
+                keys = [key async for key in listed]
+            else:
+                keys = list(listed)
+            pending.append((source, keys))
+        self._listed(pending)
+
+    async def step(self) -> MigrationProgress:  # type: ignore[override]
+        """:meth:`Migration.step`, awaited."""
+        if self._pending is None:
+            await self._list_keys_async()
+        taken = self._take()
+        if taken is not None:
+            source, batch = taken
+            done = 0
+            moved = 0
+            try:
+                for key in reversed(batch):
+                    if await self._move_async(source, key):
+                        moved += 1
+                    done += 1
+            finally:
+                self._finish(source, batch[: len(batch) - done], done, moved)
+        return self._report()
+
+    async def run(self) -> MigrationProgress:  # type: ignore[override]
+        """Move every key the plan moves; returns early if :meth:`stop` is called."""
+        self._stop.clear()
+        report = self.progress()
+        while not report.done and not self._stop.is_set():
+            report = await self.step()
+        return report
+
+    resume = run  # type: ignore[assignment]
+
+
+def _default_keys(store: Any) -> Any:
+    keys = getattr(store, "keys", None)
+    if callable(keys):
+        return keys()
+    if isinstance(store, AsyncIterable) or hasattr(store, "__iter__"):
+        return store
+    raise ConfigurationError(f"{type_name(store)} cannot list its keys, so it cannot be resharded")

@@ -29,7 +29,7 @@ from scalekit._validate import (
 )
 from scalekit.errors import ArgumentTypeError, BackendError, ConfigurationError, ShardUnavailable
 from scalekit.sharding._base import Sharder
-from scalekit.sharding._migration import Migration, MigrationProgress
+from scalekit.sharding._migration import AsyncMigration, Migration, MigrationProgress
 from scalekit.sharding._plan import ReshardPlan
 from scalekit.sharding._plan_routing import AsyncPlanRoute
 from scalekit.sharding._progress import progress_bar
@@ -944,11 +944,10 @@ class AsyncShardedStore(_ShardedBase[N]):
     the same flows, each batch of shard calls awaited together
     (``asyncio.gather``).
 
-    While a reshard moves keys, :meth:`follow` routes reads and writes by its
+    :meth:`reshard` moves a plan's keys live, awaited (an :class:`AsyncMigration`);
+    while any process moves them, :meth:`follow` routes reads and writes by the
     plan (as :class:`ShardedStore` does), and :meth:`complete` switches to the
-    new placement once the keys have moved. The keys are moved by a sync
-    :class:`ShardedStore` (or :class:`~scalekit.sharding.Migration`) over sync
-    clients of the same servers, in this process or another.
+    new placement once the keys have moved.
     """
 
     def __init__(
@@ -961,6 +960,7 @@ class AsyncShardedStore(_ShardedBase[N]):
     ) -> None:
         super().__init__(sharder, stores, replicas=replicas, store_factory=store_factory)
         self._route: AsyncPlanRoute[N] | None = None
+        self._mover: AsyncMigration[N] | None = None
 
     def follow(self, plan: ReshardPlan[N], stores: Mapping[N, Any] | None = None) -> None:
         """Route by ``plan`` while its keys move: reads try a moving key's source,
@@ -990,6 +990,46 @@ class AsyncShardedStore(_ShardedBase[N]):
             raise ArgumentTypeError(f"plan must be a ReshardPlan, got {type_name(plan)}")
         self._core.sharder = plan.after
         self._route = None
+        self._mover = None
+
+    async def reshard(
+        self,
+        plan: ReshardPlan[N],
+        stores: Mapping[N, Any] | None = None,
+        *,
+        progress: Callable[[MigrationProgress], object] | bool | None = None,
+        batch_size: int = 1000,
+    ) -> MigrationProgress:
+        """:meth:`ShardedStore.reshard`, awaited: move the keys ``plan`` moves while
+        reads and writes go on (through :meth:`follow`), then route by
+        ``plan.after``. :meth:`stop` makes it return after the current batch;
+        awaiting it again with the same plan resumes.
+
+        Runtime complexity: O(keys on the source nodes) store calls.
+        """
+        mover = self._mover
+        if mover is None or mover.plan is not plan:
+            self.follow(plan, stores)
+            mover = AsyncMigration(
+                plan,
+                self._core.stores,
+                progress=progress_bar("resharding") if progress is True else progress,
+                batch_size=batch_size,
+            )
+            self._mover = mover
+        else:
+            shown = progress_bar("resharding") if progress is True else progress
+            mover.configure(progress=shown, batch_size=batch_size)
+        report = await mover.run()
+        if report.done:
+            self.complete(plan)
+        return report
+
+    def stop(self) -> None:
+        """Make a running :meth:`reshard` return after its current batch."""
+        mover = self._mover
+        if mover is not None:
+            mover.stop()
 
     async def _run(self, flow: Flow[_R]) -> _R:
         import asyncio
