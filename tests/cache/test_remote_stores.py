@@ -370,3 +370,35 @@ def test_memcached_expiry_is_never_early() -> None:
     assert expiry(0.001, 5.0) == 2
     assert expiry(RELATIVE_LIMIT - 1, 5.0) == RELATIVE_LIMIT
     assert expiry(RELATIVE_LIMIT, 1000.5) == math.ceil(1000.5 + RELATIVE_LIMIT) + 1
+
+
+def test_memcached_lists_its_keys_and_reshards(memcached_client: Any) -> None:
+    from pymemcache.client.base import Client
+
+    from scalekit.sharding import KetamaRing, ShardedStore
+    from tests.services import memcached_servers
+
+    cache = MemcachedCache(memcached_client, prefix="ks:")
+    cache.set_many({"a": 1, "b/c": 2, "with space": 3})
+    MemcachedCache(memcached_client, prefix="other:").set("z", 0)
+    assert sorted(cache.keys()) == ["a", "b/c"]  # "with space" went hashed: not listable
+
+    with memcached_servers(3) as ports:
+        stores = {
+            f"127.0.0.1:{p}": MemcachedCache(Client(("127.0.0.1", p)), ttl=600) for p in ports
+        }
+        nodes = list(stores)
+        store = ShardedStore(
+            KetamaRing(nodes[:2], points="twemproxy"), {n: stores[n] for n in nodes[:2]}
+        )
+        keys = [f"user:{i}" for i in range(2000)]
+        store.set_many({k: i for i, k in enumerate(keys)})
+        plan = store.sharder.plan_add(nodes[2])  # type: ignore[attr-defined]
+        report = store.reshard(plan, {nodes[2]: stores[nodes[2]]})
+        assert report.done
+        assert report.moved == sum(1 for k in keys if plan.move_for(k))
+        assert store.get_many(keys) == {k: i for i, k in enumerate(keys)}
+        assert sorted(stores[nodes[2]].keys()) == sorted(k for k in keys if plan.move_for(k))
+        left = stores[nodes[2]].ttl_of(next(k for k in keys if plan.move_for(k)))
+        assert left is not None
+        assert 590 <= left <= 602  # the remaining TTL came along (whole seconds)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import socket
 import time
-from collections.abc import Iterable, Mapping
+import urllib.parse
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
@@ -40,6 +42,26 @@ def _is_safe(name: bytes) -> bool:
 def _hashed(name: bytes) -> bytes:
     digest = hashlib.blake2b(name, digest_size=24).digest()
     return _HASHED + base64.urlsafe_b64encode(digest)
+
+
+def _metadump(server: tuple[Any, Any], timeout: float) -> list[bytes]:
+    """The keys memcached lists for ``lru_crawler metadump all`` (percent-decoded)."""
+    with socket.create_connection((server[0], int(server[1])), timeout=timeout) as sock:
+        sock.sendall(b"lru_crawler metadump all\r\n")
+        data = b""
+        while not data.endswith(b"END\r\n"):
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("memcached closed the connection during metadump")
+            data += chunk
+            if data.startswith((b"BUSY", b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR")):
+                raise ConnectionError(f"memcached refused metadump: {data.strip()!r}")
+    names = []
+    for line in data[: -len(b"END\r\n")].splitlines():
+        field = line.split(b" ", 1)[0]
+        if field.startswith(b"key="):
+            names.append(urllib.parse.unquote_to_bytes(field[4:]))
+    return names
 
 
 def expiry(seconds: float | None, now: float) -> int:
@@ -230,6 +252,36 @@ class MemcachedCache(Generic[V]):
         """Raise what ``set_many(items)`` would raise for a bad key or value, with
         no I/O (see :meth:`RedisCache.check_items`)."""
         self._codec.items(items)
+
+    def keys(self) -> Iterator[str]:
+        """Every key of this store that the server holds, read with ``lru_crawler
+        metadump all`` (memcached 1.4.31 or newer) on a connection of its own.
+
+        Keys that were sent hashed (see the class) cannot be read back and are
+        left out, so a :class:`~scalekit.sharding.ShardedStore` reshard does not
+        move them: they are missed once at their new owner and refilled, as with
+        libmemcached, while the old copy lives out its TTL.
+
+        Runtime complexity: O(items on the server), one connection.
+        """
+        server = getattr(self._client, "server", None)
+        if not (isinstance(server, tuple) and len(server) == 2):
+            raise ConfigurationError(
+                f"{type(self._client).__name__} does not say its server: keys() needs a "
+                "pymemcache Client or PooledClient"
+            )
+        try:
+            dump = _metadump(server, float(getattr(self._client, "timeout", None) or 10.0))
+        except OSError as exc:
+            raise self._failed(exc) from exc
+        prefix = self._codec.prefix
+        return iter(
+            [
+                name[len(prefix) :].decode("utf-8", "surrogatepass")
+                for name in dump
+                if name.startswith(prefix) and not name[len(prefix) :].startswith(_HASHED)
+            ]
+        )
 
     def stats(self) -> StoreStats:
         """A snapshot of the counters. Runtime complexity: O(1)."""
