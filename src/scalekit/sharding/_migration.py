@@ -41,6 +41,7 @@ from scalekit._validate import check_callable, check_count, check_seconds, type_
 from scalekit.errors import ArgumentTypeError, ConfigurationError
 from scalekit.sharding._base import Key
 from scalekit.sharding._plan import ReshardPlan
+from scalekit.sharding._progress import progress_bar
 
 __all__ = ["AsyncMigration", "Migration", "MigrationProgress"]
 
@@ -154,7 +155,7 @@ class Migration(Generic[N]):
             TTL), or a ``MutableMapping`` (one process only).
         batch_size: keys examined per :meth:`step`.
         progress: called with a :class:`MigrationProgress` after each batch; pass
-            ``True`` for a tqdm bar when tqdm is installed.
+            ``True`` for a bar (rich or tqdm when installed, plain lines otherwise).
         keys_of: how to list a store's keys, for stores that cannot iterate.
 
     A key moves in three store calls, none under a lock: read the value and its
@@ -449,21 +450,7 @@ class Migration(Generic[N]):
         progress: Callable[[MigrationProgress], object] | bool | None,
     ) -> Callable[[MigrationProgress], object] | None:
         if progress is True:
-            try:
-                from tqdm import tqdm  # type: ignore[import-not-found,import-untyped,unused-ignore]
-            except ImportError:
-                return None
-            bar = tqdm(unit="key", desc="migrating")
-            seen = [0]
-
-            def update(report: MigrationProgress) -> None:
-                bar.total = report.total
-                bar.update(report.examined - seen[0])
-                seen[0] = report.examined
-                if report.done:
-                    bar.close()
-
-            return update
+            return progress_bar("resharding")
         if progress is False or progress is None:
             return None
         return progress

@@ -32,7 +32,6 @@ from scalekit.sharding._base import Sharder
 from scalekit.sharding._migration import AsyncMigration, Migration, MigrationProgress
 from scalekit.sharding._plan import ReshardPlan
 from scalekit.sharding._plan_routing import AsyncPlanRoute
-from scalekit.sharding._progress import progress_bar
 from scalekit.sharding._slots import REDIS_CLUSTER_SLOTS, SlotMap, redis_key_slot
 
 __all__ = ["AsyncShardedStore", "ShardedStore", "ShardedStoreStats"]
@@ -816,7 +815,7 @@ class ShardedStore(_ShardedBase[N]):
             plan,
             all_stores,
             keys_of=_keys_of,
-            progress=progress_bar("resharding") if progress is True else progress,
+            progress=progress,
             batch_size=batch_size,
         )
         with self._core.lock:
@@ -858,8 +857,7 @@ class ShardedStore(_ShardedBase[N]):
         if migration is None or migration.plan is not plan:
             migration = self.follow(plan, stores, progress=progress, batch_size=batch_size)
         else:  # following it already (or resuming): move with these settings
-            shown = progress_bar("resharding") if progress is True else progress
-            migration.configure(progress=shown, batch_size=batch_size)
+            migration.configure(progress=progress, batch_size=batch_size)
         report = migration.run()
         if report.done:
             self.complete(plan)
@@ -1013,13 +1011,12 @@ class AsyncShardedStore(_ShardedBase[N]):
             mover = AsyncMigration(
                 plan,
                 self._core.stores,
-                progress=progress_bar("resharding") if progress is True else progress,
+                progress=progress,
                 batch_size=batch_size,
             )
             self._mover = mover
         else:
-            shown = progress_bar("resharding") if progress is True else progress
-            mover.configure(progress=shown, batch_size=batch_size)
+            mover.configure(progress=progress, batch_size=batch_size)
         report = await mover.run()
         if report.done:
             self.complete(plan)
