@@ -177,6 +177,29 @@ def _raw(key: Key) -> bytes:
     return key if type(key) is bytes else key_bytes(key)
 
 
+def _fnv1(data: bytes, value: int, prime: int, mask: int, chars: tuple[int, ...]) -> int:
+    """FNV-1 (multiply, then xor) in ``mask`` arithmetic; bytes are signed chars
+    (``chars``), which only non-ASCII bytes need looked up."""
+    if data.isascii():
+        for byte in data:
+            value = ((value * prime) & mask) ^ byte
+    else:
+        for byte in data:
+            value = ((value * prime) & mask) ^ chars[byte]
+    return value
+
+
+def _fnv1a(data: bytes, value: int, prime: int, mask: int, chars: tuple[int, ...]) -> int:
+    """FNV-1a (xor, then multiply), as :func:`_fnv1`."""
+    if data.isascii():
+        for byte in data:
+            value = ((value ^ byte) * prime) & mask
+    else:
+        for byte in data:
+            value = ((value ^ chars[byte]) * prime) & mask
+    return value
+
+
 def hashkit_md5(key: Key) -> int:
     """hashkit's ``md5``: the first 4 bytes of ``md5(key)``, little-endian.
 
@@ -198,14 +221,7 @@ def hashkit_fnv1_64(key: Key) -> int:
     >>> hashkit_fnv1_64("apple")  # libmemcached's tests/hash_results.h
     473199127
     """
-    data, value = _raw(key), 0xCBF29CE484222325
-    if data.isascii():
-        for byte in data:
-            value = ((value * 0x100000001B3) & _M64) ^ byte
-    else:
-        for byte in data:
-            value = ((value * 0x100000001B3) & _M64) ^ _CHAR64[byte]
-    return value & _M32
+    return _fnv1(_raw(key), 0xCBF29CE484222325, 0x100000001B3, _M64, _CHAR64) & _M32
 
 
 def hashkit_fnv1a_64(key: Key) -> int:
@@ -218,14 +234,7 @@ def hashkit_fnv1a_64(key: Key) -> int:
     >>> hashkit_fnv1a_64("apple")  # libmemcached's tests/hash_results.h
     1488911807
     """
-    data, value = _raw(key), 0x84222325
-    if data.isascii():
-        for byte in data:
-            value = ((value ^ byte) * 0x1B3) & _M32
-    else:
-        for byte in data:
-            value = ((value ^ _CHAR32[byte]) * 0x1B3) & _M32
-    return value
+    return _fnv1a(_raw(key), 0x84222325, 0x1B3, _M32, _CHAR32)
 
 
 def hashkit_fnv1_32(key: Key) -> int:
@@ -236,14 +245,7 @@ def hashkit_fnv1_32(key: Key) -> int:
     >>> hashkit_fnv1_32("apple")  # libmemcached's tests/hash_results.h
     67176023
     """
-    data, value = _raw(key), 0x811C9DC5
-    if data.isascii():
-        for byte in data:
-            value = ((value * 0x01000193) & _M32) ^ byte
-    else:
-        for byte in data:
-            value = ((value * 0x01000193) & _M32) ^ _CHAR32[byte]
-    return value
+    return _fnv1(_raw(key), 0x811C9DC5, 0x01000193, _M32, _CHAR32)
 
 
 def hashkit_fnv1a_32(key: Key) -> int:
@@ -254,14 +256,7 @@ def hashkit_fnv1a_32(key: Key) -> int:
     >>> hashkit_fnv1a_32("apple")  # libmemcached's tests/hash_results.h
     280767167
     """
-    data, value = _raw(key), 0x811C9DC5
-    if data.isascii():
-        for byte in data:
-            value = ((value ^ byte) * 0x01000193) & _M32
-    else:
-        for byte in data:
-            value = ((value ^ _CHAR32[byte]) * 0x01000193) & _M32
-    return value
+    return _fnv1a(_raw(key), 0x811C9DC5, 0x01000193, _M32, _CHAR32)
 
 
 def hashkit_crc32(key: Key) -> int:
