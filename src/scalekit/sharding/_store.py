@@ -534,6 +534,27 @@ class _ShardedBase(Generic[N]):
         """How many more nodes of each key's preference list hold it."""
         return self._core.replicas
 
+    def _stores_for(self, plan: object, stores: object) -> dict[N, Any]:
+        """The stores while ``plan`` moves keys: ours and ``stores`` (checked; nothing
+        is changed here)."""
+        if not isinstance(plan, ReshardPlan):
+            raise ArgumentTypeError(f"plan must be a ReshardPlan, got {type_name(plan)}")
+        if self._core.replicas:
+            raise ConfigurationError("resharding a store with replicas is not supported")
+        if stores is not None and not isinstance(stores, Mapping):
+            raise ArgumentTypeError(f"stores must map nodes to stores, got {type_name(stores)}")
+        for node, store in (stores or {}).items():
+            check_methods(store, f"stores[{node!r}]", "a Store", _STORE_METHODS)
+        return {**self._core.stores, **(stores or {})}
+
+    def _use(self, stores: dict[N, Any]) -> None:
+        """Route to ``stores`` from now on, counting calls for the new ones too."""
+        with self._core.lock:
+            for node in stores:
+                self._core.calls.setdefault(node, 0)
+                self._core.errors.setdefault(node, 0)
+        self._core.stores = stores
+
     def store_for(self, key: str) -> Any:
         """The store that owns ``key`` (its first node). Runtime complexity: one lookup."""
         return self._core.stores[self._core.owners(key)[0]]
@@ -802,15 +823,7 @@ class ShardedStore(_ShardedBase[N]):
         :class:`Migration` reads and writes go through (``progress`` and
         ``batch_size`` are its settings for moving).
         """
-        if not isinstance(plan, ReshardPlan):
-            raise ArgumentTypeError(f"plan must be a ReshardPlan, got {type_name(plan)}")
-        if self._core.replicas:
-            raise ConfigurationError("resharding a store with replicas is not supported")
-        if stores is not None and not isinstance(stores, Mapping):
-            raise ArgumentTypeError(f"stores must map nodes to stores, got {type_name(stores)}")
-        for node, store in (stores or {}).items():
-            check_methods(store, f"stores[{node!r}]", "a Store", _STORE_METHODS)
-        all_stores = {**self._core.stores, **(stores or {})}
+        all_stores = self._stores_for(plan, stores)
         migration = Migration(
             plan,
             all_stores,
@@ -818,11 +831,7 @@ class ShardedStore(_ShardedBase[N]):
             progress=progress,
             batch_size=batch_size,
         )
-        with self._core.lock:
-            for node in all_stores:
-                self._core.calls.setdefault(node, 0)
-                self._core.errors.setdefault(node, 0)
-        self._core.stores = all_stores
+        self._use(all_stores)
         self._migration = migration
         return migration
 
@@ -965,21 +974,11 @@ class AsyncShardedStore(_ShardedBase[N]):
         then its target; writes go to the target and drop the source's copy.
         ``stores`` adds the stores of nodes the plan brings in. Runtime complexity: O(nodes).
         """
-        if not isinstance(plan, ReshardPlan):
-            raise ArgumentTypeError(f"plan must be a ReshardPlan, got {type_name(plan)}")
-        if self._core.replicas:
-            raise ConfigurationError("resharding a store with replicas is not supported")
-        if stores is not None and not isinstance(stores, Mapping):
-            raise ArgumentTypeError(f"stores must map nodes to stores, got {type_name(stores)}")
-        all_stores = {**self._core.stores, **(stores or {})}
+        all_stores = self._stores_for(plan, stores)
         missing = (plan.sources | plan.targets) - set(all_stores)
         if missing:
             raise ConfigurationError(f"no store for {sorted(map(str, missing))}")
-        with self._core.lock:
-            for node in all_stores:
-                self._core.calls.setdefault(node, 0)
-                self._core.errors.setdefault(node, 0)
-        self._core.stores = all_stores
+        self._use(all_stores)
         self._route = AsyncPlanRoute(plan, all_stores)
 
     def complete(self, plan: ReshardPlan[N]) -> None:
