@@ -28,6 +28,7 @@ from collections.abc import Callable, Generator, Hashable
 from typing import Any, NamedTuple
 
 from scalekit import _json
+from scalekit._flow import drive, drive_async
 from scalekit._waiting import Latch
 from scalekit.errors import ArgumentTypeError, ReentrantCall
 
@@ -249,27 +250,18 @@ def _store_call(store: Any, step: Step) -> Any:
 
 def run(memo: Memo, flow: Flow, func: Callable[..., Any], args: Any, kwargs: Any) -> Outcome:
     """Drive ``flow`` with direct calls (a sync function over a sync store)."""
-    try:
-        step = next(flow)
-        while True:
-            try:
-                name = step[0]
-                if name == "call":
-                    result = func(*args, **kwargs)
-                elif name == "sleep":
-                    time.sleep(step[1])
-                    result = None
-                elif name == "join":
-                    step[1].done.wait()
-                    result = None
-                else:
-                    result = _store_call(memo.store, step)
-            except BaseException as exc:
-                step = flow.throw(exc)
-            else:
-                step = flow.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+
+    def perform(step: Step) -> Any:
+        name = step[0]
+        if name == "call":
+            return func(*args, **kwargs)
+        if name == "sleep":
+            return time.sleep(step[1])
+        if name == "join":
+            return step[1].done.wait()
+        return _store_call(memo.store, step)
+
+    return drive(flow, perform, BaseException)
 
 
 async def _on_thread(store: Any, step: Step) -> Any:
@@ -291,25 +283,17 @@ async def run_async(
     """Drive ``flow`` awaiting the coroutine function and an async store's
     calls (a sync store's run on a worker thread)."""
     awaited = inspect.iscoroutinefunction(getattr(memo.store, "get", None))
-    try:
-        step = next(flow)
-        while True:
-            try:
-                name = step[0]
-                result = None
-                if name == "call":
-                    result = await func(*args, **kwargs)
-                elif name == "sleep":
-                    await asyncio.sleep(step[1])
-                elif name == "join":
-                    await step[1].done.wait_async()
-                elif awaited:
-                    result = await _store_call(memo.store, step)
-                else:
-                    result = await _on_thread(memo.store, step)
-            except BaseException as exc:
-                step = flow.throw(exc)
-            else:
-                step = flow.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+
+    async def perform(step: Step) -> Any:
+        name = step[0]
+        if name == "call":
+            return await func(*args, **kwargs)
+        if name == "sleep":
+            return await asyncio.sleep(step[1])
+        if name == "join":
+            return await step[1].done.wait_async()
+        if awaited:
+            return await _store_call(memo.store, step)
+        return await _on_thread(memo.store, step)
+
+    return await drive_async(flow, perform, BaseException)

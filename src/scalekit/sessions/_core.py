@@ -31,6 +31,7 @@ import time
 from collections.abc import Generator, Mapping
 from typing import Any, TypeVar
 
+from scalekit._flow import drive, drive_async
 from scalekit._validate import (
     check_callable,
     check_count,
@@ -68,7 +69,8 @@ __all__ = [
 ]
 
 _R = TypeVar("_R")
-Flow = Generator[tuple[Any, ...], Any, _R]
+Step = tuple[Any, ...]
+Flow = Generator[Step, Any, _R]
 
 MAX_RETRIES = 64  # merges in a row before a save gives up (each one lost a race)
 
@@ -352,42 +354,24 @@ def run(flow: Flow[_R], store: Any) -> _R:
     A step is ``(primitive, *arguments)``, or ``("sleep", seconds)``; what a
     primitive raises is raised in the flow at its ``yield``, so a flow may handle it.
     """
-    try:
-        step = next(flow)
-        while True:
-            name = step[0]
-            try:
-                result = None
-                if name == "sleep":
-                    time.sleep(step[1])
-                else:
-                    result = getattr(store, name)(*step[1:])
-            except Exception as exc:
-                step = flow.throw(exc)
-            else:
-                step = flow.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+
+    def perform(step: Step) -> Any:
+        if step[0] == "sleep":
+            return time.sleep(step[1])
+        return getattr(store, step[0])(*step[1:])
+
+    return drive(flow, perform)
 
 
 async def run_async(flow: Flow[_R], store: Any, *, on_thread: bool = False) -> _R:
     """:func:`run` awaiting the primitives of an async ``store``, or, with
     ``on_thread``, calling a sync store's on a worker thread."""
-    try:
-        step = next(flow)
-        while True:
-            name = step[0]
-            try:
-                result = None
-                if name == "sleep":
-                    await asyncio.sleep(step[1])
-                elif on_thread:
-                    result = await asyncio.to_thread(getattr(store, name), *step[1:])
-                else:
-                    result = await getattr(store, name)(*step[1:])
-            except Exception as exc:
-                step = flow.throw(exc)
-            else:
-                step = flow.send(result)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
+
+    async def perform(step: Step) -> Any:
+        if step[0] == "sleep":
+            return await asyncio.sleep(step[1])
+        if on_thread:
+            return await asyncio.to_thread(getattr(store, step[0]), *step[1:])
+        return await getattr(store, step[0])(*step[1:])
+
+    return await drive_async(flow, perform)

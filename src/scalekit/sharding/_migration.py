@@ -37,6 +37,7 @@ from collections.abc import (
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from scalekit._flow import drive, drive_async
 from scalekit._validate import check_callable, check_count, check_seconds, type_name
 from scalekit.errors import ArgumentTypeError, ConfigurationError
 from scalekit.sharding._base import Key
@@ -297,18 +298,12 @@ class Migration(Generic[N]):
 
     def _move(self, source: N, key: Key) -> bool:
         """Move ``key`` off ``source`` if the plan moves it; whether it was there."""
-        steps = self._move_steps(source, key)
-        try:
-            step = next(steps)
-            while True:
-                try:
-                    result = getattr(self._stores[step[0]], step[1])(*step[2:])
-                except KeyError as exc:
-                    step = steps.throw(exc)
-                else:
-                    step = steps.send(result)
-        except StopIteration as stop:
-            return bool(stop.value)
+        stores = self._stores
+
+        def perform(step: tuple[Any, ...]) -> Any:
+            return getattr(stores[step[0]], step[1])(*step[2:])
+
+        return bool(drive(self._move_steps(source, key), perform, KeyError))
 
     def _take(self) -> tuple[N, list[Key]] | None:
         """Up to a batch of keys of the first source with keys left, taken off the
@@ -514,18 +509,12 @@ class AsyncMigration(Migration[N]):
         raise ConfigurationError("route async deletes with AsyncShardedStore.follow(plan)")
 
     async def _move_async(self, source: N, key: Key) -> bool:
-        steps = self._move_steps(source, key)
-        try:
-            step = next(steps)
-            while True:
-                try:
-                    result = await getattr(self._async_stores[step[0]], step[1])(*step[2:])
-                except KeyError as exc:
-                    step = steps.throw(exc)
-                else:
-                    step = steps.send(result)
-        except StopIteration as stop:
-            return bool(stop.value)
+        stores = self._async_stores
+
+        async def perform(step: tuple[Any, ...]) -> Any:
+            return await getattr(stores[step[0]], step[1])(*step[2:])
+
+        return bool(await drive_async(self._move_steps(source, key), perform, KeyError))
 
     async def _list_keys_async(self) -> None:
         pending = []

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from scalekit._flow import drive, drive_async
 from scalekit._validate import (
     check_callable,
     check_count,
@@ -650,16 +651,10 @@ class ShardedStore(_ShardedBase[N]):
             return self._executor
 
     def _run(self, flow: Flow[_R]) -> _R:
-        try:
-            calls = next(flow)
-            while True:
-                if len(calls) == 1:
-                    results = [self._call(calls[0])]
-                else:
-                    results = self._scatter(calls)
-                calls = flow.send(results)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+        return drive(flow, self._perform, ())
+
+    def _perform(self, calls: Calls) -> list[Any]:
+        return [self._call(calls[0])] if len(calls) == 1 else self._scatter(calls)
 
     def _scatter(self, calls: Calls) -> list[Any]:
         """Run shard calls at once: the batches of stores that can send without
@@ -1041,16 +1036,12 @@ class AsyncShardedStore(_ShardedBase[N]):
             except BackendError as exc:
                 return exc
 
-        try:
-            calls = next(flow)
-            while True:
-                if len(calls) == 1:
-                    results = [await call(*calls[0])]
-                else:
-                    results = list(await asyncio.gather(*(call(*c) for c in calls)))
-                calls = flow.send(results)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+        async def perform(calls: Calls) -> list[Any]:
+            if len(calls) == 1:
+                return [await call(*calls[0])]
+            return list(await asyncio.gather(*(call(*c) for c in calls)))
+
+        return await drive_async(flow, perform, ())
 
     async def get(self, key: str, default: Any = None, /) -> Any:
         """The value of ``key`` from its shard, or ``default``."""
