@@ -97,6 +97,29 @@ def test_progress_is_plain_text_without_rich_or_tqdm(monkeypatch: pytest.MonkeyP
     ]
 
 
+def test_cluster_progress_is_the_same_bar_counted_in_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from scalekit.sharding._cluster import ClusterReshardProgress, _progress_callback
+
+    real_import = builtins.__import__
+
+    def no_bars(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith(("rich", "tqdm")):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_bars)
+    err = io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    show = _progress_callback(True)
+    assert show is not None
+    show(ClusterReshardProgress(slots_done=4096, slots_total=4096, keys_moved=1234))
+    assert err.getvalue().splitlines() == [
+        "resharding: 4,096/4,096 slots examined (100%), 1,234 keys moved, done"
+    ]
+
+
 def test_a_store_that_cannot_list_its_keys_is_refused() -> None:
     class Opaque:
         def get(self, key: str, default: Any = None) -> Any:

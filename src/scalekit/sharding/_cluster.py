@@ -8,7 +8,6 @@ Nodes are named ``"host:port"``, as :meth:`SlotMap.from_cluster` names them.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 from scalekit._validate import check_callable, check_count, check_methods, type_name
 from scalekit.errors import ArgumentTypeError, BackendError, ConfigurationError
 from scalekit.sharding._plan import ReshardPlan
+from scalekit.sharding._progress import progress_bar
 from scalekit.sharding._slots import REDIS_CLUSTER_SLOTS, SlotMap, redis_key_slot
 
 __all__ = [
@@ -230,8 +230,8 @@ class ClusterResharder:
     from), is updated as each slot finishes, so routing by it is right as soon
     as a slot has moved; when every slot has, it becomes ``plan.after`` (its
     weights, table and epoch). ``on_slot(slot, source, target, keys_moved)`` is
-    called after each slot; ``progress=True`` draws a tqdm bar when tqdm is
-    installed, else prints a line to stderr every 256 slots; a callable gets a
+    called after each slot; ``progress=True`` shows a bar (rich or tqdm when
+    installed, else a line on stderr every second); a callable gets a
     :class:`ClusterReshardProgress`.
 
     :meth:`stop` (from any thread) ends :meth:`run` after the slot in hand. A
@@ -480,30 +480,20 @@ def _progress_callback(
         return None
     if progress is not True:
         return progress
-    try:
-        from tqdm import tqdm  # type: ignore[import-not-found,import-untyped,unused-ignore]
-    except ImportError:
+    show = progress_bar("resharding", unit="slot", moved="keys moved")
+    return lambda report: show(_SlotReport(report))
 
-        def line(report: ClusterReshardProgress) -> None:
-            if report.slots_done % 256 == 0 or report.done:
-                print(
-                    f"resharding: {report.slots_done}/{report.slots_total} slots, "
-                    f"{report.keys_moved} keys moved",
-                    file=sys.stderr,
-                )
 
-        return line
-    bar = tqdm(unit="slot", desc="resharding")
+class _SlotReport:
+    """A :class:`ClusterReshardProgress` as :func:`progress_bar` reads a report."""
 
-    def update(report: ClusterReshardProgress) -> None:
-        bar.total = report.slots_total
-        bar.n = report.slots_done
-        bar.set_postfix(keys=report.keys_moved)
-        bar.refresh()
-        if report.done:
-            bar.close()
+    __slots__ = ("done", "examined", "moved", "total")
 
-    return update
+    def __init__(self, report: ClusterReshardProgress) -> None:
+        self.examined = report.slots_done
+        self.total = report.slots_total
+        self.moved = report.keys_moved
+        self.done = report.done
 
 
 class ClusterRouter:

@@ -25,13 +25,20 @@ class _Report(Protocol):
 
 
 def progress_bar(
-    description: str, *, stream: IO[str] | None = None, every: float = 1.0
+    description: str,
+    *,
+    stream: IO[str] | None = None,
+    every: float = 1.0,
+    unit: str = "key",
+    moved: str = "moved",
 ) -> Callable[[_Report], None]:
     """A callback that shows each report of a move (a
-    :class:`~scalekit.sharding.MigrationProgress`) and closes itself when done.
+    :class:`~scalekit.sharding.MigrationProgress`, or anything with ``examined``,
+    ``total``, ``moved`` and ``done``) and closes itself when done.
 
     rich's bar when rich is installed, else tqdm's, else a plain line on
-    ``stream`` (standard error) at most every ``every`` seconds and at the end.
+    ``stream`` (standard error) at most every ``every`` seconds and at the end:
+    ``"<description>: 500/3,000 <unit>s examined (17%), 120 <moved>"``.
     """
     try:
         from rich.progress import Progress  # type: ignore[import-not-found,unused-ignore]
@@ -44,8 +51,8 @@ def progress_bar(
     except ImportError:
         pass
     else:
-        return _tqdm(tqdm, description)
-    return _plain(description, stream, every)
+        return _tqdm(tqdm, description, unit)
+    return _plain(description, stream, every, unit, moved)
 
 
 def _rich(progress_class: Any, description: str) -> Callable[[_Report], None]:
@@ -61,8 +68,8 @@ def _rich(progress_class: Any, description: str) -> Callable[[_Report], None]:
     return update
 
 
-def _tqdm(tqdm: Any, description: str) -> Callable[[_Report], None]:
-    bar = tqdm(unit="key", desc=description)
+def _tqdm(tqdm: Any, description: str, unit: str) -> Callable[[_Report], None]:
+    bar = tqdm(unit=unit, desc=description)
     seen = [0]
 
     def update(report: _Report) -> None:
@@ -75,7 +82,9 @@ def _tqdm(tqdm: Any, description: str) -> Callable[[_Report], None]:
     return update
 
 
-def _plain(description: str, stream: IO[str] | None, every: float) -> Callable[[_Report], None]:
+def _plain(
+    description: str, stream: IO[str] | None, every: float, unit: str, moved: str
+) -> Callable[[_Report], None]:
     last = [-float("inf")]
 
     def update(report: _Report) -> None:
@@ -86,8 +95,8 @@ def _plain(description: str, stream: IO[str] | None, every: float) -> Callable[[
         total = report.total or report.examined
         share = report.examined / total if total else 1.0
         print(
-            f"{description}: {report.examined:,}/{total:,} keys examined ({share:.0%}), "
-            f"{report.moved:,} moved{', done' if report.done else ''}",
+            f"{description}: {report.examined:,}/{total:,} {unit}s examined ({share:.0%}), "
+            f"{report.moved:,} {moved}{', done' if report.done else ''}",
             file=stream if stream is not None else sys.stderr,
             flush=True,
         )
