@@ -545,7 +545,7 @@ class HttpCache:
         if fresh:
             self._count("hits")
             return self._serve(request, found, now, f"scalekit; hit; ttl={math.floor(remaining)}")
-        if -remaining <= found.stale_while and not found.no_stale and not found.revalidate:
+        if 0 < found.stale_while >= -remaining and not found.no_stale and not found.revalidate:
             self._count("stale_hits")
             with self._lock:
                 start = key not in self._refreshing
@@ -775,7 +775,7 @@ class HttpCache:
     def _stale_if_error(self, request: Request, stale: Stored | None) -> bool:
         if stale is None or stale.no_stale or stale.revalidate or request.started:
             return False
-        return -stale.remaining(self.clock()) <= stale.stale_if_error
+        return 0 < stale.stale_if_error >= -stale.remaining(self.clock())
 
     def _serve_stale(self, request: Request, stale: Stored) -> Reply:
         now = self.clock()
