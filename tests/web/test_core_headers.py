@@ -34,7 +34,8 @@ def test_cache_control_directives() -> None:
 def test_cache_control_never_raises_and_names_are_lower_case_tokens(field: str) -> None:
     found = directives(field)
     for name in found:
-        assert name == name.lower() and name
+        assert name == name.lower()
+        assert name
 
 
 def test_delta_seconds() -> None:

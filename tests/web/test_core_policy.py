@@ -67,14 +67,19 @@ def test_flags() -> None:
     stored = policy_of(
         [("Cache-Control", "no-cache, max-age=5, stale-while-revalidate=9, stale-if-error=7")]
     )
-    assert stored is not None and stored.revalidate and not stored.no_stale
+    assert stored is not None
+    assert stored.revalidate
+    assert not stored.no_stale
     assert (stored.stale_while, stored.stale_if_error) == (9, 7)
     for control in ("must-revalidate", "proxy-revalidate", "s-maxage=5"):
         flagged = policy_of([("Cache-Control", f"max-age=5, {control}")])
-        assert flagged is not None and flagged.no_stale
+        assert flagged is not None
+        assert flagged.no_stale
     private = Policy(shared=False, default_ttl=None, heuristic=False, max_heuristic=1.0)
     stored = policy_of([("Cache-Control", "s-maxage=5, max-age=9, private")], policy=private)
-    assert stored is not None and stored.lifetime == 9 and not stored.no_stale
+    assert stored is not None
+    assert stored.lifetime == 9
+    assert not stored.no_stale
 
 
 def test_authorization_rules() -> None:
@@ -87,7 +92,8 @@ def test_heuristic_only_where_allowed() -> None:
     heuristic = Policy(shared=True, default_ttl=None, heuristic=True, max_heuristic=86400.0)
     modified = [("Last-Modified", format_http_date(NOW - 1000))]
     stored = policy_of(modified, policy=heuristic)
-    assert stored is not None and stored.lifetime == 100
+    assert stored is not None
+    assert stored.lifetime == 100
     assert policy_of(modified, status=302, policy=heuristic) is None  # not heuristically cacheable
     public = policy_of([*modified, ("Cache-Control", "public")], status=302, policy=heuristic)
     assert public is not None
