@@ -108,7 +108,7 @@ def test_json_round_trip() -> None:
     assert isinstance(again, Stored)
     assert again.to_json() == stored.to_json()
     assert again.etag == '"e"'
-    for junk in (None, [], ["resp"], ["resp", *range(14)], {"a": 1}, "x"):
+    for junk in (None, [], ["resp"], ["resp", *range(15)], {"a": 1}, "x"):
         assert decode(junk) is None
 
 
