@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -83,8 +82,8 @@ def test_an_async_store_is_awaited_under_asgi() -> None:
 
 
 @pytest.fixture
-def redis_db(redis_client: Any) -> Iterator[Any]:
-    yield redis_client
+def redis_db(redis_client: Any) -> Any:
+    return redis_client
 
 
 @pytest.mark.redis
