@@ -217,13 +217,16 @@ def _tally(counter: itertools.count[int]) -> int:
 
 
 class _Flight:
-    """A response being fetched in this process for one key, joined by others."""
+    """A response being fetched in this process for one key, joined by others.
+    ``invalidated``: an unsafe request changed the URI meanwhile, so what the
+    fetch gets may predate the change and is not stored."""
 
-    __slots__ = ("done", "stored")
+    __slots__ = ("done", "invalidated", "stored")
 
     def __init__(self) -> None:
         self.done = Latch()
         self.stored: Stored | None = None
+        self.invalidated = False
 
 
 def store_step(store: Any, step: Step) -> Any:
@@ -395,6 +398,7 @@ class HttpCache:
         self._refreshing: set[str] = set()
         self._decoded: dict[str, Stored] = {}
         self._hosts: dict[tuple[str, str], str | None] = {}
+        self._purge_epoch = 0  # purges made by this process, so far
         for name in _COUNTERS:
             setattr(self, "_n_" + name, itertools.count())
         self._n_hits: itertools.count[int]
@@ -484,6 +488,7 @@ class HttpCache:
         """The flow of :meth:`purge`: a new version for ``tag``."""
         check_name(tag, "tag")
         self._count("purges")
+        self._purge_epoch += 1
         yield ("set", self.tag_key(tag), f"{random.getrandbits(64):016x}", None)  # type: ignore[arg-type]
 
     def purge(self, tag: str) -> None:
@@ -729,6 +734,7 @@ class HttpCache:
             if stale.last_modified is not None:
                 changes["if-modified-since"] = stale.last_modified
         status = f"scalekit; fwd={kind}"
+        epoch = self._purge_epoch
         try:
             response = yield ("call", changes, status)
         except Exception:
@@ -780,6 +786,11 @@ class HttpCache:
             reply_status, reply_headers, body = response.status, response.headers, response.body
         if kind == "stale" or kind == "request":
             status += f"; fwd-status={response.status}"
+        if new is not None and (
+            (flight is not None and flight.invalidated)
+            or (tag_names and epoch != self._purge_epoch)
+        ):
+            new = None  # changed or purged while it was fetched: it may predate that
         if new is not None:
             stored_ok = yield from self._store(request, key, marker, new, tag_names, received)
             if stored_ok:
@@ -880,6 +891,11 @@ class HttpCache:
                     other = self._same_origin_key(request, value)
                     if other is not None and other not in keys:
                         keys.append(other)
+            with self._lock:
+                for target in keys:
+                    flight = self._flights.get(target)
+                    if flight is not None:
+                        flight.invalidated = True
             for target in keys:
                 yield ("delete", target)
 
