@@ -35,6 +35,7 @@ import logging
 import math
 import random
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -321,6 +322,15 @@ class HttpCache:
     - ``clock``: wall-clock seconds (:func:`time.time`).
     - ``prefix``: put before every key in the store.
 
+    What it does not cache: requests with ``Range`` (they go to the app, as do
+    methods other than GET and HEAD); responses to HEAD (a HEAD is answered from
+    a stored GET); server errors other than 501; partial responses (206).
+
+    A store that fails (raises) never fails a request: the flow reads a failed
+    ``get`` as a miss and goes on without a failed write, the app serves the
+    request, ``stats().errors`` counts it, and the ``scalekit.web`` logger warns.
+    :meth:`purge` is the exception: a lost purge would be silent, so it raises.
+
     Building the key of a request:
 
     >>> cache = HttpCache(ignore_params=["utm_*"])
@@ -348,11 +358,9 @@ class HttpCache:
         max_body: int = 1024 * 1024,
         coalesce: bool = True,
         lease: float = 10.0,
-        clock: Callable[[], float] | None = None,
+        clock: Callable[[], float] = time.time,
         prefix: str = "web:",
     ) -> None:
-        import time
-
         if store is not None:
             check_methods(store, "store", "a Store", ("get", "set", "add", "delete", "get_many"))
         check_bool(shared, "shared")
@@ -379,9 +387,7 @@ class HttpCache:
         self.max_body = check_count(max_body, "max_body", maximum=2**40)
         check_bool(coalesce, "coalesce")
         self.lease = check_seconds(lease, "lease", maximum=3600.0)
-        self.clock: Callable[[], float] = (
-            time.time if clock is None else check_callable(clock, "clock")
-        )
+        self.clock: Callable[[], float] = check_callable(clock, "clock")
         self.prefix = check_name(prefix, "prefix")
         self.store: Any = _default_store(self.clock) if store is None else store
         self.policy = Policy(shared=shared, default_ttl=ttl, heuristic=heuristic, max_heuristic=cap)
