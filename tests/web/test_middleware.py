@@ -537,3 +537,71 @@ def test_the_apps_own_cache_status_is_replaced(make: Callable[..., Setup]) -> No
     assert [v for n, v in s.get("/a").header_list if n.lower() == "cache-status"] == [
         "scalekit; hit; ttl=60"
     ]
+
+
+def test_a_response_that_cannot_be_stored_streams_at_once_asgi() -> None:
+    import asyncio
+
+    more = asyncio.Event()
+    received: list[Any] = []
+
+    async def events(scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await more.wait()
+        await send({"type": "http.response.body", "body": b"data: 2\n\n"})
+
+    app = CacheMiddleware(events, HttpCache(clock=FakeClock(START)))
+
+    async def run() -> None:
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: Any) -> None:
+            received.append(message)
+            if message.get("body") == b"data: 1\n\n":
+                more.set()  # the first event reached the client before the app went on
+
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/events",
+            "query_string": b"",
+            "headers": [(b"host", b"example.com")],
+        }
+        await asyncio.wait_for(app(scope, receive, send), 5)
+
+    asyncio.run(run())
+    assert [m.get("body") for m in received[1:]] == [b"data: 1\n\n", b"data: 2\n\n"]
+    assert (b"cache-status", b"scalekit; fwd=uri-miss") in received[0]["headers"]
+
+
+def test_a_response_that_cannot_be_stored_streams_at_once_wsgi() -> None:
+    produced: list[bytes] = []
+
+    def events(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        for n in range(3):
+            produced.append(b"%d" % n)
+            yield b"data: %d\n\n" % n
+
+    app = WSGICacheMiddleware(events, HttpCache(clock=FakeClock(START)))
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/events",
+        "QUERY_STRING": "",
+        "HTTP_HOST": "example.com",
+        "wsgi.url_scheme": "http",
+    }
+    started: list[Any] = []
+    body = iter(app(environ, lambda status, headers, exc_info=None: started.append(headers)))
+    assert produced == [b"0"]  # only what was read to see how the response starts
+    assert ("Cache-Status", "scalekit; fwd=uri-miss") in started[0]
+    assert list(body) == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"]

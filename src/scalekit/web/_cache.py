@@ -447,6 +447,28 @@ class HttpCache:
         """Where the version of ``tag`` is kept in the store."""
         return f"{self.prefix}tag:{tag}"
 
+    def buffers(self, status: int, headers: list[tuple[str, str]]) -> bool:
+        """Whether a response that starts with ``status`` and ``headers`` is worth
+        holding back until its end: one that may be stored (and fits
+        ``max_body``), a 304 (a revalidation's answer) or a server error (which a
+        stale response may replace). Any other streams through at once, so a
+        stream of events is never held.
+
+        Runtime complexity: O(number of headers).
+        """
+        if status == 304 or status >= 500:
+            return True
+        for name, value in headers:
+            if name.lower() == "content-length":
+                length = value.strip()
+                if length.isdigit() and len(length) < 19 and int(length) > self.max_body:
+                    return False
+        now = self.clock()
+        stored = store_policy(
+            self.policy, status, headers, b"", request_time=now, response_time=now, authorized=False
+        )
+        return stored is not None
+
     def store_failed(self, exc: BaseException, step: Step) -> Any:
         """Count a failed store call and return what the flow reads instead."""
         self._count("errors")

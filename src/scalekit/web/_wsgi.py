@@ -101,6 +101,11 @@ def _changed_environ(environ: WSGIEnvironment, changes: dict[str, str | None]) -
     return environ
 
 
+def _code(status: str) -> int:
+    """The status code of a WSGI status line (``"200 OK"``)."""
+    return int(status.split(None, 1)[0])
+
+
 def _status_line(status: int) -> str:
     try:
         return f"{status} {HTTPStatus(status).phrase}"
@@ -248,14 +253,17 @@ class WSGICacheMiddleware:
 
         written: list[bytes] = []
         result: Iterable[bytes] | None = self.app(_changed_environ(environ, changes), capture)
+        assert result is not None
         parts = written
         size = sum(len(part) for part in parts)
-        assert result is not None
         iterator = iter(result)
+        decided = False
         try:
-            for chunk in iterator:
-                parts.append(chunk)
-                size += len(chunk)
+            while True:
+                if not decided and started:
+                    decided = True
+                    if not self.cache.buffers(_code(started[0]), started[1]):
+                        size = limit + 1  # not storable: pass it through now
                 if size > limit:
                     if start_response is None:  # a background refresh: store nothing
                         return STREAMED
@@ -265,6 +273,12 @@ class WSGICacheMiddleware:
                     passing.append(_Passing(parts, iterator, result))
                     result = None  # closed by the server, through _Passing
                     return STREAMED
+                try:
+                    chunk = next(iterator)
+                except StopIteration:
+                    break
+                parts.append(chunk)
+                size += len(chunk)
         finally:
             close = getattr(result, "close", None)
             if close is not None:
@@ -272,7 +286,7 @@ class WSGICacheMiddleware:
         if not started:
             raise RuntimeError("the app returned without calling start_response")
         status, headers = started
-        return Response(int(status.split(None, 1)[0]), list(headers), b"".join(parts))
+        return Response(_code(status), list(headers), b"".join(parts))
 
     def _forward(
         self,
