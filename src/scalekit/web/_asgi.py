@@ -261,23 +261,24 @@ class CacheMiddleware:
             if size <= limit:
                 parts.append(body)
                 return
-            await stream()
-            if streaming:
+            if await stream():
                 await send(message)  # type: ignore[misc]
 
-        async def stream() -> None:
-            """Send what came so far and pass the rest through: it will not be stored."""
+        async def stream() -> bool:
+            """Send what came so far and pass the rest through: it will not be
+            stored; whether there is a client to pass it to."""
             nonlocal streaming, overflow
             if send is None:  # a background refresh: drop it, store nothing
                 overflow = True
                 parts.clear()
-                return
+                return False
             streaming = request.started = True
             assert start is not None
             await send(_with_status(start, cache_status))
             for part in parts:
                 await send({"type": "http.response.body", "body": part, "more_body": True})
             parts.clear()
+            return True
 
         await self.app(_changed_scope(scope, changes), receive if send else _empty_receive, capture)
         if streaming or overflow:
