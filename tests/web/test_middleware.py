@@ -605,3 +605,30 @@ def test_a_response_that_cannot_be_stored_streams_at_once_wsgi() -> None:
     assert produced == [b"0"]  # only what was read to see how the response starts
     assert ("Cache-Status", "scalekit; fwd=uri-miss") in started[0]
     assert list(body) == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"]
+
+
+def test_a_truncated_body_is_not_stored(make: Callable[..., Setup]) -> None:
+    s = make()
+    s.origin.route("/a", headers=[*MAX60, ("Content-Length", "10")], body=b"short")
+    s.get("/a")
+    assert s.get("/a").cache_status == "scalekit; fwd=uri-miss"
+
+
+def test_a_304_without_date_renews_freshness_from_when_it_came(make: Callable[..., Setup]) -> None:
+    s = make()
+    s.origin.route("/a", headers=[("Cache-Control", "max-age=10"), ("ETag", '"1"')])
+    first = s.get("/a")
+    assert first.headers["date"] == format_http_date(START)  # appended: the app sent none
+    s.clock.advance(30)
+    s.origin.route("/a", status=304, headers=[("ETag", '"1"')], body=b"")
+    s.get("/a")
+    assert s.get("/a").cache_status == "scalekit; hit; ttl=10"
+
+
+def test_a_relative_location_with_dot_segments_is_resolved(make: Callable[..., Setup]) -> None:
+    s = make()
+    s.origin.route("/items/1", headers=MAX60)
+    s.get("/items/1")
+    s.origin.route("/items/new", status=201, headers=[("Location", "../items/1")])
+    s.get("/items/new", method="POST")
+    assert s.get("/items/1").cache_status == "scalekit; fwd=uri-miss; stored"

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from scalekit._validate import (
     check_bool,
@@ -52,7 +52,7 @@ from scalekit._validate import (
 )
 from scalekit._waiting import Latch
 from scalekit.errors import ArgumentTypeError, ConfigurationError
-from scalekit.web._headers import directives, http_date, seconds, weak_match
+from scalekit.web._headers import directives, format_http_date, http_date, seconds, weak_match
 from scalekit.web._keys import QueryNormaliser, normal_host, primary_key, variant_key
 from scalekit.web._policy import (
     Policy,
@@ -774,10 +774,11 @@ class HttpCache:
             return None
         received = self.clock()
         authorized = "authorization" in request.headers
+        response_headers = _dated(response.headers, received)
         new: Stored | None
         if response.status == 304 and stale is not None and stale.validators():
             self._count("revalidations")
-            merged = update_from_304(stale, response.headers)
+            merged = update_from_304(stale, response_headers)
             kept = merged
             if stale.surrogate is not None and not any(
                 name.lower() == "surrogate-control" for name, _ in merged
@@ -800,18 +801,18 @@ class HttpCache:
                 self._count("stale_hits")
                 return self._serve_stale(request, stale)  # type: ignore[arg-type]
             new = None
-            if len(response.body) <= self.max_body:
+            if len(response.body) <= self.max_body and _complete(response_headers, response.body):
                 new = store_policy(
                     self.policy,
                     response.status,
-                    response.headers,
+                    response_headers,
                     response.body,
                     request_time=now,
                     response_time=received,
                     authorized=authorized,
                 )
             tag_names = _tags(response.headers) or []
-            reply_status, reply_headers, body = response.status, response.headers, response.body
+            reply_status, reply_headers, body = response.status, response_headers, response.body
         if kind == "stale" or kind == "request":
             status += f"; fwd-status={response.status}"
         if new is not None and (
@@ -930,24 +931,43 @@ class HttpCache:
         return on_start
 
     def _same_origin_key(self, request: Request, uri: str) -> str | None:
+        """The primary key of ``uri`` (resolved against the request's URI, RFC
+        3986 5.2) when it has the request's origin; None otherwise."""
+        base = f"{request.scheme}://{request.host}{quote(request.path, safe=_PATH_SAFE)}"
         try:
-            parts = urlsplit(uri.strip())
+            parts = urlsplit(urljoin(base, uri.strip()))
         except ValueError:
             return None
-        scheme = parts.scheme.lower() or request.scheme
-        host = parts.netloc or request.host
-        if scheme != request.scheme or normal_host(host, scheme) != normal_host(
+        scheme = parts.scheme.lower()
+        if scheme != request.scheme or normal_host(parts.netloc, scheme) != normal_host(
             request.host, request.scheme
         ):
             return None
-        path = unquote(parts.path)
-        if not path.startswith("/"):
-            base = request.path.rsplit("/", 1)[0]
-            path = f"{base}/{path}"
-        return self.key_of(Request("GET", scheme, host, path, parts.query, DictHeaders()))
+        path = unquote(parts.path) or "/"
+        return self.key_of(Request("GET", scheme, parts.netloc, path, parts.query, DictHeaders()))
 
 
+_PATH_SAFE = "/!$&'()*+,;=:@-._~"
 _NOT_SENT = frozenset({"surrogate-key", "surrogate-control", "cache-status"})
+
+
+def _dated(headers: list[tuple[str, str]], received: float) -> list[tuple[str, str]]:
+    """``headers`` with a ``Date`` of when they were received, if they had none
+    (RFC 9110 6.6.1: a cache appends one)."""
+    for name, _ in headers:
+        if name.lower() == "date":
+            return headers
+    return [*headers, ("Date", format_http_date(received))]
+
+
+def _complete(headers: list[tuple[str, str]], body: bytes) -> bool:
+    """Whether ``body`` has the ``Content-Length`` announced (when one was):
+    a truncated response is never stored (RFC 9111 3.3)."""
+    for name, value in headers:
+        if name.lower() == "content-length":
+            length = value.strip()
+            return length.isdigit() and int(length) == len(body)
+    return True
 
 
 def _bare(host: str) -> str:
