@@ -275,3 +275,53 @@ def test_a_response_fetched_while_its_uri_changed_or_its_tag_was_purged_is_not_s
         "scalekit; fwd=bypass",
     ]
     assert cache.stats().stores == 0
+
+
+def test_joiners_of_a_stream_do_not_wait_for_its_end() -> None:
+    finish = asyncio.Event()
+    calls = 0
+
+    async def events(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0)  # the second request joins meanwhile
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await finish.wait()
+        await send({"type": "http.response.body", "body": b""})
+
+    app = CacheMiddleware(events, HttpCache(JSONStore(FakeClock(START)), clock=FakeClock(START)))
+
+    async def client(first_event: asyncio.Event) -> None:
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: Any) -> None:
+            if message.get("body"):
+                first_event.set()
+
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/events",
+            "query_string": b"",
+            "headers": [(b"host", b"example.com")],
+        }
+        await app(scope, receive, send)
+
+    async def run() -> None:
+        seen = [asyncio.Event(), asyncio.Event()]
+        tasks = [asyncio.ensure_future(client(event)) for event in seen]
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in seen)), 5)
+        finish.set()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(run())
+    assert calls == 2

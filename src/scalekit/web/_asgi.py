@@ -197,7 +197,9 @@ class CacheMiddleware:
                 try:
                     result = None
                     if name == "call":
-                        result = await self._call(request, scope, receive, send, step[1], step[2])
+                        result = await self._call(
+                            request, scope, receive, send, step[1], step[2], step[3]
+                        )
                     elif name == "forward":
                         await self._forward(scope, receive, send, step[1], step[2])
                     elif name == "join":
@@ -227,6 +229,7 @@ class CacheMiddleware:
         send: Send | None,
         changes: dict[str, str | None],
         cache_status: str,
+        release: Any,
     ) -> Any:
         cache = self.cache
         limit = cache.max_body
@@ -274,6 +277,8 @@ class CacheMiddleware:
                 return False
             streaming = request.started = True
             assert start is not None
+            if release is not None:
+                await self._run_steps(release())
             await send(_with_status(start, cache_status))
             for part in parts:
                 await send({"type": "http.response.body", "body": part, "more_body": True})

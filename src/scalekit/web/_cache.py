@@ -11,10 +11,13 @@ WSGI middlewares only drive it (:mod:`scalekit.web._asgi`, :mod:`scalekit.web._w
     ("delete", key)                      -> None
     ("sleep", seconds)                   -> None
     ("join", latch)                      -> None, once another request's flight ended
-    ("call", headers, cache_status)      -> Response, or STREAMED: call the app with
-                                            ``headers`` changed in the request (None
-                                            removes one); a body over ``max_body`` is
-                                            streamed to the client with ``cache_status``
+    ("call", headers, cache_status,      -> Response, or STREAMED: call the app with
+        release)                            ``headers`` changed in the request (None
+                                            removes one); a response that may not be
+                                            stored (:meth:`HttpCache.buffers`), or
+                                            grows over ``max_body``, streams to the
+                                            client with ``cache_status``, after the
+                                            shell ran the flow ``release()`` (if any)
     ("forward", cache_status, on_start)  -> None: call the app, its response straight
                                             to the client with ``Cache-Status`` added;
                                             ``on_start(status, headers)`` is a flow of
@@ -222,12 +225,13 @@ class _Flight:
     ``invalidated``: an unsafe request changed the URI meanwhile, so what the
     fetch gets may predate the change and is not stored."""
 
-    __slots__ = ("done", "invalidated", "stored")
+    __slots__ = ("done", "invalidated", "lease", "stored")
 
     def __init__(self) -> None:
         self.done = Latch()
         self.stored: Stored | None = None
         self.invalidated = False
+        self.lease: tuple[str, str] | None = None  # (key, token) of its cross-process lease
 
 
 def store_step(store: Any, step: Step) -> Any:
@@ -687,10 +691,27 @@ class HttpCache:
                 return (yield from self._upstream(request, key, marker, stale, kind, now, flight))
             return (yield from self._leased(request, key, marker, stale, kind, now, flight))
         finally:
-            with self._lock:
-                if self._flights.get(key) is flight:
-                    del self._flights[key]
-            flight.done.set()
+            self._end_flight(key, flight)
+
+    def _end_flight(self, key: str, flight: _Flight) -> None:
+        """Let the requests that joined ``flight`` go on (twice is harmless)."""
+        with self._lock:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        flight.done.set()
+
+    def _streaming(self, key: str, flight: _Flight) -> Callable[[], Flow]:
+        """What a shell runs when the leader's response streams through (it will
+        not be stored): the joiners go and call the app themselves now, rather
+        than wait for the end of a stream, and the lease is dropped."""
+
+        def release() -> Flow:
+            self._end_flight(key, flight)
+            lease, flight.lease = flight.lease, None
+            if lease is not None and (yield ("get", lease[0])) == lease[1]:
+                yield ("delete", lease[0])
+
+        return release
 
     def _reusable(self, stored: Stored, request: Request, now: float) -> bool:
         """Whether a response another request just fetched can answer this one:
@@ -717,6 +738,8 @@ class HttpCache:
         the others poll the store for what it stores, until the lease goes."""
         lease_key, token = key + "#lease", f"{random.getrandbits(64):016x}"
         taken = yield ("add", lease_key, token, self.lease)
+        if taken:
+            flight.lease = (lease_key, token)
         waited, delay = 0.0, 0.005
         while not taken and waited < self.lease:
             yield ("sleep", delay)
@@ -737,7 +760,7 @@ class HttpCache:
         try:
             return (yield from self._upstream(request, key, marker, stale, kind, now, flight))
         finally:
-            if taken and (yield ("get", lease_key)) == token:
+            if flight.lease is not None and (yield ("get", lease_key)) == token:
                 yield ("delete", lease_key)
 
     def _upstream(
@@ -764,7 +787,8 @@ class HttpCache:
         status = f"scalekit; fwd={kind}"
         epoch = self._purge_epoch
         try:
-            response = yield ("call", changes, status)
+            release = None if flight is None else self._streaming(key, flight)
+            response = yield ("call", changes, status, release)
         except Exception:
             if self._stale_if_error(request, stale):
                 self._count("stale_hits")

@@ -211,7 +211,7 @@ class WSGICacheMiddleware:
                     if name == "call":
                         assert request is not None
                         result = self._call(
-                            request, environ, start_response, step[1], step[2], passing
+                            request, environ, start_response, step[1], step[2], step[3], passing
                         )
                     elif name == "forward":
                         assert start_response is not None
@@ -238,6 +238,7 @@ class WSGICacheMiddleware:
         start_response: StartResponse | None,
         changes: dict[str, str | None],
         cache_status: str,
+        release: Any,
         passing: list[Iterable[bytes]],
     ) -> Any:
         limit = self.cache.max_body
@@ -268,6 +269,8 @@ class WSGICacheMiddleware:
                     if start_response is None:  # a background refresh: store nothing
                         return STREAMED
                     request.started = True
+                    if release is not None:
+                        self._drive(release(), None, {}, None, [])
                     status, headers = started
                     start_response(status, _with_status(headers, cache_status))
                     passing.append(_Passing(parts, iterator, result))
