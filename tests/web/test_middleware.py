@@ -632,3 +632,27 @@ def test_a_relative_location_with_dot_segments_is_resolved(make: Callable[..., S
     s.origin.route("/items/new", status=201, headers=[("Location", "../items/1")])
     s.get("/items/new", method="POST")
     assert s.get("/items/1").cache_status == "scalekit; fwd=uri-miss; stored"
+
+
+def test_a_304_for_another_representation_updates_nothing(make: Callable[..., Setup]) -> None:
+    s = make()
+    s.origin.route("/a", headers=[("Cache-Control", "max-age=10"), ("ETag", '"1"')], body=b"one")
+    s.get("/a")
+    s.clock.advance(20)
+    answers = iter([(304, [("ETag", '"2"')], b""), (200, [*MAX60, ("ETag", '"2"')], b"two")])
+    s.origin.routes["/a"] = lambda req: next(answers)
+    result = s.get("/a")
+    assert (result.status, result.body) == (200, b"two")
+    assert "if-none-match" not in s.origin.seen[-1]
+    assert s.get("/a").body == b"two"
+
+
+def test_a_request_may_allow_stale_if_error(make: Callable[..., Setup]) -> None:
+    s = make()
+    s.origin.route("/a", headers=[("Cache-Control", "max-age=10"), ("ETag", '"1"')], body=b"ok")
+    s.get("/a")
+    s.clock.advance(20)
+    s.origin.route("/a", status=503)
+    assert s.get("/a").status == 503
+    result = s.get("/a", [("Cache-Control", "stale-if-error=60")])
+    assert (result.status, result.body) == (200, b"ok")

@@ -796,6 +796,18 @@ class HttpCache:
             raise
         if response is STREAMED:
             return None
+        if (
+            response.status == 304
+            and stale is not None
+            and stale.validators()
+            and not _selects(stale, response.headers)
+        ):
+            # RFC 9111 4.3.4: a 304 for another representation updates nothing;
+            # ask again without conditions for the response to send
+            stale = None
+            response = yield ("call", dict.fromkeys(_CONDITIONALS), status, release)
+            if response is STREAMED:
+                return None
         received = self.clock()
         authorized = "authorization" in request.headers
         response_headers = _dated(response.headers, received)
@@ -850,7 +862,7 @@ class HttpCache:
                 status += "; stored"
                 if flight is not None:
                     flight.stored = new
-        elif stale is not None:
+        elif stale is not None and response.status < 500:
             yield ("delete", key)  # the URI's response may no longer be stored: forget the old one
         if not client:
             return None
@@ -872,7 +884,11 @@ class HttpCache:
     def _stale_if_error(self, request: Request, stale: Stored | None) -> bool:
         if stale is None or stale.no_stale or stale.revalidate or request.started:
             return False
-        return 0 < stale.stale_if_error >= -stale.remaining(self.clock())
+        window = stale.stale_if_error
+        field = request.headers.get("cache-control")
+        if field is not None:  # RFC 5861 4: a request may allow it too
+            window = max(window, float(seconds(directives(field).get("stale-if-error")) or 0))
+        return 0 < window >= -stale.remaining(self.clock())
 
     def _serve_stale(self, request: Request, stale: Stored) -> Reply:
         now = self.clock()
@@ -973,6 +989,24 @@ class HttpCache:
 
 _PATH_SAFE = "/!$&'()*+,;=:@-._~"
 _NOT_SENT = frozenset({"surrogate-key", "surrogate-control", "cache-status"})
+
+
+def _selects(stored: Stored, headers: list[tuple[str, str]]) -> bool:
+    """Whether a 304 with ``headers`` is about ``stored`` (RFC 9111 4.3.4): its
+    strong ETag, else its Last-Modified, is the stored one's; one with neither
+    is about the only response stored."""
+    etag = last_modified = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "etag":
+            etag = value.strip()
+        elif lower == "last-modified":
+            last_modified = value.strip()
+    if etag is not None and not etag.startswith("W/"):
+        return stored.etag is not None and stored.etag.strip() == etag
+    if last_modified is not None and stored.last_modified is not None:
+        return http_date(last_modified) == http_date(stored.last_modified)
+    return True
 
 
 def _dated(headers: list[tuple[str, str]], received: float) -> list[tuple[str, str]]:
