@@ -182,7 +182,8 @@ class CacheStats:
     ``hits``: fresh responses served from the store; ``stale_hits``: stale ones
     served (stale-while-revalidate, stale-if-error); ``coalesced``: requests
     answered with the response another request in flight fetched; ``misses``:
-    cacheable requests sent to the app; ``revalidations``: of those, the ones the
+    cacheable requests sent to the app (one then served stale after an error
+    counts in both); ``revalidations``: of those, the ones the
     app answered 304 (the stored response was updated); ``refreshes``:
     background refreshes started; ``stores``: responses stored; ``bypasses``:
     requests the cache did not serve by rule (unsafe method, ``Cookie``,
@@ -668,8 +669,8 @@ class HttpCache:
     ) -> Flow:
         """Get the response from the app, coalesced with the other requests for
         ``key`` in this process (and in others, by a lease, when the store is shared)."""
-        self._count("misses")
         if request.method == "HEAD":
+            self._count("misses")
             yield ("forward", f"scalekit; fwd={kind}", None)
             return None
         if not self.coalesce:
@@ -784,6 +785,8 @@ class HttpCache:
                 changes["if-none-match"] = stale.etag
             if stale.last_modified is not None:
                 changes["if-modified-since"] = stale.last_modified
+        if client and kind != "bypass":
+            self._count("misses")
         status = f"scalekit; fwd={kind}"
         epoch = self._purge_epoch
         try:
