@@ -656,3 +656,22 @@ def test_a_request_may_allow_stale_if_error(make: Callable[..., Setup]) -> None:
     assert s.get("/a").status == 503
     result = s.get("/a", [("Cache-Control", "stale-if-error=60")])
     assert (result.status, result.body) == (200, b"ok")
+
+
+def test_a_head_response_never_stands_for_the_get(make: Callable[..., Setup]) -> None:
+    s = make()
+    s.origin.routes["/a"] = lambda req: (
+        200,
+        MAX60,
+        b"" if req[":method"] == "HEAD" else b"full",
+    )
+    s.get("/a", [("Cache-Control", "no-cache")], method="HEAD")
+    assert s.get("/a").body == b"full"
+    s.origin.route(
+        "/b", headers=[("Cache-Control", "max-age=10, stale-while-revalidate=60")], body=b"B"
+    )
+    s.get("/b")
+    s.clock.advance(20)
+    assert s.get("/b", method="HEAD").cache_status.endswith("detail=stale")
+    assert s.cache.stats().refreshes == 0
+    assert s.get("/b").body == b"B"

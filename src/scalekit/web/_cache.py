@@ -617,8 +617,8 @@ class HttpCache:
             return self._serve(request, found, now, f"scalekit; hit; ttl={math.floor(remaining)}")
         if 0 < found.stale_while >= -remaining and not found.no_stale and not found.revalidate:
             self._count("stale_hits")
-            with self._lock:
-                start = key not in self._refreshing
+            with self._lock:  # a HEAD's response has no body to refresh with
+                start = method == "GET" and key not in self._refreshing
                 if start:
                     self._refreshing.add(key)
             if start:
@@ -859,6 +859,8 @@ class HttpCache:
             or (tag_names and epoch != self._purge_epoch)
         ):
             new = None  # changed or purged while it was fetched: it may predate that
+        if request.method == "HEAD":
+            new = None  # its body is not the GET's
         if new is not None:
             stored_ok = yield from self._store(request, key, marker, new, tag_names, received)
             if stored_ok:
