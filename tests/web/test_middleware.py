@@ -675,3 +675,11 @@ def test_a_head_response_never_stands_for_the_get(make: Callable[..., Setup]) ->
     assert s.get("/b", method="HEAD").cache_status.endswith("detail=stale")
     assert s.cache.stats().refreshes == 0
     assert s.get("/b").body == b"B"
+
+
+def test_a_stored_response_gets_its_content_length(make: Callable[..., Setup]) -> None:
+    s = make()
+    s.origin.route("/a", headers=MAX60, body=b"12345")
+    s.get("/a")
+    assert s.get("/a").headers["content-length"] == "5"
+    assert s.get("/a", method="HEAD").headers["content-length"] == "5"

@@ -399,6 +399,8 @@ def store_policy(
         {"must-revalidate", "proxy-revalidate"} & ruling.keys()
         or (policy.shared and "s-maxage" in ruling)
     )
+    if status != 204 and not any(name.lower() == "content-length" for name, _ in kept):
+        kept.append(("content-length", str(len(body))))  # hits need no chunked encoding
     return Stored(
         status,
         kept,
