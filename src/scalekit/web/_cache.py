@@ -182,8 +182,9 @@ class CacheStats:
     ``hits``: fresh responses served from the store; ``stale_hits``: stale ones
     served (stale-while-revalidate, stale-if-error); ``coalesced``: requests
     answered with the response another request in flight fetched; ``misses``:
-    cacheable requests sent to the app (one then served stale after an error
-    counts in both); ``revalidations``: of those, the ones the
+    cacheable requests that found no usable stored response (those then
+    answered by another's flight count in ``coalesced`` too, those served stale
+    after an error in ``stale_hits`` too); ``revalidations``: the ones the
     app answered 304 (the stored response was updated); ``refreshes``:
     background refreshes started; ``stores``: responses stored; ``bypasses``:
     requests the cache did not serve by rule (unsafe method, ``Cookie``,
@@ -206,10 +207,11 @@ class CacheStats:
 
     @property
     def hit_ratio(self) -> float:
-        """Requests served without the app (hits, stale hits, coalesced) over
-        those that could be (the same, plus misses); 0.0 before any."""
+        """Requests served without calling the app (hits, stale hits,
+        coalesced) over the cacheable ones (hits, stale hits, misses); 0.0
+        before any."""
+        total = self.hits + self.stale_hits + self.misses
         served = self.hits + self.stale_hits + self.coalesced
-        total = served + self.misses
         return served / total if total else 0.0
 
 
@@ -669,8 +671,8 @@ class HttpCache:
     ) -> Flow:
         """Get the response from the app, coalesced with the other requests for
         ``key`` in this process (and in others, by a lease, when the store is shared)."""
+        self._count("misses")
         if request.method == "HEAD":
-            self._count("misses")
             yield ("forward", f"scalekit; fwd={kind}", None)
             return None
         if not self.coalesce:
@@ -785,8 +787,6 @@ class HttpCache:
                 changes["if-none-match"] = stale.etag
             if stale.last_modified is not None:
                 changes["if-modified-since"] = stale.last_modified
-        if client and kind != "bypass":
-            self._count("misses")
         status = f"scalekit; fwd={kind}"
         epoch = self._purge_epoch
         try:
