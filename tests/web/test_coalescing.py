@@ -326,3 +326,43 @@ def test_joiners_of_a_stream_do_not_wait_for_its_end() -> None:
 
     asyncio.run(run())
     assert calls == 2
+
+
+def test_joiners_of_a_wsgi_stream_do_not_wait_for_its_end() -> None:
+    finish = threading.Event()
+    first_chunks = [threading.Event(), threading.Event()]
+    calls: list[int] = []
+
+    def events(environ: Any, start_response: Any) -> Any:
+        calls.append(1)
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        yield b"data: 1\n\n"
+        finish.wait(5)
+        yield b""
+
+    app = WSGICacheMiddleware(events, HttpCache(clock=FakeClock(START)))
+
+    def client(seen: threading.Event) -> None:
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/events",
+            "QUERY_STRING": "",
+            "HTTP_HOST": "example.com",
+            "wsgi.url_scheme": "http",
+        }
+        body = app(environ, lambda status, headers, exc_info=None: None)
+        for chunk in body:
+            if chunk:
+                seen.set()
+        getattr(body, "close", lambda: None)()
+
+    threads = [threading.Thread(target=client, args=(seen,)) for seen in first_chunks]
+    for thread in threads:
+        thread.start()
+    try:
+        assert all(seen.wait(5) for seen in first_chunks)
+    finally:
+        finish.set()
+        for thread in threads:
+            thread.join(5)
+    assert len(calls) == 2
