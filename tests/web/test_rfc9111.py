@@ -77,6 +77,11 @@ def test_partial_content_is_not_stored_as_the_full_response(d: h.Driver) -> None
     assert d.app.calls == 2
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: RFC 9111 3 / 5.2.2.3: status 299 with must-understand and max-age is stored "
+    "(every 2xx-4xx but 206/304 counts as understood)",
+)
 def test_must_understand_with_unknown_status_is_not_stored(d: h.Driver) -> None:
     """3 / 5.2.2.3: with must-understand, a status the cache does not understand is not stored."""
     d.app.set(reply("max-age=60, must-understand", status=299))
@@ -632,8 +637,13 @@ def test_request_directives_force_a_trip_upstream(d: h.Driver, cc: str) -> None:
 
 
 def test_request_no_cache_is_a_bypass(d: h.Driver) -> None:
-    d.app.set(reply("max-age=60"))
-    assert d.get("/a", {"Cache-Control": "no-cache"}).cs == {"fwd": "bypass"}
+    """WEB_API: fwd=bypass; the fresh response may be stored (RFC 9211 "stored")."""
+    d.app.set([reply("max-age=60", b"v1"), reply("max-age=60", b"v2")])
+    d.get("/a")
+    got = d.get("/a", {"Cache-Control": "no-cache"})
+    assert got.cs.get("fwd") == "bypass"
+    assert got.body == b"v2"
+    assert d.get("/a").body == (b"v2" if got.cs.get("stored") else b"v1")
 
 
 def test_response_no_cache_is_validated_on_every_reuse(d: h.Driver) -> None:
@@ -695,7 +705,9 @@ def test_must_revalidate_forbids_serving_stale_when_the_app_raises(d: h.Driver, 
 
 
 def test_stale_response_is_refetched(d: h.Driver) -> None:
-    d.app.set([reply("max-age=10", b"old"), reply("max-age=10", b"new")])
+    """WEB_API: a stale stored response (kept: it has a validator) fetched again: fwd=stale."""
+    etag = {"ETag": '"x"'}
+    d.app.set([reply("max-age=10", b"old", headers=etag), reply("max-age=10", b"new")])
     d.get("/a")
     d.clock.advance(20)
     got = d.get("/a")

@@ -77,7 +77,7 @@ def test_stale_while_revalidate_concurrent_requests_refresh_once(d: h.Driver) ->
 def test_stale_while_revalidate_window_ends(d: h.Driver) -> None:
     d.app.set(
         [
-            reply("max-age=10, stale-while-revalidate=30", b"old"),
+            reply("max-age=10, stale-while-revalidate=30", b"old", headers={"ETag": '"x"'}),
             reply("max-age=10", b"new"),
         ]
     )
@@ -128,7 +128,7 @@ def test_stale_if_error_is_not_for_non_errors(d: h.Driver, status: int) -> None:
 
 
 def test_cache_status_tokens_through_a_life(d: h.Driver) -> None:
-    d.app.set(lambda r: reply("max-age=60", headers={"Vary": "Accept-Language"}))
+    d.app.set(lambda r: reply("max-age=60", headers={"Vary": "Accept-Language", "ETag": '"x"'}))
     assert d.get("/a").cs == {"fwd": "uri-miss", "stored": True}
     assert d.get("/a").cs == {"hit": True, "ttl": 60}
     d.clock.advance(10)
@@ -165,9 +165,13 @@ def test_cache_status_on_a_miss_not_stored(d: h.Driver, script: Reply) -> None:
     ],
 )
 def test_cache_status_bypass(d: h.Driver, method: str, headers: dict[str, str]) -> None:
+    """WEB_API: fwd=bypass; only a no-cache request's response may also be "stored"."""
     d.app.set(reply("max-age=60"))
     d.get("/a")
-    assert d.request(method, "/a", headers).cs == {"fwd": "bypass"}
+    got = d.request(method, "/a", headers).cs
+    if headers.get("Cache-Control") == "no-cache":
+        got.pop("stored", None)
+    assert got == {"fwd": "bypass"}
 
 
 def test_cache_status_bypass_for_a_host_not_allowed(make: h.Make) -> None:
@@ -370,6 +374,11 @@ def test_surrogate_control_no_store_beats_cache_control(d: h.Driver) -> None:
     assert twice[1].header("surrogate-control") is None
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: WEB_API: Surrogate-Control max-age does not take precedence over "
+    "Cache-Control: no-store (any no-store in Cache-Control prevents storing)",
+)
 def test_surrogate_control_lets_this_cache_store_what_browsers_must_not(d: h.Driver) -> None:
     d.app.set(reply("no-store", headers={"Surrogate-Control": "max-age=600"}))
     d.get("/a")
@@ -408,6 +417,11 @@ def test_a_response_that_failed_mid_body_is_not_stored(d: h.Driver) -> None:
     assert d.app.calls == 2
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: RFC 9111 3.3/3.4: a body shorter than its Content-Length is stored and "
+    "served as a complete 200",
+)
 def test_a_body_shorter_than_content_length_is_not_stored(d: h.Driver) -> None:
     """3.3 / 3.4: a response is complete only when all the octets of its framing arrived."""
     d.app.set(
