@@ -713,3 +713,70 @@ def test_stale_response_is_refetched(d: h.Driver) -> None:
     got = d.get("/a")
     assert got.body == b"new"
     assert got.cs == {"fwd": "stale", "fwd-status": 200, "stored": True}
+
+
+def test_request_max_age_limits_the_age_accepted(d: h.Driver) -> None:
+    """5.2.1.1: max-age in the request: the client wants a response no older than that."""
+    d.app.set([reply("max-age=60", b"v1"), reply("max-age=60", b"v2")])
+    d.get("/a")
+    d.clock.advance(10)
+    assert d.get("/a", {"Cache-Control": "max-age=20"}).body == b"v1"
+    assert d.get("/a", {"Cache-Control": "max-age=5"}).body == b"v2"
+    assert d.app.calls == 2
+
+
+def test_request_max_stale_accepts_a_stale_response(d: h.Driver) -> None:
+    """5.2.1.2: max-stale lets the client accept a response stale by up to that many seconds."""
+    d.app.set([reply("max-age=10", b"old", headers={"ETag": '"x"'}), reply("max-age=10", b"new")])
+    d.get("/a")
+    d.clock.advance(20)
+    got = d.get("/a", {"Cache-Control": "max-stale=30"})
+    assert got.body == b"old"
+    assert got.age == 20
+    assert got.cs.get("ttl") == -10
+    assert d.app.calls == 1
+    assert d.get("/a", {"Cache-Control": "max-stale=5"}).body == b"new"
+
+
+@pytest.mark.parametrize(
+    "cc", ["max-age=10, must-revalidate", "max-age=10, proxy-revalidate", "s-maxage=10"]
+)
+def test_max_stale_never_overrides_must_revalidate(d: h.Driver, cc: str) -> None:
+    """5.2.2.2: must-revalidate (and, shared, proxy-revalidate, s-maxage) forbids serving it
+    stale even when the request's max-stale would accept it."""
+    d.app.set([reply(cc, b"old", headers={"ETag": '"x"'}), reply("max-age=10", b"new")])
+    d.get("/a")
+    d.clock.advance(20)
+    assert d.get("/a", {"Cache-Control": "max-stale"}).body == b"new"
+    assert d.app.calls == 2
+
+
+def test_only_if_cached(d: h.Driver) -> None:
+    """5.2.1.7: only-if-cached: a stored response, or 504 without contacting the origin."""
+    d.app.set(reply("max-age=60"))
+    assert d.get("/a", {"Cache-Control": "only-if-cached"}).status == 504
+    assert d.app.calls == 0
+    d.get("/a")
+    got = d.get("/a", {"Cache-Control": "only-if-cached"})
+    assert (got.status, got.body) == (200, b"v1")
+    assert d.app.calls == 1
+
+
+@pytest.mark.parametrize("cc", ["max-age=abc", "max-age=-5", "max-age=", "max-age=1e3"])
+def test_invalid_max_age_is_not_fresh(d: h.Driver, cc: str) -> None:
+    """4.2.1: caches are encouraged to consider invalid freshness information stale."""
+    d.app.set(reply(cc))
+    d.get("/a")
+    d.clock.advance(1)
+    d.get("/a")
+    assert d.app.calls == 2
+
+
+def test_invalid_age_received_does_not_break_reuse(d: h.Driver) -> None:
+    d.app.set(reply("max-age=60", headers={"Age": "garbage"}))
+    d.get("/a")
+    d.clock.advance(5)
+    got = d.get("/a")
+    assert got.status == 200
+    assert got.age is not None
+    assert got.age >= 5

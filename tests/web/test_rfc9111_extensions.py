@@ -223,6 +223,7 @@ def test_concurrent_cold_misses_call_the_app_once(d: h.Driver) -> None:
     statuses = sorted(str(r.cs) for r in responses)
     assert statuses.count(str({"hit": True, "detail": "coalesced"})) == 19
     assert statuses.count(str({"fwd": "uri-miss", "stored": True})) == 1
+    assert all(r.age == 0 for r in responses if r.cs.get("hit")), "Age on every reuse"
     assert d.cache.stats().coalesced == 19
 
 
