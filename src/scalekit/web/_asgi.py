@@ -34,23 +34,62 @@ _log = logging.getLogger("scalekit.web")
 _STRIPPED = (b"surrogate-key", b"surrogate-control")
 
 
+_names: dict[str, bytes] = {}
+_sets: dict[frozenset[str], frozenset[bytes]] = {}
+
+
+class _ScopeHeaders:
+    """A scope's header fields read by lower-case name, decoded when read.
+
+    Built with one C-level ``dict()`` of the raw pairs; a scope that repeats a
+    field gets the repeats joined by ``, `` (``; `` for ``Cookie``) instead.
+    """
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        raw = dict(pairs)
+        if len(raw) != len(pairs):
+            raw = {}
+            for name, value in pairs:
+                if name in raw:
+                    raw[name] += (b"; " if name == b"cookie" else b", ") + value
+                else:
+                    raw[name] = value
+        self._raw = raw
+
+    def get(self, name: str, default: None = None, /) -> str | None:
+        key = _names.get(name)
+        if key is None:
+            key = _names[name] = name.encode("latin-1") if len(_names) < 4096 else b""
+        value = self._raw.get(key)
+        return None if value is None else value.decode("latin-1")
+
+    def any_of(self, names: frozenset[str], /) -> bool:
+        key = _sets.get(names)
+        if key is None:
+            key = _sets[names] = frozenset(name.encode("latin-1") for name in names)
+        return not key.isdisjoint(self._raw)
+
+    def __contains__(self, name: object) -> bool:
+        key = _names.get(name) if isinstance(name, str) else None
+        if key is None:
+            return isinstance(name, str) and name.encode("latin-1") in self._raw
+        return key in self._raw
+
+
 def _request(scope: Scope) -> Request:
-    headers: dict[str, str] = {}
-    for raw_name, raw_value in scope.get("headers", ()):
-        name = raw_name.decode("latin-1").lower()
-        value = raw_value.decode("latin-1")
-        if name in headers:
-            headers[name] = headers[name] + ("; " if name == "cookie" else ", ") + value
-        else:
-            headers[name] = value
-    scheme = scope.get("scheme", "http")
+    pairs = scope.get("headers", ())
+    if not isinstance(pairs, list) or any(name != name.lower() for name, _ in pairs):
+        pairs = [(bytes(name).lower(), bytes(value)) for name, value in pairs]
+    headers = _ScopeHeaders(pairs)
     host = headers.get("host")
     if host is None:
         server = scope.get("server")
         host = f"{server[0]}:{server[1]}" if server else ""
     return Request(
         scope.get("method", "GET"),
-        scheme,
+        scope.get("scheme", "http"),
         host,
         scope.get("path", "/"),
         scope.get("query_string", b"").decode("latin-1"),
@@ -278,11 +317,26 @@ def _with_status(start: Message, cache_status: str) -> Message:
     return message
 
 
+_encoded: dict[str, bytes] = {}
+
+
+def _latin1(text: str) -> bytes:
+    """``text`` as latin-1 bytes, remembered (Cache-Status and Age values repeat)."""
+    found = _encoded.get(text)
+    if found is None:
+        found = text.encode("latin-1")
+        if len(_encoded) >= 4096:
+            _encoded.clear()
+        _encoded[text] = found
+    return found
+
+
 async def _send_reply(send: Send, reply: Reply) -> None:
     stored = reply.stored
     if stored is not None:
         headers = stored.asgi_headers() + [
-            (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in reply.extra
+            (_EXTRA.get(name) or name.lower().encode("latin-1"), _latin1(value))
+            for name, value in reply.extra
         ]
     else:
         headers = [
@@ -291,3 +345,6 @@ async def _send_reply(send: Send, reply: Reply) -> None:
         ]
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})
+
+
+_EXTRA = {"Age": b"age", "Cache-Status": b"cache-status"}

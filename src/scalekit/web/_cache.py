@@ -65,6 +65,7 @@ from scalekit.web._policy import (
 __all__ = [
     "STREAMED",
     "CacheStats",
+    "DictHeaders",
     "HttpCache",
     "Reply",
     "Request",
@@ -102,6 +103,17 @@ class Headers(Protocol):
     def get(self, name: str, default: None = None, /) -> str | None: ...
 
     def __contains__(self, name: object, /) -> bool: ...
+
+    def any_of(self, names: frozenset[str], /) -> bool:
+        """Whether the request has any of the fields ``names`` (lower case)."""
+        ...
+
+
+class DictHeaders(dict[str, str]):
+    """:class:`Headers` in a plain dict of lower-case names (tests, doctests)."""
+
+    def any_of(self, names: frozenset[str], /) -> bool:
+        return not names.isdisjoint(self)
 
 
 class Request:
@@ -257,7 +269,7 @@ def _strings(value: object, name: str) -> tuple[str, ...]:
 def _default_store(clock: Callable[[], float]) -> Any:
     from scalekit.cache import LRUCache, ThreadSafeCache
 
-    return ThreadSafeCache(LRUCache(64 * 1024 * 1024, _size_of, timer=clock))
+    return ThreadSafeCache(LRUCache(64 * 1024 * 1024, _size_of, timer=clock), threading.Lock())
 
 
 def _size_of(value: Any) -> float:
@@ -308,7 +320,9 @@ class HttpCache:
     Building the key of a request:
 
     >>> cache = HttpCache(ignore_params=["utm_*"])
-    >>> request = Request("GET", "https", "Example.com:443", "/news", "b=2&utm_medium=x&a=1", {})
+    >>> request = Request(
+    ...     "GET", "https", "Example.com:443", "/news", "b=2&utm_medium=x&a=1", DictHeaders()
+    ... )
     >>> cache.key_of(request)
     'web:https://example.com/5:/news?a=1&b=2'
 
@@ -379,8 +393,10 @@ class HttpCache:
         self._flights: dict[str, _Flight] = {}
         self._refreshing: set[str] = set()
         self._decoded: dict[str, Stored] = {}
+        self._hosts: dict[tuple[str, str], str | None] = {}
         for name in _COUNTERS:
             setattr(self, "_n_" + name, itertools.count())
+        self._n_hits: itertools.count[int]
 
     # -- reading ---------------------------------------------------------------
 
@@ -396,12 +412,21 @@ class HttpCache:
 
         Runtime complexity: O(len(query)) (O(1) for a query seen recently).
         """
-        host = normal_host(request.host, request.scheme)
-        if host is None or (
-            self.allow_hosts is not None
-            and _bare(host) not in self.allow_hosts
-            and host not in self.allow_hosts
-        ):
+        scheme = request.scheme
+        try:
+            host = self._hosts[scheme, request.host]
+        except KeyError:
+            host = normal_host(request.host, scheme)
+            if host is not None and (
+                self.allow_hosts is not None
+                and _bare(host) not in self.allow_hosts
+                and host not in self.allow_hosts
+            ):
+                host = None
+            if len(self._hosts) >= 1024:
+                self._hosts.clear()
+            self._hosts[scheme, request.host] = host
+        if host is None:
             return None
         return primary_key(
             self.prefix, request.scheme, host, request.path, self._query(request.query)
@@ -502,10 +527,16 @@ class HttpCache:
         control = directives(field) if field is not None else _pragma(headers)
         if (
             key is None
-            or "range" in headers
             or "no-store" in control
             or (
-                ("cookie" in headers or "authorization" in headers) and not self._is_public(request)
+                headers.any_of(_BYPASSING)
+                and (
+                    "range" in headers
+                    or (
+                        ("cookie" in headers or "authorization" in headers)
+                        and not self._is_public(request)
+                    )
+                )
             )
         ):
             self._count("bypasses")
@@ -543,9 +574,9 @@ class HttpCache:
                     return Reply(504, None, [], b"", [("Cache-Status", "scalekit; fwd=request")])
                 return (yield from self._fetch(request, key, marker, found, "request", now))
         if fresh:
-            self._count("hits")
+            next(self._n_hits)
             return self._serve(request, found, now, f"scalekit; hit; ttl={math.floor(remaining)}")
-        if -remaining <= found.stale_while and not found.no_stale and not found.revalidate:
+        if 0 < found.stale_while >= -remaining and not found.no_stale and not found.revalidate:
             self._count("stale_hits")
             with self._lock:
                 start = key not in self._refreshing
@@ -568,11 +599,7 @@ class HttpCache:
         say the client has it (RFC 9111 4.3.2), the headers only for HEAD."""
         extra = [("Age", str(int(current_age(stored, now)))), ("Cache-Status", status)]
         headers = request.headers
-        if (
-            stored.status == 200
-            and ("if-none-match" in headers or "if-modified-since" in headers)
-            and _not_modified(headers, stored)
-        ):
+        if stored.status == 200 and headers.any_of(_CONDITIONAL) and _not_modified(headers, stored):
             self._count("not_modified")
             kept = [(name, value) for name, value in stored.headers if name.lower() in _304_FIELDS]
             return Reply(304, None, kept, b"", extra)
@@ -761,7 +788,7 @@ class HttpCache:
         if (
             new is not None
             and new.status == 200
-            and ("if-none-match" in headers or "if-modified-since" in headers)
+            and headers.any_of(_CONDITIONAL)
             and _not_modified(headers, new)
         ):
             self._count("not_modified")
@@ -775,7 +802,7 @@ class HttpCache:
     def _stale_if_error(self, request: Request, stale: Stored | None) -> bool:
         if stale is None or stale.no_stale or stale.revalidate or request.started:
             return False
-        return -stale.remaining(self.clock()) <= stale.stale_if_error
+        return 0 < stale.stale_if_error >= -stale.remaining(self.clock())
 
     def _serve_stale(self, request: Request, stale: Stored) -> Reply:
         now = self.clock()
@@ -867,7 +894,7 @@ class HttpCache:
         if not path.startswith("/"):
             base = request.path.rsplit("/", 1)[0]
             path = f"{base}/{path}"
-        return self.key_of(Request("GET", scheme, host, path, parts.query, {}))
+        return self.key_of(Request("GET", scheme, host, path, parts.query, DictHeaders()))
 
 
 _SURROGATE = frozenset({"surrogate-key", "surrogate-control"})
@@ -878,6 +905,10 @@ def _bare(host: str) -> str:
     if host.startswith("["):
         return host.split("]", 1)[0] + "]"
     return host.rsplit(":", 1)[0] if ":" in host else host
+
+
+_BYPASSING = frozenset({"range", "cookie", "authorization"})
+_CONDITIONAL = frozenset({"if-none-match", "if-modified-since"})
 
 
 def _pragma(headers: Headers) -> dict[str, str | None]:

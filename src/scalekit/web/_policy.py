@@ -375,9 +375,12 @@ def store_policy(
         surrogate.get("stale-while-revalidate", control.get("stale-while-revalidate"))
     )
     stale_if_error = seconds(surrogate.get("stale-if-error", control.get("stale-if-error")))
+    # Surrogate-Control's max-age is meant for this cache: its directives, not
+    # Cache-Control's (meant for the browsers after it), say how to revalidate
+    ruling = surrogate if "max-age" in surrogate else control
     no_stale = bool(
-        {"must-revalidate", "proxy-revalidate"} & control.keys()
-        or (policy.shared and "s-maxage" in control)
+        {"must-revalidate", "proxy-revalidate"} & ruling.keys()
+        or (policy.shared and "s-maxage" in ruling)
     )
     return Stored(
         status,
@@ -388,7 +391,7 @@ def store_policy(
         lifetime,
         float(stale_while or 0),
         float(stale_if_error or 0),
-        "no-cache" in control,
+        "no-cache" in ruling,
         no_stale,
         tuple(vary_field),
     )

@@ -59,6 +59,10 @@ class _EnvironHeaders:
         value = self._environ.get(_environ_name(name))
         return value if isinstance(value, str) else None
 
+    def any_of(self, names: frozenset[str], /) -> bool:
+        environ = self._environ
+        return any(_environ_name(name) in environ for name in names)
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and _environ_name(name) in self._environ
 
