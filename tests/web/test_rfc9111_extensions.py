@@ -256,6 +256,49 @@ def test_joiners_call_the_app_when_the_leaders_response_is_not_storable(
     assert d.app.calls == 20
 
 
+def test_joiners_with_another_variant_never_get_the_leaders(make: h.Make) -> None:
+    """4.1 under coalescing: the flight is joined before the response's Vary is known; a
+    joiner whose selecting headers differ must not receive the leader's variant."""
+    d = make(public=("/pub/",))
+
+    def origin(request: Request) -> Reply:
+        who = f"{request.header('accept-language')}/{request.header('cookie')}"
+        return reply("max-age=60", who.encode(), headers={"Vary": "Accept-Language, Cookie"})
+
+    d.app.set(origin)
+    thread = release_after_first_call(d.app)
+    asks = [
+        {"Accept-Language": language, "Cookie": f"sid={user}"}
+        for language in ("en", "fr")
+        for user in ("alice", "bob", "carol")
+    ]
+    responses = d.many([{"path": "/pub/a", "headers": ask} for ask in asks * 3])
+    thread.join()
+    for ask, got in zip(asks * 3, responses, strict=True):
+        assert got.body == f"{ask['Accept-Language']}/{ask['Cookie']}".encode()
+
+
+def test_a_head_joining_a_get_gets_no_body(d: h.Driver) -> None:
+    d.app.set(reply("max-age=60", b"full"))
+    thread = release_after_first_call(d.app)
+    responses = d.many([{"path": "/a"}] + [{"path": "/a", "method": "HEAD"}] * 5)
+    thread.join()
+    assert responses[0].body == b"full"
+    assert all((r.status, r.body) == (200, b"") for r in responses[1:] if r.cs.get("hit"))
+
+
+def test_joiners_survive_a_leader_that_raises(d: h.Driver) -> None:
+    """WEB_API: when the leader's response is not storable (here: none at all), the joiners
+    call the app themselves."""
+    d.app.set([Reply(raises=RuntimeError("boom")), reply("max-age=60", b"ok")])
+    thread = release_after_first_call(d.app)
+    responses = d.many([{"path": "/a"}] * 10)
+    thread.join()
+    failed = [r for r in responses if r.status != 200]
+    assert len(failed) == 1
+    assert all(r.body == b"ok" for r in responses if r.status == 200)
+
+
 # -- the cache key ---------------------------------------------------------------------------------
 
 
