@@ -307,7 +307,7 @@ class Driver:
         path: str = "/",
         headers: Headers | None = None,
         *,
-        query: str = "",
+        query: str | None = None,
         body: bytes = b"",
         host: str = HOST,
         scheme: str = "http",
@@ -329,8 +329,9 @@ class Driver:
         pass
 
 
-def _split(path: str, query: str) -> tuple[str, str]:
-    if "?" in path:
+def _split(path: str, query: str | None) -> tuple[str, str]:
+    """``path`` and ``query``; without an explicit query, the path's ``?`` starts it."""
+    if query is None:
         path, _, query = path.partition("?")
     return path, query
 
@@ -352,7 +353,7 @@ class AsgiDriver(Driver):
         path: str = "/",
         headers: Headers | None = None,
         *,
-        query: str = "",
+        query: str | None = None,
         body: bytes = b"",
         host: str = HOST,
         scheme: str = "http",
@@ -465,7 +466,7 @@ class WsgiDriver(Driver):
         path: str = "/",
         headers: Headers | None = None,
         *,
-        query: str = "",
+        query: str | None = None,
         body: bytes = b"",
         host: str = HOST,
         scheme: str = "http",

@@ -364,6 +364,30 @@ def test_the_host_is_part_of_the_key(d: h.Driver) -> None:
     assert d.app.calls == 2
 
 
+def test_path_and_query_never_run_into_each_other(d: h.Driver) -> None:
+    """A decoded path may hold "?" (from %3F): /a?b=1 as a path is not /a with query b=1."""
+    d.app.set(lambda r: reply("max-age=60", f"{r.path}|{r.query}".encode()))
+    assert d.get("/a?b=1", query="").body == b"/a?b=1|"
+    assert d.get("/a", query="b=1").body == b"/a|b=1"
+    assert d.get("/a?b=1", query="").body == b"/a?b=1|"
+    assert d.app.calls == 2
+
+
+def test_an_encoded_ampersand_is_not_a_separator(d: h.Driver) -> None:
+    d.app.set(echo_query)
+    assert d.get("/a?x=a%26b%3Dc").body == b"x=a%26b%3Dc"
+    assert d.get("/a?x=a&b=c").body == b"x=a&b=c"
+    assert d.app.calls == 2
+
+
+def test_a_port_makes_another_origin(d: h.Driver) -> None:
+    d.app.set(lambda r: reply("max-age=60", (r.header("host") or "").encode()))
+    assert d.get("/a", host="example.com").body == b"example.com"
+    assert d.get("/a", host="example.com:8080").body == b"example.com:8080"
+    assert d.get("/a", host="EXAMPLE.com:80").body == b"example.com"
+    assert d.app.calls == 2
+
+
 # -- Surrogate-Key and Surrogate-Control -----------------------------------------------------------
 
 
@@ -503,3 +527,28 @@ def test_asgi_non_http_scopes_pass_through_untouched(scope_type: str) -> None:
     assert seen == [scope]
     assert seen[0] is scope
     assert sent == [{"type": f"{scope_type}.marker"}]
+
+
+def test_wsgi_apps_that_use_the_write_callable() -> None:
+    """PEP 3333: data an app passes to start_response's write() comes before its iterable,
+    and the whole body is what is stored."""
+    from scalekit.testing import FakeClock
+    from scalekit.web import HttpCache, WSGICacheMiddleware
+
+    calls = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        calls.append(environ["PATH_INFO"])
+        write = start_response("200 OK", [("Cache-Control", "max-age=60")])
+        write(b"head-")
+        return [b"tail"]
+
+    clock = FakeClock(start=h.START)
+    driver = h.WsgiDriver(HttpCache(clock=clock), clock, h.ScriptedApp(clock), None)
+    driver.middleware = WSGICacheMiddleware(app, driver.cache)
+    try:
+        assert driver.get("/a").body == b"head-tail"
+        assert driver.get("/a").body == b"head-tail"
+        assert calls == ["/a"]
+    finally:
+        driver.close()
