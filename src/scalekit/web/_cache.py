@@ -457,7 +457,7 @@ class HttpCache:
             return None
         if isinstance(value, (Stored, VaryMarker)):
             return value
-        if isinstance(value, list) and len(value) == 15 and value[0] == "resp":
+        if isinstance(value, list) and len(value) == 16 and value[0] == "resp":
             identity = value[14]
             found = self._decoded.get(identity) if isinstance(identity, str) else None
             if found is not None:
@@ -743,10 +743,15 @@ class HttpCache:
         if response.status == 304 and stale is not None and stale.validators():
             self._count("revalidations")
             merged = update_from_304(stale, response.headers)
+            kept = merged
+            if stale.surrogate is not None and not any(
+                name.lower() == "surrogate-control" for name, _ in merged
+            ):
+                kept = [*merged, ("Surrogate-Control", stale.surrogate)]
             new = store_policy(
                 self.policy,
                 stale.status,
-                merged,
+                kept,
                 stale.body,
                 request_time=now,
                 response_time=received,
@@ -794,7 +799,7 @@ class HttpCache:
             self._count("not_modified")
             kept = [(n, v) for n, v in new.headers if n.lower() in _304_FIELDS]
             return Reply(304, None, kept, b"", [("Cache-Status", status)])
-        sent = [(n, v) for n, v in reply_headers if n.lower() not in _SURROGATE]
+        sent = [(n, v) for n, v in reply_headers if n.lower() not in _NOT_SENT]
         if request.method == "HEAD":
             body = b""
         return Reply(reply_status, None, sent, body, [("Cache-Status", status)])
@@ -897,7 +902,7 @@ class HttpCache:
         return self.key_of(Request("GET", scheme, host, path, parts.query, DictHeaders()))
 
 
-_SURROGATE = frozenset({"surrogate-key", "surrogate-control"})
+_NOT_SENT = frozenset({"surrogate-key", "surrogate-control", "cache-status"})
 
 
 def _bare(host: str) -> str:
