@@ -196,17 +196,19 @@ def test_stats_count_what_happened(d: h.Driver) -> None:
 # -- coalescing ------------------------------------------------------------------------------------
 
 
-def release_after_first_call(app: h.ScriptedApp, delay: float = 0.05) -> threading.Thread:
-    """Hold the app; once it was called, give the other requests ``delay`` s to join, then
-    release it."""
-    app.hold()
+def release_after_first_call(d: h.Driver, requests: int) -> threading.Thread:
+    """Hold the app; once it was called and all ``requests`` reached the cache (counted as
+    misses), release it, so that the others are waiting on the first one's flight."""
+    d.app.hold()
 
     def release() -> None:
         deadline = time.monotonic() + h.TIMEOUT
-        while app.calls < 1 and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (
+            d.app.calls >= 1 and d.cache.stats().misses >= requests
+        ):
             time.sleep(0.001)
-        time.sleep(delay)
-        app.release()
+        time.sleep(0.005)
+        d.app.release()
 
     thread = threading.Thread(target=release, daemon=True)
     thread.start()
@@ -215,7 +217,7 @@ def release_after_first_call(app: h.ScriptedApp, delay: float = 0.05) -> threadi
 
 def test_concurrent_cold_misses_call_the_app_once(d: h.Driver) -> None:
     d.app.set(reply("max-age=60", b"page"))
-    thread = release_after_first_call(d.app)
+    thread = release_after_first_call(d, 20)
     responses = d.many([{"path": "/a"}] * 20)
     thread.join()
     assert d.app.calls == 1
@@ -246,7 +248,7 @@ def test_joiners_call_the_app_when_the_leaders_response_is_not_storable(
         return Reply(200, headers, me.encode())
 
     d.app.set(origin)
-    thread = release_after_first_call(d.app)
+    thread = release_after_first_call(d, 20)
     responses = d.many([{"path": "/a", "headers": {"X-Request-Id": str(i)}} for i in range(20)])
     thread.join()
     for i, got in enumerate(responses):
@@ -266,7 +268,7 @@ def test_joiners_with_another_variant_never_get_the_leaders(make: h.Make) -> Non
         return reply("max-age=60", who.encode(), headers={"Vary": "Accept-Language, Cookie"})
 
     d.app.set(origin)
-    thread = release_after_first_call(d.app)
+    thread = release_after_first_call(d, 18)
     asks = [
         {"Accept-Language": language, "Cookie": f"sid={user}"}
         for language in ("en", "fr")
@@ -280,7 +282,7 @@ def test_joiners_with_another_variant_never_get_the_leaders(make: h.Make) -> Non
 
 def test_a_head_joining_a_get_gets_no_body(d: h.Driver) -> None:
     d.app.set(reply("max-age=60", b"full"))
-    thread = release_after_first_call(d.app)
+    thread = release_after_first_call(d, 6)
     responses = d.many([{"path": "/a"}] + [{"path": "/a", "method": "HEAD"}] * 5)
     thread.join()
     assert responses[0].body == b"full"
@@ -291,7 +293,7 @@ def test_joiners_survive_a_leader_that_raises(d: h.Driver) -> None:
     """WEB_API: when the leader's response is not storable (here: none at all), the joiners
     call the app themselves."""
     d.app.set([Reply(raises=RuntimeError("boom")), reply("max-age=60", b"ok")])
-    thread = release_after_first_call(d.app)
+    thread = release_after_first_call(d, 10)
     responses = d.many([{"path": "/a"}] * 10)
     thread.join()
     failed = [r for r in responses if r.status != 200]
