@@ -151,7 +151,8 @@ class Response:
 
 class Reply:
     """What a middleware sends: ``status``; the stored response's headers
-    (``stored``) or ``headers``; then ``extra`` (``Age``, ``Cache-Status``)."""
+    (``stored``) or ``headers``; then ``extra`` (with ``stored``: exactly
+    ``Age`` then ``Cache-Status``)."""
 
     __slots__ = ("body", "extra", "headers", "status", "stored")
 
