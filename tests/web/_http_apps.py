@@ -551,12 +551,14 @@ class WsgiDriver(Driver):
         self.pool.shutdown(wait=True)
 
 
-def make_driver(kind: str, clock: FakeClock | None = None, **cache_kwargs: Any) -> Driver:
-    """A driver of ``kind`` ("asgi" or "wsgi") over a new HttpCache(clock=clock, ...)."""
+def make_driver(
+    kind: str, clock: FakeClock | None = None, *store: Any, **cache_kwargs: Any
+) -> Driver:
+    """A driver of ``kind`` ("asgi" or "wsgi") over a new HttpCache(*store, clock=clock, ...)."""
     from scalekit.web import CacheMiddleware, HttpCache, WSGICacheMiddleware
 
     clock = clock if clock is not None else FakeClock(start=START)
-    cache = HttpCache(clock=clock, **cache_kwargs)
+    cache = HttpCache(*store, clock=clock, **cache_kwargs)
     app = ScriptedApp(clock)
     if kind == "asgi":
         return AsgiDriver(cache, clock, app, CacheMiddleware(app.asgi, cache))
@@ -584,8 +586,8 @@ def make_fixture(request: pytest.FixtureRequest) -> Iterator[Callable[..., Drive
     """A factory of drivers of the parametrized kind: make(**HttpCache options)."""
     drivers: list[Driver] = []
 
-    def factory(**cache_kwargs: Any) -> Driver:
-        driver = make_driver(request.param, **cache_kwargs)
+    def factory(*store: Any, **cache_kwargs: Any) -> Driver:
+        driver = make_driver(request.param, None, *store, **cache_kwargs)
         drivers.append(driver)
         return driver
 

@@ -31,7 +31,9 @@ can tell a personal body from a shared one), so other users' pages ARE served th
 test asserts that they are (which also proves the marker detector works) and documents it
 as the price of a wrong ``public`` declaration. Even there no Set-Cookie is replayed.
 
-The seed is printed; rerun one with SCALEKIT_LEAK_SEED=<seed>.
+It runs over the default in-process store and (marked ``redis``) over a RedisCache, where
+responses are serialised and coalescing goes through the store's lease. The seed is
+printed; rerun one with SCALEKIT_LEAK_SEED=<seed>.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ import os
 import random
 from collections import Counter
 from typing import Any
+
+import pytest
 
 from tests.web import _http_apps as h
 from tests.web._http_apps import Reply, Request
@@ -120,9 +124,21 @@ def plan(rng: random.Random) -> list[dict[str, Any]]:
 
 
 def test_no_response_reaches_another_user(make: h.Make) -> None:
+    run_users(make(public=("/pub/",)))
+
+
+@pytest.mark.redis
+def test_no_response_reaches_another_user_through_redis(make: h.Make, redis_client: Any) -> None:
+    """The same, with the responses serialised into a shared RedisCache (JSON values), where
+    coalescing goes through the store's lease."""
+    from scalekit.cache import RedisCache
+
+    run_users(make(RedisCache(redis_client, prefix="leaks:"), public=("/pub/",)))
+
+
+def run_users(d: h.Driver) -> None:
     print(f"leak test seed={SEED}")
     rng = random.Random(SEED)
-    d = make(public=("/pub/",))
     d.app.set(origin)
     d.app.yields = 3
     d.app.render_seconds = 0.001
