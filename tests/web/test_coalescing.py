@@ -243,3 +243,35 @@ def test_stale_while_revalidate_refreshes_once_in_the_background_asgi() -> None:
     asyncio.run(run())
     assert origin.calls == 2
     assert cache.stats().refreshes == 1
+
+
+def test_a_response_fetched_while_its_uri_changed_or_its_tag_was_purged_is_not_stored() -> None:
+    gate = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["method"] == "GET":
+            await gate.wait()
+        headers = [(b"cache-control", b"max-age=60")]
+        if scope["path"] == "/a":
+            headers.append((b"surrogate-key", b"t"))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"old"})
+
+    cache = HttpCache(clock=FakeClock(START))
+    cached = CacheMiddleware(app, cache)
+
+    async def run() -> list[str]:
+        reads = [asyncio.ensure_future(asgi_request(cached, path)) for path in ("/a", "/b")]
+        await asyncio.sleep(0)
+        cache.purge("t")
+        post = await asgi_request(cached, "/b", method="POST")
+        gate.set()
+        results = await asyncio.gather(*reads)
+        return [r.cache_status for r in (*results, post)]
+
+    assert asyncio.run(run()) == [
+        "scalekit; fwd=uri-miss",
+        "scalekit; fwd=uri-miss",
+        "scalekit; fwd=bypass",
+    ]
+    assert cache.stats().stores == 0

@@ -35,6 +35,7 @@ import logging
 import math
 import random
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -217,13 +218,16 @@ def _tally(counter: itertools.count[int]) -> int:
 
 
 class _Flight:
-    """A response being fetched in this process for one key, joined by others."""
+    """A response being fetched in this process for one key, joined by others.
+    ``invalidated``: an unsafe request changed the URI meanwhile, so what the
+    fetch gets may predate the change and is not stored."""
 
-    __slots__ = ("done", "stored")
+    __slots__ = ("done", "invalidated", "stored")
 
     def __init__(self) -> None:
         self.done = Latch()
         self.stored: Stored | None = None
+        self.invalidated = False
 
 
 def store_step(store: Any, step: Step) -> Any:
@@ -318,6 +322,15 @@ class HttpCache:
     - ``clock``: wall-clock seconds (:func:`time.time`).
     - ``prefix``: put before every key in the store.
 
+    What it does not cache: requests with ``Range`` (they go to the app, as do
+    methods other than GET and HEAD); responses to HEAD (a HEAD is answered from
+    a stored GET); server errors other than 501; partial responses (206).
+
+    A store that fails (raises) never fails a request: the flow reads a failed
+    ``get`` as a miss and goes on without a failed write, the app serves the
+    request, ``stats().errors`` counts it, and the ``scalekit.web`` logger warns.
+    :meth:`purge` is the exception: a lost purge would be silent, so it raises.
+
     Building the key of a request:
 
     >>> cache = HttpCache(ignore_params=["utm_*"])
@@ -345,11 +358,9 @@ class HttpCache:
         max_body: int = 1024 * 1024,
         coalesce: bool = True,
         lease: float = 10.0,
-        clock: Callable[[], float] | None = None,
+        clock: Callable[[], float] = time.time,
         prefix: str = "web:",
     ) -> None:
-        import time
-
         if store is not None:
             check_methods(store, "store", "a Store", ("get", "set", "add", "delete", "get_many"))
         check_bool(shared, "shared")
@@ -376,9 +387,7 @@ class HttpCache:
         self.max_body = check_count(max_body, "max_body", maximum=2**40)
         check_bool(coalesce, "coalesce")
         self.lease = check_seconds(lease, "lease", maximum=3600.0)
-        self.clock: Callable[[], float] = (
-            time.time if clock is None else check_callable(clock, "clock")
-        )
+        self.clock: Callable[[], float] = check_callable(clock, "clock")
         self.prefix = check_name(prefix, "prefix")
         self.store: Any = _default_store(self.clock) if store is None else store
         self.policy = Policy(shared=shared, default_ttl=ttl, heuristic=heuristic, max_heuristic=cap)
@@ -395,6 +404,7 @@ class HttpCache:
         self._refreshing: set[str] = set()
         self._decoded: dict[str, Stored] = {}
         self._hosts: dict[tuple[str, str], str | None] = {}
+        self._purge_epoch = 0  # purges made by this process, so far
         for name in _COUNTERS:
             setattr(self, "_n_" + name, itertools.count())
         self._n_hits: itertools.count[int]
@@ -484,6 +494,7 @@ class HttpCache:
         """The flow of :meth:`purge`: a new version for ``tag``."""
         check_name(tag, "tag")
         self._count("purges")
+        self._purge_epoch += 1
         yield ("set", self.tag_key(tag), f"{random.getrandbits(64):016x}", None)  # type: ignore[arg-type]
 
     def purge(self, tag: str) -> None:
@@ -729,6 +740,7 @@ class HttpCache:
             if stale.last_modified is not None:
                 changes["if-modified-since"] = stale.last_modified
         status = f"scalekit; fwd={kind}"
+        epoch = self._purge_epoch
         try:
             response = yield ("call", changes, status)
         except Exception:
@@ -780,6 +792,11 @@ class HttpCache:
             reply_status, reply_headers, body = response.status, response.headers, response.body
         if kind == "stale" or kind == "request":
             status += f"; fwd-status={response.status}"
+        if new is not None and (
+            (flight is not None and flight.invalidated)
+            or (tag_names and epoch != self._purge_epoch)
+        ):
+            new = None  # changed or purged while it was fetched: it may predate that
         if new is not None:
             stored_ok = yield from self._store(request, key, marker, new, tag_names, received)
             if stored_ok:
@@ -880,6 +897,11 @@ class HttpCache:
                     other = self._same_origin_key(request, value)
                     if other is not None and other not in keys:
                         keys.append(other)
+            with self._lock:
+                for target in keys:
+                    flight = self._flights.get(target)
+                    if flight is not None:
+                        flight.invalidated = True
             for target in keys:
                 yield ("delete", target)
 

@@ -36,6 +36,7 @@ __all__ = ["WSGICacheMiddleware"]
 _STRIPPED = frozenset({"surrogate-key", "surrogate-control", "cache-status"})
 _SPECIAL = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
 _environ_names: dict[str, str] = {}
+_sets: dict[frozenset[str], frozenset[str]] = {}
 
 
 def _environ_name(name: str) -> str:
@@ -60,8 +61,10 @@ class _EnvironHeaders:
         return value if isinstance(value, str) else None
 
     def any_of(self, names: frozenset[str], /) -> bool:
-        environ = self._environ
-        return any(_environ_name(name) in environ for name in names)
+        keys = _sets.get(names)
+        if keys is None:
+            keys = _sets[names] = frozenset(_environ_name(name) for name in names)
+        return not keys.isdisjoint(self._environ)
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and _environ_name(name) in self._environ
@@ -74,8 +77,9 @@ def _request(environ: WSGIEnvironment) -> Request:
         host = f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     # PEP 3333 strings are bytes as latin-1; paths are UTF-8 on the wire
-    with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
-        path = path.encode("latin-1").decode("utf-8")
+    if not path.isascii():
+        with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
+            path = path.encode("latin-1").decode("utf-8")
     return Request(
         environ.get("REQUEST_METHOD", "GET"),
         scheme,
