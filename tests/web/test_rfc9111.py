@@ -77,11 +77,6 @@ def test_partial_content_is_not_stored_as_the_full_response(d: h.Driver) -> None
     assert d.app.calls == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: RFC 9111 3 / 5.2.2.3: status 299 with must-understand and max-age is stored "
-    "(every 2xx-4xx but 206/304 counts as understood)",
-)
 def test_must_understand_with_unknown_status_is_not_stored(d: h.Driver) -> None:
     """3 / 5.2.2.3: with must-understand, a status the cache does not understand is not stored."""
     d.app.set(reply("max-age=60, must-understand", status=299))

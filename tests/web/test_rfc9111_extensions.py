@@ -444,11 +444,6 @@ def test_surrogate_control_no_store_beats_cache_control(d: h.Driver) -> None:
     assert twice[1].header("surrogate-control") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: WEB_API: Surrogate-Control max-age does not take precedence over "
-    "Cache-Control: no-store (any no-store in Cache-Control prevents storing)",
-)
 def test_surrogate_control_lets_this_cache_store_what_browsers_must_not(d: h.Driver) -> None:
     d.app.set(reply("no-store", headers={"Surrogate-Control": "max-age=600"}))
     d.get("/a")
@@ -487,11 +482,6 @@ def test_a_response_that_failed_mid_body_is_not_stored(d: h.Driver) -> None:
     assert d.app.calls == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: RFC 9111 3.3/3.4: a body shorter than its Content-Length is stored and "
-    "served as a complete 200",
-)
 def test_a_body_shorter_than_content_length_is_not_stored(d: h.Driver) -> None:
     """3.3 / 3.4: a response is complete only when all the octets of its framing arrived."""
     d.app.set(
