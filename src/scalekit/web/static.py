@@ -91,8 +91,8 @@ __all__ = [
     "select_encoding",
 ]
 
-CHUNK = 64 * 1024
-SMALL_FILE = 256 * 1024
+_CHUNK = 64 * 1024
+_SMALL_FILE = 256 * 1024
 _WANTED = frozenset(
     (
         "accept-encoding",
@@ -142,7 +142,7 @@ class _Server:
 
     def _keeps(self, response: StaticResponse) -> bool:
         """Whether ``response.file`` is small enough to hold, and room is left."""
-        return response.file_size <= SMALL_FILE and response.file_size <= self._memory_left
+        return response.file_size <= _SMALL_FILE and response.file_size <= self._memory_left
 
     def _remember(self, file: str, data: bytes) -> bytes:
         if file not in self._bodies and len(data) <= self._memory_left:
@@ -217,7 +217,7 @@ class StaticFiles(_Server):
         try:
             await asyncio.to_thread(handle.seek, start)
             while length > 0:
-                chunk = await asyncio.to_thread(handle.read, min(CHUNK, length))
+                chunk = await asyncio.to_thread(handle.read, min(_CHUNK, length))
                 if not chunk:  # the file shrank under us: end the body short
                     break
                 length -= len(chunk)
@@ -248,7 +248,7 @@ class _FileRange:
 
     def __iter__(self) -> Iterator[bytes]:
         while self._left > 0:
-            chunk = self._handle.read(min(CHUNK, self._left))
+            chunk = self._handle.read(min(_CHUNK, self._left))
             if not chunk:
                 return
             self._left -= len(chunk)
@@ -291,5 +291,5 @@ class WSGIStaticFiles(_Server):
             return [data[start : start + length]]
         wrapper = environ.get("wsgi.file_wrapper")
         if wrapper is not None and start == 0 and length == response.file_size:
-            return wrapper(open(file, "rb"), CHUNK)  # type: ignore[no-any-return]
+            return wrapper(open(file, "rb"), _CHUNK)  # type: ignore[no-any-return]
         return _FileRange(file, start, length)
