@@ -278,17 +278,13 @@ def test_a_304_carries_the_validators_and_no_body(site: StaticAssets) -> None:
 
 
 def test_range_requests_serve_the_slice(site: StaticAssets) -> None:
-    for header, part in [
-        ("bytes=0-99", CSS[:100]),
-        ("bytes=100-", CSS[100:]),
-        ("bytes=-10", CSS[-10:]),
-    ]:
+    for header, start in [("bytes=0-99", 0), ("bytes=100-", 100), ("bytes=-10", len(CSS) - 10)]:
+        part = CSS[start : start + 100] if header == "bytes=0-99" else CSS[start:]
         response = get(site, range=header)
         assert response.status == 206
         assert response.status_line == "206 Partial Content"
         assert body_of(response) == part
         headers = dict(response.headers)
-        start = CSS.index(part) if not header.startswith("bytes=-") else len(CSS) - len(part)
         assert headers["content-range"] == f"bytes {start}-{start + len(part) - 1}/{len(CSS)}"
         assert headers["content-length"] == str(len(part))
 
