@@ -52,7 +52,8 @@ def test_layout_of_a_build(tmp_path: Path) -> None:
     robots = manifest["robots.txt"]
     assert robots.compressible
     assert robots.encodings == {}  # 14 bytes: gzip would be larger
-    assert robots.path.startswith("robots.") and robots.path.endswith(".txt")
+    assert robots.path.startswith("robots.")
+    assert robots.path.endswith(".txt")
     assert not (out / "css" / "app.css").exists()  # only hashed names are written
 
 
@@ -125,7 +126,7 @@ def test_names_without_or_with_several_extensions(tmp_path: Path) -> None:
     response = site.respond("GET", f"/static/my file.{digest}.css", {})
     assert response is not None
     assert response.status == 200
-    with pytest.raises(KeyError, match="nothing.css"):
+    with pytest.raises(KeyError, match=r"nothing\.css"):
         manifest.url("nothing.css")
 
 
