@@ -13,14 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scalekit.web.static import (
-    IMMUTABLE,
-    StaticAssets,
-    StaticResponse,
-    build,
-    parse_range,
-    select_encoding,
-)
+from scalekit.web._static_http import parse_range, select_encoding
+from scalekit.web.static import IMMUTABLE, StaticAssets, StaticResponse, build
 
 CSS = b"body { color: #333; margin: 0 auto; }\n" * 200
 JS = b"export const answer = 42;\n" * 300

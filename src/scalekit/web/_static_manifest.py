@@ -32,7 +32,14 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from scalekit._validate import check_name, type_name
+from scalekit._validate import (
+    check_bool,
+    check_choice,
+    check_count,
+    check_name,
+    check_str,
+    type_name,
+)
 from scalekit.errors import ArgumentTypeError, ConfigurationError
 
 __all__ = [
@@ -123,6 +130,10 @@ class Encoded:
     path: str
     size: int
 
+    def __post_init__(self) -> None:
+        check_relative_path(self.path, "path")
+        check_count(self.size, "size")
+
 
 @dataclass(frozen=True)
 class ManifestEntry:
@@ -139,6 +150,36 @@ class ManifestEntry:
     content_type: str
     compressible: bool
     encodings: Mapping[str, Encoded] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_relative_path(self.path, "path")
+        for name in ("etag", "sha256"):
+            if not isinstance(getattr(self, name), str):
+                raise ArgumentTypeError(
+                    f"{name} must be a str, got {type_name(getattr(self, name))}"
+                )
+        if (
+            not _HEX.match(self.etag)
+            or not _HEX.match(self.sha256)
+            or len(self.sha256) != 64
+            or not self.sha256.startswith(self.etag)
+        ):
+            raise ConfigurationError(
+                "etag and sha256 must be lower-case hex, sha256 of 64 digits starting with etag"
+            )
+        check_count(self.size, "size")
+        content_type = check_str(self.content_type, "content_type")
+        if not (content_type.isascii() and content_type.isprintable()):
+            raise ConfigurationError(f"content_type must be printable ASCII, got {content_type!r}")
+        check_bool(self.compressible, "compressible")
+        if not isinstance(self.encodings, Mapping):
+            raise ArgumentTypeError(f"encodings must be a mapping, got {type_name(self.encodings)}")
+        for coding, encoded in self.encodings.items():
+            check_choice(coding, "encodings", ENCODINGS)
+            if not isinstance(encoded, Encoded):
+                raise ArgumentTypeError(
+                    f"encodings values must be Encoded, got {type_name(encoded)}"
+                )
 
     @property
     def integrity(self) -> str:
@@ -172,34 +213,25 @@ def _entry(logical: str, raw: object) -> ManifestEntry:
     if not isinstance(raw, dict):
         raise ConfigurationError(f"manifest: files[{logical!r}] must be an object")
     where = f"files[{logical!r}]"
-    path = check_relative_path(_field(raw, "path", str, where), f"manifest {where}.path")
-    etag, sha = _field(raw, "etag", str, where), _field(raw, "sha256", str, where)
-    if not _HEX.match(etag) or len(sha) != 64 or not _HEX.match(sha) or not sha.startswith(etag):
-        raise ConfigurationError(f"manifest: {where} has a malformed etag or sha256")
-    size = _field(raw, "size", int, where)
-    content_type = _field(raw, "content_type", str, where)
-    if size < 0 or not content_type.isprintable() or not content_type.isascii():
-        raise ConfigurationError(f"manifest: {where} has a bad size or content_type")
-    encodings: dict[str, Encoded] = {}
-    for coding, variant in _field(raw, "encodings", dict, where).items():
-        if coding not in ENCODINGS or not isinstance(variant, dict):
-            raise ConfigurationError(f"manifest: {where} has an unknown encoding {coding!r}")
-        vpath = check_relative_path(
-            _field(variant, "path", str, where), f"manifest {where}.encodings.path"
+    try:
+        encodings: dict[str, Encoded] = {}
+        for coding, variant in _field(raw, "encodings", dict, where).items():
+            if coding not in ENCODINGS or not isinstance(variant, dict):
+                raise ConfigurationError(f"unknown encoding {coding!r}")
+            encodings[coding] = Encoded(
+                _field(variant, "path", str, where), _field(variant, "size", int, where)
+            )
+        return ManifestEntry(
+            path=_field(raw, "path", str, where),
+            etag=_field(raw, "etag", str, where),
+            sha256=_field(raw, "sha256", str, where),
+            size=_field(raw, "size", int, where),
+            content_type=_field(raw, "content_type", str, where),
+            compressible=_field(raw, "compressible", bool, where),
+            encodings=MappingProxyType(encodings),
         )
-        vsize = _field(variant, "size", int, where)
-        if vsize < 0:
-            raise ConfigurationError(f"manifest: {where}.encodings has a negative size")
-        encodings[coding] = Encoded(vpath, vsize)
-    return ManifestEntry(
-        path=path,
-        etag=etag,
-        sha256=sha,
-        size=size,
-        content_type=content_type,
-        compressible=_field(raw, "compressible", bool, where),
-        encodings=MappingProxyType(encodings),
-    )
+    except (ConfigurationError, ArgumentTypeError) as exc:
+        raise ConfigurationError(f"manifest: {where}: {exc}") from None
 
 
 class Manifest(Mapping[str, ManifestEntry]):
@@ -214,6 +246,14 @@ class Manifest(Mapping[str, ManifestEntry]):
     __slots__ = ("_entries", "prefix")
 
     def __init__(self, entries: Mapping[str, ManifestEntry], *, prefix: str = "/static/") -> None:
+        if not isinstance(entries, Mapping):
+            raise ArgumentTypeError(f"entries must be a mapping, got {type_name(entries)}")
+        for logical, entry in entries.items():
+            check_relative_path(logical, "entries key")
+            if not isinstance(entry, ManifestEntry):
+                raise ArgumentTypeError(
+                    f"entries values must be ManifestEntry, got {type_name(entry)}"
+                )
         self._entries = dict(entries)
         self.prefix = check_prefix(prefix)
 

@@ -68,8 +68,6 @@ from scalekit.web._static_http import (
     StaticAssets,
     StaticResponse,
     _plain,
-    parse_range,
-    select_encoding,
 )
 from scalekit.web._static_manifest import MANIFEST_NAME, Encoded, Manifest, ManifestEntry
 
@@ -87,8 +85,6 @@ __all__ = [
     "StaticResponse",
     "WSGIStaticFiles",
     "build",
-    "parse_range",
-    "select_encoding",
 ]
 
 _CHUNK = 64 * 1024
