@@ -292,13 +292,26 @@ class StaticAssets:
         unhashed_max_age: int | None = 60,
     ) -> None:
         root = os.path.realpath(fs_path(directory, "directory"))
-        if manifest is None:
-            manifest = Manifest.load(os.path.join(root, MANIFEST_NAME))
-        elif not isinstance(manifest, Manifest):
-            manifest = Manifest.load(fs_path(manifest, "manifest"))
-        url_prefix = manifest.prefix if prefix is None else check_prefix(prefix)
+        source = manifest
+        if source is not None and not isinstance(source, Manifest):
+            source = fs_path(source, "manifest")
+        if prefix is not None:
+            prefix = check_prefix(prefix)
         if unhashed_max_age is not None:
             unhashed_max_age = check_count(unhashed_max_age, "unhashed_max_age", maximum=31536000)
+        if not os.path.isdir(root):
+            raise ConfigurationError(f"directory must be a folder, got {directory!r}")
+        if isinstance(source, Manifest):
+            manifest = source
+        else:
+            where = source or os.path.join(root, MANIFEST_NAME)
+            try:
+                manifest = Manifest.load(where)
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"cannot read the manifest {where!r} (run scalekit static build): {exc}"
+                ) from exc
+        url_prefix = manifest.prefix if prefix is None else prefix
         self.directory = root
         self.manifest = manifest
         self.url_prefix = url_prefix
