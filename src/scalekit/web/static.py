@@ -56,6 +56,7 @@ previous build's hashed files may stay in the folder for pages still open).
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -152,6 +153,18 @@ def _read(file: str) -> bytes:
         return handle.read()
 
 
+def _read_part(file: str, start: int, length: int) -> bytes:
+    with open(file, "rb") as handle:
+        handle.seek(start)
+        return handle.read(length)
+
+
+def _open_at(file: str, start: int) -> io.BufferedReader:
+    handle = open(file, "rb")  # noqa: SIM115 - the caller closes it
+    handle.seek(start)
+    return handle
+
+
 class StaticFiles(_Server):
     """An ASGI 3 app serving a :func:`build` output folder (see the module
     docstring). Requests outside ``prefix`` go to ``app`` (404 without one), as do
@@ -209,9 +222,12 @@ class StaticFiles(_Server):
         if "http.response.pathsend" in extensions and length == response.file_size:
             await send({"type": "http.response.pathsend", "path": file})
             return
-        handle = await asyncio.to_thread(open, file, "rb")
+        if length <= _SMALL_FILE:  # one trip to a worker thread
+            body = await asyncio.to_thread(_read_part, file, start, length)
+            await send({"type": "http.response.body", "body": body})
+            return
+        handle = await asyncio.to_thread(_open_at, file, start)
         try:
-            await asyncio.to_thread(handle.seek, start)
             while length > 0:
                 chunk = await asyncio.to_thread(handle.read, min(_CHUNK, length))
                 if not chunk:  # the file shrank under us: end the body short
@@ -221,7 +237,7 @@ class StaticFiles(_Server):
             if length > 0:
                 await send({"type": "http.response.body", "body": b""})
         finally:
-            await asyncio.to_thread(handle.close)
+            handle.close()
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
