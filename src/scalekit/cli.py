@@ -200,17 +200,21 @@ def _static(parser: argparse.ArgumentParser) -> Handler:
             print(f"scalekit static build: {exc}", file=sys.stderr)
             return 1
         total = sum(entry.size for entry in manifest.values())
-        print(f"{len(manifest):,} files, {total:,} bytes: {args.source} -> {args.output}")
+        print(f"{_files(len(manifest))}, {total:,} bytes: {args.source} -> {args.output}")
         for coding in ("gzip", "br"):
             kept = [e for e in manifest.values() if coding in e.encodings]
             before = sum(e.size for e in kept)
             after = sum(e.encodings[coding].size for e in kept)
             saved = f", {1 - after / before:.0%} smaller" if before else ""
-            print(f"  {coding:4}: {len(kept):,} files, {after:,} bytes{saved}")
+            print(f"  {coding:4}: {_files(len(kept))}, {after:,} bytes{saved}")
         print(f"  manifest: {args.output}/{MANIFEST_NAME}, URLs under {manifest.prefix}")
         return 0
 
     return handle
+
+
+def _files(count: int) -> str:
+    return f"{count:,} file" if count == 1 else f"{count:,} files"
 
 
 COMMANDS["demo"] = ("show the building blocks at work", _demo)
