@@ -177,6 +177,11 @@ def _static(parser: argparse.ArgumentParser) -> Handler:
     build.add_argument("--no-brotli", action="store_true", help="write no .br copies")
     build.add_argument("--no-gzip", action="store_true", help="write no .gz copies")
     build.add_argument(
+        "--no-rewrite",
+        action="store_true",
+        help="leave url(), @import and sourceMappingURL references in CSS/JS as they are",
+    )
+    build.add_argument(
         "--hash-length", type=int, default=12, help="hex digits of SHA-256 in names (8-64)"
     )
 
@@ -192,6 +197,7 @@ def _static(parser: argparse.ArgumentParser) -> Handler:
                 brotli=False if args.no_brotli else None,
                 gzip_files=not args.no_gzip,
                 hash_length=args.hash_length,
+                rewrite_references=not args.no_rewrite,
             )
         except (ScalekitError, FileNotFoundError, NotADirectoryError) as exc:
             print(f"scalekit static build: error: {exc}", file=sys.stderr)

@@ -303,3 +303,74 @@ def test_served_files_match_their_manifest_sizes(tmp_path: Path) -> None:
     for logical, entry in site.manifest.items():
         assert os.path.getsize(out / entry.path) == entry.size, logical
     assert (out / site.manifest["img/logo.png"].path).read_bytes() == PNG
+
+
+# -- references inside CSS and JavaScript -----------------------------------------
+
+
+def test_css_and_js_references_point_at_hashed_copies(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    for folder in ("css", "img", "js", "fonts"):
+        (source / folder).mkdir(parents=True)
+    (source / "img" / "logo.png").write_bytes(PNG)
+    (source / "img" / "my bg.png").write_bytes(PNG + b"2")
+    (source / "fonts" / "f.woff2").write_bytes(b"font")
+    (source / "css" / "base.css").write_bytes(b"p { color: red }\n")
+    (source / "css" / "app.css").write_bytes(
+        b'@import "base.css";\n'
+        b"a { background: url(../img/logo.png) }\n"
+        b"b { background: url( '../img/my%20bg.png?v=2#x' ) }\n"
+        b'@font-face { src: url("/static/fonts/f.woff2") format("woff2") }\n'
+        b"i { background: url(data:image/png;base64,AAAA) }\n"
+        b"u { background: url(https://example.com/x.png) }\n"
+        b"m { background: url(../img/missing.png) }\n"
+        b"e { background: url(../../etc/passwd) }\n"
+        b"/*# sourceMappingURL=app.css.map */\n"
+    )
+    (source / "css" / "app.css.map").write_bytes(b"{}")
+    (source / "js" / "app.js").write_bytes(b"run();\n//# sourceMappingURL=app.js.map\n")
+    (source / "js" / "app.js.map").write_bytes(b'{"version": 3}')
+    manifest = build(source, tmp_path / "out")
+    out = tmp_path / "out"
+    css = (out / manifest["css/app.css"].path).read_bytes()
+    name = {logical: Path(entry.path).name for logical, entry in manifest.items()}
+    assert f'@import "{name["css/base.css"]}";'.encode() in css
+    assert f"url(../img/{name['img/logo.png']})".encode() in css
+    assert f"url( '../img/{name['img/my bg.png'].replace(' ', '%20')}?v=2#x' )".encode() in css
+    assert f'url("/static/fonts/{name["fonts/f.woff2"]}")'.encode() in css
+    for untouched in (
+        b"url(data:image/png;base64,AAAA)",
+        b"url(https://example.com/x.png)",
+        b"url(../img/missing.png)",
+        b"url(../../etc/passwd)",
+    ):
+        assert untouched in css
+    assert f"/*# sourceMappingURL={name['css/app.css.map']} */".encode() in css
+    js = (out / manifest["js/app.js"].path).read_bytes()
+    assert js == f"run();\n//# sourceMappingURL={name['js/app.js.map']}\n".encode()
+    # the stylesheet is hashed after the rewrite: its name follows what it serves
+    assert manifest["css/app.css"].sha256 == hashlib.sha256(css).hexdigest()
+
+
+def test_an_image_change_renames_the_stylesheet_that_uses_it(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.css").write_bytes(b"a { background: url(b.png) }")
+    (source / "b.png").write_bytes(b"one")
+    first = build(source, tmp_path / "o1")["a.css"].path
+    (source / "b.png").write_bytes(b"two")
+    assert build(source, tmp_path / "o2")["a.css"].path != first
+    plain = build(source, tmp_path / "o3", rewrite_references=False)["a.css"]
+    assert (tmp_path / "o3" / plain.path).read_bytes() == b"a { background: url(b.png) }"
+
+
+def test_import_cycles_keep_the_logical_name(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.css").write_bytes(b'@import "b.css";')
+    (source / "b.css").write_bytes(b'@import "a.css";')
+    manifest = build(source, tmp_path / "out")
+    a = (tmp_path / "out" / manifest["a.css"].path).read_bytes()
+    b = (tmp_path / "out" / manifest["b.css"].path).read_bytes()
+    assert b == b'@import "a.css";'  # visited inside a's visit: a has no hash yet
+    assert a == f'@import "{manifest["b.css"].path}";'.encode()

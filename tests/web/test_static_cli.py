@@ -56,6 +56,21 @@ def test_no_brotli_no_gzip_and_hash_length(
     assert sorted(Manifest.load(tmp_path / "o2" / MANIFEST_NAME)["app.js"].encodings) == ["br"]
 
 
+def test_no_rewrite(tmp_path: Path) -> None:
+    source = tmp_path / "assets"
+    source.mkdir()
+    (source / "a.css").write_bytes(b"a { background: url(b.png) }")
+    (source / "b.png").write_bytes(b"png")
+    for flag, out in [([], tmp_path / "o1"), (["--no-rewrite"], tmp_path / "o2")]:
+        assert main(["static", "build", str(source), str(out), *flag]) == 0
+    rewritten = Manifest.load(tmp_path / "o1" / MANIFEST_NAME)
+    kept = Manifest.load(tmp_path / "o2" / MANIFEST_NAME)
+    assert (
+        rewritten["b.png"].path.encode() in (tmp_path / "o1" / rewritten["a.css"].path).read_bytes()
+    )
+    assert (tmp_path / "o2" / kept["a.css"].path).read_bytes() == b"a { background: url(b.png) }"
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -63,6 +63,8 @@ def test_build(source: Path, tmp_path: Path) -> None:
         refused(lambda v=value: build(source, target, brotli=v), "brotli")
     for value in [None, 1, "yes"]:
         refused(lambda v=value: build(source, target, gzip_files=v), "gzip_files")
+    for value in [None, 1, "yes"]:
+        refused(lambda v=value: build(source, target, rewrite_references=v), "rewrite_references")
     for value in [*COUNTS, 7, 65]:
         refused(lambda v=value: build(source, target, hash_length=v), "hash_length")
     for value in [None, 1, "*.css", b"*.css"]:

@@ -42,6 +42,7 @@ from scalekit.web._static_manifest import (
     check_relative_path,
     fs_path,
 )
+from scalekit.web._static_rewrite import REWRITTEN, references, rewrite
 
 __all__ = ["build", "content_type_for", "hashed_name", "is_compressible", "load_brotli"]
 
@@ -219,6 +220,11 @@ def _walk(
     return found
 
 
+def _read(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()
+
+
 def _write_if_absent(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` unless a file of that size is already there (a
     hashed name already holds this content), through a temporary file and a rename."""
@@ -243,6 +249,7 @@ def build(
     gzip_files: bool = True,
     hash_length: int = 12,
     ignore: Iterable[str] = (".*", "*~"),
+    rewrite_references: bool = True,
 ) -> Manifest:
     """Copy every file under ``source_dir`` to ``output_dir`` under a content-hashed
     name (``css/app.css`` -> ``css/app.3f2a9c1b0d4e.css``: the first
@@ -253,8 +260,11 @@ def build(
     ``prefix`` is the URL the files will be served under (a path, or a CDN's URL),
     recorded in the manifest for :meth:`Manifest.url` and the server. ``ignore``
     holds glob patterns matched against each file and folder name (hidden files
-    and editor backups by default). See the module docstring for symlinks and
-    determinism.
+    and editor backups by default). With ``rewrite_references``, the references in
+    CSS (``url()``, ``@import``) and the ``sourceMappingURL`` of CSS and JavaScript
+    that name files of the build are pointed at their hashed copies, and hashed
+    after that (so a stylesheet's name changes when an image it uses changes). See
+    the module docstring for symlinks and determinism.
 
     Runtime complexity: O(total bytes) (hashing and compression).
     """
@@ -264,6 +274,7 @@ def build(
     if brotli is not None:
         check_bool(brotli, "brotli")
     check_bool(gzip_files, "gzip_files")
+    check_bool(rewrite_references, "rewrite_references")
     hash_length = check_count(hash_length, "hash_length", minimum=8, maximum=64)
     if isinstance(ignore, (str, bytes)) or not isinstance(ignore, Iterable):
         raise ArgumentTypeError(f"ignore must be an iterable of str, got {type_name(ignore)}")
@@ -280,15 +291,16 @@ def build(
     if os.path.exists(target) and not os.path.isdir(target):
         raise ConfigurationError(f"output_dir must be a folder, got {output!r}")
 
+    files = _walk(root, patterns)
+    real_of = dict(files)
     entries: dict[str, ManifestEntry] = {}
     written: set[str] = {MANIFEST_NAME}
-    for logical, real in _walk(root, patterns):
-        with open(real, "rb") as file:
-            data = file.read()
+
+    def emit(logical: str, data: bytes) -> None:
         sha = hashlib.sha256(data).hexdigest()
         path = hashed_name(logical, sha[:hash_length])
         encodings: dict[str, Encoded] = {}
-        files = {path: data}
+        outputs = {path: data}
         if is_compressible(logical) and data:
             candidates = {}
             if compressor is not None:
@@ -299,11 +311,11 @@ def build(
                 if len(packed) < len(data) * _MIN_GAIN:
                     variant = path + (".br" if coding == "br" else ".gz")
                     encodings[coding] = Encoded(variant, len(packed))
-                    files[variant] = packed
-        if written & files.keys():
+                    outputs[variant] = packed
+        if written & outputs.keys():
             raise ConfigurationError(f"{logical!r} would overwrite another file of the build")
-        written.update(files)
-        for relative, content in files.items():
+        written.update(outputs)
+        for relative, content in outputs.items():
             _write_if_absent(os.path.join(target, *relative.split("/")), content)
         entries[logical] = ManifestEntry(
             path=path,
@@ -315,13 +327,36 @@ def build(
             encodings=MappingProxyType(encodings),
         )
         try:
-            stat = os.stat(real)
-            os.utime(
-                os.path.join(target, *path.split("/")), ns=(stat.st_atime_ns, stat.st_mtime_ns)
-            )
+            stat = os.stat(real_of[logical])
+            copy = os.path.join(target, *path.split("/"))
+            os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         except OSError:  # pragma: no cover - a read-only output copy keeps its own time
             pass
-    manifest = Manifest(entries, prefix=prefix)
+
+    def rewritten(logical: str) -> bool:
+        return rewrite_references and logical.lower().endswith(REWRITTEN)
+
+    for logical, real in files:
+        if not rewritten(logical):
+            emit(logical, _read(real))
+    visiting: set[str] = set()
+    hashed = {logical: entry.path for logical, entry in entries.items()}
+
+    def visit(logical: str) -> None:
+        # Referenced files get their hashed names first; a reference that closes a
+        # cycle (a.css imports b.css imports a.css) keeps its logical name.
+        visiting.add(logical)
+        data = _read(real_of[logical])
+        for needed in references(logical, data, prefix, real_of.__contains__):
+            if needed not in hashed and needed not in visiting and rewritten(needed):
+                visit(needed)
+        emit(logical, rewrite(logical, data, prefix, hashed))
+        hashed[logical] = entries[logical].path
+
+    for logical, _ in files:
+        if rewritten(logical) and logical not in hashed:
+            visit(logical)
+    manifest = Manifest(dict(sorted(entries.items())), prefix=prefix)
     os.makedirs(target, exist_ok=True)
     final = os.path.join(target, MANIFEST_NAME)
     temporary = f"{final}.tmp{os.getpid()}"
