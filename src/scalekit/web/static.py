@@ -28,7 +28,10 @@ In a few lines:
 :func:`build` copies each file to a name carrying the first 12 hex digits of its
 SHA-256 (``app.css`` -> ``app.fc082fa0f335.css``), writes ``.gz`` (and ``.br``
 with the ``brotli`` extra: ``pip install 'scalekit[brotli]'``) copies where they
-save at least 5%, and the :class:`Manifest` (``manifest.json``). The servers,
+save at least 5%, and the :class:`Manifest` (``manifest.json``). References
+inside CSS (``url()``, ``@import``) and ``sourceMappingURL`` comments are pointed
+at the hashed copies first, so a stylesheet's URL changes when an image it uses
+does. The servers,
 :class:`StaticFiles` (ASGI) and :class:`WSGIStaticFiles` (WSGI), are thin shells
 over one I/O-free core, :class:`StaticAssets`, which answers:
 
