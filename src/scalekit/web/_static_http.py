@@ -50,6 +50,7 @@ __all__ = [
     "StaticAssets",
     "StaticResponse",
     "parse_range",
+    "plain_response",
     "select_encoding",
 ]
 
@@ -248,7 +249,8 @@ class _Route:
     cache_control: str
 
 
-def _plain(status: int, extra: tuple[tuple[str, str], ...] = ()) -> StaticResponse:
+def plain_response(status: int, extra: tuple[tuple[str, str], ...] = ()) -> StaticResponse:
+    """A short ``text/plain`` answer with ``status``'s reason as its body."""
     body = _REASONS[status].encode()
     headers = [
         ("content-type", "text/plain; charset=utf-8"),
@@ -396,12 +398,12 @@ class StaticAssets:
         relative = path[len(self.prefix) :]
         route = self.routes.get(relative)
         if route is None:
-            return _plain(400 if _bad_path(relative) else 404)
+            return plain_response(400 if _bad_path(relative) else 404)
         if method not in ("GET", "HEAD"):
-            return _plain(405, (("allow", "GET, HEAD"),))
+            return plain_response(405, (("allow", "GET, HEAD"),))
         coding = select_encoding(headers.get("accept-encoding"), route.codings)
         if coding is None:
-            return _plain(406, route.vary)
+            return plain_response(406, route.vary)
         chosen = route.representations[coding]
         status = self._preconditions(route, chosen, headers)
         if status == 304:
@@ -412,14 +414,14 @@ class StaticAssets:
             ]
             return StaticResponse(304, kept)
         if status == 412:
-            return _plain(412, (("etag", chosen.etag),))
+            return plain_response(412, (("etag", chosen.etag),))
         size = chosen.size
         start, stop, status = 0, size, 200
         range_header = headers.get("range")
         if range_header is not None and method == "GET" and self._if_range(route, chosen, headers):
             found = parse_range(range_header, size)
             if found is False:
-                return _plain(416, (("content-range", f"bytes */{size}"), *route.vary))
+                return plain_response(416, (("content-range", f"bytes */{size}"), *route.vary))
             if found is not None:
                 start, stop, status = found[0], found[1], 206
         response_headers = [*chosen.headers, ("content-length", str(stop - start))]

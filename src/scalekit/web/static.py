@@ -71,7 +71,7 @@ from scalekit.web._static_http import (
     IMMUTABLE,
     StaticAssets,
     StaticResponse,
-    _plain,
+    plain_response,
 )
 from scalekit.web._static_manifest import MANIFEST_NAME, Encoded, Manifest, ManifestEntry
 
@@ -195,7 +195,7 @@ class StaticFiles(_Server):
             if self.app is not None:
                 await self.app(scope, receive, send)
             elif kind == "http":
-                await self._send(scope, _plain(404), send)
+                await self._send(scope, plain_response(404), send)
             elif kind == "lifespan":
                 await _lifespan(receive, send)
             elif kind == "websocket":
@@ -286,7 +286,7 @@ class WSGIStaticFiles(_Server):
             path = None
         if path is None:
             response: StaticResponse | None = (
-                _plain(400) if path_info.startswith(self.assets.prefix) else None
+                plain_response(400) if path_info.startswith(self.assets.prefix) else None
             )
         else:
             response = self.assets.respond(environ.get("REQUEST_METHOD", "GET"), path, headers)
@@ -294,7 +294,7 @@ class WSGIStaticFiles(_Server):
             if self.app is not None:
                 wsgi_app: WSGIApplication = self.app
                 return wsgi_app(environ, start_response)
-            response = _plain(404)
+            response = plain_response(404)
         start_response(response.status_line, response.headers)
         file, start, length = response.file, response.offset, response.length
         if file is None or length == 0:
