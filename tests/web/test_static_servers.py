@@ -345,3 +345,31 @@ def test_under_uvicorn_on_loopback(out: Path) -> None:
         thread.join(timeout=10)
         listener.close()
     assert not thread.is_alive()
+
+
+def test_under_wsgiref_on_loopback(out: Path) -> None:
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    app = WSGIStaticFiles(out)
+    server = make_server("127.0.0.1", 0, app, handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+        connection.request("GET", app.url_for("video.mp4"))  # wsgiref's file_wrapper
+        response = connection.getresponse()
+        assert (response.status, response.read()) == (200, BIG)
+        connection.close()
+        connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+        connection.request("GET", app.url_for("video.mp4"), headers={"Range": "bytes=-4"})
+        response = connection.getresponse()
+        assert (response.status, response.read()) == (206, b"tail")
+        connection.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
