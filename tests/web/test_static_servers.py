@@ -373,3 +373,27 @@ def test_under_wsgiref_on_loopback(out: Path) -> None:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def test_mounted_in_a_starlette_app(out: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    static = StaticFiles(out)
+
+    async def home(request: Any) -> PlainTextResponse:
+        return PlainTextResponse(static.url_for("css/app.css"))
+
+    app = Starlette(routes=[Route("/", home), Mount("/static", app=static)])
+
+    async def main() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            url = (await client.get("/")).text
+            response = await client.get(url)
+            assert response.status_code == 200
+            assert response.content == CSS
+            assert response.headers["cache-control"] == "public, max-age=31536000, immutable"
+
+    asyncio.run(main())
