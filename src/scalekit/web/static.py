@@ -6,7 +6,8 @@ Build once per deploy, then serve the build::
 
     from scalekit.web.static import StaticFiles, WSGIStaticFiles
 
-    app = StaticFiles("build/static", app=my_asgi_app)        # ASGI: Starlette, FastAPI, ...
+    app = StaticFiles("build/static", app=my_asgi_app)        # ASGI: any app in front of it
+    Mount("/static", app=StaticFiles("build/static"))         # or mounted, in Starlette
     app = WSGIStaticFiles("build/static", app=my_wsgi_app)    # WSGI: Flask, Django, ...
     app.url_for("css/app.css")     # '/static/css/app.3f2a9c1b0d4e.css', for templates
 
