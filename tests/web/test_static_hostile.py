@@ -143,3 +143,13 @@ def test_entries() -> None:
         refused(lambda v=value: Encoded(v, 1), "path")
     for value in COUNTS:
         refused(lambda v=value: Encoded("a.gz", v), "size")
+
+
+def test_respond(out: Path) -> None:
+    site = StaticAssets(out)
+    for value in [None, 1, b"GET"]:
+        refused(lambda v=value: site.respond(v, "/static/x", {}), "method")
+    for value in [None, 1, b"/static/x"]:
+        refused(lambda v=value: site.respond("GET", v, {}), "path")
+    for value in [None, [("range", "bytes=0-1")], "range"]:
+        refused(lambda v=value: site.respond("GET", "/static/x", v), "headers")

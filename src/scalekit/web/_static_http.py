@@ -33,8 +33,8 @@ from email.utils import formatdate, parsedate_to_datetime
 from typing import Literal
 from urllib.parse import urlsplit
 
-from scalekit._validate import check_count
-from scalekit.errors import ConfigurationError
+from scalekit._validate import check_count, type_name
+from scalekit.errors import ArgumentTypeError, ConfigurationError
 from scalekit.web._static_manifest import (
     ENCODINGS,
     MANIFEST_NAME,
@@ -393,6 +393,11 @@ class StaticAssets:
 
         Runtime complexity: O(length of the headers).
         """
+        if type(path) is not str or type(method) is not str:
+            name, value = ("path", path) if type(path) is not str else ("method", method)
+            raise ArgumentTypeError(f"{name} must be a str, got {type_name(value)}")
+        if type(headers) is not dict and not isinstance(headers, Mapping):
+            raise ArgumentTypeError(f"headers must be a mapping, got {type_name(headers)}")
         if not path.startswith(self.prefix):
             return None
         relative = path[len(self.prefix) :]
