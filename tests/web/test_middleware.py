@@ -95,6 +95,20 @@ def test_cookie_and_authorization_bypass_unless_the_path_is_public(
     assert s.cache.stats().bypasses == 2
 
 
+@pytest.mark.parametrize("declared", ["/news", "/news/"])
+def test_a_public_path_covers_whole_segments_only(
+    make: Callable[..., Setup], declared: str
+) -> None:
+    s = make(public=[declared])
+    expected = {"/news": "hit", "/news/today": "hit", "/newsletter": "bypass", "/new": "bypass"}
+    for path in expected:
+        s.origin.route(path, headers=[("Cache-Control", "public, max-age=60")])
+        s.get(path, [("Cookie", "session=1")])
+    for path, outcome in expected.items():
+        status = s.get(path, [("Cookie", "session=1")]).cache_status
+        assert status.startswith("scalekit; hit" if outcome == "hit" else "scalekit; fwd=bypass")
+
+
 def test_authorization_on_a_public_path_needs_public_s_maxage_or_must_revalidate(
     make: Callable[..., Setup],
 ) -> None:

@@ -99,6 +99,7 @@ _304_FIELDS = frozenset(
 )
 _FALLBACK: dict[str, Any] = {"get": None, "get_many": {}, "set": None, "add": True, "delete": False}
 _MAX_STORE_TTL = 100 * 365.25 * 86400.0
+_MISSING: Any = object()
 
 
 class Headers(Protocol):
@@ -320,8 +321,10 @@ class HttpCache:
     - ``allow_hosts``: the hosts served from the cache (others bypass it);
       ``None``: any host (the host is in the key).
     - ``ignore_params``: glob patterns of query parameters left out of the key.
-    - ``public``: path prefixes whose requests are cached even with ``Cookie``
-      or ``Authorization`` (elsewhere those requests bypass the cache).
+    - ``public``: paths whose requests are cached even with ``Cookie`` or
+      ``Authorization`` (elsewhere those requests bypass the cache), each with
+      what lies under it by whole segments: ``"/news"`` covers ``/news`` and
+      ``/news/today``, not ``/newsletter``.
     - ``max_body``: larger responses are not stored (they stream through).
     - ``coalesce``: concurrent misses of one key make one app call per process,
       and, with a store shared by processes (any store that is not an
@@ -402,6 +405,8 @@ class HttpCache:
         self.allow_hosts = hosts
         self.ignore_params = ignored
         self.public = prefixes
+        self._public_paths = frozenset(path.rstrip("/") or "/" for path in prefixes)
+        self._public_under = tuple(path.rstrip("/") + "/" for path in prefixes)
         self.coalesce = coalesce
         self.asynchronous = _is_async(self.store)
         self._native = _is_in_process(self.store)
@@ -519,12 +524,23 @@ class HttpCache:
 
     # -- purging ---------------------------------------------------------------
 
+    def purges_key(self) -> str:
+        """Where the store keeps a token that every purge, in any process, renews."""
+        return f"{self.prefix}purges"
+
     def purge_flow(self, tag: object) -> Flow:
-        """The flow of :meth:`purge`: a new version for ``tag``."""
+        """The flow of :meth:`purge`: a new purge token, then a new version for ``tag``.
+
+        In that order: a response fetched while a purge was under way, in any
+        process, sees the new token when it is about to be stored (it reads the
+        tag versions first, then the token) and is not stored, or it recorded
+        the tag's old version and is dropped by the new one.
+        """
         check_name(tag, "tag")
         self._count("purges")
         self._purge_epoch += 1
-        yield ("set", self.tag_key(tag), f"{random.getrandbits(64):016x}", None)  # type: ignore[arg-type]
+        yield ("set", self.purges_key(), _token(), None)
+        yield ("set", self.tag_key(tag), _token(), None)  # type: ignore[arg-type]
 
     def purge(self, tag: str) -> None:
         """Drop every stored response whose ``Surrogate-Key`` listed ``tag``.
@@ -633,7 +649,10 @@ class HttpCache:
         return (yield from self._fetch(request, key, marker, found, "stale", now))
 
     def _is_public(self, request: Request) -> bool:
-        return bool(self.public) and request.path.startswith(self.public)
+        path = request.path
+        return bool(self.public) and (
+            path in self._public_paths or path.startswith(self._public_under)
+        )
 
     def _serve(self, request: Request, stored: Stored, now: float, status: str) -> Reply:
         """The reply of a stored response: a 304 when the request's conditions
@@ -739,7 +758,7 @@ class HttpCache:
     ) -> Flow:
         """The leader's fetch across processes: whoever adds the lease fetches;
         the others poll the store for what it stores, until the lease goes."""
-        lease_key, token = key + "#lease", f"{random.getrandbits(64):016x}"
+        lease_key, token = key + "#lease", _token()
         taken = yield ("add", lease_key, token, self.lease)
         if taken:
             flight.lease = (lease_key, token)
@@ -789,6 +808,8 @@ class HttpCache:
                 changes["if-modified-since"] = stale.last_modified
         status = f"scalekit; fwd={kind}"
         epoch = self._purge_epoch
+        # other processes' purges: the token before the call, checked before storing
+        purges = _MISSING if self._native else (yield ("get", self.purges_key()))
         try:
             release = None if flight is None else self._streaming(key, flight)
             response = yield ("call", changes, status, release)
@@ -862,7 +883,9 @@ class HttpCache:
         if request.method == "HEAD":
             new = None  # its body is not the GET's
         if new is not None:
-            stored_ok = yield from self._store(request, key, marker, new, tag_names, received)
+            stored_ok = yield from self._store(
+                request, key, marker, new, tag_names, received, purges
+            )
             if stored_ok:
                 status += "; stored"
                 if flight is not None:
@@ -910,8 +933,11 @@ class HttpCache:
         new: Stored,
         tag_names: list[str],
         now: float,
+        purges: Any = _MISSING,
     ) -> Generator[Step, Any, bool]:
-        """Write ``new`` (and its ``Vary`` marker); whether it was worth storing."""
+        """Write ``new`` (and its ``Vary`` marker); whether it was worth storing.
+        A tagged response is not stored if a purge renewed the ``purges`` token
+        read before its call (see :meth:`purge_flow`)."""
         remaining = new.remaining(now)
         ttl = max(remaining, 0.0) + max(new.stale_while, new.stale_if_error)
         if new.validators():
@@ -926,19 +952,19 @@ class HttpCache:
             for tag, tag_key in zip(tag_names, keys, strict=True):
                 version = versions.get(tag_key)
                 if not isinstance(version, str):
-                    version = f"{random.getrandbits(64):016x}"
+                    version = _token()
                     if not (yield ("add", tag_key, version, None)):
                         version = yield ("get", tag_key)
                         if not isinstance(version, str):
                             return False
                 tags[tag] = version
+            if purges is not _MISSING and (yield ("get", self.purges_key())) != purges:
+                return False  # a purge somewhere while it was fetched: it may predate it
             new.tags = tags
         target = key
         if new.vary:
             generation = (
-                marker.generation
-                if marker is not None and marker.names == new.vary
-                else f"{random.getrandbits(64):016x}"
+                marker.generation if marker is not None and marker.names == new.vary else _token()
             )
             values = tuple(request.headers.get(name) for name in new.vary)
             new.vary_values = values
@@ -1056,6 +1082,10 @@ def _same(value: str | None, stored: str | None) -> bool:
     from scalekit.web._keys import normal_value
 
     return normal_value(value) == normal_value(stored)
+
+
+def _token() -> str:
+    return f"{random.getrandbits(64):016x}"
 
 
 def _tags(headers: list[tuple[str, str]]) -> list[str] | None:
