@@ -22,6 +22,7 @@ EXPECTED = {
     "sessions_stateless.py": "logged in on app-1, still logged in on app-2: True",
     "sharded_redis.py": "every key read back after resharding: True",
     "near_cache.py": "app-2 serves the new price: True",
+    "web_cache.py": "the new price is served: True",
 }
 NEEDS_REDIS = {"sharded_redis.py", "near_cache.py"}
 
