@@ -300,17 +300,33 @@ async def _receive() -> dict[str, Any]:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
-def hit_timers(batch: int = 100) -> tuple[Any, Any, _Capture]:
-    """Two callables running ``batch`` requests each in one event loop: a cached
-    hit through ``CacheMiddleware``, and a bare app sending the bytes of that hit."""
+def _runner(app: Any, loop: asyncio.AbstractEventLoop, batch: int) -> Any:
+    """A callable making ``batch`` requests for ``/async`` to ``app`` in ``loop``."""
+    scope, sink = _scope("/async"), _Capture()
+
+    async def many() -> None:
+        for _ in range(batch):
+            await app(dict(scope), _receive, sink)
+
+    return lambda: loop.run_until_complete(many())
+
+
+def _warm(app: Any, loop: asyncio.AbstractEventLoop) -> _Capture:
+    """Two requests (the miss that stores, then a hit); the last response."""
+    capture = _Capture()
+    for _ in range(2):
+        loop.run_until_complete(app(_scope("/async"), _receive, capture))
+    return capture
+
+
+def hit_timers(loop: asyncio.AbstractEventLoop, batch: int = 100) -> tuple[Any, Any, _Capture]:
+    """Two callables running ``batch`` requests each in ``loop``: a cached hit
+    through ``CacheMiddleware``, and a bare app sending the bytes of that hit; and
+    that hit."""
     from scalekit.web import CacheMiddleware, HttpCache
 
     cached = CacheMiddleware(_web_apps.base_app(), HttpCache())
-    loop = asyncio.new_event_loop()
-    scope = _scope("/async")
-    capture = _Capture()
-    for _ in range(2):  # the miss that stores, then a hit to copy
-        loop.run_until_complete(cached(dict(scope), _receive, capture))
+    capture = _warm(cached, loop)
     start = {
         "type": "http.response.start",
         "status": capture.start["status"],
@@ -322,26 +338,20 @@ def hit_timers(batch: int = 100) -> tuple[Any, Any, _Capture]:
         await send(start)
         await send(body)
 
-    async def many(app: Any, send: Any) -> None:
-        for _ in range(batch):
-            await app(dict(scope), _receive, send)
-
-    sink = _Capture()
-    return (
-        lambda: loop.run_until_complete(many(cached, sink)),
-        lambda: loop.run_until_complete(many(bare, sink)),
-        capture,
-    )
+    return _runner(cached, loop, batch), _runner(bare, loop, batch), capture
 
 
-def test_overhead_per_hit(benchmark: Any) -> None:
+def test_overhead_per_hit(benchmark: Any, request: Any) -> None:
     if not _web_apps.scalekit_available():
         pytest.skip("scalekit.web does not exist yet")
     benchmark.group = "web: one cached hit in-process, CacheMiddleware / bare app with its bytes"
     batch = 100
-    ours, bare, capture = hit_timers(batch)
+    loop = asyncio.new_event_loop()
+    request.addfinalizer(loop.close)
+    ours, bare, capture = hit_timers(loop, batch)
     headers = {k.decode().lower(): v.decode() for k, v in capture.start["headers"]}
     assert headers["cache-status"].startswith("scalekit; hit"), headers
+    assert capture.body == _web_apps.render()
     kw = {"rounds": 2, "batch": 1} if benchmark.disabled else {"rounds": 30, "batch": 1}
     ours_s, bare_s, ratio = benchmark.pedantic(
         interleaved_ratio, args=(ours, bare), kwargs=kw, rounds=1, iterations=1
@@ -357,6 +367,36 @@ def test_overhead_per_hit(benchmark: Any) -> None:
         f"\nin-process hit: {ours_s / batch * 1e6:.1f} us through CacheMiddleware, "
         f"{bare_s / batch * 1e6:.1f} us bare: overhead {overhead_us:.1f} us per hit"
     )
+    assert ratio > 0
+
+
+def test_hit_in_process_against_hishel(benchmark: Any, tmp_path: Path, request: Any) -> None:
+    """One hit in-process: CacheMiddleware over HttpCache() against hishel's
+    ASGICacheMiddleware over its default SQLite storage, same app, same loop."""
+    if not _web_apps.scalekit_available():
+        pytest.skip("scalekit.web does not exist yet")
+    benchmark.group = "web: one cached hit in-process, scalekit / hishel"
+    batch = 20
+    loop = asyncio.new_event_loop()
+    request.addfinalizer(loop.close)
+    ours, _, _ = hit_timers(loop, batch)
+    hishel_app = _web_apps.wrap(_web_apps.base_app(), "hishel", str(tmp_path))
+    assert _warm(hishel_app, loop).body == _web_apps.render()
+    theirs = _runner(hishel_app, loop, batch)
+    kw = {"rounds": 2, "batch": 1} if benchmark.disabled else {"rounds": 20, "batch": 1}
+    ours_s, theirs_s, ratio = benchmark.pedantic(
+        interleaved_ratio, args=(ours, theirs), kwargs=kw, rounds=1, iterations=1
+    )
+    benchmark.extra_info.update(
+        scalekit_us=round(ours_s / batch * 1e6, 2),
+        hishel_us=round(theirs_s / batch * 1e6, 2),
+        ratio=round(ratio, 3),
+    )
+    print(
+        f"\nin-process hit: scalekit {ours_s / batch * 1e6:.1f} us, "
+        f"hishel {theirs_s / batch * 1e6:.1f} us ({1 / ratio:.1f} x)"
+    )
+    loop.run_until_complete(hishel_app.aclose())
     assert ratio > 0
 
 
@@ -382,8 +422,10 @@ def main(argv: list[str] | None = None) -> None:
             calls = {name: summary[name]["calls"] for name in _web_apps.MODES}
             print("  app calls during the run:", calls)
     if _web_apps.scalekit_available():
-        ours, bare, _ = hit_timers()
+        loop = asyncio.new_event_loop()
+        ours, bare, _ = hit_timers(loop)
         ours_s, bare_s, ratio = interleaved_ratio(ours, bare, rounds=30, batch=1)
+        loop.close()
         print(
             f"in-process hit: {ours_s * 1e4:.1f} us through CacheMiddleware, "
             f"{bare_s * 1e4:.1f} us bare ({ratio:.2f} x): "
