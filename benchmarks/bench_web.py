@@ -190,6 +190,8 @@ def table(path: str, summary: dict[str, Any]) -> str:
     for key, target in (("scalekit/plain", 2.5), ("scalekit/hishel", 5.0)):
         if key in summary:
             lines.append(f"  {key:<16} {summary[key]:6.2f} x  (target >= {target})")
+    load = ", ".join(f"{figure:.1f}" for figure in os.getloadavg())
+    lines.append(f"  machine: {os.cpu_count()} CPUs, load average {load} after the run")
     if not _web_apps.scalekit_available():
         lines.append("  (scalekit.web is missing: the scalekit row is a pass-through stand-in)")
     return "\n".join(lines)
