@@ -144,7 +144,7 @@ def test_cold_requests_split_across_two_processes_make_one_app_call(
     servers: Any, redis_client: Any, kind: str, route: str
 ) -> None:
     ports, prefix = servers
-    hold, count = 0.6, 12
+    hold, count = 1.0, 12
     name = uuid.uuid4().hex
     path = f"{route}/{name}?hold={hold}"
     connections = [
@@ -175,13 +175,13 @@ def test_cold_requests_split_across_two_processes_make_one_app_call(
         thread.join(30)
     done = [reply for reply in replies if reply is not None]
     assert len(done) == count
-    # All were sent while the first render was still going on...
-    assert max(sent) - start < hold / 2, [round(t - start, 3) for t in sent]
-    # ...and the app ran once, for all of them, in both processes.
+    offsets = [round(at - start, 3) for at in sent]
+    # The app ran once, for all of them, in both processes...
     assert calls(redis_client, prefix, name) == 1
     assert {reply.body for reply in done} == {done[0].body}
+    statuses = [reply.cache_status for reply in done]
     leaders = [reply for reply in done if reply.stored_miss]
-    joiners = [reply for reply in done if not reply.stored_miss]
-    assert len(leaders) == 1, [reply.cache_status for reply in done]
-    assert all(reply.hit for reply in joiners), [reply.cache_status for reply in joiners]
-    assert all("set-cookie" not in reply.headers for reply in done)
+    assert len(leaders) == 1, statuses
+    # ...and every other one joined its flight (none came after it was stored).
+    joined = "scalekit; hit; detail=coalesced"
+    assert sorted(statuses)[1:] == [joined] * (count - 1), (statuses, offsets)
