@@ -11,7 +11,7 @@ stands in front of the app:
 
 - ``plain``: nothing;
 - ``scalekit``: ``scalekit.web.CacheMiddleware`` over ``HttpCache()`` (its in-process
-  LRU store); a pass-through stand-in while ``scalekit.web`` does not exist yet;
+  LRU store);
 - ``hishel``: ``hishel.asgi.ASGICacheMiddleware`` (hishel 2.x) with its default
   storage, ``AsyncSqliteStorage``, on a file under ``SCALEKIT_BENCH_WEB_DIR``;
 - ``bare``: no app at all, but an ASGI callable sending the page's bytes (status,
@@ -94,15 +94,6 @@ def base_app() -> Any:
     return Starlette(routes=routes)
 
 
-def scalekit_available() -> bool:
-    """Whether ``scalekit.web`` exists (else ``scalekit`` mode is a stand-in)."""
-    try:
-        from scalekit.web import CacheMiddleware, HttpCache  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def bare_app() -> Any:
     """An ASGI app that sends the page's bytes, built once, to any request."""
     body = render()
@@ -143,8 +134,6 @@ def wrap(app: Any, mode: str, folder: str = ".") -> Any:
     if mode == "plain":
         return app
     if mode == "scalekit":
-        if not scalekit_available():
-            return app  # the stand-in: a pass-through
         from scalekit.web import CacheMiddleware, HttpCache
 
         return CacheMiddleware(app, HttpCache())
