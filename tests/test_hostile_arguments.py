@@ -1389,9 +1389,111 @@ def _scale_out_cases() -> list[Case]:
     return cases
 
 
+def _web_cases() -> list[Case]:
+    from scalekit.web import CacheMiddleware, HttpCache, WSGICacheMiddleware
+
+    async def asgi_app(scope: Any, receive: Any, send: Any) -> None: ...
+
+    def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:
+        return []
+
+    def cache(**options: Any) -> Any:
+        return HttpCache(clock=FakeClock(1_700_000_000.0), **options)
+
+    def web_state(cache: Any) -> object:
+        return repr(cache.stats())
+
+    strings = ["x", 5, None, [5], [None], [SURROGATE], [b"x"]]
+    cases = [
+        Case(
+            "HttpCache.store",
+            lambda: None,
+            lambda _, v: cache(store=v),
+            [5, "x", object(), LRUCache, {}],
+        ),
+        Case("HttpCache.shared", lambda: None, lambda _, v: cache(shared=v), [1, None, "yes"]),
+        Case(
+            "HttpCache.default_ttl",
+            lambda: None,
+            lambda _, v: cache(default_ttl=v),
+            [*BAD_SECONDS, 0, INF],
+        ),
+        Case("HttpCache.heuristic", lambda: None, lambda _, v: cache(heuristic=v), [1, None]),
+        Case(
+            "HttpCache.max_heuristic",
+            lambda: None,
+            lambda _, v: cache(max_heuristic=v),
+            [*BAD_SECONDS, None, 0],
+        ),
+        Case(
+            "HttpCache.allow_hosts",
+            lambda: None,
+            lambda _, v: cache(allow_hosts=v),
+            [*[v for v in strings if v is not None], [], ["a b"], ["a/b"], [""]],
+        ),
+        Case(
+            "HttpCache.ignore_params",
+            lambda: None,
+            lambda _, v: cache(ignore_params=v),
+            [*strings, [""]],
+        ),
+        Case(
+            "HttpCache.public", lambda: None, lambda _, v: cache(public=v), [*strings, ["a"], [""]]
+        ),
+        Case(
+            "HttpCache.max_body",
+            lambda: None,
+            lambda _, v: cache(max_body=v),
+            [*BAD_COUNT, None, 2**41],
+        ),
+        Case("HttpCache.coalesce", lambda: None, lambda _, v: cache(coalesce=v), [1, None, "y"]),
+        Case(
+            "HttpCache.lease",
+            lambda: None,
+            lambda _, v: cache(lease=v),
+            [*BAD_SECONDS, None, 0, INF, 3601],
+        ),
+        Case("HttpCache.clock", lambda: None, lambda _, v: HttpCache(clock=v), [5, "x", []]),
+        Case("HttpCache.prefix", lambda: None, lambda _, v: cache(prefix=v), [*BAD_NAME, ""]),
+        Case(
+            "HttpCache.purge.tag",
+            cache,
+            lambda o, v: o.purge(v),
+            [*BAD_NAME, ""],
+            web_state,
+            names="tag",
+        ),
+        Case(
+            "CacheMiddleware.app",
+            lambda: None,
+            lambda _, v: CacheMiddleware(v, cache()),
+            [None, 5, "x"],
+        ),
+        Case(
+            "CacheMiddleware.cache",
+            lambda: None,
+            lambda _, v: CacheMiddleware(asgi_app, v),
+            [None, 5, LRUCache(10)],
+        ),
+        Case(
+            "WSGICacheMiddleware.app",
+            lambda: None,
+            lambda _, v: WSGICacheMiddleware(v, cache()),
+            [None, 5, "x"],
+        ),
+        Case(
+            "WSGICacheMiddleware.cache",
+            lambda: None,
+            lambda _, v: WSGICacheMiddleware(wsgi_app, v),
+            [None, 5, LRUCache(10)],
+        ),
+    ]
+    return cases
+
+
 PARAMS = [
     pytest.param(case, value, id=f"{case.id}={value!r:.24}")
-    for case in [*_cases(), *_scale_out_cases()]
+    for case in [*_cases(), *_scale_out_cases(), *_web_cases()]
     for value in case.values
 ]
 

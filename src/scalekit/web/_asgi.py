@@ -79,9 +79,9 @@ class _ScopeHeaders:
 
 
 def _request(scope: Scope) -> Request:
-    pairs = scope.get("headers", ())
-    if not isinstance(pairs, list) or any(name != name.lower() for name, _ in pairs):
-        pairs = [(bytes(name).lower(), bytes(value)) for name, value in pairs]
+    pairs = scope.get("headers") or []  # ASGI: names are lower case
+    if not isinstance(pairs, list):
+        pairs = list(pairs)
     headers = _ScopeHeaders(pairs)
     host = headers.get("host")
     if host is None:
@@ -334,9 +334,11 @@ def _latin1(text: str) -> bytes:
 async def _send_reply(send: Send, reply: Reply) -> None:
     stored = reply.stored
     if stored is not None:
-        headers = stored.asgi_headers() + [
-            (_EXTRA.get(name) or name.lower().encode("latin-1"), _latin1(value))
-            for name, value in reply.extra
+        (_, age), (_, status) = reply.extra  # what HttpCache._serve sends
+        headers = [
+            *stored.asgi_headers(),
+            (b"age", _latin1(age)),
+            (b"cache-status", _latin1(status)),
         ]
     else:
         headers = [
@@ -345,6 +347,3 @@ async def _send_reply(send: Send, reply: Reply) -> None:
         ]
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})
-
-
-_EXTRA = {"Age": b"age", "Cache-Status": b"cache-status"}

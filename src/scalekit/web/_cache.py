@@ -151,7 +151,8 @@ class Response:
 
 class Reply:
     """What a middleware sends: ``status``; the stored response's headers
-    (``stored``) or ``headers``; then ``extra`` (``Age``, ``Cache-Status``)."""
+    (``stored``) or ``headers``; then ``extra`` (with ``stored``: exactly
+    ``Age`` then ``Cache-Status``)."""
 
     __slots__ = ("body", "extra", "headers", "status", "stored")
 
@@ -216,13 +217,16 @@ def _tally(counter: itertools.count[int]) -> int:
 
 
 class _Flight:
-    """A response being fetched in this process for one key, joined by others."""
+    """A response being fetched in this process for one key, joined by others.
+    ``invalidated``: an unsafe request changed the URI meanwhile, so what the
+    fetch gets may predate the change and is not stored."""
 
-    __slots__ = ("done", "stored")
+    __slots__ = ("done", "invalidated", "stored")
 
     def __init__(self) -> None:
         self.done = Latch()
         self.stored: Stored | None = None
+        self.invalidated = False
 
 
 def store_step(store: Any, step: Step) -> Any:
@@ -394,6 +398,7 @@ class HttpCache:
         self._refreshing: set[str] = set()
         self._decoded: dict[str, Stored] = {}
         self._hosts: dict[tuple[str, str], str | None] = {}
+        self._purge_epoch = 0  # purges made by this process, so far
         for name in _COUNTERS:
             setattr(self, "_n_" + name, itertools.count())
         self._n_hits: itertools.count[int]
@@ -457,7 +462,7 @@ class HttpCache:
             return None
         if isinstance(value, (Stored, VaryMarker)):
             return value
-        if isinstance(value, list) and len(value) == 15 and value[0] == "resp":
+        if isinstance(value, list) and len(value) == 16 and value[0] == "resp":
             identity = value[14]
             found = self._decoded.get(identity) if isinstance(identity, str) else None
             if found is not None:
@@ -483,6 +488,7 @@ class HttpCache:
         """The flow of :meth:`purge`: a new version for ``tag``."""
         check_name(tag, "tag")
         self._count("purges")
+        self._purge_epoch += 1
         yield ("set", self.tag_key(tag), f"{random.getrandbits(64):016x}", None)  # type: ignore[arg-type]
 
     def purge(self, tag: str) -> None:
@@ -728,6 +734,7 @@ class HttpCache:
             if stale.last_modified is not None:
                 changes["if-modified-since"] = stale.last_modified
         status = f"scalekit; fwd={kind}"
+        epoch = self._purge_epoch
         try:
             response = yield ("call", changes, status)
         except Exception:
@@ -743,10 +750,15 @@ class HttpCache:
         if response.status == 304 and stale is not None and stale.validators():
             self._count("revalidations")
             merged = update_from_304(stale, response.headers)
+            kept = merged
+            if stale.surrogate is not None and not any(
+                name.lower() == "surrogate-control" for name, _ in merged
+            ):
+                kept = [*merged, ("Surrogate-Control", stale.surrogate)]
             new = store_policy(
                 self.policy,
                 stale.status,
-                merged,
+                kept,
                 stale.body,
                 request_time=now,
                 response_time=received,
@@ -774,6 +786,11 @@ class HttpCache:
             reply_status, reply_headers, body = response.status, response.headers, response.body
         if kind == "stale" or kind == "request":
             status += f"; fwd-status={response.status}"
+        if new is not None and (
+            (flight is not None and flight.invalidated)
+            or (tag_names and epoch != self._purge_epoch)
+        ):
+            new = None  # changed or purged while it was fetched: it may predate that
         if new is not None:
             stored_ok = yield from self._store(request, key, marker, new, tag_names, received)
             if stored_ok:
@@ -794,7 +811,7 @@ class HttpCache:
             self._count("not_modified")
             kept = [(n, v) for n, v in new.headers if n.lower() in _304_FIELDS]
             return Reply(304, None, kept, b"", [("Cache-Status", status)])
-        sent = [(n, v) for n, v in reply_headers if n.lower() not in _SURROGATE]
+        sent = [(n, v) for n, v in reply_headers if n.lower() not in _NOT_SENT]
         if request.method == "HEAD":
             body = b""
         return Reply(reply_status, None, sent, body, [("Cache-Status", status)])
@@ -874,6 +891,11 @@ class HttpCache:
                     other = self._same_origin_key(request, value)
                     if other is not None and other not in keys:
                         keys.append(other)
+            with self._lock:
+                for target in keys:
+                    flight = self._flights.get(target)
+                    if flight is not None:
+                        flight.invalidated = True
             for target in keys:
                 yield ("delete", target)
 
@@ -897,7 +919,7 @@ class HttpCache:
         return self.key_of(Request("GET", scheme, host, path, parts.query, DictHeaders()))
 
 
-_SURROGATE = frozenset({"surrogate-key", "surrogate-control"})
+_NOT_SENT = frozenset({"surrogate-key", "surrogate-control", "cache-status"})
 
 
 def _bare(host: str) -> str:

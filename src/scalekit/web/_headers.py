@@ -20,6 +20,7 @@ import calendar
 import re
 import time
 from collections.abc import Iterable
+from datetime import datetime, timezone
 
 __all__ = [
     "MAX_DELTA",
@@ -167,13 +168,12 @@ def http_date(field: str | None) -> float | None:
     if number is None:
         return None
     try:
-        return float(
-            calendar.timegm(
-                (int(year), number, int(day), int(hour), int(minute), int(second), 0, 0, 0)
-            )
+        moment = datetime(
+            int(year), number, int(day), int(hour), int(minute), int(second), tzinfo=timezone.utc
         )
-    except (ValueError, OverflowError):
+    except (ValueError, OverflowError):  # 31 February, hour 25, year 0
         return None
+    return float(calendar.timegm(moment.utctimetuple()))
 
 
 def format_http_date(when: float) -> str:

@@ -132,6 +132,7 @@ class Stored:
         "stale_if_error",
         "stale_while",
         "status",
+        "surrogate",
         "tags",
         "vary",
         "vary_values",
@@ -153,6 +154,7 @@ class Stored:
         vary_values: tuple[str | None, ...] = (),
         tags: dict[str, str] | None = None,
         id: str | None = None,
+        surrogate: str | None = None,
     ) -> None:
         self.status = status
         self.headers = headers
@@ -168,6 +170,7 @@ class Stored:
         self.vary_values = vary_values
         self.tags = tags or {}
         self.id = id or f"{random.getrandbits(64):016x}"
+        self.surrogate = surrogate  # its Surrogate-Control field, kept for a 304's update
         etag = last_modified = None
         for name, value in headers:
             lower = name.lower()
@@ -219,6 +222,7 @@ class Stored:
             list(self.vary_values),
             self.tags,
             self.id,
+            self.surrogate,
         ]
 
     @classmethod
@@ -238,6 +242,7 @@ class Stored:
             tuple(None if value is None else str(value) for value in data[12]),
             {str(tag): str(version) for tag, version in data[13].items()},
             str(data[14]),
+            None if data[15] is None else str(data[15]),
         )
 
 
@@ -249,7 +254,7 @@ def decode(value: Any) -> Stored | VaryMarker | None:
         return value
     if isinstance(value, list) and value:
         try:
-            if value[0] == "resp" and len(value) == 15:
+            if value[0] == "resp" and len(value) == 16:
                 return Stored.from_json(value)
             if value[0] == "vary" and len(value) == 3:
                 return VaryMarker(tuple(str(name) for name in value[1]), str(value[2]))
@@ -330,7 +335,7 @@ def store_policy(
     surrogate: dict[str, str | None] = {}
     kept: list[tuple[str, str]] = []
     vary_field: list[str] = []
-    date_field = age_field = None
+    date_field = age_field = surrogate_field = None
     for name, value in headers:
         lower = name.lower()
         if lower == "set-cookie":
@@ -339,6 +344,7 @@ def store_policy(
             for directive, argument in directives(value).items():
                 control.setdefault(directive, argument)
         elif lower == "surrogate-control":
+            surrogate_field = value if surrogate_field is None else f"{surrogate_field}, {value}"
             for directive, argument in directives(value).items():
                 surrogate.setdefault(directive, argument)
         elif lower == "vary":
@@ -394,6 +400,7 @@ def store_policy(
         "no-cache" in ruling,
         no_stale,
         tuple(vary_field),
+        surrogate=surrogate_field,
     )
 
 
