@@ -1404,7 +1404,7 @@ def _web_cases() -> list[Case]:
         return repr(cache.stats())
 
     strings = ["x", 5, None, [5], [None], [SURROGATE], [b"x"]]
-    cases = [
+    return [
         Case(
             "HttpCache.store",
             lambda: None,
@@ -1488,7 +1488,6 @@ def _web_cases() -> list[Case]:
             [None, 5, LRUCache(10)],
         ),
     ]
-    return cases
 
 
 PARAMS = [

@@ -97,7 +97,8 @@ def test_100_concurrent_asgi_misses_make_one_app_call() -> None:
     statuses = sorted(result.cache_status for result in results)
     assert statuses.count("scalekit; hit; detail=coalesced") == 99
     assert statuses.count("scalekit; fwd=uri-miss; stored") == 1
-    assert cache.stats().coalesced == 99
+    assert (cache.stats().coalesced, cache.stats().misses) == (99, 100)
+    assert cache.stats().hit_ratio == 0.99
 
 
 def test_joiners_never_get_the_leaders_set_cookie() -> None:
@@ -275,3 +276,93 @@ def test_a_response_fetched_while_its_uri_changed_or_its_tag_was_purged_is_not_s
         "scalekit; fwd=bypass",
     ]
     assert cache.stats().stores == 0
+
+
+def test_joiners_of_a_stream_do_not_wait_for_its_end() -> None:
+    finish = asyncio.Event()
+    calls = 0
+
+    async def events(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0)  # the second request joins meanwhile
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await finish.wait()
+        await send({"type": "http.response.body", "body": b""})
+
+    app = CacheMiddleware(events, HttpCache(JSONStore(FakeClock(START)), clock=FakeClock(START)))
+
+    async def client(first_event: asyncio.Event) -> None:
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: Any) -> None:
+            if message.get("body"):
+                first_event.set()
+
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/events",
+            "query_string": b"",
+            "headers": [(b"host", b"example.com")],
+        }
+        await app(scope, receive, send)
+
+    async def run() -> None:
+        seen = [asyncio.Event(), asyncio.Event()]
+        tasks = [asyncio.ensure_future(client(event)) for event in seen]
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in seen)), 5)
+        finish.set()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(run())
+    assert calls == 2
+
+
+def test_joiners_of_a_wsgi_stream_do_not_wait_for_its_end() -> None:
+    finish = threading.Event()
+    first_chunks = [threading.Event(), threading.Event()]
+    calls: list[int] = []
+
+    def events(environ: Any, start_response: Any) -> Any:
+        calls.append(1)
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        yield b"data: 1\n\n"
+        finish.wait(5)
+        yield b""
+
+    app = WSGICacheMiddleware(events, HttpCache(clock=FakeClock(START)))
+
+    def client(seen: threading.Event) -> None:
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/events",
+            "QUERY_STRING": "",
+            "HTTP_HOST": "example.com",
+            "wsgi.url_scheme": "http",
+        }
+        body = app(environ, lambda status, headers, exc_info=None: None)
+        for chunk in body:
+            if chunk:
+                seen.set()
+        getattr(body, "close", lambda: None)()
+
+    threads = [threading.Thread(target=client, args=(seen,)) for seen in first_chunks]
+    for thread in threads:
+        thread.start()
+    try:
+        assert all(seen.wait(5) for seen in first_chunks)
+    finally:
+        finish.set()
+        for thread in threads:
+            thread.join(5)
+    assert len(calls) == 2

@@ -112,14 +112,40 @@ def test_json_round_trip() -> None:
         assert decode(junk) is None
 
 
-def test_a_304_replaces_fields_except_the_content_ones() -> None:
+def test_a_304_replaces_every_field_but_content_length() -> None:
     stored = policy_of(
-        [("Cache-Control", "max-age=5"), ("Content-Type", "text/html"), ("X-A", "1"), ("X-A", "2")]
+        [
+            ("Cache-Control", "max-age=5"),
+            ("Content-Type", "text/html"),
+            ("Content-Length", "1"),
+            ("X-A", "1"),
+            ("X-A", "2"),
+        ]
     )
     assert stored is not None
     merged = update_from_304(
-        stored, [("x-a", "3"), ("Content-Type", "text/plain"), ("Cache-Control", "max-age=9")]
+        stored,
+        [
+            ("x-a", "3"),
+            ("Content-Type", "text/plain"),
+            ("Content-Length", "0"),
+            ("Cache-Control", "max-age=9"),
+        ],
     )
-    assert ("Content-Type", "text/html") in merged
+    assert ("Content-Length", "1") in merged
+    assert [v for n, v in merged if n.lower() == "content-length"] == ["1"]
+    assert [v for n, v in merged if n.lower() == "content-type"] == ["text/plain"]
     assert [v for n, v in merged if n.lower() == "x-a"] == ["3"]
     assert [v for n, v in merged if n.lower() == "cache-control"] == ["max-age=9"]
+
+
+def test_must_understand() -> None:
+    understood = policy_of([("Cache-Control", "must-understand, no-store, max-age=5")])
+    assert understood is not None  # the no-store was for caches that do not understand
+    assert policy_of([("Cache-Control", "must-understand, max-age=5")], status=299) is None
+    assert policy_of([("Cache-Control", "max-age=5")], status=299) is not None
+
+
+def test_surrogate_control_overrides_cache_control_no_store_but_not_private() -> None:
+    assert policy_of([("Surrogate-Control", "max-age=5"), ("Cache-Control", "no-store")])
+    assert policy_of([("Surrogate-Control", "max-age=5"), ("Cache-Control", "private")]) is None

@@ -326,11 +326,11 @@ def test_unsafe_methods_invalidate_the_uri_and_same_origin_locations(
     assert s.get("/d").cache_status.startswith("scalekit; hit")  # an error invalidates nothing
 
 
-def test_stale_while_revalidate_serves_stale_and_refreshes_once(make: Callable[..., Setup]) -> None:
-    s = make()
-    if s.shell == "asgi":
-        pytest.skip("the ASGI background refresh runs on the event loop: see test_coalescing")
+def test_stale_while_revalidate_serves_stale_and_refreshes_once_wsgi() -> None:
+    """(The ASGI twin, on one event loop, is in test_coalescing.)"""
     import threading
+
+    s = Setup("wsgi")
 
     refreshed = threading.Event()
     release = threading.Event()
@@ -537,3 +537,149 @@ def test_the_apps_own_cache_status_is_replaced(make: Callable[..., Setup]) -> No
     assert [v for n, v in s.get("/a").header_list if n.lower() == "cache-status"] == [
         "scalekit; hit; ttl=60"
     ]
+
+
+def test_a_response_that_cannot_be_stored_streams_at_once_asgi() -> None:
+    import asyncio
+
+    more = asyncio.Event()
+    received: list[Any] = []
+
+    async def events(scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await more.wait()
+        await send({"type": "http.response.body", "body": b"data: 2\n\n"})
+
+    app = CacheMiddleware(events, HttpCache(clock=FakeClock(START)))
+
+    async def run() -> None:
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: Any) -> None:
+            received.append(message)
+            if message.get("body") == b"data: 1\n\n":
+                more.set()  # the first event reached the client before the app went on
+
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/events",
+            "query_string": b"",
+            "headers": [(b"host", b"example.com")],
+        }
+        await asyncio.wait_for(app(scope, receive, send), 5)
+
+    asyncio.run(run())
+    assert [m.get("body") for m in received[1:]] == [b"data: 1\n\n", b"data: 2\n\n"]
+    assert (b"cache-status", b"scalekit; fwd=uri-miss") in received[0]["headers"]
+
+
+def test_a_response_that_cannot_be_stored_streams_at_once_wsgi() -> None:
+    produced: list[bytes] = []
+
+    def events(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        for n in range(3):
+            produced.append(b"%d" % n)
+            yield b"data: %d\n\n" % n
+
+    app = WSGICacheMiddleware(events, HttpCache(clock=FakeClock(START)))
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/events",
+        "QUERY_STRING": "",
+        "HTTP_HOST": "example.com",
+        "wsgi.url_scheme": "http",
+    }
+    started: list[Any] = []
+    body = iter(app(environ, lambda status, headers, exc_info=None: started.append(headers)))
+    assert produced == [b"0"]  # only what was read to see how the response starts
+    assert ("Cache-Status", "scalekit; fwd=uri-miss") in started[0]
+    assert list(body) == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n"]
+
+
+def test_a_truncated_body_is_not_stored(make: Callable[..., Setup]) -> None:
+    s = make()
+    s.origin.route("/a", headers=[*MAX60, ("Content-Length", "10")], body=b"short")
+    s.get("/a")
+    assert s.get("/a").cache_status == "scalekit; fwd=uri-miss"
+
+
+def test_a_304_without_date_renews_freshness_from_when_it_came(make: Callable[..., Setup]) -> None:
+    s = make()
+    s.origin.route("/a", headers=[("Cache-Control", "max-age=10"), ("ETag", '"1"')])
+    first = s.get("/a")
+    assert first.headers["date"] == format_http_date(START)  # appended: the app sent none
+    s.clock.advance(30)
+    s.origin.route("/a", status=304, headers=[("ETag", '"1"')], body=b"")
+    s.get("/a")
+    assert s.get("/a").cache_status == "scalekit; hit; ttl=10"
+
+
+def test_a_relative_location_with_dot_segments_is_resolved(make: Callable[..., Setup]) -> None:
+    s = make()
+    s.origin.route("/items/1", headers=MAX60)
+    s.get("/items/1")
+    s.origin.route("/items/new", status=201, headers=[("Location", "../items/1")])
+    s.get("/items/new", method="POST")
+    assert s.get("/items/1").cache_status == "scalekit; fwd=uri-miss; stored"
+
+
+def test_a_304_for_another_representation_updates_nothing(make: Callable[..., Setup]) -> None:
+    s = make()
+    s.origin.route("/a", headers=[("Cache-Control", "max-age=10"), ("ETag", '"1"')], body=b"one")
+    s.get("/a")
+    s.clock.advance(20)
+    answers = iter([(304, [("ETag", '"2"')], b""), (200, [*MAX60, ("ETag", '"2"')], b"two")])
+    s.origin.routes["/a"] = lambda req: next(answers)
+    result = s.get("/a")
+    assert (result.status, result.body) == (200, b"two")
+    assert "if-none-match" not in s.origin.seen[-1]
+    assert s.get("/a").body == b"two"
+
+
+def test_a_request_may_allow_stale_if_error(make: Callable[..., Setup]) -> None:
+    s = make()
+    s.origin.route("/a", headers=[("Cache-Control", "max-age=10"), ("ETag", '"1"')], body=b"ok")
+    s.get("/a")
+    s.clock.advance(20)
+    s.origin.route("/a", status=503)
+    assert s.get("/a").status == 503
+    result = s.get("/a", [("Cache-Control", "stale-if-error=60")])
+    assert (result.status, result.body) == (200, b"ok")
+
+
+def test_a_head_response_never_stands_for_the_get(make: Callable[..., Setup]) -> None:
+    s = make()
+    s.origin.routes["/a"] = lambda req: (
+        200,
+        MAX60,
+        b"" if req[":method"] == "HEAD" else b"full",
+    )
+    s.get("/a", [("Cache-Control", "no-cache")], method="HEAD")
+    assert s.get("/a").body == b"full"
+    s.origin.route(
+        "/b", headers=[("Cache-Control", "max-age=10, stale-while-revalidate=60")], body=b"B"
+    )
+    s.get("/b")
+    s.clock.advance(20)
+    assert s.get("/b", method="HEAD").cache_status.endswith("detail=stale")
+    assert s.cache.stats().refreshes == 0
+    assert s.get("/b").body == b"B"
+
+
+def test_a_stored_response_gets_its_content_length(make: Callable[..., Setup]) -> None:
+    s = make()
+    s.origin.route("/a", headers=MAX60, body=b"12345")
+    s.get("/a")
+    assert s.get("/a").headers["content-length"] == "5"
+    assert s.get("/a", method="HEAD").headers["content-length"] == "5"

@@ -197,7 +197,9 @@ class CacheMiddleware:
                 try:
                     result = None
                     if name == "call":
-                        result = await self._call(request, scope, receive, send, step[1], step[2])
+                        result = await self._call(
+                            request, scope, receive, send, step[1], step[2], step[3]
+                        )
                     elif name == "forward":
                         await self._forward(scope, receive, send, step[1], step[2])
                     elif name == "join":
@@ -227,51 +229,67 @@ class CacheMiddleware:
         send: Send | None,
         changes: dict[str, str | None],
         cache_status: str,
+        release: Any,
     ) -> Any:
-        limit = self.cache.max_body
+        cache = self.cache
+        limit = cache.max_body
         start: Message | None = None
+        headers: list[tuple[str, str]] = []
         parts: list[bytes] = []
         size = 0
         streaming = False
         overflow = False
 
         async def capture(message: Message) -> None:
-            nonlocal start, size, streaming, overflow
+            nonlocal start, headers, size, streaming, overflow
             kind = message["type"]
             if streaming:
                 await send(message)  # type: ignore[misc]
                 return
+            if overflow:
+                return
             if kind == "http.response.start":
                 start = message
+                headers = [
+                    (name.decode("latin-1"), value.decode("latin-1"))
+                    for name, value in message.get("headers", ())
+                ]
+                if not cache.buffers(int(message["status"]), headers):
+                    await stream()
                 return
-            if kind != "http.response.body" or overflow:
+            if kind != "http.response.body":
                 return
             body = message.get("body", b"")
             size += len(body)
             if size <= limit:
                 parts.append(body)
                 return
+            if await stream():
+                await send(message)  # type: ignore[misc]
+
+        async def stream() -> bool:
+            """Send what came so far and pass the rest through: it will not be
+            stored; whether there is a client to pass it to."""
+            nonlocal streaming, overflow
             if send is None:  # a background refresh: drop it, store nothing
                 overflow = True
                 parts.clear()
-                return
+                return False
             streaming = request.started = True
             assert start is not None
+            if release is not None:
+                await self._run_steps(release())
             await send(_with_status(start, cache_status))
             for part in parts:
                 await send({"type": "http.response.body", "body": part, "more_body": True})
             parts.clear()
-            await send(message)
+            return True
 
         await self.app(_changed_scope(scope, changes), receive if send else _empty_receive, capture)
         if streaming or overflow:
             return STREAMED
         if start is None:
             raise RuntimeError("the app returned without starting a response")
-        headers = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in start.get("headers", ())
-        ]
         return Response(int(start["status"]), headers, b"".join(parts))
 
     async def _forward(

@@ -11,10 +11,13 @@ WSGI middlewares only drive it (:mod:`scalekit.web._asgi`, :mod:`scalekit.web._w
     ("delete", key)                      -> None
     ("sleep", seconds)                   -> None
     ("join", latch)                      -> None, once another request's flight ended
-    ("call", headers, cache_status)      -> Response, or STREAMED: call the app with
-                                            ``headers`` changed in the request (None
-                                            removes one); a body over ``max_body`` is
-                                            streamed to the client with ``cache_status``
+    ("call", headers, cache_status,      -> Response, or STREAMED: call the app with
+        release)                            ``headers`` changed in the request (None
+                                            removes one); a response that may not be
+                                            stored (:meth:`HttpCache.buffers`), or
+                                            grows over ``max_body``, streams to the
+                                            client with ``cache_status``, after the
+                                            shell ran the flow ``release()`` (if any)
     ("forward", cache_status, on_start)  -> None: call the app, its response straight
                                             to the client with ``Cache-Status`` added;
                                             ``on_start(status, headers)`` is a flow of
@@ -35,10 +38,11 @@ import logging
 import math
 import random
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from scalekit._validate import (
     check_bool,
@@ -51,7 +55,7 @@ from scalekit._validate import (
 )
 from scalekit._waiting import Latch
 from scalekit.errors import ArgumentTypeError, ConfigurationError
-from scalekit.web._headers import directives, http_date, seconds, weak_match
+from scalekit.web._headers import directives, format_http_date, http_date, seconds, weak_match
 from scalekit.web._keys import QueryNormaliser, normal_host, primary_key, variant_key
 from scalekit.web._policy import (
     Policy,
@@ -178,7 +182,9 @@ class CacheStats:
     ``hits``: fresh responses served from the store; ``stale_hits``: stale ones
     served (stale-while-revalidate, stale-if-error); ``coalesced``: requests
     answered with the response another request in flight fetched; ``misses``:
-    cacheable requests sent to the app; ``revalidations``: of those, the ones the
+    cacheable requests that found no usable stored response (those then
+    answered by another's flight count in ``coalesced`` too, those served stale
+    after an error in ``stale_hits`` too); ``revalidations``: the ones the
     app answered 304 (the stored response was updated); ``refreshes``:
     background refreshes started; ``stores``: responses stored; ``bypasses``:
     requests the cache did not serve by rule (unsafe method, ``Cookie``,
@@ -201,10 +207,11 @@ class CacheStats:
 
     @property
     def hit_ratio(self) -> float:
-        """Requests served without the app (hits, stale hits, coalesced) over
-        those that could be (the same, plus misses); 0.0 before any."""
+        """Requests served without calling the app (hits, stale hits,
+        coalesced) over the cacheable ones (hits, stale hits, misses); 0.0
+        before any."""
+        total = self.hits + self.stale_hits + self.misses
         served = self.hits + self.stale_hits + self.coalesced
-        total = served + self.misses
         return served / total if total else 0.0
 
 
@@ -221,12 +228,13 @@ class _Flight:
     ``invalidated``: an unsafe request changed the URI meanwhile, so what the
     fetch gets may predate the change and is not stored."""
 
-    __slots__ = ("done", "invalidated", "stored")
+    __slots__ = ("done", "invalidated", "lease", "stored")
 
     def __init__(self) -> None:
         self.done = Latch()
         self.stored: Stored | None = None
         self.invalidated = False
+        self.lease: tuple[str, str] | None = None  # (key, token) of its cross-process lease
 
 
 def store_step(store: Any, step: Step) -> Any:
@@ -321,6 +329,15 @@ class HttpCache:
     - ``clock``: wall-clock seconds (:func:`time.time`).
     - ``prefix``: put before every key in the store.
 
+    What it does not cache: requests with ``Range`` (they go to the app, as do
+    methods other than GET and HEAD); responses to HEAD (a HEAD is answered from
+    a stored GET); server errors other than 501; partial responses (206).
+
+    A store that fails (raises) never fails a request: the flow reads a failed
+    ``get`` as a miss and goes on without a failed write, the app serves the
+    request, ``stats().errors`` counts it, and the ``scalekit.web`` logger warns.
+    :meth:`purge` is the exception: a lost purge would be silent, so it raises.
+
     Building the key of a request:
 
     >>> cache = HttpCache(ignore_params=["utm_*"])
@@ -348,11 +365,9 @@ class HttpCache:
         max_body: int = 1024 * 1024,
         coalesce: bool = True,
         lease: float = 10.0,
-        clock: Callable[[], float] | None = None,
+        clock: Callable[[], float] = time.time,
         prefix: str = "web:",
     ) -> None:
-        import time
-
         if store is not None:
             check_methods(store, "store", "a Store", ("get", "set", "add", "delete", "get_many"))
         check_bool(shared, "shared")
@@ -379,9 +394,7 @@ class HttpCache:
         self.max_body = check_count(max_body, "max_body", maximum=2**40)
         check_bool(coalesce, "coalesce")
         self.lease = check_seconds(lease, "lease", maximum=3600.0)
-        self.clock: Callable[[], float] = (
-            time.time if clock is None else check_callable(clock, "clock")
-        )
+        self.clock: Callable[[], float] = check_callable(clock, "clock")
         self.prefix = check_name(prefix, "prefix")
         self.store: Any = _default_store(self.clock) if store is None else store
         self.policy = Policy(shared=shared, default_ttl=ttl, heuristic=heuristic, max_heuristic=cap)
@@ -440,6 +453,28 @@ class HttpCache:
     def tag_key(self, tag: str) -> str:
         """Where the version of ``tag`` is kept in the store."""
         return f"{self.prefix}tag:{tag}"
+
+    def buffers(self, status: int, headers: list[tuple[str, str]]) -> bool:
+        """Whether a response that starts with ``status`` and ``headers`` is worth
+        holding back until its end: one that may be stored (and fits
+        ``max_body``), a 304 (a revalidation's answer) or a server error (which a
+        stale response may replace). Any other streams through at once, so a
+        stream of events is never held.
+
+        Runtime complexity: O(number of headers).
+        """
+        if status == 304 or status >= 500:
+            return True
+        for name, value in headers:
+            if name.lower() == "content-length":
+                length = value.strip()
+                if length.isdigit() and len(length) < 19 and int(length) > self.max_body:
+                    return False
+        now = self.clock()
+        stored = store_policy(
+            self.policy, status, headers, b"", request_time=now, response_time=now, authorized=False
+        )
+        return stored is not None
 
     def store_failed(self, exc: BaseException, step: Step) -> Any:
         """Count a failed store call and return what the flow reads instead."""
@@ -584,8 +619,8 @@ class HttpCache:
             return self._serve(request, found, now, f"scalekit; hit; ttl={math.floor(remaining)}")
         if 0 < found.stale_while >= -remaining and not found.no_stale and not found.revalidate:
             self._count("stale_hits")
-            with self._lock:
-                start = key not in self._refreshing
+            with self._lock:  # a HEAD's response has no body to refresh with
+                start = method == "GET" and key not in self._refreshing
                 if start:
                     self._refreshing.add(key)
             if start:
@@ -659,10 +694,27 @@ class HttpCache:
                 return (yield from self._upstream(request, key, marker, stale, kind, now, flight))
             return (yield from self._leased(request, key, marker, stale, kind, now, flight))
         finally:
-            with self._lock:
-                if self._flights.get(key) is flight:
-                    del self._flights[key]
-            flight.done.set()
+            self._end_flight(key, flight)
+
+    def _end_flight(self, key: str, flight: _Flight) -> None:
+        """Let the requests that joined ``flight`` go on (twice is harmless)."""
+        with self._lock:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        flight.done.set()
+
+    def _streaming(self, key: str, flight: _Flight) -> Callable[[], Flow]:
+        """What a shell runs when the leader's response streams through (it will
+        not be stored): the joiners go and call the app themselves now, rather
+        than wait for the end of a stream, and the lease is dropped."""
+
+        def release() -> Flow:
+            self._end_flight(key, flight)
+            lease, flight.lease = flight.lease, None
+            if lease is not None and (yield ("get", lease[0])) == lease[1]:
+                yield ("delete", lease[0])
+
+        return release
 
     def _reusable(self, stored: Stored, request: Request, now: float) -> bool:
         """Whether a response another request just fetched can answer this one:
@@ -689,6 +741,8 @@ class HttpCache:
         the others poll the store for what it stores, until the lease goes."""
         lease_key, token = key + "#lease", f"{random.getrandbits(64):016x}"
         taken = yield ("add", lease_key, token, self.lease)
+        if taken:
+            flight.lease = (lease_key, token)
         waited, delay = 0.0, 0.005
         while not taken and waited < self.lease:
             yield ("sleep", delay)
@@ -709,7 +763,7 @@ class HttpCache:
         try:
             return (yield from self._upstream(request, key, marker, stale, kind, now, flight))
         finally:
-            if taken and (yield ("get", lease_key)) == token:
+            if flight.lease is not None and (yield ("get", lease_key)) == token:
                 yield ("delete", lease_key)
 
     def _upstream(
@@ -736,7 +790,8 @@ class HttpCache:
         status = f"scalekit; fwd={kind}"
         epoch = self._purge_epoch
         try:
-            response = yield ("call", changes, status)
+            release = None if flight is None else self._streaming(key, flight)
+            response = yield ("call", changes, status, release)
         except Exception:
             if self._stale_if_error(request, stale):
                 self._count("stale_hits")
@@ -744,12 +799,25 @@ class HttpCache:
             raise
         if response is STREAMED:
             return None
+        if (
+            response.status == 304
+            and stale is not None
+            and stale.validators()
+            and not _selects(stale, response.headers)
+        ):
+            # RFC 9111 4.3.4: a 304 for another representation updates nothing;
+            # ask again without conditions for the response to send
+            stale = None
+            response = yield ("call", dict.fromkeys(_CONDITIONALS), status, release)
+            if response is STREAMED:
+                return None
         received = self.clock()
         authorized = "authorization" in request.headers
+        response_headers = _dated(response.headers, received)
         new: Stored | None
         if response.status == 304 and stale is not None and stale.validators():
             self._count("revalidations")
-            merged = update_from_304(stale, response.headers)
+            merged = update_from_304(stale, response_headers)
             kept = merged
             if stale.surrogate is not None and not any(
                 name.lower() == "surrogate-control" for name, _ in merged
@@ -772,18 +840,18 @@ class HttpCache:
                 self._count("stale_hits")
                 return self._serve_stale(request, stale)  # type: ignore[arg-type]
             new = None
-            if len(response.body) <= self.max_body:
+            if len(response.body) <= self.max_body and _complete(response_headers, response.body):
                 new = store_policy(
                     self.policy,
                     response.status,
-                    response.headers,
+                    response_headers,
                     response.body,
                     request_time=now,
                     response_time=received,
                     authorized=authorized,
                 )
             tag_names = _tags(response.headers) or []
-            reply_status, reply_headers, body = response.status, response.headers, response.body
+            reply_status, reply_headers, body = response.status, response_headers, response.body
         if kind == "stale" or kind == "request":
             status += f"; fwd-status={response.status}"
         if new is not None and (
@@ -791,13 +859,15 @@ class HttpCache:
             or (tag_names and epoch != self._purge_epoch)
         ):
             new = None  # changed or purged while it was fetched: it may predate that
+        if request.method == "HEAD":
+            new = None  # its body is not the GET's
         if new is not None:
             stored_ok = yield from self._store(request, key, marker, new, tag_names, received)
             if stored_ok:
                 status += "; stored"
                 if flight is not None:
                     flight.stored = new
-        elif stale is not None:
+        elif stale is not None and response.status < 500:
             yield ("delete", key)  # the URI's response may no longer be stored: forget the old one
         if not client:
             return None
@@ -819,7 +889,11 @@ class HttpCache:
     def _stale_if_error(self, request: Request, stale: Stored | None) -> bool:
         if stale is None or stale.no_stale or stale.revalidate or request.started:
             return False
-        return 0 < stale.stale_if_error >= -stale.remaining(self.clock())
+        window = stale.stale_if_error
+        field = request.headers.get("cache-control")
+        if field is not None:  # RFC 5861 4: a request may allow it too
+            window = max(window, float(seconds(directives(field).get("stale-if-error")) or 0))
+        return 0 < window >= -stale.remaining(self.clock())
 
     def _serve_stale(self, request: Request, stale: Stored) -> Reply:
         now = self.clock()
@@ -902,24 +976,61 @@ class HttpCache:
         return on_start
 
     def _same_origin_key(self, request: Request, uri: str) -> str | None:
+        """The primary key of ``uri`` (resolved against the request's URI, RFC
+        3986 5.2) when it has the request's origin; None otherwise."""
+        base = f"{request.scheme}://{request.host}{quote(request.path, safe=_PATH_SAFE)}"
         try:
-            parts = urlsplit(uri.strip())
+            parts = urlsplit(urljoin(base, uri.strip()))
         except ValueError:
             return None
-        scheme = parts.scheme.lower() or request.scheme
-        host = parts.netloc or request.host
-        if scheme != request.scheme or normal_host(host, scheme) != normal_host(
+        scheme = parts.scheme.lower()
+        if scheme != request.scheme or normal_host(parts.netloc, scheme) != normal_host(
             request.host, request.scheme
         ):
             return None
-        path = unquote(parts.path)
-        if not path.startswith("/"):
-            base = request.path.rsplit("/", 1)[0]
-            path = f"{base}/{path}"
-        return self.key_of(Request("GET", scheme, host, path, parts.query, DictHeaders()))
+        path = unquote(parts.path) or "/"
+        return self.key_of(Request("GET", scheme, parts.netloc, path, parts.query, DictHeaders()))
 
 
+_PATH_SAFE = "/!$&'()*+,;=:@-._~"
 _NOT_SENT = frozenset({"surrogate-key", "surrogate-control", "cache-status"})
+
+
+def _selects(stored: Stored, headers: list[tuple[str, str]]) -> bool:
+    """Whether a 304 with ``headers`` is about ``stored`` (RFC 9111 4.3.4): its
+    strong ETag, else its Last-Modified, is the stored one's; one with neither
+    is about the only response stored."""
+    etag = last_modified = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "etag":
+            etag = value.strip()
+        elif lower == "last-modified":
+            last_modified = value.strip()
+    if etag is not None and not etag.startswith("W/"):
+        return stored.etag is not None and stored.etag.strip() == etag
+    if last_modified is not None and stored.last_modified is not None:
+        return http_date(last_modified) == http_date(stored.last_modified)
+    return True
+
+
+def _dated(headers: list[tuple[str, str]], received: float) -> list[tuple[str, str]]:
+    """``headers`` with a ``Date`` of when they were received, if they had none
+    (RFC 9110 6.6.1: a cache appends one)."""
+    for name, _ in headers:
+        if name.lower() == "date":
+            return headers
+    return [*headers, ("Date", format_http_date(received))]
+
+
+def _complete(headers: list[tuple[str, str]], body: bytes) -> bool:
+    """Whether ``body`` has the ``Content-Length`` announced (when one was):
+    a truncated response is never stored (RFC 9111 3.3)."""
+    for name, value in headers:
+        if name.lower() == "content-length":
+            length = value.strip()
+            return length.isdigit() and int(length) == len(body)
+    return True
 
 
 def _bare(host: str) -> str:

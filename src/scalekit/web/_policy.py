@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import random
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Any
 
 from scalekit.web._headers import directives, http_date, names, seconds
@@ -51,6 +52,8 @@ HEURISTIC = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
 # response (stale-if-error serves that one instead).
 _EXPLICIT = frozenset(range(200, 500)) - {206, 304} | {501}
 
+_UNDERSTOOD = frozenset(status.value for status in HTTPStatus) & _EXPLICIT
+
 NOT_STORED_FIELDS = frozenset(
     {
         "age",
@@ -72,8 +75,8 @@ NOT_STORED_FIELDS = frozenset(
 )
 """Response fields never stored: hop-by-hop, per-user, or this cache's own."""
 
-# RFC 9111 4.3.4: fields a 304 must not change in the stored response
-_KEPT_ON_304 = frozenset({"content-length", "content-encoding", "content-range", "content-type"})
+# RFC 9111 3.2: the field a 304 must not change in the stored response
+_KEPT_ON_304 = frozenset({"content-length"})
 
 
 class Policy:
@@ -357,6 +360,14 @@ def store_policy(
             control.setdefault("no-cache", None)
         if lower not in NOT_STORED_FIELDS:
             kept.append((name, value))
+    if "must-understand" in control:
+        # RFC 9111 5.2.2.3: stored only when the status is understood, and then
+        # the no-store sent along for caches that do not understand it is ignored
+        if status not in _UNDERSTOOD:
+            return None
+        control.pop("no-store", None)
+    if "max-age" in surrogate:
+        control.pop("no-store", None)  # Surrogate-Control rules this cache
     if "no-store" in control or "no-store" in surrogate or "*" in vary_field:
         return None
     if policy.shared and "private" in control:
@@ -388,6 +399,8 @@ def store_policy(
         {"must-revalidate", "proxy-revalidate"} & ruling.keys()
         or (policy.shared and "s-maxage" in ruling)
     )
+    if status != 204 and not any(name.lower() == "content-length" for name, _ in kept):
+        kept.append(("content-length", str(len(body))))  # hits need no chunked encoding
     return Stored(
         status,
         kept,

@@ -36,6 +36,7 @@ __all__ = ["WSGICacheMiddleware"]
 _STRIPPED = frozenset({"surrogate-key", "surrogate-control", "cache-status"})
 _SPECIAL = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
 _environ_names: dict[str, str] = {}
+_sets: dict[frozenset[str], frozenset[str]] = {}
 
 
 def _environ_name(name: str) -> str:
@@ -60,8 +61,10 @@ class _EnvironHeaders:
         return value if isinstance(value, str) else None
 
     def any_of(self, names: frozenset[str], /) -> bool:
-        environ = self._environ
-        return any(_environ_name(name) in environ for name in names)
+        keys = _sets.get(names)
+        if keys is None:
+            keys = _sets[names] = frozenset(_environ_name(name) for name in names)
+        return not keys.isdisjoint(self._environ)
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and _environ_name(name) in self._environ
@@ -74,8 +77,9 @@ def _request(environ: WSGIEnvironment) -> Request:
         host = f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     # PEP 3333 strings are bytes as latin-1; paths are UTF-8 on the wire
-    with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
-        path = path.encode("latin-1").decode("utf-8")
+    if not path.isascii():
+        with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
+            path = path.encode("latin-1").decode("utf-8")
     return Request(
         environ.get("REQUEST_METHOD", "GET"),
         scheme,
@@ -95,6 +99,11 @@ def _changed_environ(environ: WSGIEnvironment, changes: dict[str, str | None]) -
         else:
             environ[key] = value
     return environ
+
+
+def _code(status: str) -> int:
+    """The status code of a WSGI status line (``"200 OK"``)."""
+    return int(status.split(None, 1)[0])
 
 
 def _status_line(status: int) -> str:
@@ -202,7 +211,7 @@ class WSGICacheMiddleware:
                     if name == "call":
                         assert request is not None
                         result = self._call(
-                            request, environ, start_response, step[1], step[2], passing
+                            request, environ, start_response, step[1], step[2], step[3], passing
                         )
                     elif name == "forward":
                         assert start_response is not None
@@ -229,6 +238,7 @@ class WSGICacheMiddleware:
         start_response: StartResponse | None,
         changes: dict[str, str | None],
         cache_status: str,
+        release: Any,
         passing: list[Iterable[bytes]],
     ) -> Any:
         limit = self.cache.max_body
@@ -244,23 +254,34 @@ class WSGICacheMiddleware:
 
         written: list[bytes] = []
         result: Iterable[bytes] | None = self.app(_changed_environ(environ, changes), capture)
+        assert result is not None
         parts = written
         size = sum(len(part) for part in parts)
-        assert result is not None
         iterator = iter(result)
+        decided = False
         try:
-            for chunk in iterator:
-                parts.append(chunk)
-                size += len(chunk)
+            while True:
+                if not decided and started:
+                    decided = True
+                    if not self.cache.buffers(_code(started[0]), started[1]):
+                        size = limit + 1  # not storable: pass it through now
                 if size > limit:
                     if start_response is None:  # a background refresh: store nothing
                         return STREAMED
                     request.started = True
+                    if release is not None:
+                        self._drive(release(), None, {}, None, [])
                     status, headers = started
                     start_response(status, _with_status(headers, cache_status))
                     passing.append(_Passing(parts, iterator, result))
                     result = None  # closed by the server, through _Passing
                     return STREAMED
+                try:
+                    chunk = next(iterator)
+                except StopIteration:
+                    break
+                parts.append(chunk)
+                size += len(chunk)
         finally:
             close = getattr(result, "close", None)
             if close is not None:
@@ -268,7 +289,7 @@ class WSGICacheMiddleware:
         if not started:
             raise RuntimeError("the app returned without calling start_response")
         status, headers = started
-        return Response(int(status.split(None, 1)[0]), list(headers), b"".join(parts))
+        return Response(_code(status), list(headers), b"".join(parts))
 
     def _forward(
         self,
