@@ -61,7 +61,9 @@ class _ScopeHeaders:
     def get(self, name: str, default: None = None, /) -> str | None:
         key = _names.get(name)
         if key is None:
-            key = _names[name] = name.encode("latin-1") if len(_names) < 4096 else b""
+            key = name.encode("latin-1", "replace")
+            if len(_names) < 4096:  # names come from the code and from Vary fields
+                _names[name] = key
         value = self._raw.get(key)
         return None if value is None else value.decode("latin-1")
 
@@ -74,7 +76,7 @@ class _ScopeHeaders:
     def __contains__(self, name: object) -> bool:
         key = _names.get(name) if isinstance(name, str) else None
         if key is None:
-            return isinstance(name, str) and name.encode("latin-1") in self._raw
+            return isinstance(name, str) and name.encode("latin-1", "replace") in self._raw
         return key in self._raw
 
 
