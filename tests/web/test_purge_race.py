@@ -1,5 +1,7 @@
-"""A purge made by another app server while a tagged response is being fetched:
-that response may predate the purge, so it is served but never stored.
+"""Seams between app servers sharing one store: a purge made by another app
+server while a tagged response is being fetched (that response may predate the
+purge, so it is served but never stored), and stale-while-revalidate refreshing
+once across servers.
 
 Two ``HttpCache`` objects over one store stand for two app servers (each has
 only its own in-process purge count); the app of the first is held until the
@@ -8,6 +10,7 @@ second has purged."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -102,3 +105,33 @@ def test_a_purge_on_another_server_during_a_fetch_keeps_its_response_out() -> No
     hold[0] = False
     assert call(site_a, "/product/1") == ("scalekit; fwd=uri-miss; stored", b"price: new")
     assert call(site_a, "/product/1")[1] == b"price: new"
+
+
+def test_stale_while_revalidate_refreshes_once_across_app_servers() -> None:
+    store = SharedStore()
+    clock = FakeClock(1_700_000_000)
+    servers = [HttpCache(store, clock=clock) for _ in range(3)]
+    calls: list[int] = []
+    release = threading.Event()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        calls.append(1)
+        if len(calls) > 1:
+            assert release.wait(5)  # the refresh is still running when the others ask
+        start_response("200 OK", [("Cache-Control", "max-age=10, stale-while-revalidate=60")])
+        return [b"page"]
+
+    sites = [WSGICacheMiddleware(app, server) for server in servers]
+    assert call(sites[0], "/p")[0] == "scalekit; fwd=uri-miss; stored"
+    clock.advance(20)  # stale, within the stale-while-revalidate window
+    for site in sites:  # three app servers serve it stale; one of them refreshes it
+        assert call(site, "/p") == ("scalekit; hit; ttl=-10; detail=stale", b"page")
+    release.set()
+    deadline = time.monotonic() + 5
+    while (
+        not call(sites[1], "/p")[0].startswith("scalekit; hit; ttl=")
+        or "stale" in call(sites[1], "/p")[0]
+    ):
+        assert time.monotonic() < deadline, "the refresh never landed"
+        time.sleep(0.01)
+    assert len(calls) == 2  # the first fetch, and one refresh for all three servers

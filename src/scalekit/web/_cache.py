@@ -640,8 +640,14 @@ class HttpCache:
                 if start:
                     self._refreshing.add(key)
             if start:
-                self._count("refreshes")
-                yield ("refresh", self._refresh(request, key, marker, found))
+                # one refresh across processes too: whoever adds the key's lease
+                lease_key, token = key + "#lease", _token()
+                if self._native or (yield ("add", lease_key, token, self.lease)):
+                    self._count("refreshes")
+                    yield ("refresh", self._refresh(request, key, marker, found, token))
+                else:
+                    with self._lock:
+                        self._refreshing.discard(key)
             status = f"scalekit; hit; ttl={math.floor(remaining)}; detail=stale"
             return self._serve(request, found, now, status)
         if "only-if-cached" in control:
@@ -668,16 +674,27 @@ class HttpCache:
         )
 
     def _refresh(
-        self, request: Request, key: str, marker: VaryMarker | None, stale: Stored
+        self, request: Request, key: str, marker: VaryMarker | None, stale: Stored, token: str
     ) -> Flow:
-        """A background revalidation of ``stale`` (stale-while-revalidate)."""
+        """A background revalidation of ``stale`` (stale-while-revalidate), under
+        the lease ``token`` when the store is shared by processes."""
         try:
-            yield from self._upstream(
-                request, key, marker, stale, "stale", self.clock(), client=False
-            )
+            try:
+                yield from self._upstream(
+                    request, key, marker, stale, "stale", self.clock(), client=False
+                )
+            except Exception:
+                yield from self._release(key + "#lease", token)
+                raise
+            yield from self._release(key + "#lease", token)
         finally:
             with self._lock:
                 self._refreshing.discard(key)
+
+    def _release(self, lease_key: str, token: str) -> Flow:
+        """Drop a lease of a shared store if it is still this caller's."""
+        if not self._native and (yield ("get", lease_key)) == token:
+            yield ("delete", lease_key)
 
     def _fetch(
         self,
@@ -782,8 +799,8 @@ class HttpCache:
         try:
             return (yield from self._upstream(request, key, marker, stale, kind, now, flight))
         finally:
-            if flight.lease is not None and (yield ("get", lease_key)) == token:
-                yield ("delete", lease_key)
+            if flight.lease is not None:
+                yield from self._release(lease_key, token)
 
     def _upstream(
         self,
