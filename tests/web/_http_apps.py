@@ -594,6 +594,7 @@ def make_fixture(request: pytest.FixtureRequest) -> Iterator[Callable[..., Drive
     yield factory
     for driver in drivers:
         driver.close()
+        driver.cache._check()  # every conformance case ends with the invariants held
 
 
 @pytest.fixture(name="d")

@@ -77,6 +77,7 @@ class CacheMachine(RuleBasedStateMachine):
     @invariant()
     def nothing_in_flight(self) -> None:
         assert not self.cache._flights
+        self.cache._check()
 
 
 TestCacheMachine = CacheMachine.TestCase

@@ -427,6 +427,24 @@ class HttpCache:
         """A snapshot of the counters (taking it resets nothing)."""
         return CacheStats(*(_tally(getattr(self, "_n_" + name)) for name in _COUNTERS))
 
+    def _check(self) -> None:
+        """Assert the cache's invariants (the property tests call it): a flight
+        in the table is unfinished, one per key and without a stored response
+        yet; the memo tables stay bounded; the counters add up; the default
+        store's own invariants hold."""
+        with self._lock:
+            for key, flight in self._flights.items():
+                assert isinstance(key, str) and key.startswith(self.prefix)
+                assert not flight.done.is_set(), f"finished flight left for {key!r}"
+            assert all(key.startswith(self.prefix) for key in self._refreshing)
+            assert len(self._hosts) <= 1024 and len(self._decoded) <= 512
+        stats = self.stats()
+        assert all(getattr(stats, name) >= 0 for name in _COUNTERS)
+        assert stats.coalesced <= stats.misses and stats.revalidations <= stats.misses
+        check = getattr(self.store, "_check", None) if self._native else None
+        if check is not None:
+            check()
+
     def _count(self, name: str) -> None:
         next(getattr(self, "_n_" + name))
 
