@@ -434,13 +434,16 @@ class HttpCache:
         store's own invariants hold."""
         with self._lock:
             for key, flight in self._flights.items():
-                assert isinstance(key, str) and key.startswith(self.prefix)
+                assert isinstance(key, str)
+                assert key.startswith(self.prefix)
                 assert not flight.done.is_set(), f"finished flight left for {key!r}"
             assert all(key.startswith(self.prefix) for key in self._refreshing)
-            assert len(self._hosts) <= 1024 and len(self._decoded) <= 512
+            assert len(self._hosts) <= 1024
+            assert len(self._decoded) <= 512
         stats = self.stats()
         assert all(getattr(stats, name) >= 0 for name in _COUNTERS)
-        assert stats.coalesced <= stats.misses and stats.revalidations <= stats.misses
+        assert stats.coalesced <= stats.misses
+        assert stats.revalidations <= stats.misses
         check = getattr(self.store, "_check", None) if self._native else None
         if check is not None:
             check()
