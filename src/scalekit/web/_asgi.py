@@ -27,6 +27,7 @@ from scalekit.web._cache import (
     store_step,
     store_step_async,
 )
+from scalekit.web._keys import encoded_path, normal_path
 
 __all__ = ["CacheMiddleware"]
 
@@ -89,13 +90,20 @@ def _request(scope: Scope) -> Request:
     if host is None:
         server = scope.get("server")
         host = f"{server[0]}:{server[1]}" if server else ""
+    path = scope.get("path", "/")
+    raw = scope.get("raw_path")
+    if isinstance(raw, bytes):  # the key tells apart what the app can: /a%2Fb, /%E9
+        target = normal_path(raw.split(b"?", 1)[0] or b"/")
+    else:
+        target = encoded_path(path.encode("utf-8", "surrogatepass"))
     return Request(
         scope.get("method", "GET"),
         scope.get("scheme", "http"),
         host,
-        scope.get("path", "/"),
+        path,
         scope.get("query_string", b"").decode("latin-1"),
         headers,
+        target,
     )
 
 

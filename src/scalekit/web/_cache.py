@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import quote, unquote, urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from scalekit._validate import (
     check_bool,
@@ -56,7 +56,14 @@ from scalekit._validate import (
 from scalekit._waiting import Latch
 from scalekit.errors import ArgumentTypeError, ConfigurationError
 from scalekit.web._headers import directives, format_http_date, http_date, seconds, weak_match
-from scalekit.web._keys import QueryNormaliser, normal_host, primary_key, variant_key
+from scalekit.web._keys import (
+    QueryNormaliser,
+    encoded_path,
+    normal_host,
+    normal_path,
+    primary_key,
+    variant_key,
+)
 from scalekit.web._policy import (
     Policy,
     Stored,
@@ -125,19 +132,34 @@ class Request:
     """What the cache needs of a request; the middlewares build it.
 
     ``path`` is decoded (as ASGI's ``path`` and WSGI's ``PATH_INFO``); ``query``
-    is the raw query string. ``started`` is set by a shell when the app's
-    response started going to the client (nothing can replace it then).
+    is the raw query string. ``target`` is the path as the key holds it
+    (:func:`~scalekit.web._keys.normal_path` of the raw path when the server
+    gave it, :func:`~scalekit.web._keys.encoded_path` of ``path`` otherwise,
+    the default): two paths the app can tell apart (``/a%2Fb`` and ``/a/b``
+    in ASGI's ``raw_path``) have two targets; ``None``: not cached. ``started``
+    is set by a shell when the app's response started going to the client
+    (nothing can replace it then).
     """
 
-    __slots__ = ("headers", "host", "method", "path", "query", "scheme", "started")
+    __slots__ = ("headers", "host", "method", "path", "query", "scheme", "started", "target")
 
     def __init__(
-        self, method: str, scheme: str, host: str, path: str, query: str, headers: Headers
+        self,
+        method: str,
+        scheme: str,
+        host: str,
+        path: str,
+        query: str,
+        headers: Headers,
+        target: str | None = "",
     ) -> None:
         self.method = method
         self.scheme = scheme
         self.host = host
         self.path = path
+        self.target = (
+            encoded_path(path.encode("utf-8", "surrogatepass")) if target == "" else target
+        )
         self.query = query
         self.headers = headers
         self.started = False
@@ -436,6 +458,9 @@ class HttpCache:
         Runtime complexity: O(len(query)) (O(1) for a query seen recently).
         """
         scheme = request.scheme
+        target = request.target
+        if target is None:
+            return None
         try:
             host = self._hosts[scheme, request.host]
         except KeyError:
@@ -451,9 +476,7 @@ class HttpCache:
             self._hosts[scheme, request.host] = host
         if host is None:
             return None
-        return primary_key(
-            self.prefix, request.scheme, host, request.path, self._query(request.query)
-        )
+        return primary_key(self.prefix, request.scheme, host, target, self._query(request.query))
 
     def tag_key(self, tag: str) -> str:
         """Where the version of ``tag`` is kept in the store."""
@@ -650,9 +673,9 @@ class HttpCache:
 
     def _is_public(self, request: Request) -> bool:
         path = request.path
-        return bool(self.public) and (
-            path in self._public_paths or path.startswith(self._public_under)
-        )
+        if not self.public or ("/." in path and _dot_segments(path)):
+            return False  # RFC 3986 5.2.4: /news/../account is /account
+        return path in self._public_paths or path.startswith(self._public_under)
 
     def _serve(self, request: Request, stored: Stored, now: float, status: str) -> Reply:
         """The reply of a stored response: a 304 when the request's conditions
@@ -1004,7 +1027,7 @@ class HttpCache:
     def _same_origin_key(self, request: Request, uri: str) -> str | None:
         """The primary key of ``uri`` (resolved against the request's URI, RFC
         3986 5.2) when it has the request's origin; None otherwise."""
-        base = f"{request.scheme}://{request.host}{quote(request.path, safe=_PATH_SAFE)}"
+        base = f"{request.scheme}://{request.host}{request.target or '/'}"
         try:
             parts = urlsplit(urljoin(base, uri.strip()))
         except ValueError:
@@ -1014,12 +1037,26 @@ class HttpCache:
             request.host, request.scheme
         ):
             return None
-        path = unquote(parts.path) or "/"
-        return self.key_of(Request("GET", scheme, parts.netloc, path, parts.query, DictHeaders()))
+        raw = parts.path.encode("utf-8", "surrogatepass") or b"/"
+        return self.key_of(
+            Request(
+                "GET",
+                scheme,
+                parts.netloc,
+                unquote(parts.path) or "/",
+                parts.query,
+                DictHeaders(),
+                normal_path(raw),
+            )
+        )
 
 
-_PATH_SAFE = "/!$&'()*+,;=:@-._~"
 _NOT_SENT = frozenset({"surrogate-key", "surrogate-control", "cache-status"})
+
+
+def _dot_segments(path: str) -> bool:
+    """Whether ``path`` has a ``.`` or ``..`` segment."""
+    return any(segment in (".", "..") for segment in path.split("/"))
 
 
 def _selects(stored: Stored, headers: list[tuple[str, str]]) -> bool:

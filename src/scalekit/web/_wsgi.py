@@ -26,6 +26,7 @@ from scalekit.web._cache import (
     Response,
     store_step,
 )
+from scalekit.web._keys import encoded_path
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -76,10 +77,21 @@ def _request(environ: WSGIEnvironment) -> Request:
     if not host:
         host = f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    # PEP 3333 strings are bytes as latin-1; paths are UTF-8 on the wire
-    if not path.isascii():
-        with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
-            path = path.encode("latin-1").decode("utf-8")
+    target: str | None
+    if path.isascii():
+        target = encoded_path(path.encode("ascii") or b"/")
+    else:
+        # PEP 3333 strings are bytes as latin-1; paths are UTF-8 on the wire. The
+        # key holds the bytes (b"/\xe9" is not "/é"); a string that is not
+        # latin-1 (a lone surrogate) breaks PEP 3333: not cached
+        try:
+            raw = path.encode("latin-1")
+        except UnicodeEncodeError:
+            target = None
+        else:
+            target = encoded_path(raw)
+            with contextlib.suppress(UnicodeDecodeError):
+                path = raw.decode("utf-8")
     return Request(
         environ.get("REQUEST_METHOD", "GET"),
         scheme,
@@ -87,6 +99,7 @@ def _request(environ: WSGIEnvironment) -> Request:
         path or "/",
         environ.get("QUERY_STRING", ""),
         _EnvironHeaders(environ),
+        target,
     )
 
 
