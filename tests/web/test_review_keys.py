@@ -103,3 +103,61 @@ def test_a_public_prefix_reached_through_dot_segments_is_not_public() -> None:
     for path, raw in (("/news/../account", b"/news/../account"), ("/news/./x", b"/news/%2e/x")):
         assert _asgi(app, path, raw, cookie=b"id=1")[0] == "scalekit; fwd=bypass"
     assert _asgi(app, "/news/a..b", b"/news/a..b", cookie=b"id=1")[0].endswith("stored")
+
+
+class _DictStore:
+    """A store shared by processes, as far as the cache can tell (leases on)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.adds: list[tuple[str, bool]] = []
+
+    def get(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def get_many(self, keys: list[str]) -> dict[str, Any]:
+        return {key: self.data[key] for key in keys if key in self.data}
+
+    def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        self.data[key] = value
+
+    def add(self, key: str, value: Any, ttl: float | None = None) -> bool:
+        added = key not in self.data
+        if added:
+            self.data[key] = value
+        self.adds.append((key, added))
+        return added
+
+    def delete(self, key: str) -> bool:
+        return self.data.pop(key, None) is not None
+
+
+def _wsgi_query(app: Any, query: str) -> tuple[str, bytes]:
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/p",
+        "HTTP_HOST": "example.com",
+        "wsgi.url_scheme": "http",
+        "QUERY_STRING": query,
+    }
+    started: list[Any] = []
+    body = b"".join(app(environ, lambda status, headers: started.append(headers)))
+    return dict(started[0])["Cache-Status"], body
+
+
+def test_a_query_with_a_hash_cannot_take_another_urls_lease_key() -> None:
+    # servers on h11 leave "#..." in the query string: /p?x#lease was keyed on
+    # the lease key of /p?x, so a stored response there held that lease forever
+    store = _DictStore()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Cache-Control", "max-age=60")])
+        return [environ["QUERY_STRING"].encode()]
+
+    cache = HttpCache(store, clock=FakeClock(START), lease=0.05)
+    wsgi = WSGICacheMiddleware(app, cache)
+    assert _wsgi_query(wsgi, "x#lease") == ("scalekit; fwd=uri-miss; stored", b"x#lease")
+    store.adds.clear()
+    assert _wsgi_query(wsgi, "x") == ("scalekit; fwd=uri-miss; stored", b"x")
+    assert [added for key, added in store.adds if key.endswith("#lease")] == [True]
+    assert _wsgi_query(wsgi, "x#lease") == ("scalekit; hit; ttl=60", b"x#lease")

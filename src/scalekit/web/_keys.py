@@ -58,6 +58,10 @@ class QueryNormaliser:
     (so repeated parameters keep their order), empty ones and those whose
     (decoded) name matches an ignored glob pattern dropped.
 
+    A ``#`` (a server may leave a fragment in the query) is written ``%23``:
+    the keys of variants and leases append ``#`` and text to a primary key, so
+    no query may.
+
     Runtime complexity: O(p log p) for p parameters; O(1) for a query string
     seen recently (the last 4096 are remembered).
     """
@@ -89,6 +93,8 @@ class QueryNormaliser:
             pairs.append((name, part))
         pairs.sort(key=_first)
         found = "&".join(part for _, part in pairs)
+        if "#" in found:  # the keys' separator (variants, leases): %23 means the same here
+            found = found.replace("#", "%23")
         if len(self._memo) >= 4096:
             self._memo.clear()
         self._memo[query] = found
