@@ -251,12 +251,15 @@ class _Flight:
     ``invalidated``: an unsafe request changed the URI meanwhile, so what the
     fetch gets may predate the change and is not stored."""
 
-    __slots__ = ("done", "invalidated", "lease", "stored")
+    __slots__ = ("done", "failed", "invalidated", "lease", "stored")
 
     def __init__(self) -> None:
         self.done = Latch()
         self.stored: Stored | None = None
         self.invalidated = False
+        # until the app answers below 500: the leader raised, was cancelled or got
+        # a server error, and its joiners elect another leader rather than stampede
+        self.failed = True
         self.lease: tuple[str, str] | None = None  # (key, token) of its cross-process lease
 
 
@@ -719,18 +722,31 @@ class HttpCache:
             return None
         if not self.coalesce:
             return (yield from self._upstream(request, key, marker, stale, kind, now))
-        with self._lock:
-            flight = self._flights.get(key)
-            leads = flight is None
-            if flight is None:
-                flight = self._flights[key] = _Flight()
-        if not leads:
+        for rounds in range(_ROUNDS):
+            with self._lock:
+                joined = self._flights.get(key)
+                leads = joined is None
+                flight = self._flights[key] = _Flight() if joined is None else joined
+            if leads:
+                if rounds:  # a later leader may have stored it already
+                    found = yield from self._lookup(request, key)
+                    if found is not None and found is not stale:
+                        later = self.clock()
+                        if self._reusable(found, request, later):
+                            self._end_flight(key, flight)
+                            self._count("coalesced")
+                            return self._serve(
+                                request, found, later, "scalekit; hit; detail=coalesced"
+                            )
+                break
             yield ("join", flight.done)
             got = flight.stored
             if got is not None and self._reusable(got, request, self.clock()):
                 self._count("coalesced")
                 return self._serve(request, got, self.clock(), "scalekit; hit; detail=coalesced")
-            return (yield from self._upstream(request, key, marker, stale, kind, now))
+            if not flight.failed or rounds == _ROUNDS - 1:
+                # not storable (or failing again): each calls the app, at once
+                return (yield from self._upstream(request, key, marker, stale, kind, now))
         try:
             if self._native:
                 return (yield from self._upstream(request, key, marker, stale, kind, now, flight))
@@ -751,6 +767,7 @@ class HttpCache:
         than wait for the end of a stream, and the lease is dropped."""
 
         def release() -> Flow:
+            flight.failed = False
             self._end_flight(key, flight)
             lease, flight.lease = flight.lease, None
             if lease is not None and (yield ("get", lease[0])) == lease[1]:
@@ -768,6 +785,14 @@ class HttpCache:
             _same(headers.get(name), value)
             for name, value in zip(stored.vary, stored.vary_values, strict=True)
         )
+
+    def _lookup(self, request: Request, key: str) -> Generator[Step, Any, Stored | None]:
+        """The response stored for ``request`` (its variant), if any."""
+        found = self._decode((yield ("get", key)))
+        if isinstance(found, VaryMarker):
+            values = [request.headers.get(name) for name in found.names]
+            found = self._decode((yield ("get", variant_key(key, found.generation, values))))
+        return found if isinstance(found, Stored) else None
 
     def _leased(
         self,
@@ -790,11 +815,8 @@ class HttpCache:
             yield ("sleep", delay)
             waited += delay
             delay = min(delay * 2, 0.1)
-            found = self._decode((yield ("get", key)))
-            if isinstance(found, VaryMarker):
-                values = [request.headers.get(name) for name in found.names]
-                found = self._decode((yield ("get", variant_key(key, found.generation, values))))
-            if isinstance(found, Stored) and found is not stale:
+            found = yield from self._lookup(request, key)
+            if found is not None and found is not stale:
                 later = self.clock()
                 if self._reusable(found, request, later):
                     flight.stored = found
@@ -843,6 +865,8 @@ class HttpCache:
             raise
         if response is STREAMED:
             return None
+        if flight is not None and response.status < 500:
+            flight.failed = False
         if (
             response.status == 304
             and stale is not None
@@ -1103,6 +1127,7 @@ def _bare(host: str) -> str:
     return host.rsplit(":", 1)[0] if ":" in host else host
 
 
+_ROUNDS = 2  # flights a request joins at most: one whose leader failed, then one more
 _BYPASSING = frozenset({"range", "cookie", "authorization"})
 _CONDITIONAL = frozenset({"if-none-match", "if-modified-since"})
 

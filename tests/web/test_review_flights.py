@@ -1,0 +1,160 @@
+"""Review: coalescing survives a leader that fails or is cancelled, and the ASGI
+shell never stores a response the app did not finish (or one with trailers)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from scalekit.testing import FakeClock
+from scalekit.web import CacheMiddleware, HttpCache, WSGICacheMiddleware
+
+START = 1_700_000_000.0
+MAX60 = [(b"cache-control", b"max-age=60")]
+
+
+def _scope(path: str = "/a") -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"host", b"example.com")],
+    }
+
+
+async def _run(app: Any, scope: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope or _scope(), receive, send)
+    return sent
+
+
+def _status(sent: list[dict[str, Any]]) -> bytes:
+    return bytes(dict(sent[0]["headers"])[b"cache-status"])
+
+
+def test_a_failing_leader_does_not_set_off_a_stampede() -> None:
+    # 1,000 cold misses, the first app call raises: 2 app calls, not 1,000
+    async def main() -> tuple[int, list[Any]]:
+        calls = 0
+        gate = asyncio.Event()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            nonlocal calls
+            calls += 1
+            number = calls
+            await gate.wait()
+            if number == 1:
+                raise RuntimeError("boom")
+            await send({"type": "http.response.start", "status": 200, "headers": MAX60})
+            await send({"type": "http.response.body", "body": b"x"})
+
+        cached = CacheMiddleware(app, HttpCache(clock=FakeClock(START)))
+        tasks = [asyncio.create_task(_run(cached)) for _ in range(1000)]
+        while calls == 0:
+            await asyncio.sleep(0)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        return calls, results
+
+    calls, results = asyncio.run(main())
+    failed = [result for result in results if isinstance(result, BaseException)]
+    assert len(failed) == 1
+    assert calls == 2
+    statuses = sorted(_status(result) for result in results if isinstance(result, list))
+    assert statuses.count(b"scalekit; hit; detail=coalesced") == 998
+
+
+def test_a_cancelled_leader_lets_one_joiner_lead() -> None:
+    async def main() -> tuple[int, list[bytes]]:
+        calls = 0
+        never = asyncio.Event()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                await never.wait()
+            await send({"type": "http.response.start", "status": 200, "headers": MAX60})
+            await send({"type": "http.response.body", "body": b"x"})
+
+        cached = CacheMiddleware(app, HttpCache(clock=FakeClock(START)))
+        leader = asyncio.create_task(_run(cached))
+        while calls == 0:
+            await asyncio.sleep(0)
+        joiners = [asyncio.create_task(_run(cached)) for _ in range(20)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        leader.cancel()  # the client went away
+        done = await asyncio.wait_for(asyncio.gather(*joiners), timeout=5)
+        statuses = [_status(sent) for sent in done]
+        return calls, statuses
+
+    calls, statuses = asyncio.run(main())
+    assert calls == 2
+    assert statuses.count(b"scalekit; hit; detail=coalesced") == 19
+
+
+def test_wsgi_threads_after_a_failing_leader_make_one_more_call() -> None:
+    calls = 0
+    lock = threading.Lock()
+    gate = threading.Event()
+    waiting = threading.Event()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        nonlocal calls
+        with lock:
+            calls += 1
+            number = calls
+        if number == 1:
+            waiting.set()
+            gate.wait(10)
+            raise RuntimeError("boom")
+        start_response("200 OK", [("Cache-Control", "max-age=60")])
+        return [b"x"]
+
+    cache = HttpCache(clock=FakeClock(START))
+    cached = WSGICacheMiddleware(app, cache)
+    results: list[Any] = []
+
+    def get() -> None:
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/a",
+            "HTTP_HOST": "example.com",
+            "wsgi.url_scheme": "http",
+            "QUERY_STRING": "",
+        }
+        try:
+            started: list[Any] = []
+            b"".join(cached(environ, lambda status, headers: started.append(headers)))
+            results.append(dict(started[0])["Cache-Status"])
+        except RuntimeError as exc:
+            results.append(exc)
+
+    first = threading.Thread(target=get)
+    first.start()
+    assert waiting.wait(10)
+    others = [threading.Thread(target=get) for _ in range(30)]
+    for thread in others:
+        thread.start()
+    while cache.stats().misses < 31:  # every thread has joined the leader's flight
+        threading.Event().wait(0.001)
+    gate.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert calls == 2
+    assert sum(isinstance(result, RuntimeError) for result in results) == 1
+    assert results.count("scalekit; hit; detail=coalesced") == 29
