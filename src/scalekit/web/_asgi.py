@@ -249,9 +249,10 @@ class CacheMiddleware:
         size = 0
         streaming = False
         overflow = False
+        ended = False
 
         async def capture(message: Message) -> None:
-            nonlocal start, headers, size, streaming, overflow
+            nonlocal start, headers, size, streaming, overflow, ended
             kind = message["type"]
             if streaming:
                 await send(message)  # type: ignore[misc]
@@ -259,16 +260,20 @@ class CacheMiddleware:
             if overflow:
                 return
             if kind == "http.response.start":
+                if start is not None:
+                    raise RuntimeError("the app sent http.response.start twice")
                 start = message
                 headers = [
                     (name.decode("latin-1"), value.decode("latin-1"))
                     for name, value in message.get("headers", ())
                 ]
-                if not cache.buffers(int(message["status"]), headers):
+                # trailers follow the body: such a response is passed through, never stored
+                if message.get("trailers") or not cache.buffers(int(message["status"]), headers):
                     await stream()
                 return
-            if kind != "http.response.body":
+            if kind != "http.response.body" or start is None or ended:
                 return
+            ended = not message.get("more_body", False)
             body = message.get("body", b"")
             size += len(body)
             if size <= limit:
@@ -300,6 +305,8 @@ class CacheMiddleware:
             return STREAMED
         if start is None:
             raise RuntimeError("the app returned without starting a response")
+        if not ended:  # a truncated response is never stored (RFC 9111 3.3)
+            raise RuntimeError("the app returned before the end of its response body")
         return Response(int(start["status"]), headers, b"".join(parts))
 
     async def _forward(
