@@ -563,6 +563,9 @@ class HttpCache:
         the tag's old version and is dropped by the new one.
         """
         check_name(tag, "tag")
+        if len(tag.split()) != 1 or tag.split()[0] != tag:
+            # Surrogate-Key splits its tags at white space: no stored tag has any
+            raise ConfigurationError(f"tag must have no white space, got {tag!r}")
         self._count("purges")
         self._purge_epoch += 1
         yield ("set", self.purges_key(), _token(), None)
