@@ -562,14 +562,14 @@ class HttpCache:
         tag versions first, then the token) and is not stored, or it recorded
         the tag's old version and is dropped by the new one.
         """
-        check_name(tag, "tag")
-        if len(tag.split()) != 1 or tag.split()[0] != tag:
+        name = check_name(tag, "tag")
+        if name.split() != [name]:
             # Surrogate-Key splits its tags at white space: no stored tag has any
             raise ConfigurationError(f"tag must have no white space, got {tag!r}")
         self._count("purges")
         self._purge_epoch += 1
         yield ("set", self.purges_key(), _token(), None)
-        yield ("set", self.tag_key(tag), _token(), None)  # type: ignore[arg-type]
+        yield ("set", self.tag_key(name), _token(), None)
 
     def purge(self, tag: str) -> None:
         """Drop every stored response whose ``Surrogate-Key`` listed ``tag``.
