@@ -543,8 +543,8 @@ class HttpCache:
             return found
         if isinstance(value, list) and len(value) == 3 and value[0] == "vary":
             try:
-                return VaryMarker(tuple(str(name) for name in value[1]), str(value[2]))
-            except TypeError:
+                return VaryMarker.from_json(value)
+            except ValueError:
                 return None
         return None
 
