@@ -36,6 +36,8 @@ _STRIPPED = (b"surrogate-key", b"surrogate-control")
 
 
 _names: dict[str, bytes] = {}
+_lower: set[bytes] = set()  # header names seen, all lower case
+_targets: dict[bytes, str] = {}  # raw paths seen and their key parts
 _sets: dict[frozenset[str], frozenset[bytes]] = {}
 
 
@@ -50,9 +52,17 @@ class _ScopeHeaders:
 
     def __init__(self, pairs: list[tuple[bytes, bytes]]) -> None:
         raw = dict(pairs)
-        if len(raw) != len(pairs):
+        # ASGI servers send lower-case names, an app or middleware in between may
+        # not: a "Cookie" read as absent would put a personal response in the store
+        mixed = False
+        if not _lower.issuperset(raw):
+            mixed = any(name != name.lower() for name in raw)
+            if not mixed and len(_lower) < 4096:
+                _lower.update(raw)
+        if mixed or len(raw) != len(pairs):
             raw = {}
             for name, value in pairs:
+                name = name.lower()
                 if name in raw:
                     raw[name] += (b"; " if name == b"cookie" else b", ") + value
                 else:
@@ -93,7 +103,13 @@ def _request(scope: Scope) -> Request:
     path = scope.get("path", "/")
     raw = scope.get("raw_path")
     if isinstance(raw, bytes):  # the key tells apart what the app can: /a%2Fb, /%E9
-        target = normal_path(raw.split(b"?", 1)[0] or b"/")
+        found = _targets.get(raw)
+        if found is None:
+            found = normal_path(raw.split(b"?", 1)[0] or b"/")
+            if len(_targets) >= 4096:
+                _targets.clear()
+            _targets[raw] = found
+        target = found
     else:
         target = encoded_path(path.encode("utf-8", "surrogatepass"))
     return Request(
