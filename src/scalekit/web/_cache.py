@@ -311,7 +311,13 @@ def _default_store(clock: Callable[[], float]) -> Any:
 
 
 def _size_of(value: Any) -> float:
-    return float(len(value.body) + 512) if isinstance(value, Stored) else 128.0
+    """The memory a stored value takes, key included (a key of a long URL, or of
+    long ``Vary`` values, can outweigh its body)."""
+    if isinstance(value, Stored):
+        return float(value.footprint())
+    if isinstance(value, VaryMarker):
+        return float(256 + value.key_size + sum(len(name) for name in value.names))
+    return 128.0
 
 
 def _is_in_process(store: Any) -> bool:
@@ -329,8 +335,9 @@ class HttpCache:
 
     - ``store``: any :class:`~scalekit.protocols.Store` or
       :class:`~scalekit.protocols.AsyncStore`. ``None``: an in-process LRU of
-      64 MiB of bodies (a thread-safe :class:`~scalekit.cache.LRUCache` timed by
-      ``clock``). An in-process cache keeps the stored responses as objects;
+      64 MiB, bodies, headers and keys counted (a thread-safe
+      :class:`~scalekit.cache.LRUCache` timed by ``clock``). An in-process cache
+      keeps the stored responses as objects;
       any other store gets JSON values (bodies in base64), so
       :class:`~scalekit.cache.RedisCache` and :class:`~scalekit.cache.TieredCache`
       work with their default serializer. A sync store is called inline, on the
@@ -1018,8 +1025,11 @@ class HttpCache:
             )
             values = tuple(request.headers.get(name) for name in new.vary)
             new.vary_values = values
-            yield ("set", key, self._value(VaryMarker(new.vary, generation)), ttl)
+            vary = VaryMarker(new.vary, generation)
+            vary.key_size = len(key)
+            yield ("set", key, self._value(vary), ttl)
             target = variant_key(key, generation, values)
+        new.key_size = len(target)
         yield ("set", target, self._value(new), ttl)
         self._count("stores")
         return True

@@ -100,11 +100,12 @@ class VaryMarker:
     names and the generation of the variants (their keys include it, so an
     invalidation that drops the marker orphans every variant at once)."""
 
-    __slots__ = ("generation", "names")
+    __slots__ = ("generation", "key_size", "names")
 
     def __init__(self, names: tuple[str, ...], generation: str) -> None:
         self.names = names
         self.generation = generation
+        self.key_size = 0  # the length of its key, for a store that sizes by memory
 
     def to_json(self) -> list[Any]:
         return ["vary", list(self.names), self.generation]
@@ -142,6 +143,7 @@ class Stored:
         "headers",
         "id",
         "initial_age",
+        "key_size",
         "last_modified",
         "lifetime",
         "no_stale",
@@ -200,6 +202,20 @@ class Stored:
         self.last_modified = last_modified
         self._asgi: list[tuple[bytes, bytes]] | None = None
         self._wsgi: list[tuple[str, str]] | None = None
+        self.key_size = 0  # the length of its key, for a store that sizes by memory
+
+    def footprint(self) -> int:
+        """About how many bytes it holds in memory, with its key: the body, the
+        headers, the ``Vary`` values (twice: the key holds them too).
+
+        Runtime complexity: O(number of headers).
+        """
+        size = 512 + len(self.body) + self.key_size
+        for name, value in self.headers:
+            size += 100 + len(name) + len(value)
+        for varied in self.vary_values:
+            size += 50 + (len(varied) if varied is not None else 0)
+        return size
 
     def remaining(self, now: float) -> float:
         """Seconds of freshness left at ``now`` (negative: stale for that long).
