@@ -34,3 +34,44 @@ def test_long_keys_count_against_the_memory_bound() -> None:
     assert cache.stats().stores == 100
     # per response: a key with the query and the value, the value again, the marker's key
     assert cache.store.currsize >= 100 * 4 * 8000
+
+
+def test_responses_decoded_from_a_json_store_are_kept_within_a_bound() -> None:
+    # the memo of decoded responses kept 512 of them whatever their size: with
+    # 1 MiB bodies (max_body), 512 MiB held out of the store's reach
+    import tracemalloc
+
+    from tests.web.test_review_keys import _DictStore
+
+    body = b"x" * (1024 * 1024)
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Cache-Control", "max-age=600")])
+        return [body]
+
+    store = _DictStore()
+    cache = HttpCache(store, clock=FakeClock(START), coalesce=False)
+    cached = WSGICacheMiddleware(app, cache)
+
+    def get(number: int) -> None:
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": f"/{number}",
+            "HTTP_HOST": "example.com",
+            "wsgi.url_scheme": "http",
+            "QUERY_STRING": "",
+        }
+        b"".join(cached(environ, lambda status, headers: None))
+
+    for number in range(60):
+        get(number)  # stored as JSON
+    tracemalloc.start()
+    try:
+        for number in range(60):
+            get(number)  # hits: decoded from JSON
+        assert cache.stats().hits == 60
+        store.data.clear()  # what stays is what the cache itself holds
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < 24 * 1024 * 1024

@@ -106,6 +106,7 @@ _304_FIELDS = frozenset(
 )
 _FALLBACK: dict[str, Any] = {"get": None, "get_many": {}, "set": None, "add": True, "delete": False}
 _MAX_STORE_TTL = 100 * 365.25 * 86400.0
+_DECODED_BYTES = 16 * 1024 * 1024  # bodies kept decoded from a JSON store, at most
 _MISSING: Any = object()
 
 
@@ -446,7 +447,8 @@ class HttpCache:
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
         self._refreshing: set[str] = set()
-        self._decoded: dict[str, Stored] = {}
+        self._decoded: dict[str, Stored] = {}  # responses decoded lately, by id
+        self._decoded_bytes = 0
         self._hosts: dict[tuple[str, str], str | None] = {}
         self._purge_epoch = 0  # purges made by this process, so far
         for name in _COUNTERS:
@@ -544,9 +546,12 @@ class HttpCache:
                 found = Stored.from_json(value)
             except (TypeError, ValueError, AttributeError, KeyError):
                 return None
-            if len(self._decoded) >= 512:
+            size = len(found.body)
+            if len(self._decoded) >= 512 or self._decoded_bytes + size > _DECODED_BYTES:
                 self._decoded.clear()
+                self._decoded_bytes = 0
             self._decoded[found.id] = found
+            self._decoded_bytes += size
             return found
         if isinstance(value, list) and len(value) == 3 and value[0] == "vary":
             try:
