@@ -87,3 +87,19 @@ def test_a_corrupt_vary_marker_is_a_miss(names: Any) -> None:
     )
     assert (status, headers["Cache-Status"]) == ("200 OK", "scalekit; fwd=uri-miss; stored")
     assert body == b"hello"
+
+
+def test_a_stored_response_read_back_with_tuples_for_arrays_is_served() -> None:
+    # a serializer (msgpack with use_list=False) may give tuples for JSON arrays
+    store = _DictStore()
+    _get(WSGICacheMiddleware(_origin, HttpCache(store, clock=FakeClock(START))))
+    (key,) = (key for key in store.data if key.startswith("web:http://"))
+    value = store.data[key]
+    store.data[key] = [
+        tuple(tuple(item) for item in part) if index == 2 else part
+        for index, part in enumerate(value)
+    ]
+    status, headers, body = _get(
+        WSGICacheMiddleware(_origin, HttpCache(store, clock=FakeClock(START)))
+    )
+    assert (status, headers["Cache-Status"], body) == ("200 OK", "scalekit; hit; ttl=60", b"hello")

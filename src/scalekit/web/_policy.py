@@ -115,7 +115,7 @@ class VaryMarker:
         """The marker :meth:`to_json` wrote; ``ValueError`` for anything else."""
         names, generation = data[1], data[2]
         if (
-            type(names) is not list
+            type(names) not in _ARRAYS
             or not names
             or not all(type(name) is str for name in names)
             or type(generation) is not str
@@ -272,7 +272,7 @@ class Stored:
         status, headers, body = data[1], data[2], data[3]
         if type(status) is not int or status not in _EXPLICIT:
             raise ValueError("not a stored status")
-        if type(headers) is not list or not all(_storable_field(pair) for pair in headers):
+        if type(headers) not in _ARRAYS or not all(_storable_field(pair) for pair in headers):
             raise ValueError("not stored headers")
         if type(body) is not str:
             raise ValueError("not a base64 body")
@@ -281,8 +281,8 @@ class Stored:
         if not all(type(flag) is bool for flag in flags):
             raise ValueError("not stored flags")
         if (
-            type(vary) is not list
-            or type(values) is not list
+            type(vary) not in _ARRAYS
+            or type(values) not in _ARRAYS
             or len(values) not in (0, len(vary))
             or not all(type(name) is str for name in vary)
             or not all(value is None or type(value) is str for value in values)
@@ -317,13 +317,14 @@ class Stored:
         )
 
 
+_ARRAYS = (list, tuple)  # what a serializer may give back for a JSON array
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*\Z")
 
 
 def _storable_field(pair: object) -> bool:
     """Whether ``pair`` is a ``[name, value]`` a stored response may hold and send."""
-    if type(pair) is not list or len(pair) != 2:
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
         return False
     name, value = pair
     return (
