@@ -256,12 +256,18 @@ class WSGICacheMiddleware:
     ) -> Any:
         limit = self.cache.max_body
         started: list[Any] = []
+        sent = False
 
         def capture(
             status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
         ) -> Callable[[bytes], object]:
-            if exc_info is not None and started:
-                raise exc_info[1].with_traceback(exc_info[2])  # type: ignore[union-attr]
+            # PEP 3333: with exc_info, headers not sent yet are replaced (they are
+            # held here until the body ends); without, a second call is an error
+            if exc_info is not None:
+                if sent:
+                    raise exc_info[1].with_traceback(exc_info[2])  # type: ignore[union-attr]
+            elif started:
+                raise RuntimeError("the app called start_response twice without exc_info")
             started[:] = [status, headers]
             return written.append
 
@@ -281,7 +287,7 @@ class WSGICacheMiddleware:
                 if size > limit:
                     if start_response is None:  # a background refresh: store nothing
                         return STREAMED
-                    request.started = True
+                    request.started = sent = True
                     if release is not None:
                         self._drive(release(), None, {}, None, [])
                     status, headers = started
