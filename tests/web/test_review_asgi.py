@@ -10,7 +10,7 @@ import pytest
 
 from scalekit.testing import FakeClock
 from scalekit.web import CacheMiddleware, HttpCache
-from tests.web.test_review_flights import MAX60, START, _run, _status
+from tests.web.test_review_flights import MAX60, START, _run, _scope, _status
 
 
 def _cached(app: Any) -> CacheMiddleware:
@@ -67,3 +67,47 @@ def test_a_second_response_start_is_refused() -> None:
     with pytest.raises(RuntimeError, match="twice"):
         asyncio.run(_run(cached))
     assert cached.cache.stats().stores == 0
+
+
+def test_a_background_refresh_lets_an_app_wait_for_the_disconnect() -> None:
+    # Starlette's StreamingResponse (ASGI spec < 2.4) streams while a second task
+    # loops on receive() until http.disconnect; the refresh's receive answered
+    # the empty body again at once, forever: that loop never yielded and the
+    # event loop hung (here it gives up after 1,000 turns instead)
+    clock = FakeClock(START)
+    refreshed = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        async def listen() -> None:
+            for _ in range(1000):
+                if (await receive())["type"] == "http.disconnect":
+                    return
+            raise RuntimeError("receive() spun without a disconnect")
+
+        listener = asyncio.ensure_future(listen())
+        headers = [(b"cache-control", b"max-age=10, stale-while-revalidate=100")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await send({"type": "http.response.body", "body": b"b"})
+        await listener
+        refreshed.append(True)
+
+    cached = CacheMiddleware(app, HttpCache(clock=clock))
+
+    async def main() -> None:
+        async def receive() -> dict[str, Any]:
+            await asyncio.sleep(0)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            return None
+
+        await cached(_scope("/s"), receive, send)
+        clock.advance(20)
+        await cached(_scope("/s"), receive, send)  # stale: served, refreshed behind
+        await asyncio.wait_for(asyncio.gather(*cached._tasks), 5)
+
+    asyncio.run(main())
+    assert len(refreshed) == 2
+    assert cached.cache.stats().errors == 0
+    assert cached.cache.stats().stores == 2

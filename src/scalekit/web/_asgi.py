@@ -141,6 +141,25 @@ async def _empty_receive() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
+def _refresh_receive(finished: asyncio.Event) -> Receive:
+    """The ``receive`` of a background refresh: an empty request body, then, as
+    from a client that waits for the whole response, ``http.disconnect`` once the
+    response ended. (Answering the body again at once, forever, made an app that
+    listens for the disconnect, such as Starlette's ``StreamingResponse``, spin
+    without ever yielding: the whole event loop hung.)"""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await finished.wait()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
 async def _no_client(message: Message) -> None:
     return None
 
@@ -266,6 +285,7 @@ class CacheMiddleware:
         streaming = False
         overflow = False
         ended = False
+        finished = asyncio.Event()  # a background refresh's client "leaves" at the end
 
         async def capture(message: Message) -> None:
             nonlocal start, headers, size, streaming, overflow, ended
@@ -290,6 +310,8 @@ class CacheMiddleware:
             if kind != "http.response.body" or start is None or ended:
                 return
             ended = not message.get("more_body", False)
+            if ended:
+                finished.set()
             body = message.get("body", b"")
             size += len(body)
             if size <= limit:
@@ -304,6 +326,7 @@ class CacheMiddleware:
             nonlocal streaming, overflow
             if send is None:  # a background refresh: drop it, store nothing
                 overflow = True
+                finished.set()
                 parts.clear()
                 return False
             streaming = request.started = True
@@ -316,7 +339,9 @@ class CacheMiddleware:
             parts.clear()
             return True
 
-        await self.app(_changed_scope(scope, changes), receive if send else _empty_receive, capture)
+        if send is None:
+            receive = _refresh_receive(finished)
+        await self.app(_changed_scope(scope, changes), receive, capture)
         if streaming or overflow:
             return STREAMED
         if start is None:
