@@ -75,3 +75,48 @@ def test_responses_decoded_from_a_json_store_are_kept_within_a_bound() -> None:
     finally:
         tracemalloc.stop()
     assert held < 24 * 1024 * 1024
+
+
+def test_long_paths_queries_and_fields_are_not_remembered() -> None:
+    # the parsers' memos kept 4,096 paths and queries and 1,024 Cache-Control
+    # fields of any length: 8 KB ones from clients held ~110 MB
+    import asyncio
+    import tracemalloc
+
+    from scalekit.web import CacheMiddleware
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    cached = CacheMiddleware(app, HttpCache(clock=FakeClock(START)))
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        return None
+
+    async def main() -> None:
+        for number in range(600):
+            scope = {
+                "type": "http",
+                "method": "GET",
+                "scheme": "http",
+                "path": "/p",
+                "raw_path": b"/p" + b"b" * 8000 + b"%d" % number,
+                "query_string": b"q=%d" % number + b"a" * 8000,
+                "headers": [
+                    (b"host", b"%d" % number + b"h" * 8000),
+                    (b"cache-control", b"max-stale=%d," % number + b"x" * 8000),
+                ],
+            }
+            await cached(scope, receive, send)
+
+    tracemalloc.start()
+    try:
+        asyncio.run(main())
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * 1024 * 1024

@@ -27,6 +27,7 @@ from scalekit.web._cache import (
     store_step,
     store_step_async,
 )
+from scalekit.web._headers import MEMO_TEXT
 from scalekit.web._keys import encoded_path, normal_path
 
 __all__ = ["CacheMiddleware"]
@@ -106,9 +107,10 @@ def _request(scope: Scope) -> Request:
         found = _targets.get(raw)
         if found is None:
             found = normal_path(raw.split(b"?", 1)[0] or b"/")
-            if len(_targets) >= 4096:
-                _targets.clear()
-            _targets[raw] = found
+            if len(raw) <= MEMO_TEXT:  # a client's long paths would fill memory
+                if len(_targets) >= 4096:
+                    _targets.clear()
+                _targets[raw] = found
         target = found
     else:
         target = encoded_path(path.encode("utf-8", "surrogatepass"))

@@ -55,7 +55,14 @@ from scalekit._validate import (
 )
 from scalekit._waiting import Latch
 from scalekit.errors import ArgumentTypeError, ConfigurationError
-from scalekit.web._headers import directives, format_http_date, http_date, seconds, weak_match
+from scalekit.web._headers import (
+    MEMO_TEXT,
+    directives,
+    format_http_date,
+    http_date,
+    seconds,
+    weak_match,
+)
 from scalekit.web._keys import (
     QueryNormaliser,
     encoded_path,
@@ -483,9 +490,10 @@ class HttpCache:
                 and host not in self.allow_hosts
             ):
                 host = None
-            if len(self._hosts) >= 1024:
-                self._hosts.clear()
-            self._hosts[scheme, request.host] = host
+            if len(request.host) <= MEMO_TEXT:
+                if len(self._hosts) >= 1024:
+                    self._hosts.clear()
+                self._hosts[scheme, request.host] = host
         if host is None:
             return None
         return primary_key(self.prefix, request.scheme, host, target, self._query(request.query))

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 
 __all__ = [
     "MAX_DELTA",
+    "MEMO_TEXT",
     "directives",
     "format_http_date",
     "http_date",
@@ -39,6 +40,8 @@ _DIRECTIVE = re.compile(
 )
 _memo: dict[str, dict[str, str | None]] = {}
 _MEMO_SIZE = 1024
+MEMO_TEXT = 256
+"""The longest text (a field, a path, a query) that the parsers remember."""
 
 
 def directives(field: str | None) -> dict[str, str | None]:
@@ -80,9 +83,10 @@ def directives(field: str | None) -> dict[str, str | None]:
             found[name] = re.sub(r"\\(.)", r"\1", quoted)
         else:
             found[name] = token if token else None
-    if len(_memo) >= _MEMO_SIZE:
-        _memo.clear()
-    _memo[field] = found
+    if len(field) <= MEMO_TEXT:  # a client's long fields would fill memory
+        if len(_memo) >= _MEMO_SIZE:
+            _memo.clear()
+        _memo[field] = found
     return found
 
 

@@ -95,9 +95,10 @@ class QueryNormaliser:
         found = "&".join(part for _, part in pairs)
         if "#" in found:  # the keys' separator (variants, leases): %23 means the same here
             found = found.replace("#", "%23")
-        if len(self._memo) >= 4096:
-            self._memo.clear()
-        self._memo[query] = found
+        if len(query) <= 512:  # a client's long queries would fill memory
+            if len(self._memo) >= 4096:
+                self._memo.clear()
+            self._memo[query] = found
         return found
 
 
