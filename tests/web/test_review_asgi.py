@@ -111,3 +111,44 @@ def test_a_background_refresh_lets_an_app_wait_for_the_disconnect() -> None:
     assert len(refreshed) == 2
     assert cached.cache.stats().errors == 0
     assert cached.cache.stats().stores == 2
+
+
+def _pathsend_scope(path: str) -> dict[str, Any]:
+    scope = _scope(path)
+    scope["extensions"] = {"http.response.pathsend": {}}
+    return scope
+
+
+def test_static_files_behind_the_cache_on_a_server_with_pathsend(tmp_path: Any) -> None:
+    # the server offers http.response.pathsend; StaticFiles sends a big file by
+    # its path; the cache held the response and got no body: an empty body under
+    # Content-Length 400000 went to the client
+    from scalekit.web.static import StaticFiles, build
+
+    source, output = tmp_path / "src", tmp_path / "out"
+    source.mkdir()
+    (source / "big.bin").write_bytes(b"z" * 400_000)
+    build(source, output)
+    files = StaticFiles(output, memory_limit=0)
+    cached = CacheMiddleware(files, HttpCache(clock=FakeClock(START)))
+    url = files.url_for("big.bin")
+    for status in (b"scalekit; fwd=uri-miss; stored", b"scalekit; hit; ttl=31536000"):
+        sent = asyncio.run(_run(cached, _pathsend_scope(url)))
+        assert _status(sent) == status
+        assert b"".join(message.get("body", b"") for message in sent[1:]) == b"z" * 400_000
+
+
+def test_a_pathsend_the_app_sends_anyway_passes_through(tmp_path: Any) -> None:
+    file = tmp_path / "f.txt"
+    file.write_bytes(b"abc")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [*MAX60, (b"content-length", b"3")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.pathsend", "path": str(file)})
+
+    cached = _cached(app)
+    sent = asyncio.run(_run(cached, _pathsend_scope("/f")))
+    assert _status(sent) == b"scalekit; fwd=uri-miss"
+    assert sent[1] == {"type": "http.response.pathsend", "path": str(file)}
+    assert cached.cache.stats().stores == 0

@@ -34,6 +34,8 @@ __all__ = ["CacheMiddleware"]
 
 _log = logging.getLogger("scalekit.web")
 _STRIPPED = (b"surrogate-key", b"surrogate-control")
+# ASGI extensions that still send the body as http.response.body messages
+_BUFFERED = frozenset({"http.response.trailers", "http.response.early_hint", "http.response.debug"})
 
 
 _names: dict[str, bytes] = {}
@@ -136,6 +138,12 @@ def _changed_scope(scope: Scope, changes: dict[str, str | None]) -> Scope:
             headers.append((name.encode("latin-1"), value.encode("latin-1")))
     scope = dict(scope)
     scope["headers"] = headers
+    extensions = scope.get("extensions")
+    if extensions and not _BUFFERED.issuperset(extensions):
+        # the response is held here: no file path or zero-copy send to hold
+        scope["extensions"] = {
+            name: value for name, value in extensions.items() if name in _BUFFERED
+        }
     return scope
 
 
@@ -309,7 +317,11 @@ class CacheMiddleware:
                 if message.get("trailers") or not cache.buffers(int(message["status"]), headers):
                     await stream()
                 return
-            if kind != "http.response.body" or start is None or ended:
+            if start is None or ended:
+                return
+            if kind != "http.response.body":  # another way to send the body: pass it on
+                if await stream():
+                    await send(message)  # type: ignore[misc]
                 return
             ended = not message.get("more_body", False)
             if ended:
