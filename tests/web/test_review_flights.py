@@ -158,3 +158,41 @@ def test_wsgi_threads_after_a_failing_leader_make_one_more_call() -> None:
     assert calls == 2
     assert sum(isinstance(result, RuntimeError) for result in results) == 1
     assert results.count("scalekit; hit; detail=coalesced") == 29
+
+
+def test_joiners_of_a_failing_revalidation_serve_stale_if_error_at_once() -> None:
+    # the app is down; a stale response allows stale-if-error: the leader's error
+    # is enough, its joiners do not each call the failing app again
+    async def main() -> tuple[int, list[bytes]]:
+        clock = FakeClock(START)
+        calls = 0
+        gate = asyncio.Event()
+        down = False
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if down:
+                await gate.wait()
+                raise RuntimeError("down")
+            headers = [(b"cache-control", b"max-age=10, stale-if-error=600")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"x"})
+
+        cached = CacheMiddleware(app, HttpCache(clock=clock))
+        await _run(cached)
+        clock.advance(20)
+        down = True
+        tasks = [asyncio.create_task(_run(cached)) for _ in range(50)]
+        while calls < 2:
+            await asyncio.sleep(0)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        gate.set()
+        results = await asyncio.gather(*tasks)
+        statuses = [_status(sent) for sent in results]
+        return calls, statuses
+
+    calls, statuses = asyncio.run(main())
+    assert calls == 2
+    assert set(statuses) == {b"scalekit; hit; ttl=-10; detail=stale"}

@@ -767,6 +767,9 @@ class HttpCache:
             if got is not None and self._reusable(got, request, self.clock()):
                 self._count("coalesced")
                 return self._serve(request, got, self.clock(), "scalekit; hit; detail=coalesced")
+            if flight.failed and self._stale_if_error(request, stale):
+                self._count("stale_hits")  # the error is the leader's: no need to repeat it
+                return self._serve_stale(request, stale)  # type: ignore[arg-type]
             if not flight.failed or rounds == _ROUNDS - 1:
                 # not storable (or failing again): each calls the app, at once
                 return (yield from self._upstream(request, key, marker, stale, kind, now))
