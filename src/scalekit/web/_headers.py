@@ -197,16 +197,19 @@ def _opaque_tags(field: str) -> Iterable[str]:
 
 def weak_match(condition: str, etag: str | None) -> bool:
     """Whether an ``If-None-Match`` field matches the stored ``ETag`` by weak
-    comparison (RFC 9110 8.8.3.2): ``*`` matches any stored tag; a list matches
-    when one of its tags has the same opaque tag, weak or not.
+    comparison (RFC 9110 8.8.3.2): ``*`` matches any stored response, with an
+    ``ETag`` or not (RFC 9110 13.1.2); a list matches when one of its tags has the
+    same opaque tag, weak or not.
 
     >>> weak_match("*", '"x"'), weak_match('"x"', None), weak_match('"y", W/"x"', 'W/"x"')
     (True, False, True)
+    >>> weak_match(" * ", None)
+    True
     """
-    if etag is None:
-        return False
     if condition.strip() == "*":
         return True
+    if etag is None:
+        return False
     stored = next(iter(_opaque_tags(etag)), None)
     if stored is None:
         return False
