@@ -61,3 +61,33 @@ def test_an_upper_case_host_is_the_host() -> None:
     app = CacheMiddleware(_personal, HttpCache(clock=FakeClock(START)))
     assert _get(app, [(b"Host", b"example.com")])[0] == b"scalekit; fwd=uri-miss; stored"
     assert _get(app, [(b"host", b"example.com")])[0] == b"scalekit; hit; ttl=60"
+
+
+def test_a_request_the_wsgi_server_authenticated_is_personal() -> None:
+    # Apache/mod_wsgi authenticate and set REMOTE_USER, and by default do not
+    # pass Authorization on: the user's page was stored and served to others
+    from scalekit.web import WSGICacheMiddleware
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Cache-Control", "max-age=60")])
+        return [environ.get("REMOTE_USER", "anonymous").encode()]
+
+    cached = WSGICacheMiddleware(app, HttpCache(clock=FakeClock(START)))
+
+    def get(user: str | None) -> tuple[str, bytes]:
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/me",
+            "HTTP_HOST": "example.com",
+            "wsgi.url_scheme": "http",
+            "QUERY_STRING": "",
+        }
+        if user is not None:
+            environ["REMOTE_USER"] = user
+        started: list[Any] = []
+        body = b"".join(cached(environ, lambda status, headers: started.append(headers)))
+        return dict(started[0])["Cache-Status"], body
+
+    assert get("alice") == ("scalekit; fwd=bypass", b"alice")
+    assert get(None) == ("scalekit; fwd=uri-miss; stored", b"anonymous")
+    assert get("bob") == ("scalekit; fwd=bypass", b"bob")

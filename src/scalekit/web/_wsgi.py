@@ -50,7 +50,12 @@ def _environ_name(name: str) -> str:
 
 
 class _EnvironHeaders:
-    """A request's header fields read from a WSGI environ by lower-case name."""
+    """A request's header fields read from a WSGI environ by lower-case name.
+
+    A request the server authenticated (``REMOTE_USER`` set: Apache's or
+    mod_wsgi's auth, which need not pass ``Authorization`` on) counts as
+    carrying ``Authorization``: its page may be the user's.
+    """
 
     __slots__ = ("_environ",)
 
@@ -64,10 +69,15 @@ class _EnvironHeaders:
     def any_of(self, names: frozenset[str], /) -> bool:
         keys = _sets.get(names)
         if keys is None:
-            keys = _sets[names] = frozenset(_environ_name(name) for name in names)
+            keys = frozenset(_environ_name(name) for name in names)
+            if "authorization" in names:
+                keys |= {"REMOTE_USER"}
+            _sets[names] = keys
         return not keys.isdisjoint(self._environ)
 
     def __contains__(self, name: object) -> bool:
+        if name == "authorization" and "REMOTE_USER" in self._environ:
+            return True
         return isinstance(name, str) and _environ_name(name) in self._environ
 
 
