@@ -196,3 +196,72 @@ def test_joiners_of_a_failing_revalidation_serve_stale_if_error_at_once() -> Non
     calls, statuses = asyncio.run(main())
     assert calls == 2
     assert set(statuses) == {b"scalekit; hit; ttl=-10; detail=stale"}
+
+
+class _SlowStore:
+    """An async store whose every call yields to the event loop (as a network
+    store does), over a dict; shared by two caches as by two processes."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        await asyncio.sleep(0)
+        return self.data.get(key, default)
+
+    async def get_many(self, keys: Any) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        return {key: self.data[key] for key in keys if key in self.data}
+
+    async def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
+        await asyncio.sleep(0)
+        self.data[key] = value
+
+    async def add(self, key: str, value: Any, *, ttl: float | None = None) -> bool:
+        await asyncio.sleep(0)
+        if key in self.data:
+            return False
+        self.data[key] = value
+        return True
+
+    async def delete(self, key: str) -> bool:
+        await asyncio.sleep(0)
+        return self.data.pop(key, None) is not None
+
+
+def test_joiners_of_a_new_leader_that_found_the_response_get_it() -> None:
+    # the leader fails; meanwhile another process stores the page; the joiner
+    # that leads the second round finds it in the store, and the requests that
+    # joined that second round must get it too, not call the app each
+    async def main() -> tuple[int, list[bytes]]:
+        clock = FakeClock(START)
+        store = _SlowStore()
+        calls = 0
+        gate = asyncio.Event()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                await gate.wait()
+                raise RuntimeError("boom")
+            await send({"type": "http.response.start", "status": 200, "headers": MAX60})
+            await send({"type": "http.response.body", "body": b"x"})
+
+        here = CacheMiddleware(app, HttpCache(store, clock=clock, lease=0.001))
+        elsewhere = CacheMiddleware(app, HttpCache(store, clock=clock, lease=0.001))
+        tasks = [asyncio.create_task(_run(here)) for _ in range(30)]
+        while calls == 0:
+            await asyncio.sleep(0)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        store.data.pop(next(key for key in store.data if key.endswith("#lease")))
+        await _run(elsewhere)  # another process stores the page
+        gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        statuses = [_status(sent) for sent in results if isinstance(sent, list)]
+        return calls, statuses
+
+    calls, statuses = asyncio.run(main())
+    assert calls == 2
+    assert statuses.count(b"scalekit; hit; detail=coalesced") == 29

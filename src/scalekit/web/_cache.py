@@ -752,10 +752,15 @@ class HttpCache:
                 flight = self._flights[key] = _Flight() if joined is None else joined
             if leads:
                 if rounds:  # a later leader may have stored it already
-                    found = yield from self._lookup(request, key)
+                    try:
+                        found = yield from self._lookup(request, key)
+                    except BaseException:  # cancelled: its joiners must not wait forever
+                        self._end_flight(key, flight)
+                        raise
                     if found is not None and found is not stale:
                         later = self.clock()
                         if self._reusable(found, request, later):
+                            flight.stored, flight.failed = found, False  # for its joiners
                             self._end_flight(key, flight)
                             self._count("coalesced")
                             return self._serve(
