@@ -265,3 +265,46 @@ def test_joiners_of_a_new_leader_that_found_the_response_get_it() -> None:
     calls, statuses = asyncio.run(main())
     assert calls == 2
     assert statuses.count(b"scalekit; hit; detail=coalesced") == 29
+
+
+def test_a_leader_cancelled_while_awaiting_the_store_releases_its_joiners() -> None:
+    # cancelled during the lease's add on an async store: the cancellation left
+    # the flow suspended, its flight open, and every later request for the key
+    # waited on it forever
+    class Blocking(_SlowStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = asyncio.Event()
+            self.blocking = True
+
+        async def add(self, key: str, value: Any, *, ttl: float | None = None) -> bool:
+            if self.blocking:
+                await self.block.wait()
+            return await super().add(key, value, ttl=ttl)
+
+    async def main() -> tuple[int, list[bytes]]:
+        store = Blocking()
+        calls = 0
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            nonlocal calls
+            calls += 1
+            await send({"type": "http.response.start", "status": 200, "headers": MAX60})
+            await send({"type": "http.response.body", "body": b"x"})
+
+        cached = CacheMiddleware(app, HttpCache(store, clock=FakeClock(START)))
+        leader = asyncio.create_task(_run(cached))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        joiners = [asyncio.create_task(_run(cached)) for _ in range(3)]
+        for _ in range(10):
+            await asyncio.sleep(0)
+        store.blocking = False
+        leader.cancel()
+        done = await asyncio.wait_for(asyncio.gather(*joiners), 5)
+        statuses = [_status(sent) for sent in done]
+        return calls, statuses
+
+    calls, statuses = asyncio.run(main())
+    assert calls == 1
+    assert statuses.count(b"scalekit; hit; detail=coalesced") == 2

@@ -247,6 +247,11 @@ class CacheMiddleware:
                             result = store_step(store, step)
                     except Exception as exc:
                         result = cache.store_failed(exc, step)
+                    except BaseException as exc:
+                        # cancelled while awaiting the store: the flow's cleanups
+                        # (its flight, its lease) must run, or its joiners wait forever
+                        step = flow.throw(exc)
+                        continue
                     step = flow.send(result)
                     continue
                 try:

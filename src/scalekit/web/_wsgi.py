@@ -227,6 +227,9 @@ class WSGICacheMiddleware:
                         result = store_step(store, step)
                     except Exception as exc:
                         result = cache.store_failed(exc, step)
+                    except BaseException as exc:  # the flow's cleanups run (its flight)
+                        step = flow.throw(exc)
+                        continue
                     step = flow.send(result)
                     continue
                 try:
