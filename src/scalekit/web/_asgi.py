@@ -27,14 +27,20 @@ from scalekit.web._cache import (
     store_step,
     store_step_async,
 )
+from scalekit.web._headers import MEMO_TEXT
+from scalekit.web._keys import encoded_path, normal_path
 
 __all__ = ["CacheMiddleware"]
 
 _log = logging.getLogger("scalekit.web")
 _STRIPPED = (b"surrogate-key", b"surrogate-control")
+# ASGI extensions that still send the body as http.response.body messages
+_BUFFERED = frozenset({"http.response.trailers", "http.response.early_hint", "http.response.debug"})
 
 
 _names: dict[str, bytes] = {}
+_lower: set[bytes] = set()  # header names seen, all lower case
+_targets: dict[bytes, str] = {}  # raw paths seen and their key parts
 _sets: dict[frozenset[str], frozenset[bytes]] = {}
 
 
@@ -49,9 +55,17 @@ class _ScopeHeaders:
 
     def __init__(self, pairs: list[tuple[bytes, bytes]]) -> None:
         raw = dict(pairs)
-        if len(raw) != len(pairs):
+        # ASGI servers send lower-case names, an app or middleware in between may
+        # not: a "Cookie" read as absent would put a personal response in the store
+        mixed = False
+        if not _lower.issuperset(raw):
+            mixed = any(name != name.lower() for name in raw)
+            if not mixed and len(_lower) < 4096:
+                _lower.update(raw)
+        if mixed or len(raw) != len(pairs):
             raw = {}
             for name, value in pairs:
+                name = name.lower()
                 if name in raw:
                     raw[name] += (b"; " if name == b"cookie" else b", ") + value
                 else:
@@ -89,13 +103,27 @@ def _request(scope: Scope) -> Request:
     if host is None:
         server = scope.get("server")
         host = f"{server[0]}:{server[1]}" if server else ""
+    path = scope.get("path", "/")
+    raw = scope.get("raw_path")
+    if isinstance(raw, bytes):  # the key tells apart what the app can: /a%2Fb, /%E9
+        found = _targets.get(raw)
+        if found is None:
+            found = normal_path(raw.split(b"?", 1)[0] or b"/")
+            if len(raw) <= MEMO_TEXT:  # a client's long paths would fill memory
+                if len(_targets) >= 4096:
+                    _targets.clear()
+                _targets[raw] = found
+        target = found
+    else:
+        target = encoded_path(path.encode("utf-8", "surrogatepass"))
     return Request(
         scope.get("method", "GET"),
         scope.get("scheme", "http"),
         host,
-        scope.get("path", "/"),
+        path,
         scope.get("query_string", b"").decode("latin-1"),
         headers,
+        target,
     )
 
 
@@ -110,11 +138,36 @@ def _changed_scope(scope: Scope, changes: dict[str, str | None]) -> Scope:
             headers.append((name.encode("latin-1"), value.encode("latin-1")))
     scope = dict(scope)
     scope["headers"] = headers
+    extensions = scope.get("extensions")
+    if extensions and not _BUFFERED.issuperset(extensions):
+        # the response is held here: no file path or zero-copy send to hold
+        scope["extensions"] = {
+            name: value for name, value in extensions.items() if name in _BUFFERED
+        }
     return scope
 
 
 async def _empty_receive() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _refresh_receive(finished: asyncio.Event) -> Receive:
+    """The ``receive`` of a background refresh: an empty request body, then, as
+    from a client that waits for the whole response, ``http.disconnect`` once the
+    response ended. (Answering the body again at once, forever, made an app that
+    listens for the disconnect, such as Starlette's ``StreamingResponse``, spin
+    without ever yielding: the whole event loop hung.)"""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await finished.wait()
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 async def _no_client(message: Message) -> None:
@@ -194,6 +247,11 @@ class CacheMiddleware:
                             result = store_step(store, step)
                     except Exception as exc:
                         result = cache.store_failed(exc, step)
+                    except BaseException as exc:
+                        # cancelled while awaiting the store: the flow's cleanups
+                        # (its flight, its lease) must run, or its joiners wait forever
+                        step = flow.throw(exc)
+                        continue
                     step = flow.send(result)
                     continue
                 try:
@@ -241,9 +299,11 @@ class CacheMiddleware:
         size = 0
         streaming = False
         overflow = False
+        ended = False
+        finished = asyncio.Event()  # a background refresh's client "leaves" at the end
 
         async def capture(message: Message) -> None:
-            nonlocal start, headers, size, streaming, overflow
+            nonlocal start, headers, size, streaming, overflow, ended
             kind = message["type"]
             if streaming:
                 await send(message)  # type: ignore[misc]
@@ -251,16 +311,26 @@ class CacheMiddleware:
             if overflow:
                 return
             if kind == "http.response.start":
+                if start is not None:
+                    raise RuntimeError("the app sent http.response.start twice")
                 start = message
                 headers = [
                     (name.decode("latin-1"), value.decode("latin-1"))
                     for name, value in message.get("headers", ())
                 ]
-                if not cache.buffers(int(message["status"]), headers):
+                # trailers follow the body: such a response is passed through, never stored
+                if message.get("trailers") or not cache.buffers(int(message["status"]), headers):
                     await stream()
                 return
-            if kind != "http.response.body":
+            if start is None or ended:
                 return
+            if kind != "http.response.body":  # another way to send the body: pass it on
+                if await stream():
+                    await send(message)  # type: ignore[misc]
+                return
+            ended = not message.get("more_body", False)
+            if ended:
+                finished.set()
             body = message.get("body", b"")
             size += len(body)
             if size <= limit:
@@ -275,6 +345,7 @@ class CacheMiddleware:
             nonlocal streaming, overflow
             if send is None:  # a background refresh: drop it, store nothing
                 overflow = True
+                finished.set()
                 parts.clear()
                 return False
             streaming = request.started = True
@@ -287,11 +358,15 @@ class CacheMiddleware:
             parts.clear()
             return True
 
-        await self.app(_changed_scope(scope, changes), receive if send else _empty_receive, capture)
+        if send is None:
+            receive = _refresh_receive(finished)
+        await self.app(_changed_scope(scope, changes), receive, capture)
         if streaming or overflow:
             return STREAMED
         if start is None:
             raise RuntimeError("the app returned without starting a response")
+        if not ended:  # a truncated response is never stored (RFC 9111 3.3)
+            raise RuntimeError("the app returned before the end of its response body")
         return Response(int(start["status"]), headers, b"".join(parts))
 
     async def _forward(

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import quote, unquote, urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from scalekit._validate import (
     check_bool,
@@ -55,8 +55,22 @@ from scalekit._validate import (
 )
 from scalekit._waiting import Latch
 from scalekit.errors import ArgumentTypeError, ConfigurationError
-from scalekit.web._headers import directives, format_http_date, http_date, seconds, weak_match
-from scalekit.web._keys import QueryNormaliser, normal_host, primary_key, variant_key
+from scalekit.web._headers import (
+    MEMO_TEXT,
+    directives,
+    format_http_date,
+    http_date,
+    seconds,
+    weak_match,
+)
+from scalekit.web._keys import (
+    QueryNormaliser,
+    encoded_path,
+    normal_host,
+    normal_path,
+    primary_key,
+    variant_key,
+)
 from scalekit.web._policy import (
     Policy,
     Stored,
@@ -99,6 +113,7 @@ _304_FIELDS = frozenset(
 )
 _FALLBACK: dict[str, Any] = {"get": None, "get_many": {}, "set": None, "add": True, "delete": False}
 _MAX_STORE_TTL = 100 * 365.25 * 86400.0
+_DECODED_BYTES = 16 * 1024 * 1024  # bodies kept decoded from a JSON store, at most
 _MISSING: Any = object()
 
 
@@ -125,19 +140,34 @@ class Request:
     """What the cache needs of a request; the middlewares build it.
 
     ``path`` is decoded (as ASGI's ``path`` and WSGI's ``PATH_INFO``); ``query``
-    is the raw query string. ``started`` is set by a shell when the app's
-    response started going to the client (nothing can replace it then).
+    is the raw query string. ``target`` is the path as the key holds it
+    (:func:`~scalekit.web._keys.normal_path` of the raw path when the server
+    gave it, :func:`~scalekit.web._keys.encoded_path` of ``path`` otherwise,
+    the default): two paths the app can tell apart (``/a%2Fb`` and ``/a/b``
+    in ASGI's ``raw_path``) have two targets; ``None``: not cached. ``started``
+    is set by a shell when the app's response started going to the client
+    (nothing can replace it then).
     """
 
-    __slots__ = ("headers", "host", "method", "path", "query", "scheme", "started")
+    __slots__ = ("headers", "host", "method", "path", "query", "scheme", "started", "target")
 
     def __init__(
-        self, method: str, scheme: str, host: str, path: str, query: str, headers: Headers
+        self,
+        method: str,
+        scheme: str,
+        host: str,
+        path: str,
+        query: str,
+        headers: Headers,
+        target: str | None = "",
     ) -> None:
         self.method = method
         self.scheme = scheme
         self.host = host
         self.path = path
+        self.target = (
+            encoded_path(path.encode("utf-8", "surrogatepass")) if target == "" else target
+        )
         self.query = query
         self.headers = headers
         self.started = False
@@ -229,12 +259,15 @@ class _Flight:
     ``invalidated``: an unsafe request changed the URI meanwhile, so what the
     fetch gets may predate the change and is not stored."""
 
-    __slots__ = ("done", "invalidated", "lease", "stored")
+    __slots__ = ("done", "failed", "invalidated", "lease", "stored")
 
     def __init__(self) -> None:
         self.done = Latch()
         self.stored: Stored | None = None
         self.invalidated = False
+        # until the app answers below 500: the leader raised, was cancelled or got
+        # a server error, and its joiners elect another leader rather than stampede
+        self.failed = True
         self.lease: tuple[str, str] | None = None  # (key, token) of its cross-process lease
 
 
@@ -286,7 +319,13 @@ def _default_store(clock: Callable[[], float]) -> Any:
 
 
 def _size_of(value: Any) -> float:
-    return float(len(value.body) + 512) if isinstance(value, Stored) else 128.0
+    """The memory a stored value takes, key included (a key of a long URL, or of
+    long ``Vary`` values, can outweigh its body)."""
+    if isinstance(value, Stored):
+        return float(value.footprint())
+    if isinstance(value, VaryMarker):
+        return float(256 + value.key_size + sum(len(name) for name in value.names))
+    return 128.0
 
 
 def _is_in_process(store: Any) -> bool:
@@ -304,8 +343,9 @@ class HttpCache:
 
     - ``store``: any :class:`~scalekit.protocols.Store` or
       :class:`~scalekit.protocols.AsyncStore`. ``None``: an in-process LRU of
-      64 MiB of bodies (a thread-safe :class:`~scalekit.cache.LRUCache` timed by
-      ``clock``). An in-process cache keeps the stored responses as objects;
+      64 MiB, bodies, headers and keys counted (a thread-safe
+      :class:`~scalekit.cache.LRUCache` timed by ``clock``). An in-process cache
+      keeps the stored responses as objects;
       any other store gets JSON values (bodies in base64), so
       :class:`~scalekit.cache.RedisCache` and :class:`~scalekit.cache.TieredCache`
       work with their default serializer. A sync store is called inline, on the
@@ -414,7 +454,8 @@ class HttpCache:
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
         self._refreshing: set[str] = set()
-        self._decoded: dict[str, Stored] = {}
+        self._decoded: dict[str, Stored] = {}  # responses decoded lately, by id
+        self._decoded_bytes = 0
         self._hosts: dict[tuple[str, str], str | None] = {}
         self._purge_epoch = 0  # purges made by this process, so far
         for name in _COUNTERS:
@@ -457,6 +498,9 @@ class HttpCache:
         Runtime complexity: O(len(query)) (O(1) for a query seen recently).
         """
         scheme = request.scheme
+        target = request.target
+        if target is None:
+            return None
         try:
             host = self._hosts[scheme, request.host]
         except KeyError:
@@ -467,14 +511,13 @@ class HttpCache:
                 and host not in self.allow_hosts
             ):
                 host = None
-            if len(self._hosts) >= 1024:
-                self._hosts.clear()
-            self._hosts[scheme, request.host] = host
+            if len(request.host) <= MEMO_TEXT:
+                if len(self._hosts) >= 1024:
+                    self._hosts.clear()
+                self._hosts[scheme, request.host] = host
         if host is None:
             return None
-        return primary_key(
-            self.prefix, request.scheme, host, request.path, self._query(request.query)
-        )
+        return primary_key(self.prefix, request.scheme, host, target, self._query(request.query))
 
     def tag_key(self, tag: str) -> str:
         """Where the version of ``tag`` is kept in the store."""
@@ -532,14 +575,17 @@ class HttpCache:
                 found = Stored.from_json(value)
             except (TypeError, ValueError, AttributeError, KeyError):
                 return None
-            if len(self._decoded) >= 512:
+            size = len(found.body)
+            if len(self._decoded) >= 512 or self._decoded_bytes + size > _DECODED_BYTES:
                 self._decoded.clear()
+                self._decoded_bytes = 0
             self._decoded[found.id] = found
+            self._decoded_bytes += size
             return found
         if isinstance(value, list) and len(value) == 3 and value[0] == "vary":
             try:
-                return VaryMarker(tuple(str(name) for name in value[1]), str(value[2]))
-            except TypeError:
+                return VaryMarker.from_json(value)
+            except ValueError:
                 return None
         return None
 
@@ -557,11 +603,14 @@ class HttpCache:
         tag versions first, then the token) and is not stored, or it recorded
         the tag's old version and is dropped by the new one.
         """
-        check_name(tag, "tag")
+        name = check_name(tag, "tag")
+        if name.split() != [name]:
+            # Surrogate-Key splits its tags at white space: no stored tag has any
+            raise ConfigurationError(f"tag must have no white space, got {tag!r}")
         self._count("purges")
         self._purge_epoch += 1
         yield ("set", self.purges_key(), _token(), None)
-        yield ("set", self.tag_key(tag), _token(), None)  # type: ignore[arg-type]
+        yield ("set", self.tag_key(name), _token(), None)
 
     def purge(self, tag: str) -> None:
         """Drop every stored response whose ``Surrogate-Key`` listed ``tag``.
@@ -677,9 +726,9 @@ class HttpCache:
 
     def _is_public(self, request: Request) -> bool:
         path = request.path
-        return bool(self.public) and (
-            path in self._public_paths or path.startswith(self._public_under)
-        )
+        if not self.public or ("/." in path and _dot_segments(path)):
+            return False  # RFC 3986 5.2.4: /news/../account is /account
+        return path in self._public_paths or path.startswith(self._public_under)
 
     def _serve(self, request: Request, stored: Stored, now: float, status: str) -> Reply:
         """The reply of a stored response: a 304 when the request's conditions
@@ -734,18 +783,39 @@ class HttpCache:
             return None
         if not self.coalesce:
             return (yield from self._upstream(request, key, marker, stale, kind, now))
-        with self._lock:
-            flight = self._flights.get(key)
-            leads = flight is None
-            if flight is None:
-                flight = self._flights[key] = _Flight()
-        if not leads:
+        for rounds in range(_ROUNDS):
+            with self._lock:
+                joined = self._flights.get(key)
+                leads = joined is None
+                flight = self._flights[key] = _Flight() if joined is None else joined
+            if leads:
+                if rounds:  # a later leader may have stored it already
+                    try:
+                        found = yield from self._lookup(request, key)
+                    except BaseException:  # cancelled: its joiners must not wait forever
+                        self._end_flight(key, flight)
+                        raise
+                    if found is not None and found is not stale:
+                        later = self.clock()
+                        if self._reusable(found, request, later):
+                            flight.stored, flight.failed = found, False  # for its joiners
+                            self._end_flight(key, flight)
+                            self._count("coalesced")
+                            return self._serve(
+                                request, found, later, "scalekit; hit; detail=coalesced"
+                            )
+                break
             yield ("join", flight.done)
             got = flight.stored
             if got is not None and self._reusable(got, request, self.clock()):
                 self._count("coalesced")
                 return self._serve(request, got, self.clock(), "scalekit; hit; detail=coalesced")
-            return (yield from self._upstream(request, key, marker, stale, kind, now))
+            if flight.failed and self._stale_if_error(request, stale):
+                self._count("stale_hits")  # the error is the leader's: no need to repeat it
+                return self._serve_stale(request, stale)  # type: ignore[arg-type]
+            if not flight.failed or rounds == _ROUNDS - 1:
+                # not storable (or failing again): each calls the app, at once
+                return (yield from self._upstream(request, key, marker, stale, kind, now))
         try:
             if self._native:
                 return (yield from self._upstream(request, key, marker, stale, kind, now, flight))
@@ -766,6 +836,7 @@ class HttpCache:
         than wait for the end of a stream, and the lease is dropped."""
 
         def release() -> Flow:
+            flight.failed = False
             self._end_flight(key, flight)
             lease, flight.lease = flight.lease, None
             if lease is not None and (yield ("get", lease[0])) == lease[1]:
@@ -783,6 +854,14 @@ class HttpCache:
             _same(headers.get(name), value)
             for name, value in zip(stored.vary, stored.vary_values, strict=True)
         )
+
+    def _lookup(self, request: Request, key: str) -> Generator[Step, Any, Stored | None]:
+        """The response stored for ``request`` (its variant), if any."""
+        found = self._decode((yield ("get", key)))
+        if isinstance(found, VaryMarker):
+            values = [request.headers.get(name) for name in found.names]
+            found = self._decode((yield ("get", variant_key(key, found.generation, values))))
+        return found if isinstance(found, Stored) else None
 
     def _leased(
         self,
@@ -805,11 +884,8 @@ class HttpCache:
             yield ("sleep", delay)
             waited += delay
             delay = min(delay * 2, 0.1)
-            found = self._decode((yield ("get", key)))
-            if isinstance(found, VaryMarker):
-                values = [request.headers.get(name) for name in found.names]
-                found = self._decode((yield ("get", variant_key(key, found.generation, values))))
-            if isinstance(found, Stored) and found is not stale:
+            found = yield from self._lookup(request, key)
+            if found is not None and found is not stale:
                 later = self.clock()
                 if self._reusable(found, request, later):
                     flight.stored = found
@@ -858,6 +934,8 @@ class HttpCache:
             raise
         if response is STREAMED:
             return None
+        if flight is not None and response.status < 500:
+            flight.failed = False
         if (
             response.status == 304
             and stale is not None
@@ -1006,8 +1084,11 @@ class HttpCache:
             )
             values = tuple(request.headers.get(name) for name in new.vary)
             new.vary_values = values
-            yield ("set", key, self._value(VaryMarker(new.vary, generation)), ttl)
+            vary = VaryMarker(new.vary, generation)
+            vary.key_size = len(key)
+            yield ("set", key, self._value(vary), ttl)
             target = variant_key(key, generation, values)
+        new.key_size = len(target)
         yield ("set", target, self._value(new), ttl)
         self._count("stores")
         return True
@@ -1042,7 +1123,7 @@ class HttpCache:
     def _same_origin_key(self, request: Request, uri: str) -> str | None:
         """The primary key of ``uri`` (resolved against the request's URI, RFC
         3986 5.2) when it has the request's origin; None otherwise."""
-        base = f"{request.scheme}://{request.host}{quote(request.path, safe=_PATH_SAFE)}"
+        base = f"{request.scheme}://{request.host}{request.target or '/'}"
         try:
             parts = urlsplit(urljoin(base, uri.strip()))
         except ValueError:
@@ -1052,12 +1133,26 @@ class HttpCache:
             request.host, request.scheme
         ):
             return None
-        path = unquote(parts.path) or "/"
-        return self.key_of(Request("GET", scheme, parts.netloc, path, parts.query, DictHeaders()))
+        raw = parts.path.encode("utf-8", "surrogatepass") or b"/"
+        return self.key_of(
+            Request(
+                "GET",
+                scheme,
+                parts.netloc,
+                unquote(parts.path) or "/",
+                parts.query,
+                DictHeaders(),
+                normal_path(raw),
+            )
+        )
 
 
-_PATH_SAFE = "/!$&'()*+,;=:@-._~"
 _NOT_SENT = frozenset({"surrogate-key", "surrogate-control", "cache-status"})
+
+
+def _dot_segments(path: str) -> bool:
+    """Whether ``path`` has a ``.`` or ``..`` segment."""
+    return any(segment in (".", "..") for segment in path.split("/"))
 
 
 def _selects(stored: Stored, headers: list[tuple[str, str]]) -> bool:
@@ -1104,6 +1199,7 @@ def _bare(host: str) -> str:
     return host.rsplit(":", 1)[0] if ":" in host else host
 
 
+_ROUNDS = 2  # flights a request joins at most: one whose leader failed, then one more
 _BYPASSING = frozenset({"range", "cookie", "authorization"})
 _CONDITIONAL = frozenset({"if-none-match", "if-modified-since"})
 

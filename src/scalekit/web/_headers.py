@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 
 __all__ = [
     "MAX_DELTA",
+    "MEMO_TEXT",
     "directives",
     "format_http_date",
     "http_date",
@@ -39,6 +40,8 @@ _DIRECTIVE = re.compile(
 )
 _memo: dict[str, dict[str, str | None]] = {}
 _MEMO_SIZE = 1024
+MEMO_TEXT = 256
+"""The longest text (a field, a path, a query) that the parsers remember."""
 
 
 def directives(field: str | None) -> dict[str, str | None]:
@@ -80,9 +83,10 @@ def directives(field: str | None) -> dict[str, str | None]:
             found[name] = re.sub(r"\\(.)", r"\1", quoted)
         else:
             found[name] = token if token else None
-    if len(_memo) >= _MEMO_SIZE:
-        _memo.clear()
-    _memo[field] = found
+    if len(field) <= MEMO_TEXT:  # a client's long fields would fill memory
+        if len(_memo) >= _MEMO_SIZE:
+            _memo.clear()
+        _memo[field] = found
     return found
 
 
@@ -193,16 +197,19 @@ def _opaque_tags(field: str) -> Iterable[str]:
 
 def weak_match(condition: str, etag: str | None) -> bool:
     """Whether an ``If-None-Match`` field matches the stored ``ETag`` by weak
-    comparison (RFC 9110 8.8.3.2): ``*`` matches any stored tag; a list matches
-    when one of its tags has the same opaque tag, weak or not.
+    comparison (RFC 9110 8.8.3.2): ``*`` matches any stored response, with an
+    ``ETag`` or not (RFC 9110 13.1.2); a list matches when one of its tags has the
+    same opaque tag, weak or not.
 
     >>> weak_match("*", '"x"'), weak_match('"x"', None), weak_match('"y", W/"x"', 'W/"x"')
     (True, False, True)
+    >>> weak_match(" * ", None)
+    True
     """
-    if etag is None:
-        return False
     if condition.strip() == "*":
         return True
+    if etag is None:
+        return False
     stored = next(iter(_opaque_tags(etag)), None)
     if stored is None:
         return False

@@ -25,7 +25,9 @@ True
 from __future__ import annotations
 
 import base64
+import math
 import random
+import re
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
@@ -98,14 +100,28 @@ class VaryMarker:
     names and the generation of the variants (their keys include it, so an
     invalidation that drops the marker orphans every variant at once)."""
 
-    __slots__ = ("generation", "names")
+    __slots__ = ("generation", "key_size", "names")
 
     def __init__(self, names: tuple[str, ...], generation: str) -> None:
         self.names = names
         self.generation = generation
+        self.key_size = 0  # the length of its key, for a store that sizes by memory
 
     def to_json(self) -> list[Any]:
         return ["vary", list(self.names), self.generation]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> VaryMarker:
+        """The marker :meth:`to_json` wrote; ``ValueError`` for anything else."""
+        names, generation = data[1], data[2]
+        if (
+            type(names) not in _ARRAYS
+            or not names
+            or not all(type(name) is str for name in names)
+            or type(generation) is not str
+        ):
+            raise ValueError("not a stored Vary marker")
+        return cls(tuple(names), generation)
 
 
 class Stored:
@@ -127,6 +143,7 @@ class Stored:
         "headers",
         "id",
         "initial_age",
+        "key_size",
         "last_modified",
         "lifetime",
         "no_stale",
@@ -185,6 +202,20 @@ class Stored:
         self.last_modified = last_modified
         self._asgi: list[tuple[bytes, bytes]] | None = None
         self._wsgi: list[tuple[str, str]] | None = None
+        self.key_size = 0  # the length of its key, for a store that sizes by memory
+
+    def footprint(self) -> int:
+        """About how many bytes it holds in memory, with its key: the body, the
+        headers, the ``Vary`` values (twice: the key holds them too).
+
+        Runtime complexity: O(number of headers).
+        """
+        size = 512 + len(self.body) + self.key_size
+        for name, value in self.headers:
+            size += 100 + len(name) + len(value)
+        for varied in self.vary_values:
+            size += 50 + (len(varied) if varied is not None else 0)
+        return size
 
     def remaining(self, now: float) -> float:
         """Seconds of freshness left at ``now`` (negative: stale for that long).
@@ -230,23 +261,86 @@ class Stored:
 
     @classmethod
     def from_json(cls, data: list[Any]) -> Stored:
+        """The response :meth:`to_json` wrote; ``ValueError`` for anything this
+        version would not have written (a foreign or corrupt value is a miss,
+        never served): each field of its type, times finite, headers that can
+        be sent as they are and none that is never stored, the body base64 of
+        its ``Content-Length``.
+
+        Runtime complexity: O(size of the value).
+        """
+        status, headers, body = data[1], data[2], data[3]
+        if type(status) is not int or status not in _EXPLICIT:
+            raise ValueError("not a stored status")
+        if type(headers) not in _ARRAYS or not all(_storable_field(pair) for pair in headers):
+            raise ValueError("not stored headers")
+        if type(body) is not str:
+            raise ValueError("not a base64 body")
+        times = [_time(value) for value in data[4:9]]
+        flags, vary, values, tags = data[9:11], data[11], data[12], data[13]
+        if not all(type(flag) is bool for flag in flags):
+            raise ValueError("not stored flags")
+        if (
+            type(vary) not in _ARRAYS
+            or type(values) not in _ARRAYS
+            or len(values) not in (0, len(vary))
+            or not all(type(name) is str for name in vary)
+            or not all(value is None or type(value) is str for value in values)
+        ):
+            raise ValueError("not stored Vary names and values")
+        if type(tags) is not dict or not all(
+            type(tag) is str and type(version) is str for tag, version in tags.items()
+        ):
+            raise ValueError("not stored tags")
+        if type(data[14]) is not str or (data[15] is not None and type(data[15]) is not str):
+            raise ValueError("not a stored id or Surrogate-Control")
+        content = base64.b64decode(body, validate=True)
+        for name, value in headers:
+            if name.lower() == "content-length" and value != str(len(content)):
+                raise ValueError("a body that is not its Content-Length")
         return cls(
-            int(data[1]),
-            [(str(name), str(value)) for name, value in data[2]],
-            base64.b64decode(data[3]),
-            float(data[4]),
-            float(data[5]),
-            float(data[6]),
-            float(data[7]),
-            float(data[8]),
-            bool(data[9]),
-            bool(data[10]),
-            tuple(str(name) for name in data[11]),
-            tuple(None if value is None else str(value) for value in data[12]),
-            {str(tag): str(version) for tag, version in data[13].items()},
-            str(data[14]),
-            None if data[15] is None else str(data[15]),
+            status,
+            [(name, value) for name, value in headers],
+            content,
+            times[0],
+            times[1],
+            times[2],
+            times[3],
+            times[4],
+            flags[0],
+            flags[1],
+            tuple(vary),
+            tuple(values),
+            tags,
+            data[14],
+            data[15],
         )
+
+
+_ARRAYS = (list, tuple)  # what a serializer may give back for a JSON array
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*\Z")
+
+
+def _storable_field(pair: object) -> bool:
+    """Whether ``pair`` is a ``[name, value]`` a stored response may hold and send."""
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+        return False
+    name, value = pair
+    return (
+        type(name) is str
+        and type(value) is str
+        and _TOKEN.match(name) is not None
+        and _VALUE.match(value) is not None
+        and name.lower() not in NOT_STORED_FIELDS
+    )
+
+
+def _time(value: object) -> float:
+    """A stored time or duration: a finite number."""
+    if not isinstance(value, (int, float)) or type(value) is bool or not math.isfinite(value):
+        raise ValueError("not a stored time")
+    return float(value)
 
 
 def decode(value: Any) -> Stored | VaryMarker | None:
@@ -260,7 +354,7 @@ def decode(value: Any) -> Stored | VaryMarker | None:
             if value[0] == "resp" and len(value) == 16:
                 return Stored.from_json(value)
             if value[0] == "vary" and len(value) == 3:
-                return VaryMarker(tuple(str(name) for name in value[1]), str(value[2]))
+                return VaryMarker.from_json(value)
         except (TypeError, ValueError, AttributeError, KeyError):
             return None
     return None

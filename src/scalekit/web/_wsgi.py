@@ -26,6 +26,7 @@ from scalekit.web._cache import (
     Response,
     store_step,
 )
+from scalekit.web._keys import encoded_path
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -49,7 +50,12 @@ def _environ_name(name: str) -> str:
 
 
 class _EnvironHeaders:
-    """A request's header fields read from a WSGI environ by lower-case name."""
+    """A request's header fields read from a WSGI environ by lower-case name.
+
+    A request the server authenticated (``REMOTE_USER`` set: Apache's or
+    mod_wsgi's auth, which need not pass ``Authorization`` on) counts as
+    carrying ``Authorization``: its page may be the user's.
+    """
 
     __slots__ = ("_environ",)
 
@@ -63,10 +69,15 @@ class _EnvironHeaders:
     def any_of(self, names: frozenset[str], /) -> bool:
         keys = _sets.get(names)
         if keys is None:
-            keys = _sets[names] = frozenset(_environ_name(name) for name in names)
+            keys = frozenset(_environ_name(name) for name in names)
+            if "authorization" in names:
+                keys |= {"REMOTE_USER"}
+            _sets[names] = keys
         return not keys.isdisjoint(self._environ)
 
     def __contains__(self, name: object) -> bool:
+        if name == "authorization" and "REMOTE_USER" in self._environ:
+            return True
         return isinstance(name, str) and _environ_name(name) in self._environ
 
 
@@ -76,10 +87,21 @@ def _request(environ: WSGIEnvironment) -> Request:
     if not host:
         host = f"{environ.get('SERVER_NAME', '')}:{environ.get('SERVER_PORT', '')}"
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    # PEP 3333 strings are bytes as latin-1; paths are UTF-8 on the wire
-    if not path.isascii():
-        with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
-            path = path.encode("latin-1").decode("utf-8")
+    target: str | None
+    if path.isascii():
+        target = encoded_path(path.encode("ascii") or b"/")
+    else:
+        # PEP 3333 strings are bytes as latin-1; paths are UTF-8 on the wire. The
+        # key holds the bytes (b"/\xe9" is not "/é"); a string that is not
+        # latin-1 (a lone surrogate) breaks PEP 3333: not cached
+        try:
+            raw = path.encode("latin-1")
+        except UnicodeEncodeError:
+            target = None
+        else:
+            target = encoded_path(raw)
+            with contextlib.suppress(UnicodeDecodeError):
+                path = raw.decode("utf-8")
     return Request(
         environ.get("REQUEST_METHOD", "GET"),
         scheme,
@@ -87,6 +109,7 @@ def _request(environ: WSGIEnvironment) -> Request:
         path or "/",
         environ.get("QUERY_STRING", ""),
         _EnvironHeaders(environ),
+        target,
     )
 
 
@@ -204,6 +227,9 @@ class WSGICacheMiddleware:
                         result = store_step(store, step)
                     except Exception as exc:
                         result = cache.store_failed(exc, step)
+                    except BaseException as exc:  # the flow's cleanups run (its flight)
+                        step = flow.throw(exc)
+                        continue
                     step = flow.send(result)
                     continue
                 try:
@@ -243,12 +269,18 @@ class WSGICacheMiddleware:
     ) -> Any:
         limit = self.cache.max_body
         started: list[Any] = []
+        sent = False
 
         def capture(
             status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
         ) -> Callable[[bytes], object]:
-            if exc_info is not None and started:
-                raise exc_info[1].with_traceback(exc_info[2])  # type: ignore[union-attr]
+            # PEP 3333: with exc_info, headers not sent yet are replaced (they are
+            # held here until the body ends); without, a second call is an error
+            if exc_info is not None:
+                if sent:
+                    raise exc_info[1].with_traceback(exc_info[2])  # type: ignore[union-attr]
+            elif started:
+                raise RuntimeError("the app called start_response twice without exc_info")
             started[:] = [status, headers]
             return written.append
 
@@ -268,7 +300,7 @@ class WSGICacheMiddleware:
                 if size > limit:
                     if start_response is None:  # a background refresh: store nothing
                         return STREAMED
-                    request.started = True
+                    request.started = sent = True
                     if release is not None:
                         self._drive(release(), None, {}, None, [])
                     status, headers = started
