@@ -37,8 +37,8 @@ def test_python_dash_m_runs_the_same_command() -> None:
     assert result.stdout.strip() == f"scalekit {scalekit.__version__}"
 
 
-def test_demo_runs_and_shows_the_cache_at_work(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo"]) == 0
+def test_tour_runs_and_shows_the_cache_at_work(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tour"]) == 0
     out = capsys.readouterr().out
     assert "the database saw 1 query" in out
     assert "LFU kept ['home', 'pricing']" in out

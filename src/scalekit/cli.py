@@ -21,8 +21,29 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], Handler]]] = 
 
 
 def _demo(parser: argparse.ArgumentParser) -> Handler:
+    parser.add_argument(
+        "--duration", type=float, default=30.0, help="seconds of traffic (default 30)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the simulated users")
+    parser.add_argument("--json", metavar="PATH", help="write the final report there as JSON")
+    parser.add_argument(
+        "--redis", metavar="URL", help="sessions, shared cache and queue on Redis (not yet)"
+    )
+
     def handle(args: argparse.Namespace) -> int:
         from scalekit._demo import run
+
+        if not 3 <= args.duration <= 600:
+            print("scalekit demo: --duration must be between 3 and 600 seconds", file=sys.stderr)
+            return 2
+        return run(args.duration, args.seed, args.json, args.redis)
+
+    return handle
+
+
+def _tour(parser: argparse.ArgumentParser) -> Handler:
+    def handle(args: argparse.Namespace) -> int:
+        from scalekit._tour import run
 
         return run()
 
@@ -223,7 +244,8 @@ def _files(count: int) -> str:
     return f"{count:,} file" if count == 1 else f"{count:,} files"
 
 
-COMMANDS["demo"] = ("show the building blocks at work", _demo)
+COMMANDS["demo"] = ("run a small service of the blocks in processes, with failures", _demo)
+COMMANDS["tour"] = ("show the building blocks one at a time, in one process", _tour)
 COMMANDS["bench"] = ("time scalekit against the library you would otherwise use", _bench)
 COMMANDS["static"] = (
     "build static assets with content-hashed names (scalekit.web.static)",

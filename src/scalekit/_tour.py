@@ -1,4 +1,4 @@
-"""``scalekit demo``: the building blocks at work, in a few seconds of output."""
+"""``scalekit tour``: the building blocks one at a time, in one process with a fake clock."""
 
 from __future__ import annotations
 
