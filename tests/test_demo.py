@@ -137,9 +137,46 @@ def test_an_interrupted_demo_stops_its_processes_and_removes_its_files() -> None
     assert all(_gone(pid) for pid in children)
 
 
-def test_demo_refuses_redis_until_it_is_built(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--redis", "redis://127.0.0.1:6379/14"]) == 2
-    assert "--redis is not implemented yet" in capsys.readouterr().err
+@pytest.mark.slow
+@pytest.mark.redis
+def test_demo_on_redis_keeps_every_invariant_and_leaves_no_key(
+    tmp_path: Path, redis_url: str
+) -> None:
+    import redis
+
+    report_path = tmp_path / "report.json"
+    command = [sys.executable, "-m", "scalekit", "demo", "--duration", "10"]
+    result = subprocess.run(
+        [*command, "--redis", redis_url, "--json", str(report_path)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(report_path.read_text())
+    assert report["broken"] == []
+    ratios = report["cache_hit_ratios"]
+    assert ratios["query shared tier (Redis)"] > 0  # another server's miss filled it
+    assert ratios["query near tier (per process)"] > 0
+    assert report["sessions"]["lost"] == 0
+    assert report["sessions"]["seen_on_another_server"] > 0
+    assert report["jobs"]["lost"] == 0
+    assert report["jobs"]["redelivered"] >= 1
+    prefix = report["redis_prefix"]
+    assert prefix.startswith("scalekit-demo:")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert list(client.scan_iter(match=f"{prefix}*")) == []
+    finally:
+        client.close()
+    assert all(_gone(pid) for pid in report["pids"])
+    assert not Path(report["folder"]).exists()
+
+
+def test_demo_refuses_an_unreachable_redis(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--redis", "redis://127.0.0.1:1/0"]) == 2
+    assert "is not usable" in capsys.readouterr().err
 
 
 def test_demo_refuses_a_duration_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,7 +27,7 @@ def _demo(parser: argparse.ArgumentParser) -> Handler:
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated users")
     parser.add_argument("--json", metavar="PATH", help="write the final report there as JSON")
     parser.add_argument(
-        "--redis", metavar="URL", help="sessions, shared cache and queue on Redis (not yet)"
+        "--redis", metavar="URL", help="sessions, a shared cache tier and the queue on Redis"
     )
 
     def handle(args: argparse.Namespace) -> int:

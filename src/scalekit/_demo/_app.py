@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-__all__ = ["MAX_LAG", "serve"]
+__all__ = ["MAX_LAG", "open_queue", "serve"]
 
 MAX_LAG = 1.0
 """Seconds a replica may lag before the routers send its reads elsewhere."""
@@ -84,6 +84,21 @@ def serve(folder: str, name: str, port: int, built: str, ready: Any) -> None:
     server.serve_forever(0.05)
 
 
+def open_queue(root: Path, config: dict[str, Any]) -> Any:
+    """The e-mail queue: in ``queue.db``, or on Redis when the demo runs with ``--redis``."""
+    from scalekit.mq import Broker, RedisStreamsBackend, SqliteBackend
+
+    backend: Any
+    if config.get("redis"):
+        import redis
+
+        client = redis.Redis.from_url(config["redis"]["url"])
+        backend = RedisStreamsBackend(client, prefix=f"{config['redis']['prefix']}mq")
+    else:
+        backend = SqliteBackend(root / "queue.db")
+    return Broker(backend).queue("emails", visibility_timeout=1.0, max_deliveries=3)
+
+
 def _probe(measure: Callable[[Path], Any], file: Path) -> Callable[[str], Any]:
     """A router's probe of the replica in ``file``."""
     return lambda _: measure(file)
@@ -92,9 +107,13 @@ def _probe(measure: Callable[[Path], Any], file: Path) -> Callable[[str], Any]:
 def _build(root: Path, name: str, built: str) -> tuple[Any, Callable[[], None]]:
     from scalekit._demo._db import ShardFile, replica_lag, replica_position, replica_read
     from scalekit.cache import TTLCache, cached
-    from scalekit.mq import Broker, SqliteBackend
     from scalekit.replication import ReplicaRouter, ReplicaRouterWSGIMiddleware
-    from scalekit.sessions import SqlSessionStore, WsgiSessionMiddleware, rotate_id
+    from scalekit.sessions import (
+        RedisSessionStore,
+        SqlSessionStore,
+        WsgiSessionMiddleware,
+        rotate_id,
+    )
     from scalekit.web import HttpCache, WSGICacheMiddleware
     from scalekit.web.static import WSGIStaticFiles
 
@@ -114,9 +133,7 @@ def _build(root: Path, name: str, built: str) -> tuple[Any, Callable[[], None]]:
             max_lag=MAX_LAG,
             probe_interval=0.1,
         )
-    emails = Broker(SqliteBackend(root / "queue.db")).queue(
-        "emails", visibility_timeout=1.0, max_deliveries=3
-    )
+    emails = open_queue(root, config)
     counters = {"requests": 0, "writes": 0, "replica_reads": 0, "primary_reads": 0}
     per_shard = {shard: {"reads": 0, "writes": 0} for shard in names}
     lock = threading.Lock()
@@ -158,7 +175,22 @@ def _build(root: Path, name: str, built: str) -> tuple[Any, Callable[[], None]]:
             return migration.get(key)
         return stores[topology.ring.node_for(key)].get(key)
 
-    query_cache: TTLCache[Any, Any] = TTLCache(maxsize=4096, ttl=5.0)
+    near: TTLCache[Any, Any] = TTLCache(maxsize=4096, ttl=5.0)
+    query_cache: Any = near
+    shared: Any = None
+    if config.get("redis"):
+        import redis
+
+        from scalekit.cache import RedisCache, TieredCache
+
+        client = redis.Redis.from_url(config["redis"]["url"])
+        prefix = config["redis"]["prefix"]
+        shared = query_cache = TieredCache(
+            near, RedisCache(client, prefix=f"{prefix}cache:", ttl=30)
+        )
+        sessions: Any = RedisSessionStore(client, prefix=f"{prefix}session:")
+    else:
+        sessions = SqlSessionStore(f"sqlite:///{root / 'sessions.db'}")
 
     @cached(query_cache)
     def product(number: int) -> Any:
@@ -166,6 +198,11 @@ def _build(root: Path, name: str, built: str) -> tuple[Any, Callable[[], None]]:
 
     def stats() -> dict[str, Any]:
         info = product.cache_info()  # type: ignore[attr-defined]
+        tiers = {"query": {"hits": info.hits, "misses": info.misses}}
+        if shared is not None:
+            tiered = shared.stats()
+            tiers["near"] = {"hits": tiered.l1_hits, "misses": tiered.l2_hits + tiered.misses}
+            tiers["shared"] = {"hits": tiered.l2_hits, "misses": tiered.misses}
         shards = {}
         for shard, router in routers.items():
             snapshot = router.stats()
@@ -181,7 +218,7 @@ def _build(root: Path, name: str, built: str) -> tuple[Any, Callable[[], None]]:
             "epoch": topology.epoch,
             **counters,
             "web": asdict(web_cache.stats()),
-            "query": {"hits": info.hits, "misses": info.misses},
+            **tiers,
             "shards": shards,
         }
 
@@ -240,7 +277,6 @@ def _build(root: Path, name: str, built: str) -> tuple[Any, Callable[[], None]]:
         app = ReplicaRouterWSGIMiddleware(
             app, routers[shard], cookie_name=f"rw_{shard}", secure=False
         )
-    sessions = SqlSessionStore(f"sqlite:///{root / 'sessions.db'}")
     app = WsgiSessionMiddleware(app, sessions, secure=False)
     static = WSGIStaticFiles(built, app=app)
     web_cache = HttpCache()

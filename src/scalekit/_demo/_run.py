@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,29 +308,33 @@ def run(
     out: Out = print,
 ) -> int:
     """Run the demo for ``duration`` seconds of traffic; return the exit status."""
+    redis_config: dict[str, str] | None = None
     if redis_url is not None:
-        print(
-            "scalekit demo: --redis is not implemented yet; the demo runs on SQLite files "
-            "only (run it without --redis)",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        import sqlalchemy  # noqa: F401 - the session store's dependency
-    except ImportError:
-        print(
-            "scalekit demo keeps sessions in a SQLite file through SQLAlchemy: "
-            "pip install 'scalekit[sql]'",
-            file=sys.stderr,
-        )
-        return 2
+        try:
+            import redis
+
+            redis.Redis.from_url(redis_url, socket_connect_timeout=2).ping()
+        except Exception as exc:  # redis-py missing, a bad URL, or no server
+            print(f"scalekit demo: Redis at {redis_url} is not usable: {exc}", file=sys.stderr)
+            return 2
+        redis_config = {"url": redis_url, "prefix": f"scalekit-demo:{uuid.uuid4().hex[:12]}:"}
+    else:
+        try:
+            import sqlalchemy  # noqa: F401 - the session store's dependency
+        except ImportError:
+            print(
+                "scalekit demo keeps sessions in a SQLite file through SQLAlchemy: "
+                "pip install 'scalekit[sql]' (or run it with --redis URL)",
+                file=sys.stderr,
+            )
+            return 2
     folder = Path(tempfile.mkdtemp(prefix="scalekit-demo-"))
     service: _Service | None = None
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         service = _Service(folder, folder / "static-built", out)
-        report = _main(service, duration, seed)
+        report = _main(service, duration, seed, redis_config)
     except KeyboardInterrupt:
         out("interrupted: stopping every process")
         return 130
@@ -338,28 +343,46 @@ def run(
         if service is not None:
             service.stop()
         shutil.rmtree(folder, ignore_errors=True)
+        if redis_config is not None:
+            _forget(redis_config)
     report["pids"] = service.pids
     report["folder"] = str(folder)
+    report["redis_prefix"] = None if redis_config is None else redis_config["prefix"]
     _print_report(report, out)
     if json_path is not None:
         Path(json_path).write_text(json.dumps(report, indent=2))
     return 0 if report["ok"] else 1
 
 
+def _forget(redis_config: dict[str, str]) -> None:
+    """Delete every Redis key this run made (they all start with its prefix)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_config["url"])
+    try:
+        keys = list(client.scan_iter(match=f"{redis_config['prefix']}*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _main(service: _Service, duration: float, seed: int) -> dict[str, Any]:
+def _main(
+    service: _Service, duration: float, seed: int, redis_config: dict[str, str] | None
+) -> dict[str, Any]:
     from scalekit._demo import _db
-    from scalekit._demo._app import MAX_LAG
+    from scalekit._demo._app import MAX_LAG, open_queue
     from scalekit.balancing import HealthChecker, OutlierEjection, RoundRobin
-    from scalekit.mq import Broker, SqliteBackend
     from scalekit.sharding import HashRing, Migration, MigrationProgress
     from scalekit.web.static import WSGIStaticFiles, build
 
     out, folder = service.out, service.folder
-    out(f"scalekit demo: {duration:.0f} s of traffic, seed {seed}, files in {folder}")
+    where = "SQLite files" if redis_config is None else f"Redis {redis_config['url']} and files"
+    out(f"scalekit demo: {duration:.0f} s of traffic, seed {seed}, {where} in {folder}")
     all_shards = [*SHARDS, NEW_SHARD]
     for shard in all_shards:
         _db.create(folder / f"{shard}.db")
@@ -369,7 +392,8 @@ def _main(service: _Service, duration: float, seed: int) -> dict[str, Any]:
     for number in range(PRODUCTS):
         key = f"product:{number}"
         stores[ring.node_for(key)].set(key, {"title": f"product {number}"})
-    _db.write_json(folder / "config.json", {"all_shards": all_shards})
+    config = {"all_shards": all_shards, "redis": redis_config}
+    _db.write_json(folder / "config.json", config)
     _db.write_json(folder / "topology.json", {"epoch": 1, "shards": list(SHARDS), "plan": None})
     assets = folder / "static"
     assets.mkdir()
@@ -380,9 +404,7 @@ def _main(service: _Service, duration: float, seed: int) -> dict[str, Any]:
     for shard in all_shards:
         replicator.copy(shard)
     replicator.start()
-    Broker(SqliteBackend(folder / "queue.db")).queue(
-        "emails", visibility_timeout=1.0, max_deliveries=3
-    )
+    open_queue(folder, config)
 
     backends = {service.start_server(name): name for name in APP_SERVERS}
     by_name = {name: backend for backend, name in backends.items()}
@@ -490,7 +512,9 @@ def _main(service: _Service, duration: float, seed: int) -> dict[str, Any]:
         injected["resharded"] = _wait(
             lambda: all(s["epoch"] == 3 for s in service.live_stats()), 10, 0.05
         )
-        service.event(f"{NEW_SHARD} live: {result.moved:,} keys moved ({plan.summary()})")
+        service.event(
+            f"{NEW_SHARD} live: {result.moved:,} keys moved ({plan.summary().splitlines()[0]})"
+        )
         migration_box["plan"] = plan
 
     chaos_thread = threading.Thread(target=chaos, name="chaos", daemon=True)
@@ -518,9 +542,7 @@ def _main(service: _Service, duration: float, seed: int) -> dict[str, Any]:
         client.join(10)
     checker.stop()
     service.poll_stats()
-    emails = Broker(SqliteBackend(folder / "queue.db")).queue(
-        "emails", visibility_timeout=1.0, max_deliveries=3
-    )
+    emails = open_queue(folder, config)
     _wait(lambda: emails.stats().total == 0, 15, 0.1)
     queue = emails.stats()
     service.stop_workers.set()
@@ -533,8 +555,9 @@ def _main(service: _Service, duration: float, seed: int) -> dict[str, Any]:
 def _ratio(snapshots: Any, tier: str) -> float:
     hits = misses = 0
     for data in snapshots:
-        hits += data[tier]["hits"]
-        misses += data[tier]["misses"]
+        if tier in data:
+            hits += data[tier]["hits"]
+            misses += data[tier]["misses"]
     return hits / (hits + misses) if hits + misses else 0.0
 
 
@@ -549,6 +572,7 @@ def _verify(
 ) -> dict[str, Any]:
     from scalekit.sharding import HashRing
 
+    stats = list(service.stats.values())
     final: HashRing[str] = HashRing([*SHARDS, NEW_SHARD])
     if "plan" not in migration_box:
         final = HashRing(list(SHARDS))
@@ -592,7 +616,15 @@ def _verify(
         },
         "cache_hit_ratios": {
             "web (pages and static assets)": round(_ratio(service.stats.values(), "web"), 3),
-            "query (near, per process)": round(_ratio(service.stats.values(), "query"), 3),
+            "query (the cached function)": round(_ratio(service.stats.values(), "query"), 3),
+            **(
+                {
+                    "query near tier (per process)": round(_ratio(stats, "near"), 3),
+                    "query shared tier (Redis)": round(_ratio(stats, "shared"), 3),
+                }
+                if any("shared" in data for data in stats)
+                else {}
+            ),
             "replica reads / all reads": round(
                 replica_reads / (replica_reads + primary_reads or 1), 3
             ),

@@ -8,6 +8,7 @@ it mid-job; a job marked poison is refused until the queue dead-letters it.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import time
 from pathlib import Path
@@ -18,13 +19,12 @@ __all__ = ["work"]
 
 def work(folder: str, number: int, holding: Any, stop: Any) -> None:
     """Consume e-mails until ``stop`` is set and the queue stays empty."""
+    from scalekit._demo._app import open_queue
     from scalekit.errors import DeliveryExpired
-    from scalekit.mq import Broker, SqliteBackend
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops us
     root = Path(folder)
-    broker = Broker(SqliteBackend(root / "queue.db"))
-    emails = broker.queue("emails", visibility_timeout=1.0, max_deliveries=3)
+    emails = open_queue(root, json.loads((root / "config.json").read_text()))
     with (root / f"outbox-{number}.log").open("a") as outbox:
         while True:
             delivery = emails.get(timeout=0.1)
@@ -43,4 +43,4 @@ def work(folder: str, number: int, holding: Any, stop: Any) -> None:
             with contextlib.suppress(DeliveryExpired):  # timed out: sent again, at least once
                 delivery.ack()
             holding.clear()
-    broker.close()
+    emails.close()
