@@ -131,7 +131,7 @@ def _build(root: Path, name: str, built: str) -> tuple[Any, Callable[[], None]]:
             position_probe=_probe(replica_position, replica_file),
             lag_probe=_probe(replica_lag, replica_file),
             max_lag=MAX_LAG,
-            probe_interval=0.1,
+            probe_interval=0.02,
         )
     emails = open_queue(root, config)
     counters = {"requests": 0, "writes": 0, "replica_reads": 0, "primary_reads": 0}

@@ -25,7 +25,7 @@ SHARDS = ("shard-0", "shard-1", "shard-2")
 NEW_SHARD = "shard-3"
 PRODUCTS = 2_000
 CLIENTS = 12
-BASE_DELAY = 0.05  # how far the replication thread keeps replicas behind
+BASE_DELAY = 0.01  # how far the replication thread keeps replicas behind
 
 
 Out = Callable[[str], None]
@@ -41,6 +41,7 @@ class _Traffic:
     bad_answers: list[str] = field(default_factory=list)
     session_losses: list[str] = field(default_factory=list)
     truncated: list[str] = field(default_factory=list)
+    client_errors: list[str] = field(default_factory=list)
     retries: int = 0
     latencies: list[float] = field(default_factory=list)
     stale_reads: int = 0
@@ -122,6 +123,15 @@ def _exchange(
 
 
 def _client(number: int, http: _Http, stop: threading.Event, seed: int, css: str) -> None:
+    """Run :func:`_browse`; a crash of the client counts as a broken invariant."""
+    try:
+        _browse(number, http, stop, seed, css)
+    except Exception as exc:
+        with http.traffic.lock:
+            http.traffic.client_errors.append(f"client {number}: {type(exc).__name__}: {exc}")
+
+
+def _browse(number: int, http: _Http, stop: threading.Event, seed: int, css: str) -> None:
     """One simulated browser after another: look around, log in, visit, read back."""
     rng = random.Random(seed * 1_000 + number)
     traffic = http.traffic
@@ -400,7 +410,7 @@ def _main(
     (assets / "site.css").write_text("body { font-family: sans-serif }\n" * 40)
     build(assets, service.built, brotli=False)
     css = WSGIStaticFiles(service.built).url_for("site.css")
-    replicator = _db.Replicator(folder, all_shards, delay=BASE_DELAY, period=0.05)
+    replicator = _db.Replicator(folder, all_shards, delay=BASE_DELAY, period=0.02)
     for shard in all_shards:
         replicator.copy(shard)
     replicator.start()
@@ -599,6 +609,8 @@ def _verify(
         for shard, counts in data["shards"].items():
             per_shard[shard] = per_shard.get(shard, 0) + counts["reads"] + counts["writes"]
     replica_reads = sum(d["replica_reads"] for d in service.stats.values())
+    own_writes = sum(c["read_your_writes"] for d in stats for c in d["shards"].values())
+    fallbacks = sum(c["fallbacks"] for d in stats for c in d["shards"].values())
     primary_reads = sum(d["primary_reads"] for d in service.stats.values())
     plan = migration_box.get("plan")
     moved = injected.get("keys_moved", 0)
@@ -608,6 +620,7 @@ def _verify(
             "failed": traffic.failed,
             "bad_answers": len(traffic.bad_answers),
             "bad_answer_samples": traffic.bad_answers[:5],
+            "client_errors": traffic.client_errors,
             "retried": traffic.retries,
             "truncated": len(traffic.truncated),
             "truncated_samples": traffic.truncated[:5],
@@ -655,6 +668,12 @@ def _verify(
             "loss_samples": traffic.session_losses[:5],
             "seen_on_another_server": traffic.sessions_elsewhere,
         },
+        "reads": {
+            "replica": replica_reads,
+            "primary": primary_reads,
+            "primary_for_own_write": own_writes,
+            "primary_as_no_replica_fit": fallbacks,
+        },
         "stale_reads": traffic.stale_reads,
         "injected": injected,
         "events": service.events,
@@ -671,6 +690,7 @@ def _verify(
     checks = {
         "a request was lost": traffic.failed == 0,
         "a request got an error answer": not traffic.bad_answers,
+        "a client crashed": not traffic.client_errors,
         "a session was lost": traffic.sessions_lost == 0,
         "a job was lost": jobs_lost == 0,
         "a poison job was not dead-lettered": queue.dead_letters == len(poison),
@@ -726,6 +746,13 @@ def _print_report(report: dict[str, Any], out: Out) -> None:
         f"sessions: {sessions['users']} users logged in, {sessions['kept']} kept, "
         f"{sessions['lost']} lost; {sessions['seen_on_another_server']} seen logged in "
         "on another server"
+    )
+    reads = report["reads"]
+    out(
+        f"database reads: {reads['replica']:,} on replicas, {reads['primary']:,} on primaries "
+        f"({reads['primary_for_own_write']:,} as the replica had not replayed the user's own "
+        f"write, {reads['primary_as_no_replica_fit']:,} as the replica lagged or was unknown, "
+        "the rest while keys moved)"
     )
     out(f"stale reads after the user's own write: {report['stale_reads']}")
     if report["ok"]:
