@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scalekit._demo._display import display_for
+
 __all__ = ["run"]
 
 APP_SERVERS = ("app-1", "app-2", "app-3")
@@ -199,6 +201,7 @@ class _Service:
         self.folder = folder
         self.built = built
         self.out = out
+        self.display = display_for(out)
         self.spawn = multiprocessing.get_context("spawn")
         self.ready: Any = self.spawn.Queue()
         self.servers: dict[str, Any] = {}
@@ -214,7 +217,7 @@ class _Service:
     def event(self, text: str) -> None:
         line = f"{time.monotonic() - self.started:5.1f}s  {text}"
         self.events.append(line)
-        self.out(f"  ! {line}")
+        self.display.event(line)
 
     def start_server(self, name: str) -> str:
         from scalekit._demo._app import serve
@@ -503,8 +506,8 @@ def _main(
             if time.monotonic() - last[0] > 0.5 or progress.done:
                 last[0] = time.monotonic()
                 filled = int(30 * progress.fraction)
-                out(
-                    f"    resharding [{'#' * filled:<30}] {progress.fraction:4.0%} "
+                service.display.bar(
+                    f"resharding [{'#' * filled:<30}] {progress.fraction:4.0%} "
                     f"{progress.moved:,} keys moved"
                 )
 
@@ -529,23 +532,11 @@ def _main(
 
     chaos_thread = threading.Thread(target=chaos, name="chaos", daemon=True)
     chaos_thread.start()
-    last_served = 0
-    while time.monotonic() - service.started < duration or chaos_thread.is_alive():
-        time.sleep(1.0)
-        service.poll_stats()
-        with traffic.lock:
-            served, failed, retries = traffic.served, traffic.failed, traffic.retries
-            sent = len(traffic.jobs_sent)
-        web = _ratio(service.stats.values(), "web")
-        query = _ratio(service.stats.values(), "query")
-        processed = len(_outbox(folder))
-        out(
-            f"{time.monotonic() - service.started:5.1f}s  {served - last_served:4d} req/s  "
-            f"served {served:,}  failed {failed}  retried {retries}  "
-            f"in rotation {len(balancer.healthy())}/3  web hit {web:.0%}  "
-            f"query hit {query:.0%}  mails {processed}/{sent}"
-        )
-        last_served = served
+    service.display.start()
+    try:
+        _show(service, traffic, balancer, duration, chaos_thread)
+    finally:
+        service.display.stop()
     stop.set()
     done.set()
     for client in clients:
@@ -560,6 +551,29 @@ def _main(
         process.join(5)
     replicator.stop()
     return _verify(service, traffic, injected, migration_box, stores, queue, balancer)
+
+
+def _show(
+    service: _Service, traffic: _Traffic, balancer: Any, duration: float, chaos: threading.Thread
+) -> None:
+    """Show a status line a second until the run's time is up and the chaos is over."""
+    last_served = 0
+    while time.monotonic() - service.started < duration or chaos.is_alive():
+        time.sleep(1.0)
+        service.poll_stats()
+        with traffic.lock:
+            served, failed, retries = traffic.served, traffic.failed, traffic.retries
+            sent = len(traffic.jobs_sent)
+        web = _ratio(service.stats.values(), "web")
+        query = _ratio(service.stats.values(), "query")
+        processed = len(_outbox(service.folder))
+        service.display.status(
+            f"{time.monotonic() - service.started:5.1f}s  {served - last_served:4d} req/s  "
+            f"served {served:,}  failed {failed}  retried {retries}  "
+            f"in rotation {len(balancer.healthy())}/3  web hit {web:.0%}  "
+            f"query hit {query:.0%}  mails {processed}/{sent}"
+        )
+        last_served = served
 
 
 def _ratio(snapshots: Any, tier: str) -> float:
