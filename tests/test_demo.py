@@ -184,6 +184,13 @@ def test_demo_refuses_a_duration_out_of_range(capsys: pytest.CaptureFixture[str]
     assert "--duration" in capsys.readouterr().err
 
 
+def test_demo_refuses_a_report_path_in_no_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--json", str(tmp_path / "missing" / "report.json")]) == 2
+    assert "--json" in capsys.readouterr().err
+
+
 def test_tour_still_shows_the_blocks_one_at_a_time(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["tour"]) == 0
     out = capsys.readouterr().out

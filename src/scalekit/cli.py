@@ -31,10 +31,15 @@ def _demo(parser: argparse.ArgumentParser) -> Handler:
     )
 
     def handle(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
         from scalekit._demo import run
 
         if not 3 <= args.duration <= 600:
             print("scalekit demo: --duration must be between 3 and 600 seconds", file=sys.stderr)
+            return 2
+        if args.json is not None and not Path(args.json).absolute().parent.is_dir():
+            print(f"scalekit demo: --json: no folder for {args.json!r}", file=sys.stderr)
             return 2
         return run(args.duration, args.seed, args.json, args.redis)
 
