@@ -69,8 +69,16 @@ def _names(keys: Iterable[Hashable], label_of: LabelOf) -> dict[Any, str]:
 # -- caches -------------------------------------------------------------------
 
 _CACHE_COUNTERS = {
-    field: _metric(f"scalekit_cache_{field}_total", "counter", f"Cache {field}.")
-    for field in ("hits", "misses", "evictions", "expirations", "writes", "deletes", "errors")
+    field: _metric(f"scalekit_cache_{field}_total", "counter", help_text)
+    for field, help_text in (
+        ("hits", "Cache hits."),
+        ("misses", "Cache misses."),
+        ("evictions", "Items removed to make room (in-process caches)."),
+        ("expirations", "Items removed because their TTL ran out (in-process caches)."),
+        ("writes", "Items written (remote caches)."),
+        ("deletes", "Deletes (remote caches)."),
+        ("errors", "Calls that raised a `BackendError` (remote caches)."),
+    )
 }
 _CACHE_SIZE = _metric("scalekit_cache_size", "gauge", "Items (or their total size) in the cache.")
 _CACHE_MAXSIZE = _metric("scalekit_cache_maxsize", "gauge", "The capacity of the cache.")
@@ -90,7 +98,9 @@ def _cache(name: str, obj: Any, snapshot: Any, label_of: LabelOf) -> list[Sample
 
 
 _TIERED_HITS = _metric(
-    "scalekit_tiered_cache_hits_total", "counter", "Reads answered by the tier (l1 or l2)."
+    "scalekit_tiered_cache_hits_total",
+    "counter",
+    'Reads answered by the tier (`tier="l1"` or `"l2"`).',
 )
 _TIERED_COUNTERS = {
     field: _metric(f"scalekit_tiered_cache_{field}_total", "counter", help_text)
@@ -113,19 +123,19 @@ def _tiered(name: str, obj: Any, snapshot: Any, label_of: LabelOf) -> list[Sampl
 
 
 _WEB_COUNTERS = {
-    field: _metric(f"scalekit_web_cache_{field}_total", "counter", f"HTTP cache {field}.")
-    for field in (
-        "hits",
-        "stale_hits",
-        "coalesced",
-        "misses",
-        "revalidations",
-        "refreshes",
-        "stores",
-        "bypasses",
-        "not_modified",
-        "purges",
-        "errors",
+    field: _metric(f"scalekit_web_cache_{field}_total", "counter", help_text)
+    for field, help_text in (
+        ("hits", "Fresh responses served from the store."),
+        ("stale_hits", "Stale responses served."),
+        ("coalesced", "Requests answered by another request's fetch."),
+        ("misses", "Cacheable requests without a usable stored response."),
+        ("revalidations", "Revalidations the app answered 304."),
+        ("refreshes", "Background refreshes started."),
+        ("stores", "Responses stored."),
+        ("bypasses", "Requests the cache did not serve by rule."),
+        ("not_modified", "304s answered from the store."),
+        ("purges", "Tags purged."),
+        ("errors", "Store calls and refreshes that failed."),
     )
 }
 
@@ -173,13 +183,18 @@ _BACKEND_GAUGES = {
     )
 }
 _BACKEND_COUNTERS = {
-    field: _metric(f"scalekit_balancer_{field}_total", "counter", f"The backend's {field}.")
-    for field in ("picks", "successes", "failures", "ejections")
+    field: _metric(f"scalekit_balancer_{field}_total", "counter", help_text)
+    for field, help_text in (
+        ("picks", "Picks of the backend."),
+        ("successes", "Successes reported for the backend."),
+        ("failures", "Failures reported for the backend."),
+        ("ejections", "Times the backend was ejected."),
+    )
 }
 _BACKEND_LATENCY = _metric(
     "scalekit_balancer_latency_seconds",
     "gauge",
-    "Moving average of the backend's reported latencies.",
+    "Moving average of the backend's reported latencies (absent before the first).",
 )
 _BALANCER_NO_BACKEND = _metric(
     "scalekit_balancer_no_backend_total", "counter", "Picks that found no backend."
@@ -289,7 +304,9 @@ def _sharded_store(name: str, obj: Any, snapshot: Any, label_of: LabelOf) -> lis
 
 _REPLICA_READS = _metric("scalekit_replica_reads_total", "counter", "Reads sent to the replica.")
 _REPLICA_LAG = _metric(
-    "scalekit_replica_lag_seconds", "gauge", "The replica's last measured lag (absent if unknown)."
+    "scalekit_replica_lag_seconds",
+    "gauge",
+    "The replica's last measured lag (absent while unknown).",
 )
 _REPLICA_LAGGING = _metric(
     "scalekit_replica_lagging", "gauge", "1 while reads avoid the replica for its lag."
@@ -300,7 +317,7 @@ _ROUTER_COUNTERS = {
     for field, help_text in (
         ("reads", "Reads routed."),
         ("writes", "Writes routed."),
-        ("pinned", "Reads sent to the primary inside a transaction or use_primary()."),
+        ("pinned", "Reads sent to the primary inside a transaction or `use_primary()`."),
         ("read_your_writes", "Reads sent to the primary to see the context's own write."),
         ("fallbacks", "Reads sent to the primary because no replica qualified."),
         ("failures", "Replica failures reported."),
@@ -336,12 +353,21 @@ _QUEUE_GAUGES = {
         ("delayed", "delayed", "Messages put with a delay not yet due."),
         ("in_flight", "in_flight", "Messages delivered and not yet settled."),
         ("dead_letters", "dead_letters", "Messages in the queue's dead letters."),
-        ("oldest_age", "oldest_age_seconds", "Age of the oldest message in the queue."),
+        (
+            "oldest_age",
+            "oldest_age_seconds",
+            "Age of the oldest message in the queue (absent when empty).",
+        ),
     )
 }
 _QUEUE_COUNTERS = {
-    field: _metric(f"scalekit_mq_{field}_total", "counter", f"Messages {field}.")
-    for field in ("delivered", "redelivered", "acked", "dead_lettered")
+    field: _metric(f"scalekit_mq_{field}_total", "counter", help_text)
+    for field, help_text in (
+        ("delivered", "Deliveries."),
+        ("redelivered", "Deliveries of a message delivered before."),
+        ("acked", "Messages acknowledged."),
+        ("dead_lettered", "Messages moved to the dead letters."),
+    )
 }
 
 

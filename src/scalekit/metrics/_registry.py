@@ -21,7 +21,10 @@ __all__ = ["Registry"]
 _log = logging.getLogger("scalekit.metrics")
 _MAX_NAME = 100
 _COLLECT_ERRORS = "scalekit_metrics_collect_errors_total"
-METRICS[_COLLECT_ERRORS] = ("counter", "Collections in which the block failed to report.")
+METRICS[_COLLECT_ERRORS] = (
+    "counter",
+    "Collections in which the block failed to report (`block=`).",
+)
 
 
 def _check_samples(name: str, samples: list[Sample]) -> list[Sample]:
