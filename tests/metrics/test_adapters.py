@@ -9,8 +9,14 @@ from typing import Any
 
 import pytest
 
-from scalekit.balancing import FailoverGroups, HealthChecker, LeastConnections, RoundRobin
-from scalekit.cache import LRUCache, ThreadSafeCache, TieredCache, cached
+from scalekit.balancing import (
+    FailoverGroups,
+    HealthChecker,
+    LeastConnections,
+    PeakEwma,
+    RoundRobin,
+)
+from scalekit.cache import LRUCache, RedisCache, ThreadSafeCache, TieredCache, cached
 from scalekit.metrics import METRICS, Registry, Sample
 from scalekit.metrics._adapters import OBJECT_ADAPTERS, SNAPSHOT_ADAPTERS
 from scalekit.mq import Broker
@@ -267,3 +273,31 @@ def test_a_mapping_from_stats_is_read_as_gauges() -> None:
         "scalekit_inv_messages": 3,
         "scalekit_inv_keys_seen": 5,
     }
+
+
+@pytest.mark.parametrize("kind", [RoundRobin, LeastConnections, PeakEwma])
+def test_every_balancer_shows_its_lease_in_flight(kind: Any) -> None:
+    balancer = kind(["app-1", "app-2"])
+    with balancer.lease() as backend:
+        by_key = _read(balancer, "web")
+        in_flight = {
+            dict(labels)["backend"]: sample.value
+            for (name, labels), sample in by_key.items()
+            if name == "scalekit_balancer_in_flight"
+        }
+    assert in_flight == {"app-1": 0, "app-2": 0, backend: 1}
+
+
+@pytest.mark.redis
+def test_a_redis_cache(redis_client: Any) -> None:
+    cache: RedisCache[int] = RedisCache(redis_client, prefix="metrics:")
+    cache.set("a", 1)
+    cache.get("a"), cache.get("b"), cache.get("c")
+    cache.delete("a")
+    stats = cache.stats()
+    by_key = _read(cache, "shared")
+    assert _value(by_key, "scalekit_cache_hits_total", cache="shared") == stats.hits == 1
+    assert _value(by_key, "scalekit_cache_misses_total", cache="shared") == stats.misses == 2
+    assert _value(by_key, "scalekit_cache_writes_total", cache="shared") == stats.writes == 1
+    assert _value(by_key, "scalekit_cache_deletes_total", cache="shared") == stats.deletes == 1
+    assert _value(by_key, "scalekit_cache_errors_total", cache="shared") == 0
