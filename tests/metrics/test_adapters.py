@@ -16,10 +16,17 @@ from scalekit.balancing import (
     PeakEwma,
     RoundRobin,
 )
-from scalekit.cache import LRUCache, RedisCache, ThreadSafeCache, TieredCache, cached
+from scalekit.cache import (
+    LRUCache,
+    RedisCache,
+    ThreadSafeCache,
+    TieredCache,
+    TTLCache,
+    cached,
+)
 from scalekit.metrics import METRICS, Registry, Sample
 from scalekit.metrics._adapters import OBJECT_ADAPTERS, SNAPSHOT_ADAPTERS
-from scalekit.mq import Broker
+from scalekit.mq import AsyncQueue, Broker
 from scalekit.replication import ReplicaRouter
 from scalekit.sharding import JumpHash, ShardedStore
 from scalekit.testing import FakeClock
@@ -301,3 +308,27 @@ def test_a_redis_cache(redis_client: Any) -> None:
     assert _value(by_key, "scalekit_cache_writes_total", cache="shared") == stats.writes == 1
     assert _value(by_key, "scalekit_cache_deletes_total", cache="shared") == stats.deletes == 1
     assert _value(by_key, "scalekit_cache_errors_total", cache="shared") == 0
+
+
+def test_a_plain_cache_is_not_purged_by_a_scrape() -> None:
+    clock = FakeClock(0)
+    cache: TTLCache[str, int] = TTLCache(maxsize=10, ttl=5, timer=clock, stats=True)
+    cache["a"] = 1
+    clock.advance(10)  # "a" has expired; only the cache's owner may purge it
+    registry = Registry()
+    registry.register("users", cache)
+    registry.collect()
+    assert cache._data == {"a": 1}  # the scrape changed nothing
+    safe = ThreadSafeCache(TTLCache(maxsize=10, ttl=5, timer=clock, stats=True))
+    safe["b"] = 2
+    clock.advance(10)
+    by_key = _read(safe, "safe")  # purged under its lock
+    assert _value(by_key, "scalekit_cache_size", cache="safe") == 0
+
+
+def test_an_async_queue_reads_its_queue() -> None:
+    with Broker() as broker:
+        queue = AsyncQueue(broker.queue("emails"))
+        broker.queue("emails").put({"n": 1})
+        by_key = _read(queue, "mail")
+        assert _value(by_key, "scalekit_mq_depth", broker="mail", queue="emails") == 1

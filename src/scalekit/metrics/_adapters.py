@@ -90,11 +90,20 @@ def _cache(name: str, obj: Any, snapshot: Any, label_of: LabelOf) -> list[Sample
     out, labels = _Out(), (("cache", name),)
     for field in dataclasses.fields(snapshot):
         out.add(_CACHE_COUNTERS[field.name], labels, getattr(snapshot, field.name))
-    for attribute, metric in (("currsize", _CACHE_SIZE), ("maxsize", _CACHE_MAXSIZE)):
-        value = getattr(obj, attribute, None)
-        if not callable(value):
-            out.add(metric, labels, value)
+    out.add(_CACHE_SIZE, labels, _size(obj))
+    out.add(_CACHE_MAXSIZE, labels, getattr(obj, "maxsize", None))
     return out.samples
+
+
+def _size(cache: Any) -> object:
+    """The cache's ``currsize``, but read without purging a plain (unlocked) cache:
+    a scrape runs in another thread, and a purge there would change the cache
+    under its owner's feet. So a plain cache's size may count expired items not
+    purged yet; a ``ThreadSafeCache`` purges under its lock."""
+    data = getattr(cache, "_data", None)
+    if isinstance(data, dict) and isinstance(getattr(cache, "_sized", None), bool):
+        return cache._currsize if cache._sized else len(data)
+    return getattr(cache, "currsize", None)
 
 
 _TIERED_HITS = _metric(
@@ -385,8 +394,13 @@ def _queue_stats(name: str, obj: Any, snapshot: Any, label_of: LabelOf) -> list[
 
 
 def _queue(name: str, obj: Any, label_of: LabelOf) -> list[Sample]:
-    """A Queue (or an AsyncQueue's): ``broker`` is the registered name."""
-    return _queue_snapshot(name, getattr(obj, "queue", obj).stats())
+    """A Queue: ``broker`` is the registered name."""
+    return _queue_snapshot(name, obj.stats())
+
+
+def _async_queue(name: str, obj: Any, label_of: LabelOf) -> list[Sample]:
+    """An AsyncQueue: the queue it wraps."""
+    return _queue_snapshot(name, obj.queue.stats())
 
 
 def _broker(name: str, obj: Any, label_of: LabelOf) -> list[Sample]:
@@ -441,7 +455,7 @@ class _ObjectEntry(NamedTuple):
 OBJECT_ADAPTERS: dict[str, _ObjectEntry] = {
     "scalekit.mq._broker.Broker": _ObjectEntry(_broker, probe=False),
     "scalekit.mq._queue.Queue": _ObjectEntry(_queue, probe=False),
-    "scalekit.mq._async.AsyncQueue": _ObjectEntry(_queue, probe=False),
+    "scalekit.mq._async.AsyncQueue": _ObjectEntry(_async_queue, probe=False),
     "scalekit.balancing._health.HealthChecker": _ObjectEntry(_health_checker, probe=True),
 }
 """Adapters by the object's class (or a base), ``module.qualname``."""
