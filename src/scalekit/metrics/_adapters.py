@@ -45,6 +45,9 @@ class _Out:
         self.samples: list[Sample] = []
 
     def add(self, metric: str, labels: Labels, value: object) -> None:
+        if type(value) is int:  # the common case, first
+            self.samples.append(Sample(metric, labels, METRICS[metric][0], float(value)))
+            return
         figure = number(value)
         if figure is not None:
             self.samples.append(Sample(metric, labels, METRICS[metric][0], figure))

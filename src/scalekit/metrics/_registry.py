@@ -27,14 +27,24 @@ METRICS[_COLLECT_ERRORS] = (
 )
 
 
+_checked: set[tuple[str, tuple[str, ...]]] = set()
+"""Metric names with their label names found valid already (a scrape checks each once)."""
+
+
 def _check_samples(name: str, samples: list[Sample]) -> list[Sample]:
     """``samples`` if every name and label is valid for Prometheus, else a ConfigurationError."""
     for sample in samples:
+        shape = (sample.name, tuple(label for label, _ in sample.labels))
+        if shape in _checked:
+            continue
         if not is_metric_name(sample.name):
             raise ConfigurationError(f"{name!r} gave an invalid metric name {sample.name!r}")
-        for label, _ in sample.labels:
+        for label in shape[1]:
             if not is_label_name(label):
                 raise ConfigurationError(f"{name!r} gave an invalid label name {label!r}")
+        if len(_checked) > 10_000:  # names made from unknown blocks' fields: keep it bounded
+            _checked.clear()
+        _checked.add(shape)
     return samples
 
 
