@@ -67,6 +67,12 @@ def test_doc_snippet_compiles_and_binds(source: str) -> None:
     compile(tree, "<snippet>", "exec")
     # a name the snippet does not import was imported elsewhere on the page
     names = {**PUBLIC, **scalekit_names(tree)}
+    # a name the snippet binds itself (Session = routing_sessionmaker(...)) is its own
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.pop(node.id, None)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.pop(node.name, None)
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
             continue
