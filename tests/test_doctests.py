@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import importlib.util
 import pkgutil
 import re
 from dataclasses import dataclass
@@ -136,3 +137,31 @@ def test_a_script_block_that_fails_fails_its_page() -> None:
     assert failure.traceback[-1].lineno + 1 == 7  # the page's own line
     with pytest.raises(AssertionError, match=r"page\.md:2"):
         run_block("page.md", Block(2, ">>> 1 + 1\n3\n", ()), namespace)
+
+
+def test_the_reference_turns_sphinx_roles_into_links_and_examples_into_code() -> None:
+    """docs/sphinx_roles.py, the griffe extension behind the API reference."""
+    pytest.importorskip("griffe")  # the dev extra
+    spec = importlib.util.spec_from_file_location("sphinx_roles", ROOT / "docs/sphinx_roles.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    roles = module.SphinxRoles()
+    text = (
+        "See :class:`~scalekit.cache.LRUCache`, :meth:`TieredCache.get`,"
+        " :func:`check_cache`, :class:`dict` and :mod:`scalekit.errors`.\n"
+        ">>> 1 + 1\n2\n\nAfter."
+    )
+    assert roles.rewrite(text, "scalekit.cache").split("\n") == [
+        "See [`LRUCache`][scalekit.cache.LRUCache],"
+        " [`TieredCache.get()`][scalekit.cache.TieredCache],"
+        " [`check_cache()`][scalekit.testing.check_cache], `dict`"
+        " and [`scalekit.errors`][scalekit.errors].",
+        "```pycon",
+        ">>> 1 + 1",
+        "2",
+        "```",
+        "",
+        "After.",
+    ]
