@@ -11,18 +11,21 @@ import ast
 import importlib
 import inspect
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SNIPPET = re.compile(r"^```py\n(.*?)^```", re.MULTILINE | re.DOTALL)
+SNIPPET = re.compile(r"^(?P<indent>[ \t]*)```py\n(?P<source>.*?)^(?P=indent)```", re.M | re.S)
 DOCUMENTS = sorted(path for path in [ROOT / "README.md", *ROOT.glob("docs/**/*.md")])
 SNIPPETS = [
     pytest.param(source, id=f"{path.relative_to(ROOT)}#{number}")
     for path in DOCUMENTS
-    for number, source in enumerate(SNIPPET.findall(path.read_text()), 1)
+    for number, source in enumerate(
+        (textwrap.dedent(match["source"]) for match in SNIPPET.finditer(path.read_text())), 1
+    )
 ]
 # names a snippet uses without defining: stand-ins for the reader's own objects
 CONTEXT = "users = client = db = None\n"

@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import pkgutil
 import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,10 @@ def test_docstring_examples(module_name: str) -> None:
 
 
 # a fenced ```python block, with the <!-- needs: ... --> comment just above it if any
+# (indented too, in a list item: the source is dedented)
 PYTHON_BLOCK = re.compile(
-    r"(?:^<!--\s*needs:\s*(?P<needs>[\w ,]+?)\s*-->\n)?^```python\n(?P<source>.*?)^```",
+    r"(?:^[ \t]*<!--\s*needs:\s*(?P<needs>[\w ,]+?)\s*-->\n)?"
+    r"^(?P<indent>[ \t]*)```python\n(?P<source>.*?)^(?P=indent)```",
     re.MULTILINE | re.DOTALL,
 )
 
@@ -71,7 +74,7 @@ def blocks(text: str) -> list[Block]:
         unknown = set(needs) - SERVICES.keys()
         assert not unknown, f"unknown service in <!-- needs: -->: {sorted(unknown)}"
         line = text.count("\n", 0, match.start("source")) + 1
-        found.append(Block(line, match["source"], needs))
+        found.append(Block(line, textwrap.dedent(match["source"]), needs))
     return found
 
 
@@ -124,6 +127,8 @@ def test_blocks_are_told_apart_and_keep_their_needs() -> None:
         (4, True, ()),
         (10, False, ("redis",)),
     ]
+    indented = blocks("1. a step:\n\n   ```python\n   >>> 2 * 3\n   6\n   ```\n")
+    assert [(block.line, block.source) for block in indented] == [(4, ">>> 2 * 3\n6\n")]
     with pytest.raises(AssertionError, match="unknown service"):
         blocks("<!-- needs: mongodb -->\n```python\nx = 1\n```\n")
 
@@ -165,3 +170,21 @@ def test_the_reference_turns_sphinx_roles_into_links_and_examples_into_code() ->
         "",
         "After.",
     ]
+
+
+FENCE_KINDS = {"python", "py", "console", "text", "mermaid"}
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_every_fenced_block_says_what_it_is(document: str) -> None:
+    """So no Python hides in a block that nothing runs: ```python runs here,
+    ```py is checked by tests/test_doc_snippets.py, the others are not code."""
+    opened = None
+    for number, line in enumerate((ROOT / document).read_text().splitlines(), 1):
+        if not line.lstrip().startswith("```"):
+            continue
+        if opened is None:
+            opened = line.lstrip()[3:].strip()
+            assert opened in FENCE_KINDS, f"{document}:{number}: a ```{opened} block"
+        else:
+            opened = None
