@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 import re
+import sys
+from pathlib import Path
 from typing import Any
 
 import griffe
@@ -34,7 +36,11 @@ ROLE = re.compile(r":(?:py:)?(class|func|meth|exc|attr|mod|data|obj|doc):`([^`]+
 
 
 def _public() -> dict[str, set[str]]:
-    """Each documented module's public names."""
+    """Each documented module's public names, from this tree's source (the one
+    the reference is read from: mkdocs.yml's ``paths: [src]``)."""
+    source = str(Path(__file__).resolve().parent.parent / "src")
+    if source not in sys.path:
+        sys.path.insert(0, source)
     return {name: set(getattr(importlib.import_module(name), "__all__", ())) for name in DOCUMENTED}
 
 
