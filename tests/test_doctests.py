@@ -188,3 +188,12 @@ def test_every_fenced_block_says_what_it_is(document: str) -> None:
             assert opened in FENCE_KINDS, f"{document}:{number}: a ```{opened} block"
         else:
             opened = None
+
+
+def test_the_readme_links_to_pages_that_exist() -> None:
+    """mkdocs --strict checks the links between pages; nothing checks the README's."""
+    targets = re.findall(
+        r"\]\(((?:docs/)?[\w./-]+\.md)(?:#[\w-]+)?\)", (ROOT / "README.md").read_text()
+    )
+    assert "docs/getting-started.md" in targets
+    assert [target for target in targets if not (ROOT / target).is_file()] == []
