@@ -3,7 +3,7 @@ assume (a Redis, a cluster at 10.0.0.1), are checked without running them: each
 compiles, each name it imports from scalekit exists, and each call of an
 imported scalekit class or function binds to its signature, so a renamed
 parameter or class breaks the build instead of the reader's first try.
-(The ```python blocks run as doctests: tests/test_doctests.py.)"""
+(The ```python blocks run: tests/test_doctests.py.)"""
 
 from __future__ import annotations
 
