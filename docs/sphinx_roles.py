@@ -48,23 +48,40 @@ class SphinxRoles(griffe.Extension):
     def __init__(self) -> None:
         self.public = _public()
 
-    def resolve(self, target: str, package: str) -> str | None:
-        """The rendered path a role's target links to, or None."""
+    def member(self, owner: str, name: str) -> str | None:
+        """``owner.name`` when the page renders it: a public attribute that a
+        scalekit class of ``owner``'s MRO defines (inherited members are shown)."""
+        module, _, attribute = owner.rpartition(".")
+        cls = getattr(importlib.import_module(module), attribute, None)
+        if name.startswith("_") or not isinstance(cls, type):
+            return None
+        for base in cls.__mro__:
+            if base.__module__.startswith("scalekit") and name in vars(base):
+                return f"{owner}.{name}"
+        return None
+
+    def resolve(self, target: str, package: str, owner: str | None = None) -> str | None:
+        """The rendered path a role's target links to, or None; ``owner`` is the
+        public path of the class whose docstring holds the role."""
         if target in self.public:  # a module
             return target
         parts = target.split(".")
         # scalekit.cache.LRUCache(.get) or cache.LRUCache or LRUCache(.get)
         for split in range(len(parts) - 1, -1, -1):
             module = ".".join(parts[:split])
-            candidates = [module, f"scalekit.{module}"] if module else []
-            if not module:
-                candidates = [package, *self.public]
+            candidates = [module, f"scalekit.{module}"] if module else [package, *self.public]
             for candidate in candidates:
-                if split < len(parts) and parts[split] in self.public.get(candidate, ()):
-                    return f"{candidate}.{parts[split]}"
+                if parts[split] in self.public.get(candidate, ()):
+                    found = f"{candidate}.{parts[split]}"
+                    rest = parts[split + 1 :]
+                    if len(rest) == 1:  # a member: its own anchor, else its class's
+                        return self.member(found, rest[0]) or found
+                    return found
+        if owner is not None and len(parts) == 1:  # :meth:`stop` in HealthChecker
+            return self.member(owner, parts[0])
         return None
 
-    def rewrite(self, text: str, package: str) -> str:
+    def rewrite(self, text: str, package: str, owner: str | None = None) -> str:
         def role(match: re.Match[str]) -> str:
             kind, body = match.groups()
             shown, _, explicit = body.partition(" <")
@@ -75,7 +92,7 @@ class SphinxRoles(griffe.Extension):
                 shown = target.rsplit(".", 1)[-1] if short else target
             if kind in {"func", "meth"} and not shown.endswith(")"):
                 shown += "()"
-            path = self.resolve(target, package)
+            path = self.resolve(target, package, owner)
             return f"[`{shown}`][{path}]" if path else f"`{shown}`"
 
         lines, out, in_example = ROLE.sub(role, text).split("\n"), [], False
@@ -104,4 +121,8 @@ class SphinxRoles(griffe.Extension):
             ),
             "scalekit",
         )
-        obj.docstring.value = self.rewrite(obj.docstring.value, package)
+        holder = obj if obj.is_class else obj.parent
+        owner = None
+        if holder is not None and holder.is_class and holder.name in self.public.get(package, ()):
+            owner = f"{package}.{holder.name}"
+        obj.docstring.value = self.rewrite(obj.docstring.value, package, owner)

@@ -160,7 +160,7 @@ def test_the_reference_turns_sphinx_roles_into_links_and_examples_into_code() ->
     )
     assert roles.rewrite(text, "scalekit.cache").split("\n") == [
         "See [`LRUCache`][scalekit.cache.LRUCache],"
-        " [`TieredCache.get()`][scalekit.cache.TieredCache],"
+        " [`TieredCache.get()`][scalekit.cache.TieredCache.get],"
         " [`check_cache()`][scalekit.testing.check_cache], `dict`"
         " and [`scalekit.errors`][scalekit.errors].",
         "```pycon",
@@ -170,6 +170,11 @@ def test_the_reference_turns_sphinx_roles_into_links_and_examples_into_code() ->
         "",
         "After.",
     ]
+    # a bare member links in its own class's docstring; a private one is code
+    owner = "scalekit.balancing.HealthChecker"
+    assert roles.rewrite(":meth:`stop`, :meth:`_run`", "scalekit.balancing", owner) == (
+        "[`stop()`][scalekit.balancing.HealthChecker.stop], `_run()`"
+    )
 
 
 FENCE_KINDS = {"python", "py", "console", "text", "mermaid"}
