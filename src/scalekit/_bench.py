@@ -523,7 +523,11 @@ def persist_queue_workload(
 
 
 def interleaved_ratio(
-    ours: Callable[[], object], theirs: Callable[[], object], rounds: int = 15, warmup: int = 3
+    ours: Callable[[], object],
+    theirs: Callable[[], object],
+    rounds: int = 15,
+    warmup: int = 3,
+    seconds: float | None = None,
 ) -> tuple[float, float, float]:
     """Median seconds per run of ``ours`` and ``theirs``, timed in alternating
     rounds (each goes first in every other round), and the median of the
@@ -533,12 +537,19 @@ def interleaved_ratio(
     ``warmup`` untimed runs of each come first: for the SQLite queues, enough for
     each write-ahead log to pass its first checkpoint. Until then a commit grows
     the log file, and an fdatasync that must also record a new file size cost
-    ~1.6 x one that overwrites (measured here); a long-lived queue overwrites."""
+    ~1.6 x one that overwrites (measured here); a long-lived queue overwrites.
+
+    With ``seconds``, rounds stop once that much time has passed since the first
+    timed one, at an odd count of 3 at least (so the median is one round's)."""
     for _ in range(warmup):
         ours()
         theirs()
     our_times, their_times, ratios = [], [], []
+    began = time.perf_counter()
     for i in range(rounds):
+        late = seconds is not None and time.perf_counter() - began > seconds
+        if late and i >= 3 and i % 2 == 1:
+            break
         pair = [ours, theirs] if i % 2 == 0 else [theirs, ours]
         times = {}
         for run in pair:

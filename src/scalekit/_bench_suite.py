@@ -46,9 +46,12 @@ class Row:
 @dataclass(frozen=True)
 class Settings:
     """How long to measure: ``rounds`` alternating rounds per comparison (the
-    median of their ratios counts); ``redis_url`` enables the Redis comparisons."""
+    median of their ratios counts), fewer if ``seconds`` pass first (a loaded
+    machine shortens the run rather than stretch it); ``redis_url`` enables the
+    Redis comparisons."""
 
     rounds: int = 201
+    seconds: float | None = 4.0
     redis_url: str | None = None
 
     @property
@@ -73,7 +76,9 @@ def _ratio(
     batch: int = 1,
 ) -> tuple[float, float, float]:
     """Seconds per operation of each (a call does ``ops`` operations) and the ratio."""
-    ours_s, rival_s, ratio = interleaved_ratio(ours, rival, rounds=settings.rounds, batch=batch)
+    ours_s, rival_s, ratio = interleaved_ratio(
+        ours, rival, rounds=settings.rounds, batch=batch, seconds=settings.seconds
+    )
     return ours_s / ops, rival_s / ops, ratio
 
 
@@ -216,14 +221,16 @@ def _mq_sqlite(settings: Settings) -> tuple[float, float, float]:
         import persistqueue  # noqa: F401
     except ImportError:
         raise _not_installed("persist-queue") from None
-    messages = 50 if settings.quick else 100
+    messages = 20 if settings.quick else 50
     with tempfile.TemporaryDirectory(prefix="scalekit-bench-") as folder:
         body = _bench.MQ_JSON_BODY
         ours = _bench.mq_sqlite_workload(f"{folder}/mq.db", "FULL", messages, body=body)
         theirs = _bench.persist_queue_workload(f"{folder}/pq", messages, body=body)
         # whole runs in alternating order, after both write-ahead logs passed a checkpoint
         rounds = max(3, settings.rounds // 3) | 1
-        ours_s, theirs_s, theirs_over_ours = _bench.interleaved_ratio(ours, theirs, rounds=rounds)
+        ours_s, theirs_s, theirs_over_ours = _bench.interleaved_ratio(
+            ours, theirs, rounds=rounds, warmup=1 if settings.quick else 3, seconds=settings.seconds
+        )
     # the median of an odd number of ratios: its inverse is the median of the inverses
     return ours_s / messages, theirs_s / messages, 1 / theirs_over_ours
 

@@ -82,7 +82,9 @@ def _bench_table(args: argparse.Namespace) -> int:
     from scalekit._bench_suite import BLOCKS, HEADER, Settings, format_table, run_blocks
 
     blocks = [args.module] if args.module else list(BLOCKS)
-    settings = Settings(rounds=25 if args.quick else 201, redis_url=args.redis)
+    settings = Settings(
+        rounds=25 if args.quick else 201, seconds=0.6 if args.quick else 4.0, redis_url=args.redis
+    )
     print(HEADER)
     print(f"blocks: {', '.join(blocks)}{' (--quick)' if args.quick else ''}", flush=True)
     start = time.perf_counter()
