@@ -122,6 +122,8 @@ def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
         ["bench", "--redis", "localhost:6379"],
         ["bench", "nosuchblock"],
         ["bench", "cache", "--details", "--repeat", "0"],
+        ["bench", "--details"],
+        ["bench", "web", "--details"],
     ):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
@@ -200,6 +202,12 @@ def test_details_of_balancing_print_every_balancer_at_every_size(
         assert row.startswith(kind)
         assert row[len(kind) :].count("ns") == 3
         assert float(row.split()[-1]) > 0
+
+
+def test_the_command_names_every_block_of_the_suite() -> None:
+    from scalekit.cli import _BENCH_BLOCKS
+
+    assert list(_BENCH_BLOCKS) == list(BLOCKS)
 
 
 def test_settings_quick_is_below_the_full_rounds() -> None:

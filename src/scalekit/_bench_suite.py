@@ -13,7 +13,6 @@ becomes a row saying so; nothing here asserts a ratio.
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -272,6 +271,8 @@ def _routing_overhead(settings: Settings) -> tuple[float, float, float]:
 
 def _web_hit(rival: str) -> Comparison:
     def compare(settings: Settings) -> tuple[float, float, float]:
+        import asyncio
+
         from scalekit import _bench_web as web
         from scalekit.web import CacheMiddleware, HttpCache
 
