@@ -338,6 +338,25 @@ def _redis_session(settings: Settings) -> tuple[float, float, float]:
         return _ratio(request, raw_pair, settings, ops=1, batch=10)
 
 
+def _asgi_sessions(settings: Settings) -> tuple[float, float, float]:
+    import asyncio
+
+    try:
+        import itsdangerous  # noqa: F401 - Starlette's sessions sign with it
+        import starlette  # noqa: F401
+    except ImportError:
+        raise _not_installed("starlette itsdangerous") from None
+    from scalekit import _bench_web as web
+
+    loop = asyncio.new_event_loop()
+    try:
+        ours = web.session_runner("scalekit", loop, 20)
+        theirs = web.session_runner("starlette", loop, 20)
+        return _ratio(ours, theirs, settings, ops=20)
+    finally:
+        loop.close()
+
+
 # -- the table -----------------------------------------------------------------------
 
 BLOCKS: dict[str, list[tuple[str, str, Comparison]]] = {
@@ -371,6 +390,7 @@ BLOCKS: dict[str, list[tuple[str, str, Comparison]]] = {
         ("HttpCache hit in-process / hishel ASGI hit", "<= 0.2", _web_hit("hishel")),
     ],
     "sessions": [
+        ("SessionMiddleware request, memory / Starlette's", "-", _asgi_sessions),
         ("RedisSessionStore load+save / redis-py GET+SET", "<= 1.3", _redis_session),
     ],
 }
@@ -409,7 +429,7 @@ def _duration(seconds: float) -> str:
 HEADER = (
     "ratio = scalekit time / rival time per operation, both timed in the same run in\n"
     "alternating rounds (median of the per-round ratios): below 1, scalekit is faster.\n"
-    "claim: the ratio docs/performance.md publishes, or the target (<=, <) it is held to."
+    "claim: the ratio docs/performance.md publishes, or the target (<=, <) it is held to (-: none)."
 )
 
 

@@ -14,7 +14,14 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PAGE", "capture_hit", "hishel_app", "page_app", "runner"]
+__all__ = [
+    "PAGE",
+    "capture_hit",
+    "hishel_app",
+    "page_app",
+    "runner",
+    "session_runner",
+]
 
 PAGE = json.dumps(
     [
@@ -121,3 +128,56 @@ def hishel_app(folder: str) -> Any:
 
     storage = AsyncSqliteStorage(database_path=f"{folder}/hishel.db")
     return ASGICacheMiddleware(page_app(), storage)
+
+
+def _counting_app(seen: list[int]) -> Any:
+    """An app that adds one to ``scope["session"]["counter"]``, keeps it in
+    ``seen[0]`` and answers ``ok``."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        session = scope["session"]
+        session["counter"] = seen[0] = session.get("counter", 0) + 1
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    return app
+
+
+def session_runner(kind: str, loop: asyncio.AbstractEventLoop, batch: int) -> Callable[[], int]:
+    """A callable making ``batch`` requests of one browser (its cookie carried from
+    response to request) to a counting app behind ``kind``'s session middleware:
+    ``"scalekit"`` (``SessionMiddleware`` over an ``AsyncMemorySessionStore``) or
+    ``"starlette"`` (Starlette's, the session signed into the cookie itself).
+    Each call returns the requests made so far, having checked that the session's
+    counter saw every one of them (the session was kept)."""
+    seen = [0]
+    if kind == "scalekit":
+        from scalekit.sessions import AsyncMemorySessionStore, SessionMiddleware
+
+        app: Any = SessionMiddleware(_counting_app(seen), AsyncMemorySessionStore(), secure=False)
+    else:
+        from starlette.middleware.sessions import SessionMiddleware as StarletteSessions
+
+        app = StarletteSessions(_counting_app(seen), secret_key="bench-" * 6)
+    cookie: list[bytes] = []
+    count = 0
+
+    async def send(message: dict[str, Any]) -> None:
+        for name, value in message.get("headers", ()):
+            if name.lower() == b"set-cookie":
+                cookie[:] = [value.split(b";", 1)[0]]
+
+    async def many() -> None:
+        nonlocal count
+        for _ in range(batch):
+            headers = [(b"host", b"127.0.0.1:8000"), *[(b"cookie", c) for c in cookie]]
+            await app({**_SCOPE, "headers": headers}, _receive, send)
+            count += 1
+
+    def run() -> int:
+        loop.run_until_complete(many())
+        if seen[0] != count:
+            raise AssertionError(f"{kind}: the session counted {seen[0]} of {count} requests")
+        return count
+
+    return run
