@@ -22,7 +22,7 @@ from typing import Any
 
 from scalekit._bench_timing import interleaved_ratio
 
-__all__ = ["BLOCKS", "Row", "Settings", "format_table", "run_blocks"]
+__all__ = ["BLOCKS", "HEADER", "Row", "Settings", "format_table", "run_blocks"]
 
 
 @dataclass(frozen=True)
