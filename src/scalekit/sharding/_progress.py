@@ -109,9 +109,9 @@ def _plain(
 
 
 class ProgressLog:
-    """Logs a move on ``scalekit.sharding`` at INFO: its start, every ``step`` of
-    the work (10 %) or ``every`` seconds (whichever comes first), its end, and a
-    stop. ``resharder`` names the mover in the ``extra`` fields; ``unit`` is what
+    """Logs a move on ``scalekit.sharding`` at INFO: its start, every ``step``
+    percent of the work (10) or ``every`` seconds (whichever comes first), its
+    end, and a stop. ``resharder`` names the mover in the ``extra`` fields; ``unit`` is what
     ``examined`` counts (keys, slots).
 
     Runtime complexity: O(1) per report.
@@ -123,7 +123,7 @@ class ProgressLog:
         unit: str,
         *,
         every: float = 5.0,
-        step: float = 0.1,
+        step: int = 10,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._resharder = resharder
@@ -133,7 +133,7 @@ class ProgressLog:
         self._clock = clock
         self._started = False
         self._finished = False
-        self._next_share = step
+        self._next_percent = step
         self._last = 0.0
 
     def _fields(self, examined: int, total: int, moved: int) -> dict[str, Any]:
@@ -174,10 +174,10 @@ class ProgressLog:
             )
             return
         share = examined / total if total else 0.0
-        if share < self._next_share and now - self._last < self._every:
+        if 100 * examined < self._next_percent * total and now - self._last < self._every:
             return
-        while self._next_share <= share:
-            self._next_share += self._step
+        while self._next_percent * total <= 100 * examined:
+            self._next_percent += self._step
         self._last = now
         _log.info(
             "resharding (%s): %d/%d %ss examined (%.0f%%), %d keys moved",
