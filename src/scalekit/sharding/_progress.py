@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import IO, Any, Protocol
@@ -135,6 +136,7 @@ class ProgressLog:
         self._finished = False
         self._next_percent = step
         self._last = 0.0
+        self._lock = threading.Lock()  # steps of one move may report from several threads
 
     def _fields(self, examined: int, total: int, moved: int) -> dict[str, Any]:
         share = examined / total if total else 1.0
@@ -148,6 +150,10 @@ class ProgressLog:
 
     def report(self, examined: int, total: int, moved: int, done: bool) -> None:
         """After each batch: log the start, a step of progress, or the end."""
+        with self._lock:
+            self._report(examined, total, moved, done)
+
+    def _report(self, examined: int, total: int, moved: int, done: bool) -> None:
         if self._finished:
             return
         fields = self._fields(examined, total, moved)
