@@ -1,35 +1,14 @@
-"""Timing two workloads against each other on a shared machine."""
+"""Timing two workloads against each other on a shared machine (the timing itself
+lives in ``scalekit._bench_timing``, shared with ``scalekit bench``)."""
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
+from scalekit._bench_timing import interleaved_ratio
 
-def interleaved_ratio(
-    ours: Callable[[], Any], rival: Callable[[], Any], *, rounds: int = 40, batch: int = 100
-) -> tuple[float, float, float]:
-    """Median seconds per call of ``ours`` and ``rival``, measured in alternating
-    batches (so both see the same machine), and the median of the per-round ratios
-    ``ours / rival``."""
-    for _ in range(batch):
-        ours()
-        rival()
-    our_times, rival_times, ratios = [], [], []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(batch):
-            ours()
-        middle = time.perf_counter()
-        for _ in range(batch):
-            rival()
-        end = time.perf_counter()
-        our_times.append((middle - start) / batch)
-        rival_times.append((end - middle) / batch)
-        ratios.append((middle - start) / (end - middle))
-    return statistics.median(our_times), statistics.median(rival_times), statistics.median(ratios)
+__all__ = ["interleaved_ratio", "record"]
 
 
 def record(benchmark: Any, ours: Callable[[], Any], rival: Callable[[], Any], **kw: Any) -> float:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 
@@ -55,36 +54,3 @@ def test_tour_runs_and_shows_the_cache_at_work(capsys: pytest.CaptureFixture[str
     assert "reads go to primary" in out
     assert "replica-2 replays it: reads go to replica-2, replica-2" in out
     assert "fresh reads go to replica-2 replica-2 replica-2 replica-2" in out
-
-
-def test_bench_prints_a_ratio_for_every_policy_and_operation(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    assert main(["bench", "cache", "--repeat", "1"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    rows = [line.split() for line in lines[2:]]
-    assert len(rows) == 12
-    assert {row[0] for row in rows} == {"LRU", "LFU", "FIFO", "TTL"}
-    assert all(float(row[-1]) > 0 for row in rows)
-
-
-def test_bench_replication_prints_each_decision(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "replication", "--repeat", "1"]) == 0
-    out = capsys.readouterr().out
-    for name in ("for_read(), window mode", "for_read(), token mode", "for_write(), no stickiness"):
-        assert re.search(rf"{re.escape(name)}\s+\d+ ns", out), out
-
-
-def test_bench_balancing_prints_every_balancer_at_every_size(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    from scalekit._bench import BALANCER_KINDS
-
-    assert main(["bench", "balancing", "--repeat", "1"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    rows = lines[2:]
-    assert len(rows) == len(BALANCER_KINDS)
-    for kind, row in zip(BALANCER_KINDS, rows, strict=True):
-        assert row.startswith(kind)
-        assert row[len(kind) :].count("ns") == 3
-        assert float(row.split()[-1]) > 0

@@ -3,7 +3,7 @@ assume (a Redis, a cluster at 10.0.0.1), are checked without running them: each
 compiles, each name it imports from scalekit exists, and each call of an
 imported scalekit class or function binds to its signature, so a renamed
 parameter or class breaks the build instead of the reader's first try.
-(The ```python blocks run as doctests: tests/test_doctests.py.)"""
+(The ```python blocks run: tests/test_doctests.py.)"""
 
 from __future__ import annotations
 
@@ -11,18 +11,21 @@ import ast
 import importlib
 import inspect
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SNIPPET = re.compile(r"^```py\n(.*?)^```", re.MULTILINE | re.DOTALL)
+SNIPPET = re.compile(r"^(?P<indent>[ \t]*)```py\n(?P<source>.*?)^(?P=indent)```", re.M | re.S)
 DOCUMENTS = sorted(path for path in [ROOT / "README.md", *ROOT.glob("docs/**/*.md")])
 SNIPPETS = [
     pytest.param(source, id=f"{path.relative_to(ROOT)}#{number}")
     for path in DOCUMENTS
-    for number, source in enumerate(SNIPPET.findall(path.read_text()), 1)
+    for number, source in enumerate(
+        (textwrap.dedent(match["source"]) for match in SNIPPET.finditer(path.read_text())), 1
+    )
 ]
 # names a snippet uses without defining: stand-ins for the reader's own objects
 CONTEXT = "users = client = db = None\n"
@@ -67,6 +70,12 @@ def test_doc_snippet_compiles_and_binds(source: str) -> None:
     compile(tree, "<snippet>", "exec")
     # a name the snippet does not import was imported elsewhere on the page
     names = {**PUBLIC, **scalekit_names(tree)}
+    # a name the snippet binds itself (Session = routing_sessionmaker(...)) is its own
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.pop(node.id, None)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.pop(node.name, None)
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
             continue

@@ -23,6 +23,7 @@ EXPECTED = {
     "sharded_redis.py": "every key read back after resharding: True",
     "near_cache.py": "app-2 serves the new price: True",
     "web_cache.py": "the new price is served: True",
+    "metrics_prometheus.py": "every scraped value equals the blocks' stats: True",
 }
 NEEDS_REDIS = {"sharded_redis.py", "near_cache.py"}
 

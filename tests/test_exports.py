@@ -92,3 +92,18 @@ def test_importing_scalekit_imports_nothing_heavy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[] []"
+
+
+def test_importing_scalekit_metrics_imports_no_block() -> None:
+    code = (
+        "import sys, scalekit.metrics\n"
+        "heavy = {'redis', 'sqlalchemy', 'prometheus_client', 'asyncio', 'sqlite3'}\n"
+        "loaded = sorted(heavy & set(sys.modules))\n"
+        "blocks = sorted(m for m in sys.modules if m.startswith('scalekit.') and not "
+        "m.startswith(('scalekit.metrics', 'scalekit.errors', 'scalekit._validate')))\n"
+        "print(loaded, blocks)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[] []"

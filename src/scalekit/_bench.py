@@ -21,6 +21,7 @@ __all__ = [
     "BALANCER_SIZES",
     "BATCH",
     "CACHE_SIZE",
+    "LOOKUP_KEYS",
     "MQ_BATCH",
     "MQ_JSON_BODY",
     "POLICIES",
@@ -37,6 +38,7 @@ __all__ = [
     "hit_ratio",
     "interleaved_ratio",
     "lease_workload",
+    "lookup_pairs",
     "make_balancer",
     "measure",
     "mq_memory_workload",
@@ -311,17 +313,17 @@ def sharding_quality(keys: int = 1_000_000, nodes: int = 10) -> list[tuple[str, 
     return rows
 
 
-def compare_lookups(repeat: int = 5) -> list[tuple[str, float, float]]:
-    """Seconds per ``node_for`` at 10 nodes: each scheme, and uhashring in the matching mode."""
+def lookup_pairs(nodes: int = 10) -> list[tuple[str, Callable[[str], Any], Callable[[str], Any]]]:
+    """``(scheme, scalekit node_for, uhashring get_node)`` at ``nodes`` nodes:
+    uhashring in ketama mode beside ``KetamaRing``, in its default mode beside the rest."""
     import uhashring  # type: ignore[import-untyped]
 
     import scalekit.sharding as sh
 
-    names = [f"node-{i}" for i in range(10)]
-    keys = [f"user:{i}:profile" for i in range(10_000)]
+    names = [f"node-{i}" for i in range(nodes)]
     plain = uhashring.HashRing(nodes=names).get_node
     ketama = uhashring.HashRing(nodes=names, hash_fn="ketama").get_node
-    pairs = [
+    return [
         ("HashRing", sh.HashRing(names).node_for, plain),
         ("KetamaRing", sh.KetamaRing(names).node_for, ketama),
         ("SlotMap", sh.SlotMap(names).node_for, plain),
@@ -330,10 +332,18 @@ def compare_lookups(repeat: int = 5) -> list[tuple[str, float, float]]:
         ("MaglevHash", sh.MaglevHash(names).node_for, plain),
     ]
 
+
+LOOKUP_KEYS = [f"user:{i}:profile" for i in range(10_000)]
+
+
+def compare_lookups(repeat: int = 5) -> list[tuple[str, float, float]]:
+    """Seconds per ``node_for`` at 10 nodes: each scheme, and uhashring in the matching mode."""
+
     def timed(lookup: Callable[[str], Any]) -> float:
+        keys = LOOKUP_KEYS
         return measure(lambda: [lookup(key) for key in keys], repeat=repeat, number=3) / len(keys)
 
-    return [(name, timed(ours), timed(theirs)) for name, ours, theirs in pairs]
+    return [(name, timed(ours), timed(theirs)) for name, ours, theirs in lookup_pairs()]
 
 
 BALANCER_SIZES = (10, 100, 1_000)
@@ -513,7 +523,11 @@ def persist_queue_workload(
 
 
 def interleaved_ratio(
-    ours: Callable[[], object], theirs: Callable[[], object], rounds: int = 15, warmup: int = 3
+    ours: Callable[[], object],
+    theirs: Callable[[], object],
+    rounds: int = 15,
+    warmup: int = 3,
+    seconds: float | None = None,
 ) -> tuple[float, float, float]:
     """Median seconds per run of ``ours`` and ``theirs``, timed in alternating
     rounds (each goes first in every other round), and the median of the
@@ -523,12 +537,19 @@ def interleaved_ratio(
     ``warmup`` untimed runs of each come first: for the SQLite queues, enough for
     each write-ahead log to pass its first checkpoint. Until then a commit grows
     the log file, and an fdatasync that must also record a new file size cost
-    ~1.6 x one that overwrites (measured here); a long-lived queue overwrites."""
+    ~1.6 x one that overwrites (measured here); a long-lived queue overwrites.
+
+    With ``seconds``, rounds stop once that much time has passed since the first
+    timed one, at an odd count of 3 at least (so the median is one round's)."""
     for _ in range(warmup):
         ours()
         theirs()
     our_times, their_times, ratios = [], [], []
+    began = time.perf_counter()
     for i in range(rounds):
+        late = seconds is not None and time.perf_counter() - began > seconds
+        if late and i >= 3 and i % 2 == 1:
+            break
         pair = [ours, theirs] if i % 2 == 0 else [theirs, ours]
         times = {}
         for run in pair:

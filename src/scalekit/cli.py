@@ -56,46 +56,119 @@ def _tour(parser: argparse.ArgumentParser) -> Handler:
 
 
 def _bench(parser: argparse.ArgumentParser) -> Handler:
+    parser.description = (
+        "Time every block's headline comparison against the library you would otherwise "
+        "use, in the same run, and print one table of ratios: scalekit time / rival time "
+        "per operation (below 1: scalekit is faster), beside the ratio the docs claim."
+    )
     parser.add_argument(
         "module",
         nargs="?",
-        default="cache",
-        choices=["cache", "sharding", "balancing", "replication", "mq"],
-        help="what to measure",
+        default=None,
+        choices=_BENCH_BLOCKS,
+        help="one block only (default: all of them)",
     )
     parser.add_argument(
-        "--repeat", type=int, default=7, help="timing rounds per workload (the best counts)"
+        "--quick", action="store_true", help="fewer rounds: about 15 s for all blocks"
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="run the comparisons that need a Redis server on this one (skipped without)",
+    )
+    parser.add_argument(
+        "--details",
+        action="store_true",
+        help="after the table, the module's own detailed figures (cache, sharding, "
+        "balancing, replication, mq)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=7, help="timing rounds of --details (the best counts)"
     )
 
     def handle(args: argparse.Namespace) -> int:
-        from scalekit._bench import BATCH, CACHE_SIZE, compare_caches
-
-        if args.module == "sharding":
-            return _bench_sharding(args.repeat)
-        if args.module == "balancing":
-            return _bench_balancing(args.repeat)
-        if args.module == "mq":
-            return _bench_mq(args.repeat)
-        if args.module == "replication":
-            return _bench_replication(args.repeat)
-        try:
-            rows = compare_caches(repeat=args.repeat)
-        except ImportError as exc:
-            print(f"scalekit bench needs the rival library installed: {exc}", file=sys.stderr)
-            print(
-                "install it with: pip install '.[test]' from a clone of scalekit", file=sys.stderr
-            )
-            return 1
-        print(f"{CACHE_SIZE:,}-entry caches, string keys, best of {args.repeat} x {BATCH:,} ops")
-        print(f"{'policy':6} {'operation':20} {'scalekit':>10} {'cachetools':>11} {'ratio':>6}")
-        for policy, workload, ours, theirs in rows:
-            print(
-                f"{policy:6} {workload:20} {ours * 1e9:8.0f}ns {theirs * 1e9:9.0f}ns "
-                f"{ours / theirs:6.2f}"
-            )
-        return 0
+        if args.redis is not None and not args.redis.startswith(_REDIS_SCHEMES):
+            parser.error(f"--redis: a URL starting with {' or '.join(_REDIS_SCHEMES)}")
+        if args.details and args.module not in _BENCH_DETAILS:
+            parser.error(f"--details: name one of {', '.join(_BENCH_DETAILS)}")
+        if args.repeat < 1:
+            parser.error("--repeat: at least 1")
+        return _bench_table(args)
 
     return handle
+
+
+_BENCH_BLOCKS = ("cache", "sharding", "balancing", "replication", "mq", "web", "sessions")
+"""The blocks of ``scalekit._bench_suite.BLOCKS``, named here so that building the
+parser does not import the benchmarks."""
+
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _bench_table(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from scalekit._bench_suite import HEADER, Settings, format_table, run_blocks
+
+    blocks = [args.module] if args.module else list(_BENCH_BLOCKS)
+    settings = Settings(
+        rounds=25 if args.quick else 201, seconds=0.6 if args.quick else 4.0, redis_url=args.redis
+    )
+    print(HEADER)
+    print(f"blocks: {', '.join(blocks)}{' (--quick)' if args.quick else ''}", flush=True)
+    start = time.perf_counter()
+
+    def progress(row: object) -> None:
+        print(".", end="", file=sys.stderr, flush=True)
+
+    rows = run_blocks(blocks, settings, progress)
+    elapsed = time.perf_counter() - start
+    print(file=sys.stderr)
+    print(format_table(rows))
+    print(f"elapsed {elapsed:.1f} s")
+    if args.json:
+        report = {
+            "ratio": "scalekit time / rival time (below 1: scalekit is faster)",
+            "quick": args.quick,
+            "elapsed_seconds": round(elapsed, 2),
+            "rows": [row.as_dict() for row in rows],
+        }
+        try:
+            with open(args.json, "w", encoding="utf-8") as file:
+                json.dump(report, file, indent=2)
+                file.write("\n")
+        except OSError as exc:
+            print(f"scalekit bench: cannot write {args.json}: {exc}", file=sys.stderr)
+            return 1
+    failed = [row for row in rows if row.note.startswith("error:")]
+    if args.details:
+        print()
+        status = _BENCH_DETAILS[args.module](args.repeat)
+        if status:
+            return status
+    return 1 if failed else 0
+
+
+def _bench_cache(repeat: int) -> int:
+    from scalekit._bench import BATCH, CACHE_SIZE, compare_caches
+
+    try:
+        rows = compare_caches(repeat=repeat)
+    except ImportError as exc:
+        print(f"scalekit bench needs the rival library installed: {exc}", file=sys.stderr)
+        print("install it with: pip install '.[test]' from a clone of scalekit", file=sys.stderr)
+        return 1
+    print(f"{CACHE_SIZE:,}-entry caches, string keys, best of {repeat} x {BATCH:,} ops")
+    print(f"{'policy':6} {'operation':20} {'scalekit':>10} {'cachetools':>11} {'ratio':>6}")
+    for policy, workload, ours, theirs in rows:
+        print(
+            f"{policy:6} {workload:20} {ours * 1e9:8.0f}ns {theirs * 1e9:9.0f}ns "
+            f"{ours / theirs:6.2f}"
+        )
+    return 0
 
 
 def _bench_mq(repeat: int) -> int:
@@ -184,6 +257,15 @@ def _bench_sharding(repeat: int) -> int:
     for name, balance, moved in sharding_quality():
         print(f"{name:15} balance {balance:.3f}  moved {moved:.3f} x ideal")
     return 0
+
+
+_BENCH_DETAILS: dict[str, Callable[[int], int]] = {
+    "cache": _bench_cache,
+    "sharding": _bench_sharding,
+    "balancing": _bench_balancing,
+    "mq": _bench_mq,
+    "replication": _bench_replication,
+}
 
 
 def _static(parser: argparse.ArgumentParser) -> Handler:

@@ -239,7 +239,9 @@ def test_a_hanging_sync_check_under_asyncio_blocks_neither_the_loop_nor_the_othe
 
     results, ticks = asyncio.run(asyncio.wait_for(scenario(), 5))
     assert results == {"stuck": False, "fine": True}
-    assert ticks >= 3  # the event loop ran while the check hung on its thread
+    # the loop ran again while the check hung on its thread (a check run on the loop
+    # would have hung it for good); on a loaded machine 50 ms may hold only 2 ticks
+    assert ticks >= 2
 
 
 # -- arguments ---------------------------------------------------------------------

@@ -11,6 +11,7 @@ told when a backend's load or eligibility changes (:meth:`Balancer._changed`).
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import threading
@@ -43,6 +44,8 @@ from scalekit.protocols import Clock
 __all__ = ["BackendStats", "Balancer", "BalancerStats", "Lease", "OutlierEjection"]
 
 B = TypeVar("B", bound=Hashable)
+
+_log = logging.getLogger("scalekit.balancing")
 
 
 @runtime_checkable
@@ -480,6 +483,11 @@ class BalancerBase(Generic[B]):
                 self._ramp(record, record.ejected_until)
                 record.ejected_until = -math.inf  # the ejection ran out: re-admitted
                 changed = True
+                _log.info(
+                    "backend %r re-admitted: its ejection ran out",
+                    record.backend,
+                    extra={"backend": record.backend, "reason": "ejection ended"},
+                )
             if record.ramp_from is not None:
                 changed |= self._step_up(record, now)
                 if record.ramp_from is not None:
@@ -608,10 +616,22 @@ class BalancerBase(Generic[B]):
             return
         record.ejections += 1
         record.consecutive_failures = 0
-        record.ejected_until = now + min(
-            policy.base_ejection * record.ejections, policy.max_ejection
-        )
+        seconds = min(policy.base_ejection * record.ejections, policy.max_ejection)
+        record.ejected_until = now + seconds
         self._invalidate()
+        _log.warning(
+            "backend %r ejected for %g s after %d failures in a row",
+            record.backend,
+            seconds,
+            policy.consecutive_failures,
+            extra={
+                "backend": record.backend,
+                "reason": "consecutive failures",
+                "failures": policy.consecutive_failures,
+                "seconds": seconds,
+                "ejections": record.ejections,
+            },
+        )
 
     # -- stats ------------------------------------------------------------------
 

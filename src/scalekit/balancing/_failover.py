@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from collections.abc import Callable, Hashable, Iterable
@@ -31,6 +32,8 @@ __all__ = ["FailoverGroups", "FailoverStats"]
 
 B = TypeVar("B", bound=Hashable)
 T = TypeVar("T")
+
+_log = logging.getLogger("scalekit.balancing")
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,8 @@ class FailoverGroups(Generic[B]):
         self._lock = threading.RLock()
         self._picks = [0] * len(groups)
         self._no_backend = 0
+        shares = self._shares()  # the groups taking traffic, as last logged
+        self._serving = () if shares is None else tuple(i for i, s in enumerate(shares) if s > 0)
 
     # -- shares ---------------------------------------------------------------
 
@@ -173,9 +178,34 @@ class FailoverGroups(Generic[B]):
 
     # -- picking ----------------------------------------------------------------
 
+    def _log_serving(self, shares: list[float] | None) -> None:
+        """Under the lock: log when the set of groups taking traffic changes."""
+        serving = () if shares is None else tuple(i for i, s in enumerate(shares) if s > 0)
+        if serving == self._serving:
+            return
+        before, self._serving = self._serving, serving
+        fields = {
+            "groups": serving,
+            "previous": before,
+            "shares": None if shares is None else tuple(round(s, 3) for s in shares),
+        }
+        if not serving:
+            _log.warning("failover: no group has a healthy backend", extra=fields)
+            return
+        # traffic moving down the priority list lost capacity; moving back up recovers
+        away = bool(before) and (max(serving) > max(before) or min(serving) > min(before))
+        _log.log(
+            logging.WARNING if away else logging.INFO,
+            "failover: traffic now on groups %s (was on %s)",
+            serving,
+            before,
+            extra=fields,
+        )
+
     def _route(self, attempt: Callable[[Balancer[B]], T]) -> T:
         with self._lock:
             shares = self._shares()
+            self._log_serving(shares)
             if shares is not None:
                 draw = self._rng.random()
                 candidates = [i for i, share in enumerate(shares) if share > 0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -23,6 +24,8 @@ from scalekit.errors import ArgumentTypeError, ConfigurationError
 __all__ = ["HealthChecker"]
 
 B = TypeVar("B", bound=Hashable)
+
+_log = logging.getLogger("scalekit.balancing")
 
 # A backend whose last check is still running: the thread's future or the task.
 _Running = Union["concurrent.futures.Future[Any]", "asyncio.Future[Any]"]
@@ -119,9 +122,28 @@ class HealthChecker(Generic[B]):
                 if streak >= self.rise and backend in self._took_down:
                     self._took_down.discard(backend)
                     self.balancer.mark_up(backend)
+                    _log.info(
+                        "backend %r re-admitted: %d health checks passed in a row",
+                        backend,
+                        streak,
+                        extra={"backend": backend, "reason": "health check", "checks": streak},
+                    )
                 elif -streak >= self.fall and backend not in self._took_down:
                     self._took_down.add(backend)
                     self.balancer.mark_down(backend)
+                    error = self.last_error.get(backend)
+                    _log.warning(
+                        "backend %r marked down: %d health checks failed in a row (%s)",
+                        backend,
+                        -streak,
+                        "no error raised" if error is None else f"last error: {error!r}",
+                        extra={
+                            "backend": backend,
+                            "reason": "health check",
+                            "checks": -streak,
+                            "error": None if error is None else repr(error),
+                        },
+                    )
 
     def _forget_gone(self, present: set[B]) -> None:
         """Under the lock: forget the backends removed from the balancer, and start

@@ -246,23 +246,56 @@ class RedisInvalidation:
             keys.append(raw[cut:].decode("utf-8", "surrogatepass"))
         return keys
 
+    def _fields(self, **more: Any) -> dict[str, Any]:
+        """The ``extra`` of a log line: the channel, the mode and ``more``."""
+        channel = self._channel.decode("utf-8", "replace")
+        return {"channel": channel, "mode": self.mode, **more}
+
     def _listen(self) -> None:
+        lost = False  # the link failed or dropped: its return is logged
         while not self._stopping.is_set():
             try:
                 self._connection = self._connect()
             except Exception as exc:
-                _log.warning("invalidation connection failed, retrying: %s", exc)
+                if lost:
+                    _log.debug("invalidation connection failed again, retrying: %s", exc)
+                else:
+                    lost = True
+                    _log.warning(
+                        "invalidation connection failed, retrying every %g s: %s",
+                        self._delay,
+                        exc,
+                        extra=self._fields(reason="connect failed", error=str(exc)),
+                    )
                 self._stopping.wait(self._delay)
                 continue
             with self._lock:
                 self._counts["connects"] += 1
+                listeners = len(self._listeners)
             self._flush()  # what was cached before listening may be stale
+            if lost:
+                lost = False
+                _log.info(
+                    "invalidation connection re-established; %d near cache(s) flushed",
+                    listeners,
+                    extra=self._fields(reason="reconnected", flushed=listeners),
+                )
             self._ready.set()
             try:
                 self._receive(self._connection)
             except Exception as exc:
                 if not self._stopping.is_set():
-                    _log.warning("invalidation connection dropped: %s", exc)
+                    lost = True
+                    with self._lock:
+                        listeners = len(self._listeners)
+                    _log.warning(
+                        "invalidation connection lost: %s; flushing %d near cache(s), reconnecting",
+                        exc,
+                        listeners,
+                        extra=self._fields(
+                            reason="connection lost", error=str(exc), flushed=listeners
+                        ),
+                    )
             finally:
                 self._ready.clear()
                 with self._lock:

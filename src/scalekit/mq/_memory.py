@@ -452,6 +452,7 @@ class _MemoryQueue(Queue):
         with dead._lock:
             dead._make_ready(buried, front=False)
         self._dead_lettered += 1
+        self._log_dead_letter(delivery.id, reason, delivery.attempt)
         dead._getters_to_wake = True  # woken by _wake_after, once the locks are released
 
     # -- settling -------------------------------------------------------------

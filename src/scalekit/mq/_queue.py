@@ -9,6 +9,7 @@ A backend subclasses :class:`Queue` and implements the storage operations
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -43,6 +44,8 @@ DEAD_LETTER_ATTEMPTS = "x-dead-letter-attempts"
 
 T = TypeVar("T")
 _Q = TypeVar("_Q", bound="Queue")
+
+_log = logging.getLogger("scalekit.mq")
 
 
 @dataclass(frozen=True)
@@ -459,6 +462,22 @@ class Queue(ABC):
         marked[DEAD_LETTER_QUEUE] = self.name
         marked[DEAD_LETTER_ATTEMPTS] = str(attempts)
         return marked
+
+    def _log_dead_letter(self, message_id: MessageId, reason: str, attempts: int) -> None:
+        """Log a message moved to the dead letters (its body never: only its id)."""
+        _log.warning(
+            "queue %r: message %s dead-lettered after %d deliveries: %s",
+            self.name,
+            message_id,
+            attempts,
+            reason,
+            extra={
+                "queue": self.name,
+                "message_id": message_id,
+                "reason": reason,
+                "deliveries": attempts,
+            },
+        )
 
     def _exhausted(self, attempts: int) -> bool:
         """Whether a message delivered ``attempts`` times may not be delivered again."""

@@ -90,6 +90,7 @@ class _Replica:
     reads: int = 0
     failures: int = 0
     down: bool = False  # as marked in the balancer by the router
+    logged_out: bool = False  # its going out of reads was logged (its coming back will be)
 
 
 @dataclass(frozen=True)
@@ -842,13 +843,40 @@ class ReplicaRouter(Generic[R]):
 
     def _apply(self, replica: R, state: _Replica) -> None:
         """Mark ``replica`` down or up in the balancer to match what is known."""
-        down = state.lagging or state.failed_until > self._clock()
+        failed = state.failed_until > self._clock()
+        down = state.lagging or failed
         if down != state.down:
             state.down = down
             if down:
                 self._balancer.mark_down(replica)
             else:
                 self._balancer.mark_up(replica)
+            self._log_change(replica, state, failed)
+
+    def _log_change(self, replica: R, state: _Replica, failed: bool) -> None:
+        """Log a replica taken out of reads or put back; not a new replica waiting
+        for its first lag probe (it was never in)."""
+        fields = {"replica": replica, "lag": state.lag, "max_lag": self._max_lag}
+        if not state.down:
+            if state.logged_out:
+                state.logged_out = False
+                _log.info("replica %r back in reads (lag %s s)", replica, state.lag, extra=fields)
+            return
+        if failed:
+            reason = "unreachable"
+        elif state.lag is None and state.failures_seen == 0 and not state.reads:
+            return  # not measured yet
+        else:
+            reason = "lag"
+        state.logged_out = True
+        _log.warning(
+            "replica %r taken out of reads: %s (lag %s s, max_lag %s s)",
+            replica,
+            reason,
+            state.lag,
+            self._max_lag,
+            extra={**fields, "reason": reason},
+        )
 
     def stats(self) -> RouterStats[R]:
         """A snapshot of the counters."""

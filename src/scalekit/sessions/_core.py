@@ -25,6 +25,7 @@ the second run of the same op a no-op that answers as the first did.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import time
@@ -67,6 +68,22 @@ __all__ = [
     "save",
     "touch",
 ]
+
+_log = logging.getLogger("scalekit.sessions")
+
+
+def _conflict(session_id: str, reason: str, exc: SessionConflict) -> SessionConflict:
+    """Log a conflict (the id's first 8 characters, never the data) and return it."""
+    key = getattr(exc, "key", None)
+    _log.warning(
+        "session %s...: conflict, %s%s",
+        session_id[:8],
+        reason,
+        "" if key is None else f" (key {key!r})",
+        extra={"session": session_id[:8], "reason": reason, "key": key},
+    )
+    return exc
+
 
 _R = TypeVar("_R")
 Step = tuple[Any, ...]
@@ -279,10 +296,22 @@ def save(settings: Settings, session: object, native_touch: bool) -> Flow[None]:
             return
         current: Record | None = yield ("_read", session.id)
         if current is None or not settings.live(current, now):
-            raise SessionConflict(f"session {session.id[:8]}... was deleted or expired")
-        data = merge(session, settings.serializer.loads(current.data), settings.policies)
+            raise _conflict(
+                session.id,
+                "deleted or expired",
+                SessionConflict(f"session {session.id[:8]}... was deleted or expired"),
+            )
+        try:
+            data = merge(session, settings.serializer.loads(current.data), settings.policies)
+        except SessionConflict as exc:
+            _conflict(session.id, "changed by another request", exc)
+            raise
         expected = current.version
-    raise SessionConflict(f"session {session.id[:8]}...: {MAX_RETRIES} saves in a row lost")
+    raise _conflict(
+        session.id,
+        f"{MAX_RETRIES} saves in a row lost",
+        SessionConflict(f"session {session.id[:8]}...: {MAX_RETRIES} saves in a row lost"),
+    )
 
 
 def _store_new(settings: Settings, session: Session) -> Flow[None]:
@@ -329,8 +358,12 @@ def rotate(settings: Settings, session: object) -> Flow[Session]:
             return rotated
         current: Record | None = yield ("_read", session.id)
         if current is None or current.version != session.version:
-            raise SessionConflict(
-                f"session {session.id[:8]}... changed or was deleted before rotating"
+            raise _conflict(
+                session.id,
+                "changed or deleted before rotating",
+                SessionConflict(
+                    f"session {session.id[:8]}... changed or was deleted before rotating"
+                ),
             )
 
 

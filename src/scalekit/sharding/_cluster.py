@@ -18,7 +18,7 @@ from typing import Any
 from scalekit._validate import check_callable, check_count, check_methods, type_name
 from scalekit.errors import ArgumentTypeError, BackendError, ConfigurationError
 from scalekit.sharding._plan import ReshardPlan
-from scalekit.sharding._progress import progress_bar
+from scalekit.sharding._progress import ProgressLog, progress_bar
 from scalekit.sharding._slots import REDIS_CLUSTER_SLOTS, SlotMap, redis_key_slot
 
 __all__ = [
@@ -366,8 +366,11 @@ class ClusterResharder:
         self._roll_back_strays(views)
         self._done = 0
         report = self.progress()
+        logged = ProgressLog("ClusterResharder", "slot")
+        logged.report(0, report.slots_total, self._keys, False)
         for slot, source, target in self._work:
             if self._stop.is_set():
+                logged.stopped(report.slots_done, report.slots_total, report.keys_moved)
                 break
             moved = self._move_slot(slot, source, target)
             self._done += 1
@@ -377,8 +380,11 @@ class ClusterResharder:
             if self._on_slot is not None:
                 self._on_slot(slot, source, target, moved)
             report = self.progress()
+            logged.report(report.slots_done, report.slots_total, report.keys_moved, report.done)
             if self._progress is not None:
                 self._progress(report)
+        if report.done:
+            logged.report(report.slots_done, report.slots_total, report.keys_moved, True)
         if report.done and self._map is not None:
             after = self._plan.after
             with self._map._lock:

@@ -42,7 +42,7 @@ from scalekit._validate import check_callable, check_count, check_seconds, type_
 from scalekit.errors import ArgumentTypeError, ConfigurationError
 from scalekit.sharding._base import Key
 from scalekit.sharding._plan import ReshardPlan
-from scalekit.sharding._progress import progress_bar
+from scalekit.sharding._progress import ProgressLog, progress_bar
 
 __all__ = ["AsyncMigration", "Migration", "MigrationProgress"]
 
@@ -215,6 +215,7 @@ class Migration(Generic[N]):
         self._moved = 0
         self._total = 0
         self._callback = self._progress_callback(progress)
+        self._log = ProgressLog(type(self).__name__, "key")
 
     @property
     def epoch(self) -> int:
@@ -385,6 +386,7 @@ class Migration(Generic[N]):
 
     def _report(self) -> MigrationProgress:
         report = self.progress()
+        self._log.report(report.examined, report.total, report.moved, report.done)
         if self._callback is not None:
             self._callback(report)
         return report
@@ -395,6 +397,8 @@ class Migration(Generic[N]):
         report = self.progress()
         while not report.done and not self._stop.is_set():
             report = self.step()
+        if not report.done:
+            self._log.stopped(report.examined, report.total, report.moved)
         return report
 
     resume = run
@@ -552,6 +556,8 @@ class AsyncMigration(Migration[N]):
         report = self.progress()
         while not report.done and not self._stop.is_set():
             report = await self.step()
+        if not report.done:
+            self._log.stopped(report.examined, report.total, report.moved)
         return report
 
     resume = run  # type: ignore[assignment]

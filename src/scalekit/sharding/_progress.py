@@ -1,13 +1,18 @@
-"""A progress bar for long moves: rich or tqdm when installed, plain lines otherwise."""
+"""A progress bar for long moves: rich or tqdm when installed, plain lines otherwise;
+and the log lines of a move's progress."""
 
 from __future__ import annotations
 
+import logging
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import IO, Any, Protocol
 
 __all__ = ["progress_bar"]
+
+_log = logging.getLogger("scalekit.sharding")
 
 
 class _Report(Protocol):
@@ -102,3 +107,103 @@ def _plain(
         )
 
     return update
+
+
+class ProgressLog:
+    """Logs a move on ``scalekit.sharding`` at INFO: its start, every ``step``
+    percent of the work (10) or ``every`` seconds (whichever comes first), its
+    end, and a stop. ``resharder`` names the mover in the ``extra`` fields; ``unit`` is what
+    ``examined`` counts (keys, slots).
+
+    Runtime complexity: O(1) per report.
+    """
+
+    def __init__(
+        self,
+        resharder: str,
+        unit: str,
+        *,
+        every: float = 5.0,
+        step: int = 10,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._resharder = resharder
+        self._unit = unit
+        self._every = every
+        self._step = step
+        self._clock = clock
+        self._started = False
+        self._finished = False
+        self._next_percent = step
+        self._last = 0.0
+        self._lock = threading.Lock()  # steps of one move may report from several threads
+
+    def _fields(self, examined: int, total: int, moved: int) -> dict[str, Any]:
+        share = examined / total if total else 1.0
+        return {
+            "resharder": self._resharder,
+            "examined": examined,
+            "total": total,
+            "moved": moved,
+            "percent": round(100 * share, 1),
+        }
+
+    def report(self, examined: int, total: int, moved: int, done: bool) -> None:
+        """After each batch: log the start, a step of progress, or the end."""
+        with self._lock:
+            self._report(examined, total, moved, done)
+
+    def _report(self, examined: int, total: int, moved: int, done: bool) -> None:
+        if self._finished:
+            return
+        fields = self._fields(examined, total, moved)
+        now = self._clock()
+        if not self._started:
+            self._started = True
+            self._last = now
+            _log.info(
+                "resharding started (%s): %d %ss to examine",
+                self._resharder,
+                total,
+                self._unit,
+                extra=fields,
+            )
+        if done:
+            self._finished = True
+            _log.info(
+                "resharding done (%s): %d %ss examined, %d keys moved",
+                self._resharder,
+                examined,
+                self._unit,
+                moved,
+                extra=fields,
+            )
+            return
+        share = examined / total if total else 0.0
+        if 100 * examined < self._next_percent * total and now - self._last < self._every:
+            return
+        while self._next_percent * total <= 100 * examined:
+            self._next_percent += self._step
+        self._last = now
+        _log.info(
+            "resharding (%s): %d/%d %ss examined (%.0f%%), %d keys moved",
+            self._resharder,
+            examined,
+            total,
+            self._unit,
+            100 * share,
+            moved,
+            extra=fields,
+        )
+
+    def stopped(self, examined: int, total: int, moved: int) -> None:
+        """Log a move stopped before its end (it can be resumed)."""
+        _log.info(
+            "resharding stopped (%s) at %d/%d %ss examined, %d keys moved",
+            self._resharder,
+            examined,
+            total,
+            self._unit,
+            moved,
+            extra=self._fields(examined, total, moved),
+        )

@@ -233,6 +233,8 @@ class RedisQueue(Queue):
         if self._dead_letters is not None:
             args = ["bury", level, sid, owner, count, reason, self.name, attempts, 1]
             self._run("settle", self._keys, args, "bury", op=True)
+            message_id = entry.get(b"i", sid)
+            self._log_dead_letter(message_id.decode(errors="replace"), reason, attempts)
             return None
         raw = {b"i": entry.get(b"i", sid), b"k": b"b", b"d": entry.get(b"d", b""), b"t": b"0"}
         raw[b"r"], raw[b"q"], raw[b"a"] = reason.encode(), self.name.encode(), b"%d" % attempts
@@ -450,6 +452,8 @@ class RedisQueue(Queue):
                 action = ["park"]
             if self._settle(delivery, action):
                 delivery._settled = "nacked"
+                if action[0] == "bury":
+                    self._log_dead_letter(delivery.id, action[1], delivery.attempt)
                 return
         settle_failed(delivery, "nack")
 
@@ -463,6 +467,8 @@ class RedisQueue(Queue):
                 action = ["bury", reason, self.name, delivery.attempt, 0]
             if self._settle(delivery, action):
                 delivery._settled = "rejected"
+                if action[0] == "bury":
+                    self._log_dead_letter(delivery.id, reason, delivery.attempt)
                 return
         settle_failed(delivery, "reject")
 

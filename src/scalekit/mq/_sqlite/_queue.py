@@ -465,6 +465,7 @@ class SqliteQueue(Queue):
             (self._qid,),
         )
         conn.execute("UPDATE mq_queues SET size = size + 1 WHERE id = ?", (dead,))
+        self._log_dead_letter(message_id, reason, attempts)
 
     def _after(self, moved: _Moved) -> None:
         """Wake who a transaction's moves concern (no lock held); everyone, as
