@@ -99,6 +99,18 @@ def _check(report: dict[str, Any], stdout: str) -> None:
     assert report["cache_hit_ratios"]["web (pages and static assets)"] > 0.3
     assert "== report ==" in stdout
     assert "every invariant held" in stdout
+    metrics = report["metrics"]
+    if metrics["endpoints"]:  # with prometheus-client: each process served its own
+        scraped = metrics["scraped_at_the_end"]
+        assert set(scraped) == {"app-1", "app-2", "app-3", "worker-1", "worker-2", "load generator"}
+        for server in ("app-1", "app-2", "app-3"):
+            for name in (
+                "scalekit_web_cache_hits_total",
+                "scalekit_replica_lag_seconds",
+                "scalekit_mq_depth",
+            ):
+                assert name in scraped[server], (server, name)
+        assert "scalekit_balancer_in_flight" in scraped["load generator"]
     assert len(report["pids"]) == 7  # 3 servers, 2 workers, a restarted server and worker
     assert all(_gone(pid) for pid in report["pids"])
     assert not Path(report["folder"]).exists()

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-__all__ = ["MAX_LAG", "open_queue", "serve"]
+__all__ = ["MAX_LAG", "open_queue", "serve", "serve_metrics"]
 
 MAX_LAG = 1.0
 """Seconds a replica may lag before the routers send its reads elsewhere."""
@@ -77,10 +77,10 @@ def serve(folder: str, name: str, port: int, built: str, ready: Any) -> None:
     ``(name, port, pid)`` on ``ready`` once it listens."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops us
     root = Path(folder)
-    app, poll = _build(root, name, built)
+    app, poll, blocks = _build(root, name, built)
     server = make_server("127.0.0.1", port, app, server_class=_Server, handler_class=_Quiet)
     threading.Thread(target=poll, daemon=True).start()
-    ready.put((name, server.server_address[1], os.getpid()))
+    ready.put((name, server.server_address[1], os.getpid(), serve_metrics(blocks)))
     server.serve_forever(0.05)
 
 
@@ -104,7 +104,23 @@ def _probe(measure: Callable[[Path], Any], file: Path) -> Callable[[str], Any]:
     return lambda _: measure(file)
 
 
-def _build(root: Path, name: str, built: str) -> tuple[Any, Callable[[], None]]:
+def serve_metrics(blocks: dict[str, Any]) -> int | None:
+    """Serve ``blocks`` (name -> a scalekit block) at ``/metrics`` on a port of this
+    process's own; its number, or None without prometheus-client."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return None
+    from scalekit.metrics import Registry
+    from scalekit.metrics.prometheus import serve
+
+    registry = Registry()
+    for block_name, block in blocks.items():
+        registry.register(block_name, block)
+    return serve(registry)[1]
+
+
+def _build(root: Path, name: str, built: str) -> tuple[Any, Callable[[], None], dict[str, Any]]:
     from scalekit._demo._db import ShardFile, replica_lag, replica_position, replica_read
     from scalekit.cache import TTLCache, cached
     from scalekit.replication import ReplicaRouter, ReplicaRouterWSGIMiddleware
@@ -288,4 +304,8 @@ def _build(root: Path, name: str, built: str) -> tuple[Any, Callable[[], None]]:
                 topology.reload()
             threading.Event().wait(0.02)
 
-    return app, poll
+    blocks = {"pages": web_cache, "products": product, "mail": emails}
+    blocks.update({shard.replace("-", "_"): router for shard, router in routers.items()})
+    if shared is not None:
+        blocks["products_tiers"] = shared
+    return app, poll, blocks

@@ -206,6 +206,7 @@ class _Service:
         self.ready: Any = self.spawn.Queue()
         self.servers: dict[str, Any] = {}
         self.ports: dict[str, int] = {}
+        self.metrics: dict[str, int | None] = {}  # process -> its /metrics port
         self.workers: dict[int, tuple[Any, Any]] = {}
         self.stop_workers = self.spawn.Event()
         self.pids: list[int] = []
@@ -213,6 +214,7 @@ class _Service:
         self.events: list[str] = []
         self.started = time.monotonic()
         self.stopping = False
+        self.scraped: dict[str, list[str]] = {}
 
     def event(self, text: str) -> None:
         line = f"{time.monotonic() - self.started:5.1f}s  {text}"
@@ -233,9 +235,10 @@ class _Service:
         process.start()
         self.pids.append(process.pid or 0)
         self.servers[name] = process
-        started, port, _ = self.ready.get(timeout=60)
+        started, port, _, metrics = self.ready.get(timeout=60)
         assert started == name
         self.ports[name] = port
+        self.metrics[name] = metrics
         return f"127.0.0.1:{port}"
 
     def start_worker(self, number: int) -> None:
@@ -246,13 +249,16 @@ class _Service:
         holding = self.spawn.Event()
         process = self.spawn.Process(
             target=work,
-            args=(str(self.folder), number, holding, self.stop_workers),
+            args=(str(self.folder), number, holding, self.stop_workers, self.ready),
             name=f"scalekit-demo-worker-{number}",
             daemon=True,
         )
         process.start()
         self.pids.append(process.pid or 0)
         self.workers[number] = (process, holding)
+        started, _, _, metrics = self.ready.get(timeout=60)
+        assert started == f"worker-{number}"
+        self.metrics[started] = metrics
 
     def poll_stats(self) -> None:
         for name, process in list(self.servers.items()):
@@ -388,7 +394,7 @@ def _main(
     service: _Service, duration: float, seed: int, redis_config: dict[str, str] | None
 ) -> dict[str, Any]:
     from scalekit._demo import _db
-    from scalekit._demo._app import MAX_LAG, open_queue
+    from scalekit._demo._app import MAX_LAG, open_queue, serve_metrics
     from scalekit.balancing import HealthChecker, OutlierEjection, RoundRobin
     from scalekit.sharding import HashRing, Migration, MigrationProgress
     from scalekit.web.static import WSGIStaticFiles, build
@@ -434,6 +440,16 @@ def _main(
 
     checker = HealthChecker(balancer, healthy, interval=0.1, timeout=1.0, rise=2, fall=1)
     checker.start()
+    service.metrics["load generator"] = serve_metrics({"web": balancer, "health": checker})
+    if service.metrics["load generator"] is None:
+        out("metrics: pip install 'scalekit[prometheus]' for a /metrics endpoint per process")
+    else:
+        out(
+            "metrics: "
+            + ", ".join(
+                f"{who} http://127.0.0.1:{port}/metrics" for who, port in service.metrics.items()
+            )
+        )
     traffic = _Traffic()
     http = _Http(balancer, traffic)
     stop = threading.Event()
@@ -541,6 +557,7 @@ def _main(
     done.set()
     for client in clients:
         client.join(10)
+    service.scraped = _scrape(service)
     checker.stop()
     service.poll_stats()
     emails = open_queue(folder, config)
@@ -574,6 +591,29 @@ def _show(
             f"query hit {query:.0%}  mails {processed}/{sent}"
         )
         last_served = served
+
+
+def _scrape(service: _Service) -> dict[str, list[str]]:
+    """Scrape every live process's /metrics: process -> the scalekit metric names it shows."""
+    alive = {name for name, process in service.servers.items() if process.is_alive()}
+    alive |= {f"worker-{n}" for n, (process, _) in service.workers.items() if process.is_alive()}
+    alive.add("load generator")
+    found: dict[str, list[str]] = {}
+    for who, port in service.metrics.items():
+        if port is None or who not in alive:
+            continue
+        try:
+            _, body = _exchange(f"127.0.0.1:{port}", "GET", "/metrics", None)
+        except (OSError, http.client.HTTPException):
+            found[who] = []
+            continue
+        names = {
+            line.split("{")[0].split(" ")[0]
+            for line in body.decode().splitlines()
+            if line.startswith("scalekit_")
+        }
+        found[who] = sorted(names)
+    return found
 
 
 def _ratio(snapshots: Any, tier: str) -> float:
@@ -691,6 +731,10 @@ def _verify(
         "stale_reads": traffic.stale_reads,
         "injected": injected,
         "events": service.events,
+        "metrics": {
+            "endpoints": {who: port for who, port in service.metrics.items() if port},
+            "scraped_at_the_end": service.scraped,
+        },
         "balancer": {
             backend: {
                 "picks": s.picks,

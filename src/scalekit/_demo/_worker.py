@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -17,14 +18,15 @@ from typing import Any
 __all__ = ["work"]
 
 
-def work(folder: str, number: int, holding: Any, stop: Any) -> None:
+def work(folder: str, number: int, holding: Any, stop: Any, ready: Any) -> None:
     """Consume e-mails until ``stop`` is set and the queue stays empty."""
-    from scalekit._demo._app import open_queue
+    from scalekit._demo._app import open_queue, serve_metrics
     from scalekit.errors import DeliveryExpired
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops us
     root = Path(folder)
     emails = open_queue(root, json.loads((root / "config.json").read_text()))
+    ready.put((f"worker-{number}", None, os.getpid(), serve_metrics({"mail": emails})))
     with (root / f"outbox-{number}.log").open("a") as outbox:
         while True:
             delivery = emails.get(timeout=0.1)
