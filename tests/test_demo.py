@@ -99,6 +99,12 @@ def _check(report: dict[str, Any], stdout: str) -> None:
     assert report["cache_hit_ratios"]["web (pages and static assets)"] > 0.3
     assert "== report ==" in stdout
     assert "every invariant held" in stdout
+    logged = "\n".join(report["logged"])  # every process's scalekit.* events, shown live
+    assert "scalekit.balancing: backend" in logged
+    assert "marked down" in logged
+    assert "re-admitted" in logged
+    assert "scalekit.replication: replica 'shard-1.replica' taken out of reads" in logged
+    assert "dead-lettered" in logged
     metrics = report["metrics"]
     if metrics["endpoints"]:  # with prometheus-client: each process served its own
         scraped = metrics["scraped_at_the_end"]

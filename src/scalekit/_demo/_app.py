@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import threading
@@ -26,7 +27,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-__all__ = ["MAX_LAG", "open_queue", "serve", "serve_metrics"]
+__all__ = ["MAX_LAG", "log_to_file", "open_queue", "serve", "serve_metrics"]
 
 MAX_LAG = 1.0
 """Seconds a replica may lag before the routers send its reads elsewhere."""
@@ -77,6 +78,7 @@ def serve(folder: str, name: str, port: int, built: str, ready: Any) -> None:
     ``(name, port, pid)`` on ``ready`` once it listens."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops us
     root = Path(folder)
+    log_to_file(root, name)
     app, poll, blocks = _build(root, name, built)
     server = make_server("127.0.0.1", port, app, server_class=_Server, handler_class=_Quiet)
     threading.Thread(target=poll, daemon=True).start()
@@ -102,6 +104,16 @@ def open_queue(root: Path, config: dict[str, Any]) -> Any:
 def _probe(measure: Callable[[Path], Any], file: Path) -> Callable[[str], Any]:
     """A router's probe of the replica in ``file``."""
     return lambda _: measure(file)
+
+
+def log_to_file(root: Path, name: str) -> None:
+    """Send this process's ``scalekit.*`` events to ``<name>.log``, which the main
+    process shows as they come."""
+    handler = logging.FileHandler(root / f"{name}.log")
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    logger = logging.getLogger("scalekit")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def serve_metrics(blocks: dict[str, Any]) -> int | None:

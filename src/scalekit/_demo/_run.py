@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import multiprocessing
 import random
 import shutil
@@ -194,6 +195,18 @@ def _browse(number: int, http: _Http, stop: threading.Event, seed: int, css: str
             traffic.sessions_elsewhere += len(servers) > 1
 
 
+class _EventHandler(logging.Handler):
+    """Shows the main process's ``scalekit.*`` log records as events."""
+
+    def __init__(self, service: _Service) -> None:
+        super().__init__(logging.INFO)
+        self.service = service
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name != "scalekit.sharding":  # the bar shows the resharding
+            self.service.log(f"load generator: {record.name}: {record.getMessage()}")
+
+
 class _Service:
     """The processes and threads of one run, and how to stop them all."""
 
@@ -215,11 +228,29 @@ class _Service:
         self.started = time.monotonic()
         self.stopping = False
         self.scraped: dict[str, list[str]] = {}
+        self.logged: list[str] = []
+        self._log_offsets: dict[str, int] = {}
 
     def event(self, text: str) -> None:
         line = f"{time.monotonic() - self.started:5.1f}s  {text}"
         self.events.append(line)
         self.display.event(line)
+
+    def log(self, line: str) -> None:
+        self.logged.append(line)
+        self.display.event(f"log  {line}")
+
+    def tail_logs(self) -> None:
+        """Show the lines the child processes logged since the last look."""
+        for path in sorted(self.folder.glob("*.log")):
+            if path.name.startswith("outbox-"):
+                continue
+            with path.open() as file:
+                file.seek(self._log_offsets.get(path.name, 0))
+                lines = file.read().splitlines()
+                self._log_offsets[path.name] = file.tell()
+            for line in lines:
+                self.log(f"{path.stem}: {line}")
 
     def start_server(self, name: str) -> str:
         from scalekit._demo._app import serve
@@ -549,9 +580,16 @@ def _main(
     chaos_thread = threading.Thread(target=chaos, name="chaos", daemon=True)
     chaos_thread.start()
     service.display.start()
+    handler = _EventHandler(service)
+    logger = logging.getLogger("scalekit")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
         _show(service, traffic, balancer, duration, chaos_thread)
     finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
         service.display.stop()
     stop.set()
     done.set()
@@ -566,6 +604,7 @@ def _main(
     service.stop_workers.set()
     for process, _ in service.workers.values():
         process.join(5)
+    service.tail_logs()
     replicator.stop()
     return _verify(service, traffic, injected, migration_box, stores, queue, balancer)
 
@@ -577,6 +616,7 @@ def _show(
     last_served = 0
     while time.monotonic() - service.started < duration or chaos.is_alive():
         time.sleep(1.0)
+        service.tail_logs()
         service.poll_stats()
         with traffic.lock:
             served, failed, retries = traffic.served, traffic.failed, traffic.retries
@@ -731,6 +771,7 @@ def _verify(
         "stale_reads": traffic.stale_reads,
         "injected": injected,
         "events": service.events,
+        "logged": service.logged,
         "metrics": {
             "endpoints": {who: port for who, port in service.metrics.items() if port},
             "scraped_at_the_end": service.scraped,

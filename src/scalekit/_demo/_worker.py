@@ -20,11 +20,12 @@ __all__ = ["work"]
 
 def work(folder: str, number: int, holding: Any, stop: Any, ready: Any) -> None:
     """Consume e-mails until ``stop`` is set and the queue stays empty."""
-    from scalekit._demo._app import open_queue, serve_metrics
+    from scalekit._demo._app import log_to_file, open_queue, serve_metrics
     from scalekit.errors import DeliveryExpired
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops us
     root = Path(folder)
+    log_to_file(root, f"worker-{number}")
     emails = open_queue(root, json.loads((root / "config.json").read_text()))
     ready.put((f"worker-{number}", None, os.getpid(), serve_metrics({"mail": emails})))
     with (root / f"outbox-{number}.log").open("a") as outbox:
