@@ -180,8 +180,9 @@ def test_failover_between_groups_logs_each_change(logs: pytest.LogCaptureFixture
 def _memory_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueueEnv]:
     from scalekit.mq import Broker, MemoryBackend
 
-    broker = Broker(MemoryBackend(), clock=FakeClock(1_700_000_000.0))
-    yield QueueEnv(broker, lambda seconds: None, fake_time=True)
+    clock = FakeClock(1_700_000_000.0)
+    broker = Broker(MemoryBackend(), clock=clock)
+    yield QueueEnv(broker, clock.advance, fake_time=True)
     broker.close()
 
 
@@ -248,6 +249,32 @@ def test_a_dead_lettered_message_logs_queue_reason_and_deliveries(
         (first.id, "nacked on delivery 2: smtp down"),
         (third.id, "bad address"),
     ]  # the lines match what happened
+
+
+@pytest.mark.parametrize("found_by", ["get", "stats"])
+def test_a_message_dead_lettered_by_its_visibility_timeout_logs_once(
+    logs: pytest.LogCaptureFixture, queue_env: QueueEnv, found_by: str
+) -> None:
+    """The backend finds the expired last delivery itself (on Redis, inside a
+    script run by a get or by stats()): the line is logged all the same."""
+    queue = queue_env.queue("emails", visibility_timeout=0.5, max_deliveries=1)
+    queue.put({"to": "someone@example.com", "token": "s3cret-body"})
+    first = queue.get(timeout=0)
+    assert first is not None
+    assert taken(logs, "scalekit.mq") == []
+    queue_env.advance(0.8)
+    if found_by == "get":
+        assert queue.get(timeout=0) is None
+    else:
+        assert queue.stats().dead_lettered == 1
+    record = only(taken(logs, "scalekit.mq"))
+    assert record.levelno == logging.WARNING
+    assert (record.queue, record.message_id, record.deliveries) == ("emails", first.id, 1)  # type: ignore[attr-defined]
+    assert "visibility timeout" in record.reason  # type: ignore[attr-defined]
+    assert "s3cret-body" not in logs.text
+    queue.stats()
+    assert queue.get(timeout=0) is None
+    assert taken(logs, "scalekit.mq") == []  # logged once, not at every look
 
 
 # -- sharding ----------------------------------------------------------------------------

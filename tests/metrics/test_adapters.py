@@ -332,3 +332,17 @@ def test_an_async_queue_reads_its_queue() -> None:
         broker.queue("emails").put({"n": 1})
         by_key = _read(queue, "mail")
         assert _value(by_key, "scalekit_mq_depth", broker="mail", queue="emails") == 1
+
+
+def test_a_session_store_counts_per_operation() -> None:
+    from scalekit.sessions import MemorySessionStore
+
+    store = MemorySessionStore()
+    session = store.create({"user": "ada"})
+    store.load(session.id)
+    store.load("x")
+    store.delete(session.id)
+    by_key = _read(store, "web")
+    for field, wanted in (("created", 1), ("loaded", 1), ("not_found", 1), ("deleted", 1)):
+        assert _value(by_key, f"scalekit_sessions_{field}_total", store="web") == wanted
+    assert _value(by_key, "scalekit_sessions_conflicts_total", store="web") == 0

@@ -417,6 +417,33 @@ def _broker(name: str, obj: Any, label_of: LabelOf) -> list[Sample]:
     return samples
 
 
+# -- sessions ------------------------------------------------------------------------
+
+_SESSION_COUNTERS = {
+    field: _metric(f"scalekit_sessions_{field}_total", "counter", help_text)
+    for field, help_text in (
+        ("created", "Sessions stored for the first time."),
+        ("loaded", "Loads that found a live session."),
+        ("not_found", "Loads of an unknown, malformed or expired session id."),
+        ("saved", "Saves that stored changes."),
+        ("merged", "Concurrent saves merged into a save."),
+        ("conflicts", "Saves and rotations refused with SessionConflict."),
+        ("touched", "Idle expiries extended without changes."),
+        ("rotated", "Sessions moved to a new id."),
+        ("deleted", "Sessions deleted (logouts)."),
+        ("purged", "Expired sessions purged."),
+    )
+}
+
+
+def _session_store(name: str, obj: Any, snapshot: Any, label_of: LabelOf) -> list[Sample]:
+    """SessionStats (every session store, sync or async): one label, ``store``."""
+    out, labels = _Out(), (("store", name),)
+    for field in dataclasses.fields(snapshot):
+        out.add(_SESSION_COUNTERS[field.name], labels, getattr(snapshot, field.name))
+    return out.samples
+
+
 # -- any other object with stats() --------------------------------------------------
 
 _NOT_NAME = re.compile(r"[^a-zA-Z0-9_]")
@@ -473,6 +500,7 @@ SNAPSHOT_ADAPTERS: dict[str, SnapshotAdapter] = {
     "scalekit.sharding._store.ShardedStoreStats": _sharded_store,
     "scalekit.replication._router.RouterStats": _router,
     "scalekit.mq._queue.QueueStats": _queue_stats,
+    "scalekit.sessions._stats.SessionStats": _session_store,
 }
 """Adapters by the class of what ``stats()`` returns, ``module.qualname``."""
 

@@ -26,6 +26,7 @@ from scalekit.sessions._middleware import (
     rotate_id,
 )
 from scalekit.sessions._session import Record, Serializer, Session
+from scalekit.sessions._stats import SessionStats
 from scalekit.sessions._store import (
     AsyncMemorySessionStore,
     AsyncSessionStore,
@@ -53,6 +54,7 @@ __all__ = [
     "SessionConflict",
     "SessionCorrupted",
     "SessionMiddleware",
+    "SessionStats",
     "SessionStore",
     "SessionStoreBase",
     "SessionTooLarge",

@@ -53,6 +53,7 @@ from scalekit.sessions._session import (
     new_id,
     valid_id,
 )
+from scalekit.sessions._stats import Tally
 
 __all__ = [
     "MAX_RETRIES",
@@ -72,8 +73,12 @@ __all__ = [
 _log = logging.getLogger("scalekit.sessions")
 
 
-def _conflict(session_id: str, reason: str, exc: SessionConflict) -> SessionConflict:
-    """Log a conflict (the id's first 8 characters, never the data) and return it."""
+def _conflict(
+    settings: Settings, session_id: str, reason: str, exc: SessionConflict
+) -> SessionConflict:
+    """Count and log a conflict (the id's first 8 characters, never the data) and
+    return it."""
+    settings.tally.add("conflicts")
     key = getattr(exc, "key", None)
     _log.warning(
         "session %s...: conflict, %s%s",
@@ -107,7 +112,8 @@ def _backoff(retry: int) -> float:
 
 
 class Settings:
-    """Timeouts, size limit, merge policies, serializer and clock of one store.
+    """Timeouts, size limit, merge policies, serializer and clock of one store, and
+    the tally of what its operations did.
 
     Every argument is checked here, before the store exists: an error of
     :mod:`scalekit.errors` that names it.
@@ -122,6 +128,7 @@ class Settings:
         "max_bytes",
         "policies",
         "serializer",
+        "tally",
     )
 
     def __init__(
@@ -153,6 +160,7 @@ class Settings:
         # the timeouts as numbers (inf: none), for expires() on every request
         self._idle = math.inf if self.idle_timeout is None else float(self.idle_timeout)
         self._absolute = math.inf if self.absolute_timeout is None else float(self.absolute_timeout)
+        self.tally = Tally()
 
     def expires(self, created_at: float, accessed_at: float) -> float:
         """:func:`~scalekit.sessions._session.expires_at` with these timeouts.
@@ -250,21 +258,27 @@ def create(settings: Settings, data: object) -> Flow[Session]:
     while True:
         session_id = new_id()
         if (yield ("_insert", session_id, record, expires, op)):
+            settings.tally.add("created")
             return settings.session(session_id, record)
 
 
 def load(settings: Settings, session_id: object) -> Flow[Session | None]:
     """The session, or None for an unknown, malformed or expired id."""
     if not _check_id(session_id):
+        settings.tally.add("not_found")
         return None
     assert isinstance(session_id, str)
     record: Record | None = yield ("_read", session_id)
     if record is None:
+        settings.tally.add("not_found")
         return None
     expires = settings.expires(record.created_at, record.accessed_at)
     if expires <= settings.clock():
+        settings.tally.add("not_found")
         return None
-    return settings.session(session_id, record, expires)
+    session = settings.session(session_id, record, expires)
+    settings.tally.add("loaded")
+    return session
 
 
 def save(settings: Settings, session: object, native_touch: bool) -> Flow[None]:
@@ -293,10 +307,12 @@ def save(settings: Settings, session: object, native_touch: bool) -> Flow[None]:
             # unmerged, the keys noted keep their JSON: the one loaded, or the one
             # _changes() just made for a changed key
             session._saved(data, expected + 1, now, expires, encoded if retry == 0 else None)
+            settings.tally.add("saved")
             return
         current: Record | None = yield ("_read", session.id)
         if current is None or not settings.live(current, now):
             raise _conflict(
+                settings,
                 session.id,
                 "deleted or expired",
                 SessionConflict(f"session {session.id[:8]}... was deleted or expired"),
@@ -304,10 +320,12 @@ def save(settings: Settings, session: object, native_touch: bool) -> Flow[None]:
         try:
             data = merge(session, settings.serializer.loads(current.data), settings.policies)
         except SessionConflict as exc:
-            _conflict(session.id, "changed by another request", exc)
+            _conflict(settings, session.id, "changed by another request", exc)
             raise
+        settings.tally.add("merged")
         expected = current.version
     raise _conflict(
+        settings,
         session.id,
         f"{MAX_RETRIES} saves in a row lost",
         SessionConflict(f"session {session.id[:8]}...: {MAX_RETRIES} saves in a row lost"),
@@ -323,6 +341,7 @@ def _store_new(settings: Settings, session: Session) -> Flow[None]:
     while not (yield ("_insert", session.id, record, expires, op)):
         session.id = new_id()
     session._saved(data, 1, now, expires)
+    settings.tally.add("created")
 
 
 def touch(settings: Settings, session_id: object, native: bool) -> Flow[bool]:
@@ -333,11 +352,16 @@ def touch(settings: Settings, session_id: object, native: bool) -> Flow[bool]:
     assert isinstance(session_id, str)
     now = settings.clock()
     if native:
-        return bool((yield ("_touch_live", session_id, now)))
-    record: Record | None = yield ("_read", session_id)
-    if record is None or not settings.live(record, now):
-        return False
-    return bool((yield ("_touch", session_id, now, settings.expires(record.created_at, now))))
+        touched = bool((yield ("_touch_live", session_id, now)))
+    else:
+        record: Record | None = yield ("_read", session_id)
+        if record is None or not settings.live(record, now):
+            return False
+        expires = settings.expires(record.created_at, now)
+        touched = bool((yield ("_touch", session_id, now, expires)))
+    if touched:
+        settings.tally.add("touched")
+    return touched
 
 
 def rotate(settings: Settings, session: object) -> Flow[Session]:
@@ -355,10 +379,12 @@ def rotate(settings: Settings, session: object) -> Flow[Session]:
             rotated = settings.session(fresh, record)
             session.id = fresh
             session._saved(data, record.version, now, expires)
+            settings.tally.add("rotated")
             return rotated
         current: Record | None = yield ("_read", session.id)
         if current is None or current.version != session.version:
             raise _conflict(
+                settings,
                 session.id,
                 "changed or deleted before rotating",
                 SessionConflict(
@@ -371,11 +397,14 @@ def delete(settings: Settings, session_id: object) -> Flow[None]:
     """Delete the session; an unknown or malformed id is a no-op."""
     if _check_id(session_id):
         yield ("_delete", session_id)
+        settings.tally.add("deleted")
 
 
 def purge(settings: Settings) -> Flow[int]:
     """Delete every expired session; how many."""
-    return int((yield ("_purge", settings.clock())))
+    purged = int((yield ("_purge", settings.clock())))
+    settings.tally.add("purged", purged)
+    return purged
 
 
 # -- the runners ---------------------------------------------------------------------

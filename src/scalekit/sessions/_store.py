@@ -20,6 +20,7 @@ from scalekit.protocols import Clock
 from scalekit.sessions import _core
 from scalekit.sessions._core import Settings, run, run_async
 from scalekit.sessions._session import JSON, Policy, Record, Serializer, Session, valid_id
+from scalekit.sessions._stats import SessionStats
 
 __all__ = [
     "AsyncMemorySessionStore",
@@ -109,6 +110,19 @@ class _ConfiguredStore:
 
         Runtime complexity: O(1), no I/O."""
         return self.settings.blank()
+
+    def stats(self) -> SessionStats:
+        """A snapshot of what this store's operations did (see :class:`SessionStats`).
+
+        >>> store = MemorySessionStore()
+        >>> session = store.create({"user": "ada"})
+        >>> _ = store.load(session.id), store.load("nope")
+        >>> stats = store.stats()
+        >>> stats.created, stats.loaded, stats.not_found
+        (1, 1, 1)
+
+        Runtime complexity: O(1), no I/O."""
+        return self.settings.tally.snapshot()
 
 
 class SessionStoreBase(_ConfiguredStore, ABC):

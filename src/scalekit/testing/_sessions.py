@@ -367,6 +367,63 @@ async def rotate_after_a_concurrent_save_conflicts(env: _Env) -> None:
     _expect(await _data(store, session.id) == {"a": 2}, "the failed rotate changed the session")
 
 
+async def stats_count_what_happened(env: _Env) -> None:
+    """A store with ``stats()`` counts each operation once it answered (a store
+    without it is not checked)."""
+    store = env.make()
+    if not callable(getattr(store, "stats", None)):
+        return
+    session = await store.create({"a": 1, "n": 0})
+    first, second = await _two(store, session.id)  # two loads
+    await store.load("a" * 43)  # unknown
+    await store.load("x")  # malformed
+    first.increment("n")
+    await store.save(first)
+    second.increment("n")
+    await store.save(second)  # merged onto first's save
+    third, fourth = await _two(store, session.id)
+    third["a"] = 2
+    fourth["a"] = 3
+    await store.save(third)
+    with _raises(SessionConflict, "both set a"):
+        await store.save(fourth)
+    unchanged = await store.load(session.id)
+    await store.save(unchanged)  # no change: a touch
+    _expect(await store.touch(session.id), "touch of a live session")
+    rotated = await store.rotate(unchanged)
+    await store.delete(rotated.id)
+    blank = store.blank()
+    blank["x"] = 1
+    await store.save(blank)
+    env.clock.advance(10**6)
+    await store.purge_expired()
+    stats = store.stats()
+    seen = {
+        "created": stats.created,
+        "loaded": stats.loaded,
+        "not_found": stats.not_found,
+        "saved": stats.saved,
+        "merged": stats.merged,
+        "conflicts": stats.conflicts,
+        "touched": stats.touched,
+        "rotated": stats.rotated,
+        "deleted": stats.deleted,
+    }
+    wanted = {
+        "created": 2,
+        "loaded": 5,
+        "not_found": 2,
+        "saved": 3,
+        "merged": 1,
+        "conflicts": 1,
+        "touched": 2,
+        "rotated": 1,
+        "deleted": 1,
+    }
+    _expect(seen == wanted, f"stats() counted {seen}, not {wanted}")
+    _expect(stats.purged in (0, 1), f"one expired session purged, counted {stats.purged}")
+
+
 async def a_blank_session_is_stored_only_with_data(env: _Env) -> None:
     store = env.make()
     blank = store.blank()
@@ -524,6 +581,7 @@ _CHECKS: dict[str, Callable[[_Env], Awaitable[None]]] = {
         rotate_moves_the_session_to_a_new_id,
         rotate_after_a_concurrent_save_conflicts,
         a_blank_session_is_stored_only_with_data,
+        stats_count_what_happened,
         increments_add_up,
         merge_policies,
         refused_arguments_change_nothing,

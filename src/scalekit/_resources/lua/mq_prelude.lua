@@ -129,6 +129,16 @@ local function expiry_reason(attempts)
   return 'not settled within the visibility timeout on delivery ' .. int(attempts)
 end
 
+-- what bury_expired moved in this call, for the caller to log: {message id, deliveries}...
+local expired = {}
+
+-- dead-letter an entry whose last delivery timed out (`attempts` deliveries)
+local function bury_expired(base, dlq, name, lvl, sid, fields, attempts)
+  bury(base, dlq, name, lvl, sid, fields, expiry_reason(attempts), attempts)
+  expired[#expired + 1] = field(fields, 'i') or sid
+  expired[#expired + 1] = int(attempts)
+end
+
 local function delay(base, lvl, fields, due)
   local packed = {lvl}
   for i = 1, #fields do packed[#packed + 1] = fields[i] end

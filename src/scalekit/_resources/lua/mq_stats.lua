@@ -3,7 +3,8 @@
 -- KEYS: base, dead letters' base (the base itself: none)
 -- ARGV: visibility timeout ms, max deliveries, name
 -- Returns {ready, delayed, in flight, dead letters, oldest put time ms (-1), now ms,
---          delivered, redelivered, acked, dead lettered}.
+--          delivered, redelivered, acked, dead lettered,
+--          {id, deliveries} of each message dead-lettered for its visibility timeout}.
 local base, dlq = KEYS[1], KEYS[2]
 if dlq == base then dlq = '' end
 local vt, maxd, name = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
@@ -29,7 +30,7 @@ for _, lvl in ipairs(redis.call('ZRANGE', base .. ':levels', 0, -1)) do
       if entry then
         local before = tonumber(field(entry[2], 'n') or '0') + e[4]
         if maxd > 0 and dlq ~= '' and before >= maxd then
-          bury(base, dlq, name, lvl, sid, entry[2], expiry_reason(before), before)
+          bury_expired(base, dlq, name, lvl, sid, entry[2], before)
           buried = buried + 1
         else
           ready = ready + 1
@@ -57,4 +58,5 @@ end
 local c = redis.call('HMGET', base .. ':stats',
   'delivered', 'redelivered', 'acked', 'dead_lettered')
 return {ready, delayed, inflight, dead, oldest, now,
-  tonumber(c[1] or '0'), tonumber(c[2] or '0'), tonumber(c[3] or '0'), tonumber(c[4] or '0')}
+  tonumber(c[1] or '0'), tonumber(c[2] or '0'), tonumber(c[3] or '0'), tonumber(c[4] or '0'),
+  expired}

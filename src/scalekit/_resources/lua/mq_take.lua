@@ -5,7 +5,8 @@
 --       arm ('1': if nothing is ready, make ready the signal stream to block on),
 --       operation id
 -- Returns {k, then k times: level, entry id, delivery count, fields}
--- or, when nothing was ready, {0, ms until something may be due (-1: unknown)}.
+-- or, when nothing was ready, {0, ms until something may be due (-1: unknown)},
+-- then the messages it dead-lettered for their visibility timeout: {id, deliveries...}.
 -- Run again with the same operation id, it returns the deliveries of the first
 -- run that `me` still holds, and takes nothing.
 local base, dlq = KEYS[1], KEYS[2]
@@ -29,8 +30,11 @@ if receipts then
       end
     end
   end
-  if again[1] > 0 then return again end
-  return {0, -1}
+  if again[1] > 0 then
+    again[#again + 1] = {}
+    return again
+  end
+  return {0, -1, {}}
 end
 local now = now_ms()
 local promoted = promote(base, now)
@@ -67,7 +71,7 @@ local function claimed(lvl, s, entries)
       else
         local before = tonumber(field(fields, 'n') or '0') + count - 1
         if maxd > 0 and dlq ~= '' and before >= maxd then
-          bury(base, dlq, name, lvl, sid, fields, expiry_reason(before), before)
+          bury_expired(base, dlq, name, lvl, sid, fields, before)
           buried = buried + 1
         else
           deliver(lvl, sid, count, fields)
@@ -107,7 +111,10 @@ if out[1] > 0 then
 end
 if buried > 0 then room(base) end
 if promoted > out[1] then signal(base, promoted - out[1], 'p') end
-if out[1] > 0 then return out end
+if out[1] > 0 then
+  out[#out + 1] = expired
+  return out
+end
 
 local hint = -1
 if arm then
@@ -128,4 +135,4 @@ if arm then
     end
   end
 end
-return {0, hint}
+return {0, hint, expired}

@@ -197,6 +197,7 @@ class RedisQueue(Queue):
             op=True,
         )
         count = reply[0]
+        self._log_expired(reply[-1])
         if not count:
             return [], reply[1], False
         deadline = self._clock() + self.visibility_timeout
@@ -213,6 +214,13 @@ class RedisQueue(Queue):
                 delivery = damaged
             got.append(delivery)
         return got, -1, True
+
+    def _log_expired(self, expired: list[bytes]) -> None:
+        """Log the messages a script dead-lettered for their visibility timeout."""
+        for j in range(0, len(expired), 2):
+            attempts = int(expired[j + 1])
+            reason = f"not settled within the visibility timeout on delivery {attempts}"
+            self._log_dead_letter(expired[j].decode(errors="replace"), reason, attempts)
 
     def _damaged(
         self,
@@ -508,9 +516,10 @@ class RedisQueue(Queue):
         """A snapshot; like a get, it moves due delayed messages and dead-letters
         deliveries that timed out on their last attempt. Cost: one script call,
         O(levels + t) in Redis for t timed-out deliveries."""
-        (ready, delayed, in_flight, dead, oldest, now, *counters) = self._run(
+        (ready, delayed, in_flight, dead, oldest, now, *counters, expired) = self._run(
             "stats", self._keys, [self._vt_ms, self._max_deliveries, self.name], "stats"
         )
+        self._log_expired(expired)
         return QueueStats(
             name=self.name,
             ready=ready,
