@@ -328,3 +328,78 @@ def test_ctrl_c_before_the_demo_handles_it_is_exit_130_not_a_traceback(
     monkeypatch.setattr("scalekit._demo.run", interrupted)
     assert main(["demo", "--duration", "3"]) == 130
     assert "interrupted" in capsys.readouterr().err
+
+
+# -- the stale-read check against the real app: a replica that lies about its position --
+
+
+def _serve_one_app(folder: Path) -> tuple[Any, Any]:
+    """The demo's files for 3 shards, the replication thread, and app-1 in a thread
+    of this process: (its server, the replicator)."""
+    from wsgiref.simple_server import make_server
+
+    from scalekit._demo import _app, _db
+    from scalekit.web.static import build
+
+    for shard in _run.SHARDS:
+        _db.create(folder / f"{shard}.db")
+        _db.create(folder / f"{shard}.replica.db")
+    ring = HashRing(list(_run.SHARDS))
+    stores = {shard: _db.ShardFile(folder / f"{shard}.db") for shard in _run.SHARDS}
+    for number in range(_run.PRODUCTS):
+        stores[ring.node_for(f"product:{number}")].set(f"product:{number}", {"title": "p"})
+    config = {"all_shards": list(_run.SHARDS), "redis": None}
+    _db.write_json(folder / "config.json", config)
+    _db.write_json(folder / "topology.json", {"epoch": 1, "shards": config["all_shards"]})
+    (folder / "static").mkdir()
+    (folder / "static" / "site.css").write_text("body { color: black }\n")
+    build(folder / "static", folder / "built", brotli=False)
+    replicator = _db.Replicator(folder, list(_run.SHARDS), delay=_run.BASE_DELAY, period=0.02)
+    for shard in _run.SHARDS:
+        replicator.copy(shard)
+    replicator.start()
+    app, _, _ = _app._build(folder, "app-1", str(folder / "built"))
+    server = make_server("127.0.0.1", 0, app, server_class=_app._Server, handler_class=_app._Quiet)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    return server, replicator
+
+
+@pytest.mark.parametrize("lying", [False, True])
+def test_a_replica_claiming_writes_it_has_not_replayed_is_a_stale_read(
+    lying: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scalekit._demo import _app, _db
+    from scalekit.balancing import RoundRobin
+
+    probe = _app._probe
+
+    def position_lies(measure: Callable[[Path], Any], file: Path) -> Callable[[str], Any]:
+        if measure is _db.replica_position:  # "holds every write": reads go there
+            return lambda _: 2**62
+        return probe(measure, file)
+
+    if lying:
+        monkeypatch.setattr(_app, "_probe", position_lies)
+    server, replicator = _serve_one_app(tmp_path)
+    try:
+        traffic = _run._Traffic()
+        http = _run._Http(RoundRobin([f"127.0.0.1:{server.server_address[1]}"]), traffic)
+        stop = threading.Event()
+        clients = [
+            threading.Thread(target=_run._client, args=(n, http, stop, 3, "/static/x.css"))
+            for n in range(2)
+        ]
+        for client in clients:
+            client.start()
+        time.sleep(2.0)
+        stop.set()
+        for client in clients:
+            client.join(10)
+    finally:
+        server.shutdown()
+        server.server_close()
+        replicator.stop()
+    assert traffic.client_errors == []
+    assert traffic.failed == 0
+    assert traffic.users > 3
+    assert (traffic.stale_reads > 0) == lying, traffic.stale_reads
