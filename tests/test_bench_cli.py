@@ -132,12 +132,14 @@ def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
         assert "error" in capsys.readouterr().err
 
 
-def test_json_that_cannot_be_written_fails(
+def test_json_that_cannot_be_written_is_refused_before_the_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = tmp_path / "missing-folder" / "out.json"
-    assert main(["bench", "replication", "--quick", "--json", str(target)]) == 1
-    assert "cannot write" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "replication", "--quick", "--json", str(target)])
+    assert exit_info.value.code == 2
+    assert "--json: no folder" in capsys.readouterr().err
 
 
 @pytest.mark.redis

@@ -31,19 +31,37 @@ def _demo(parser: argparse.ArgumentParser) -> Handler:
     )
 
     def handle(args: argparse.Namespace) -> int:
-        from pathlib import Path
-
         from scalekit._demo import run
 
         if not 3 <= args.duration <= 600:
             print("scalekit demo: --duration must be between 3 and 600 seconds", file=sys.stderr)
             return 2
-        if args.json is not None and not Path(args.json).absolute().parent.is_dir():
-            print(f"scalekit demo: --json: no folder for {args.json!r}", file=sys.stderr)
+        problem = None if args.json is None else _json_path_error(args.json)
+        if problem is not None:
+            print(f"scalekit demo: --json: {problem}", file=sys.stderr)
             return 2
         return run(args.duration, args.seed, args.json, args.redis)
 
     return handle
+
+
+def _json_path_error(json_path: str) -> str | None:
+    """Why the report cannot be written to ``json_path``, or None if it can
+    (checked before a run, not after it)."""
+    import os
+    from pathlib import Path
+
+    path = Path(json_path)
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        return f"no folder for {json_path!r}"
+    if path.is_dir():
+        return f"{json_path!r} is a folder"
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{json_path!r} is not writable"
+    if not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        return f"the folder of {json_path!r} is not writable"
+    return None
 
 
 def _tour(parser: argparse.ArgumentParser) -> Handler:
@@ -94,6 +112,9 @@ def _bench(parser: argparse.ArgumentParser) -> Handler:
             parser.error(f"--details: name one of {', '.join(_BENCH_DETAILS)}")
         if args.repeat < 1:
             parser.error("--repeat: at least 1")
+        problem = None if args.json is None else _json_path_error(args.json)
+        if problem is not None:
+            parser.error(f"--json: {problem}")
         return _bench_table(args)
 
     return handle
@@ -362,4 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stdout)
         return 0
-    return handler(args)
+    try:
+        return handler(args)
+    except KeyboardInterrupt:  # Ctrl-C before a command set up its own handling
+        print(f"scalekit {args.command}: interrupted", file=sys.stderr)
+        return 130

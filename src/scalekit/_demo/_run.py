@@ -21,7 +21,7 @@ from typing import Any
 
 from scalekit._demo._display import display_for
 
-__all__ = ["run"]
+__all__ = ["StartFailed", "run"]
 
 APP_SERVERS = ("app-1", "app-2", "app-3")
 SHARDS = ("shard-0", "shard-1", "shard-2")
@@ -89,6 +89,10 @@ class _Http:
         with self.traffic.lock:
             self.traffic.failed += 1
         return None
+
+
+class StartFailed(RuntimeError):
+    """A process of the demo ended, or hung, before it was ready."""
 
 
 class _Truncated(ConnectionError):
@@ -230,6 +234,7 @@ class _Service:
         self.scraped: dict[str, list[str]] = {}
         self.logged: list[str] = []
         self._log_offsets: dict[str, int] = {}
+        self.closers: list[Callable[[], None]] = []  # run first by stop(), last added first
 
     def event(self, text: str) -> None:
         line = f"{time.monotonic() - self.started:5.1f}s  {text}"
@@ -266,8 +271,7 @@ class _Service:
         process.start()
         self.pids.append(process.pid or 0)
         self.servers[name] = process
-        started, port, _, metrics = self.ready.get(timeout=60)
-        assert started == name
+        _, port, _, metrics = self._ready(process, name)
         self.ports[name] = port
         self.metrics[name] = metrics
         return f"127.0.0.1:{port}"
@@ -287,9 +291,29 @@ class _Service:
         process.start()
         self.pids.append(process.pid or 0)
         self.workers[number] = (process, holding)
-        started, _, _, metrics = self.ready.get(timeout=60)
-        assert started == f"worker-{number}"
+        started, _, _, metrics = self._ready(process, f"worker-{number}")
         self.metrics[started] = metrics
+
+    def _ready(self, process: Any, who: str, timeout: float = 60.0) -> tuple[Any, ...]:
+        """What ``process`` put on :attr:`ready` once it listens; a :class:`StartFailed`
+        as soon as it dies first (a crash at start, a port taken) or after ``timeout``."""
+        import queue
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                message: tuple[Any, ...] = self.ready.get(timeout=0.1)
+            except queue.Empty:
+                if not process.is_alive():
+                    break
+                continue
+            if message[0] == who:
+                return message
+        if process.is_alive():
+            process.kill()
+            process.join(3)
+            raise StartFailed(f"{who} did not start within {timeout:.0f} s")
+        raise StartFailed(f"{who} ended at start (exit code {process.exitcode})")
 
     def poll_stats(self) -> None:
         for name, process in list(self.servers.items()):
@@ -308,6 +332,12 @@ class _Service:
 
     def stop(self) -> None:
         self.stopping = True
+        while self.closers:  # the load, health checks and replication of this process
+            closer = self.closers.pop()
+            try:
+                closer()
+            except Exception as exc:  # the processes are stopped anyway
+                self.out(f"while stopping: {type(exc).__name__}: {exc}")
         self.stop_workers.set()
         for process, _ in self.workers.values():
             process.join(3)
@@ -388,6 +418,9 @@ def run(
     except KeyboardInterrupt:
         out("interrupted: stopping every process")
         return 130
+    except StartFailed as exc:
+        print(f"scalekit demo: {exc}: stopping every process", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
         if service is not None:
@@ -400,7 +433,11 @@ def run(
     report["redis_prefix"] = None if redis_config is None else redis_config["prefix"]
     _print_report(report, out)
     if json_path is not None:
-        Path(json_path).write_text(json.dumps(report, indent=2))
+        try:
+            Path(json_path).write_text(json.dumps(report, indent=2))
+        except OSError as exc:  # checked at the start, but the disk may have changed
+            print(f"scalekit demo: --json: cannot write {json_path}: {exc}", file=sys.stderr)
+            return 1
     return 0 if report["ok"] else 1
 
 
@@ -454,6 +491,7 @@ def _main(
     for shard in all_shards:
         replicator.copy(shard)
     replicator.start()
+    service.closers.append(replicator.stop)
     open_queue(folder, config)
 
     backends = {service.start_server(name): name for name in APP_SERVERS}
@@ -471,6 +509,7 @@ def _main(
 
     checker = HealthChecker(balancer, healthy, interval=0.1, timeout=1.0, rise=2, fall=1)
     checker.start()
+    service.closers.append(checker.stop)
     service.metrics["load generator"] = serve_metrics({"web": balancer, "health": checker})
     if service.metrics["load generator"] is None:
         out("metrics: pip install 'scalekit[prometheus]' for a /metrics endpoint per process")
@@ -488,12 +527,21 @@ def _main(
         threading.Thread(target=_client, args=(n, http, stop, seed, css), daemon=True)
         for n in range(CLIENTS)
     ]
-    service.started = time.monotonic()
-    for client in clients:
-        client.start()
     injected: dict[str, Any] = {}
     migration_box: dict[str, Any] = {}
     done = threading.Event()
+
+    def stop_load() -> None:
+        stop.set()
+        done.set()
+        for client in clients:
+            if client.is_alive():
+                client.join(10)
+
+    service.closers.append(stop_load)
+    service.started = time.monotonic()
+    for client in clients:
+        client.start()
 
     def at(fraction: float) -> None:
         delay = service.started + fraction * duration - time.monotonic()
@@ -501,6 +549,13 @@ def _main(
             done.wait(delay)
 
     def chaos() -> None:
+        try:
+            inject()
+        except Exception as exc:  # reported as a broken check, not as a thread's traceback
+            injected["error"] = f"{type(exc).__name__}: {exc}"
+            service.event(f"failure injection stopped: {injected['error']}")
+
+    def inject() -> None:
         victim = "app-2"
         at(0.12)
         service.servers[victim].kill()
@@ -591,10 +646,7 @@ def _main(
         logger.removeHandler(handler)
         logger.setLevel(level)
         service.display.stop()
-    stop.set()
-    done.set()
-    for client in clients:
-        client.join(10)
+    stop_load()
     service.scraped = _scrape(service)
     checker.stop()
     service.poll_stats()
@@ -787,6 +839,7 @@ def _verify(
     }
     broken = []
     checks = {
+        f"the failure injection failed ({injected.get('error')})": "error" not in injected,
         "a request was lost": traffic.failed == 0,
         "a request got an error answer": not traffic.bad_answers,
         "a client crashed": not traffic.client_errors,

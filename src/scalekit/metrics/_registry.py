@@ -7,7 +7,13 @@ import threading
 from typing import Any
 
 from scalekit._validate import check_callable, check_str, type_name
-from scalekit.errors import ArgumentTypeError, ConfigurationError, DuplicateNode, UnknownNode
+from scalekit.errors import (
+    ArgumentTypeError,
+    ConfigurationError,
+    DuplicateNode,
+    ScalekitError,
+    UnknownNode,
+)
 from scalekit.metrics._adapters import METRICS, LabelOf, adapter_for, samples_of
 from scalekit.metrics._sample import (
     Sample,
@@ -111,7 +117,15 @@ class Registry:
             if name in self._entries:
                 raise DuplicateNode(f"a block is registered as {name!r} already")
         if found[1]:
-            _check_samples(name, found[0](name, obj, label_of))
+            try:
+                samples = found[0](name, obj, label_of)
+            except ScalekitError:
+                raise
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"{name!r} cannot report: its stats() raised {type(exc).__name__}: {exc}"
+                ) from exc
+            _check_samples(name, samples)
         with self._lock:
             if name in self._entries:
                 raise DuplicateNode(f"a block is registered as {name!r} already")
@@ -148,26 +162,54 @@ class Registry:
         A block that fails to report (a queue whose Redis is down, a label that
         breaks the rules) is logged on ``scalekit.metrics`` and counted in
         ``scalekit_metrics_collect_errors_total{block=...}``; the others are read
-        anyway, so a scrape never fails for one block.
+        anyway, so a scrape never fails for one block. Series that clash with an
+        earlier block's (the same name and labels, or a name of another kind, as a
+        generic block's field can make) are left out and counted the same way, so
+        the exposition stays one Prometheus accepts.
 
         Runtime complexity: O(samples) plus each block's ``stats()``.
         """
         with self._lock:
             entries = list(self._entries.items())
         samples: list[Sample] = []
+        series: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+        kinds: dict[str, str] = {_COLLECT_ERRORS: "counter"}
         for name, (obj, label_of) in entries:
             try:
-                samples += _check_samples(name, samples_of(name, obj, label_of))
+                block = _check_samples(name, samples_of(name, obj, label_of))
             except Exception:
                 _log.warning("metrics: reading %r failed", name, exc_info=True)
-                with self._lock:
-                    if name in self._entries:
-                        self._errors[name] = self._errors.get(name, 0) + 1
+                self._count_error(name)
+                continue
+            clashes = 0
+            for sample in block:
+                # two series with one name and labels, or one name of two kinds (a generic
+                # block's field named like another block's metric), make Prometheus refuse
+                # the whole scrape: the first block registered keeps the series
+                key = (sample.name, sample.labels)
+                if key in series or kinds.setdefault(sample.name, sample.kind) != sample.kind:
+                    clashes += 1
+                    continue
+                series.add(key)
+                samples.append(sample)
+            if clashes:
+                _log.warning(
+                    "metrics: %r gave %d series that an earlier block gave already "
+                    "(or a metric name of another kind): left out",
+                    name,
+                    clashes,
+                )
+                self._count_error(name)
         with self._lock:
             errors = [(name, count) for name, count in self._errors.items() if count]
         for name, count in errors:
             samples.append(Sample(_COLLECT_ERRORS, (("block", name),), "counter", float(count)))
         return samples
+
+    def _count_error(self, name: str) -> None:
+        with self._lock:
+            if name in self._entries:
+                self._errors[name] = self._errors.get(name, 0) + 1
 
     def __repr__(self) -> str:
         return f"Registry({self.names()!r})"
