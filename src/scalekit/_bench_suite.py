@@ -38,8 +38,18 @@ class Row:
     claim: str
     note: str = ""
 
+    @property
+    def met(self) -> bool | None:
+        """Whether the ratio meets a target claim (``<= x``, ``< x``); None for a
+        published figure, no claim, or no ratio."""
+        bound, _, figure = self.claim.partition(" ")
+        if self.ratio is None or bound not in ("<=", "<"):
+            return None
+        limit = float(figure)
+        return self.ratio <= limit if bound == "<=" else self.ratio < limit
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "met": self.met}
 
 
 @dataclass(frozen=True)
@@ -444,8 +454,9 @@ def format_table(rows: list[Row]) -> str:
         if row.ratio is None or row.ours is None or row.rival is None:
             lines.append(f"{head}{'-':>10}  {'-':>10}  {'-':>6}  {row.claim:<7} {row.note}")
         else:
+            missed = "  MISSED (a loaded machine? run it again)" if row.met is False else ""
             lines.append(
                 f"{head}{_duration(row.ours):>10}  {_duration(row.rival):>10}  "
-                f"{row.ratio:>6.2f}  {row.claim}"
+                f"{row.ratio:>6.2f}  {row.claim}{missed}"
             )
     return "\n".join(lines)

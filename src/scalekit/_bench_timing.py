@@ -22,8 +22,9 @@ def interleaved_ratio(
     seconds: float | None = None,
 ) -> tuple[float, float, float]:
     """Median seconds per call of ``ours`` and ``rival``, measured in alternating
-    batches (so both see the same machine), and the median of the per-round ratios
-    ``ours / rival``.
+    batches (so both see the same machine; which goes first alternates too, so
+    neither always runs on the caches the other warmed), and the median of the
+    per-round ratios ``ours / rival``.
 
     With ``seconds``, rounds stop once that much time has passed since the first
     (after 3 at least), so a loaded machine shortens the run instead of stretching it.
@@ -34,16 +35,20 @@ def interleaved_ratio(
     our_times, rival_times, ratios = [], [], []
     began = time.perf_counter()
     for done in range(rounds):
+        first, second = (ours, rival) if done % 2 == 0 else (rival, ours)
         start = time.perf_counter()
         for _ in range(batch):
-            ours()
+            first()
         middle = time.perf_counter()
         for _ in range(batch):
-            rival()
+            second()
         end = time.perf_counter()
-        our_times.append((middle - start) / batch)
-        rival_times.append((end - middle) / batch)
-        ratios.append((middle - start) / (end - middle))
+        ours_took, rival_took = (
+            (middle - start, end - middle) if done % 2 == 0 else (end - middle, middle - start)
+        )
+        our_times.append(ours_took / batch)
+        rival_times.append(rival_took / batch)
+        ratios.append(ours_took / rival_took)
         if seconds is not None and done >= 2 and end - began > seconds:
             break
     return statistics.median(our_times), statistics.median(rival_times), statistics.median(ratios)

@@ -225,6 +225,7 @@ class _Service:
         self.ports: dict[str, int] = {}
         self.metrics: dict[str, int | None] = {}  # process -> its /metrics port
         self.workers: dict[int, tuple[Any, Any]] = {}
+        self.stalls: dict[int, Any] = {}  # set: the worker keeps its next job until killed
         self.stop_workers = self.spawn.Event()
         self.pids: list[int] = []
         self.stats: dict[int, dict[str, Any]] = {}  # pid -> last /stats of that process
@@ -281,10 +282,11 @@ class _Service:
 
         if self.stopping:
             raise RuntimeError("the demo is stopping")
-        holding = self.spawn.Event()
+        holding, stall = self.spawn.Event(), self.spawn.Event()
+        self.stalls[number] = stall
         process = self.spawn.Process(
             target=work,
-            args=(str(self.folder), number, holding, self.stop_workers, self.ready),
+            args=(str(self.folder), number, holding, stall, self.stop_workers, self.ready),
             name=f"scalekit-demo-worker-{number}",
             daemon=True,
         )
@@ -582,6 +584,7 @@ def _main(
             service.event("shard-1's replica caught up: back in the read rotation")
         at(0.35)
         process, holding = service.workers[1]
+        service.stalls[1].set()  # so that the kill lands while it holds a job, every run
         injected["worker_killed"] = holding.wait(10)
         process.kill()
         service.event(f"killed worker 1 while it held a job (pid {process.pid})")

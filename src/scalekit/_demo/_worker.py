@@ -1,8 +1,10 @@
 """One e-mail worker of the demo: a process consuming the durable SQLite queue.
 
 It "sends" a mail by appending ``<job id> <attempt>`` to its outbox file, then
-acks. ``holding`` is set while it holds a delivery, so the main process can kill
-it mid-job; a job marked poison is refused until the queue dead-letters it.
+acks. Once ``stall`` is set, the worker holds its next job until the main process
+kills it, and sets ``holding`` to say so: a kill mid-job in every run, not only
+when it happens to land in the few milliseconds a job takes. A job marked poison
+is refused until the queue dead-letters it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 __all__ = ["work"]
 
 
-def work(folder: str, number: int, holding: Any, stop: Any, ready: Any) -> None:
+def work(folder: str, number: int, holding: Any, stall: Any, stop: Any, ready: Any) -> None:
     """Consume e-mails until ``stop`` is set and the queue stays empty."""
     from scalekit._demo._app import log_to_file, open_queue, serve_metrics
     from scalekit.errors import DeliveryExpired
@@ -35,15 +37,15 @@ def work(folder: str, number: int, holding: Any, stop: Any, ready: Any) -> None:
                 if stop.is_set():
                     break
                 continue
-            holding.set()
             if delivery.body.get("poison"):
                 delivery.nack(reason="template error")
-                holding.clear()
                 continue
+            while stall.is_set():  # an SMTP server that never answers: killed mid-job
+                holding.set()
+                time.sleep(0.05)
             time.sleep(0.002)  # the SMTP round trip
             outbox.write(f"{delivery.body['id']} {delivery.attempt}\n")
             outbox.flush()
             with contextlib.suppress(DeliveryExpired):  # timed out: sent again, at least once
                 delivery.ack()
-            holding.clear()
     emails.close()
