@@ -114,6 +114,7 @@ def _check(report: dict[str, Any], stdout: str) -> None:
                 "scalekit_web_cache_hits_total",
                 "scalekit_replica_lag_seconds",
                 "scalekit_mq_depth",
+                "scalekit_sessions_loaded_total",
             ):
                 assert name in scraped[server], (server, name)
         assert "scalekit_balancer_in_flight" in scraped["load generator"]

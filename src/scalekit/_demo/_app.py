@@ -316,7 +316,7 @@ def _build(root: Path, name: str, built: str) -> tuple[Any, Callable[[], None], 
                 topology.reload()
             threading.Event().wait(0.02)
 
-    blocks = {"pages": web_cache, "products": product, "mail": emails}
+    blocks = {"pages": web_cache, "products": product, "mail": emails, "sessions": sessions}
     blocks.update({shard.replace("-", "_"): router for shard, router in routers.items()})
     if shared is not None:
         blocks["products_tiers"] = shared
