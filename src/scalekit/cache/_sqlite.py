@@ -57,7 +57,9 @@ def check_path(path: object) -> str:
     if not isinstance(path, str):
         raise ArgumentTypeError(f"path must be a str or os.PathLike, got {type_name(path)}")
     if path in ("", ":memory:") or path.startswith("file:"):
-        raise ConfigurationError(f"path must name a file that processes share, got {path!r}")
+        raise ConfigurationError(
+            f"path must be a file name (not ':memory:' or a URI), got {path!r}"
+        )
     if "\x00" in path:
         raise ConfigurationError(f"path must not contain NUL, got {path!r}")
     try:
@@ -213,11 +215,12 @@ class SQLiteCache(Generic[V]):
                 f'CREATE TABLE IF NOT EXISTS "{t}" '
                 "(key BLOB PRIMARY KEY, value BLOB NOT NULL, expires REAL) WITHOUT ROWID"
             )
-            conn.execute(
-                f'CREATE INDEX IF NOT EXISTS "{t}_expires" ON "{t}" (expires) '
-                "WHERE expires IS NOT NULL"
-            )
             columns = [row[1] for row in conn.execute(f'PRAGMA table_info("{t}")')]
+            if columns == ["key", "value", "expires"]:
+                conn.execute(
+                    f'CREATE INDEX IF NOT EXISTS "{t}_expires" ON "{t}" (expires) '
+                    "WHERE expires IS NOT NULL"
+                )
         except sqlite3.Error as exc:
             conn.close()
             raise wrap_error(exc, self._path, "creating the table") from exc

@@ -138,6 +138,7 @@ class SQLiteInvalidation:
         self._sql_prune = f'DELETE FROM "{log}" WHERE seq <= ?'
         self._sql_mark = f'UPDATE "{pruned}" SET seq = max(seq, ?) WHERE id = 0'
         self._writer = self._open()
+        self._writer_file = _inode(path)
 
     # -- the file --------------------------------------------------------------------
 
@@ -241,15 +242,32 @@ class SQLiteInvalidation:
                 raise ClosedError("this SQLiteInvalidation is closed")
             now = self._timer()
             try:
+                self._reopen_if_replaced()
                 self._writer.execute(self._sql_insert, (now, self._prefix, payload))
                 pruned = self._prune(now) if now - self._pruned_at >= self._prune_every() else 0
             except sqlite3.Error as exc:
                 if self._writer.in_transaction:
                     self._writer.execute("ROLLBACK")
                 raise wrap_error(exc, self._path, "publishing an invalidation") from exc
+            except OSError as exc:
+                raise BackendError(
+                    f"publishing an invalidation to {self._path!r} failed: {exc}", backend="sqlite"
+                ) from exc
         with self._lock:
             self._counts["published"] += 1
             self._counts["pruned"] += pruned
+
+    def _reopen_if_replaced(self) -> None:
+        """Open the file again if another file took its name (a connection would
+        go on writing to the one that was removed, which no listener reads)."""
+        try:
+            found: tuple[int, int] | None = _inode(self._path)
+        except FileNotFoundError:
+            found = None  # removed: opening creates it again
+        if found != self._writer_file:
+            writer = self._open()
+            self._writer.close()
+            self._writer, self._writer_file = writer, _inode(self._path)
 
     def _prune_every(self) -> float:
         return min(1.0, self._retention / 2)
@@ -417,8 +435,12 @@ class _Poller:
     def __init__(self, channel: SQLiteInvalidation) -> None:
         self._channel = channel
         self._path = channel.path
-        self._inode = _inode(self._path)
-        self._conn = channel._open()
+        self._conn = channel._open()  # creates the file if it was removed
+        try:
+            self._inode = _inode(self._path)
+        except OSError:
+            self._conn.close()
+            raise
         self._version: int | None = None
         try:
             self._conn.execute("BEGIN")
