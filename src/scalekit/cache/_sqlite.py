@@ -143,12 +143,12 @@ class SQLiteCache(Generic[V]):
 
     Runtime complexity: O(log(n)) per key (a B-tree lookup), n the rows in the file.
 
-    >>> import tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "cache.db")
-    >>> with SQLiteCache(path, prefix="users:", ttl=300) as cache:
-    ...     cache.set("42", {"name": "Ada"})
-    ...     cache.get("42")
-    {'name': 'Ada'}
+    >>> import os, tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     with SQLiteCache(os.path.join(folder, "cache.db"), prefix="users:", ttl=300) as cache:
+    ...         cache.set("42", {"name": "Ada"})
+    ...         print(cache.get("42"), cache.add("42", "other"), round(cache.ttl_of("42")))
+    {'name': 'Ada'} False 300
     """
 
     def __init__(
