@@ -89,26 +89,29 @@ VALUES = st.one_of(st.integers(-5, 5), st.text(max_size=3), st.lists(st.integers
 TTLS = st.sampled_from([None, 0.5, 1.0, 2.0, math.inf])
 
 
+_MACHINE_DIR = tempfile.TemporaryDirectory()  # removed when the interpreter exits
+
+
 class SQLiteCacheMachine(RuleBasedStateMachine):
     """SQLiteCache, step by step, against ``key -> (value, deadline)``: a key is
     live while its deadline is None or after the fake clock."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.dir = tempfile.TemporaryDirectory()
         self.clock = FakeClock(1_000_000.0)
-        path = os.path.join(self.dir.name, "m.db")
+        # one file for every example (creating one costs tens of ms), emptied first
+        path = os.path.join(_MACHINE_DIR.name, "m.db")
         self.cache: SQLiteCache[Any] = SQLiteCache(path, prefix="m:", ttl=1.5, timer=self.clock)
         # another prefix in the same table: never seen, never touched by this one
         self.other: SQLiteCache[Any] = SQLiteCache(path, prefix="n:", timer=self.clock)
         self.other.set("a", "other")
+        self.cache.clear()
         self.model: dict[str, tuple[Any, float | None]] = {}
         self.hits = self.misses = self.writes = self.deletes = 0
 
     def teardown(self) -> None:
         self.cache.close()
         self.other.close()
-        self.dir.cleanup()
 
     def _live(self, key: str) -> bool:
         entry = self.model.get(key)
@@ -233,8 +236,11 @@ def _stored(cache: SQLiteCache[Any]) -> set[str]:
 
 
 TestSQLiteCacheMachine = SQLiteCacheMachine.TestCase
+# every step does I/O: at most 100 examples even in CI's profile (about 5 s on 2 cores)
 TestSQLiteCacheMachine.settings = settings(
-    stateful_step_count=25, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=min(settings.default.max_examples, 100),
+    stateful_step_count=25,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 
 
