@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from scalekit.cache import SQLiteCache, SQLiteInvalidation, TieredCache, TTLCache, cached
+from scalekit.errors import BackendError
 
 _CONTEXT = multiprocessing.get_context("spawn")
 KEYS = 40
@@ -192,3 +193,33 @@ def test_a_write_in_one_process_reaches_the_near_cache_of_the_other(tmp_path: Pa
         f"p50 {p50 * 1e3:.2f} ms, max {p99 * 1e3:.2f} ms"
     )
     assert p99 < INTERVAL + 1.0  # one interval, plus a generous margin on a shared machine
+
+
+def _in_fork(cache: SQLiteCache[Any], channel: SQLiteInvalidation, results: Any) -> None:
+    cache.set("child", os.getpid())  # the pool inherited is dropped: a new connection
+    try:
+        channel.publish(["child"])
+    except BackendError as exc:
+        results.put(("refused", str(exc), cache.get("child")))
+    else:
+        results.put(("published", "", cache.get("child")))
+
+
+def test_a_forked_child_opens_its_own_connections(tmp_path: Path) -> None:
+    path = str(tmp_path / "fork.db")
+    with SQLiteCache(path) as cache, SQLiteInvalidation(cache) as channel:
+        cache.set("parent", 1)
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        child = context.Process(target=_in_fork, args=(cache, channel, results))
+        child.start()
+        outcome, message, child_pid = results.get(timeout=30)
+        child.join(30)
+        assert child.exitcode == 0
+        assert outcome == "refused"
+        assert "fork" in message
+        assert child_pid == child.pid
+        assert cache.get("child") == child.pid  # the parent's connections still work
+        cache.set("parent", 2)
+        assert cache.get_many(["parent", "child"]) == {"parent": 2, "child": child.pid}
+        channel.publish(["parent"])

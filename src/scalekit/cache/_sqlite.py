@@ -30,7 +30,7 @@ from scalekit.errors import (
     IncompatibleStore,
 )
 
-__all__ = ["SQLiteCache", "check_path", "check_table", "connect"]
+__all__ = ["SQLiteCache", "check_path", "check_table", "connect", "forks", "wrap_error"]
 
 V = TypeVar("V")
 _MISSING: Any = object()
@@ -45,6 +45,11 @@ _forks = [0]
 _abandoned: list[sqlite3.Connection] = []  # kept referenced: never closed in the child
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
+
+
+def forks() -> int:
+    """How many forks led to this process (0 in the process that started)."""
+    return _forks[0]
 
 
 def check_path(path: object) -> str:

@@ -24,7 +24,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from scalekit._validate import check_callable, check_seconds, check_str, type_name
-from scalekit.cache._sqlite import SQLiteCache, check_path, check_table, connect, wrap_error
+from scalekit.cache._sqlite import (
+    SQLiteCache,
+    check_path,
+    check_table,
+    connect,
+    forks,
+    wrap_error,
+)
 from scalekit.errors import ArgumentTypeError, BackendError, ClosedError, ConfigurationError
 
 __all__ = ["SQLiteInvalidation"]
@@ -139,6 +146,7 @@ class SQLiteInvalidation:
         self._sql_mark = f'UPDATE "{pruned}" SET seq = max(seq, ?) WHERE id = 0'
         self._writer = self._open()
         self._writer_file = _inode(path)
+        self._forks = forks()
 
     # -- the file --------------------------------------------------------------------
 
@@ -178,6 +186,7 @@ class SQLiteInvalidation:
         with self._lock:
             if self._closed:
                 raise ClosedError("this SQLiteInvalidation is closed")
+            self._check_process()
             self._listeners.append((on_keys, on_flush))
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -240,6 +249,7 @@ class SQLiteInvalidation:
         with self._write_lock:
             if self._closed:
                 raise ClosedError("this SQLiteInvalidation is closed")
+            self._check_process()
             now = self._timer()
             try:
                 self._reopen_if_replaced()
@@ -256,6 +266,17 @@ class SQLiteInvalidation:
         with self._lock:
             self._counts["published"] += 1
             self._counts["pruned"] += pruned
+
+    def _check_process(self) -> None:
+        """Refuse to run in a child forked from the process that made this object:
+        its connection belongs to the parent, and its listener thread did not
+        come along."""
+        if forks() != self._forks:
+            raise BackendError(
+                f"this SQLiteInvalidation on {self._path!r} was made before a fork; "
+                "make one in this (forked) process",
+                backend="sqlite",
+            )
 
     def _reopen_if_replaced(self) -> None:
         """Open the file again if another file took its name (a connection would
@@ -305,7 +326,8 @@ class SQLiteInvalidation:
         if thread is not None and thread is not threading.current_thread():
             thread.join(5)
         with self._write_lock:
-            self._writer.close()
+            if forks() == self._forks:  # a forked child leaves the parent's connection be
+                self._writer.close()
 
     def __enter__(self) -> SQLiteInvalidation:
         return self
@@ -385,9 +407,9 @@ class SQLiteInvalidation:
                     self._ready.clear()
                     poller.close()
                     poller = None
-                    with self._lock:
-                        self._counts["drops"] += 1
                     self._flush()  # keys may have been missed
+                    with self._lock:  # counted once flushed: a reader of drops sees l1 empty
+                        self._counts["drops"] += 1
                     _log.warning(
                         "invalidation connection lost: polling %r failed: %s; "
                         "flushing %d near cache(s), reopening",
