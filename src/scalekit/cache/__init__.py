@@ -9,8 +9,10 @@ Every in-memory cache is a bounded :class:`~collections.abc.MutableMapping` with
 O(1) reads, writes, evictions and expiry. :class:`RedisCache`,
 :class:`AsyncRedisCache` and :class:`MemcachedCache` are the shared tier: a
 :class:`~scalekit.protocols.Store` on a server, JSON values, one round trip per
-call. :class:`TieredCache` puts a near cache in front of the shared tier, kept
-fresh by :class:`RedisInvalidation`. See :doc:`docs/cache.md` for a guide.
+call. :class:`SQLiteCache` is the shared tier of the processes of one host, on
+one SQLite file with no server. :class:`TieredCache` puts a near cache in front
+of the shared tier, kept fresh by :class:`RedisInvalidation` (or
+:class:`SQLiteInvalidation`, over the SQLite file). See :doc:`docs/cache.md` for a guide.
 """
 
 from scalekit.cache import keys
@@ -30,6 +32,8 @@ from scalekit.cache._remote import (
     Serializer,
     StoreStats,
 )
+from scalekit.cache._sqlite import SQLiteCache
+from scalekit.cache._sqlite_invalidation import SQLiteInvalidation
 from scalekit.cache._threadsafe import ThreadSafeCache
 from scalekit.cache._tiered import TieredCache, TieredStats
 from scalekit.cache._tinylfu import FrequencySketch, TinyLFUCache
@@ -53,6 +57,8 @@ __all__ = [
     "MemcachedCache",
     "RedisCache",
     "RedisInvalidation",
+    "SQLiteCache",
+    "SQLiteInvalidation",
     "Serializer",
     "StoreStats",
     "TTLCache",

@@ -67,8 +67,10 @@ class TieredCache(Generic[V]):
 
     Reads try l1, then l2 (keeping what they found in l1); writes go to l2, then
     to l1. With ``invalidation`` (a :class:`RedisInvalidation`, or several for a
-    sharded l2), every app server's l1 drops a key as soon as any server changes
-    it in l2. What bites users of near caches is handled:
+    sharded l2; a :class:`SQLiteInvalidation` over a :class:`SQLiteCache`), every
+    app server's l1 drops a key as soon as any server changes it in l2 (with
+    :class:`SQLiteInvalidation`: at its next poll). What bites users of near
+    caches is handled:
 
     - l1 is flushed whenever the invalidation connection drops or comes back
       (messages may have been missed), and keeps nothing while it is down;
@@ -114,7 +116,8 @@ class TieredCache(Generic[V]):
         for channel in channels:
             if not callable(getattr(channel, "attach", None)):
                 raise ArgumentTypeError(
-                    f"invalidation must be a RedisInvalidation, got {type_name(channel)}"
+                    "invalidation must be an invalidation channel with attach() (a "
+                    f"RedisInvalidation or SQLiteInvalidation), got {type_name(channel)}"
                 )
             _check_prefix(l2, channel)
         self._l1_ttl = None if l1_ttl is None else check_seconds(l1_ttl, "l1_ttl")
