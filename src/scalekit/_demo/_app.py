@@ -6,7 +6,9 @@ token middleware per shard, then the handlers. Data lives in the sharded
 SQLite "database" of :mod:`._db`: writes go to a shard's primary, reads go
 where that shard's :class:`~scalekit.replication.ReplicaRouter` says (its
 replica unless it lags past ``max_lag`` or has not replayed the user's last
-write), through a query cache for the catalogue. E-mails go on a durable
+write), through a query cache for the catalogue (a near cache per process over
+a shared tier: a SQLite file kept fresh by a polled invalidation log, or Redis
+with ``--redis``). E-mails go on a durable
 SQLite queue. The placement of keys (a hash ring, and a resharding plan while
 one runs) is read from ``topology.json``, which the main process publishes.
 """
@@ -134,7 +136,15 @@ def serve_metrics(blocks: dict[str, Any]) -> int | None:
 
 def _build(root: Path, name: str, built: str) -> tuple[Any, Callable[[], None], dict[str, Any]]:
     from scalekit._demo._db import ShardFile, replica_lag, replica_position, replica_read
-    from scalekit.cache import TTLCache, cached
+    from scalekit.cache import (
+        RedisCache,
+        RedisInvalidation,
+        SQLiteCache,
+        SQLiteInvalidation,
+        TieredCache,
+        TTLCache,
+        cached,
+    )
     from scalekit.replication import ReplicaRouter, ReplicaRouterWSGIMiddleware
     from scalekit.sessions import (
         RedisSessionStore,
@@ -204,21 +214,20 @@ def _build(root: Path, name: str, built: str) -> tuple[Any, Callable[[], None], 
         return stores[topology.ring.node_for(key)].get(key)
 
     near: TTLCache[Any, Any] = TTLCache(maxsize=4096, ttl=5.0)
-    query_cache: Any = near
-    shared: Any = None
     if config.get("redis"):
         import redis
 
-        from scalekit.cache import RedisCache, TieredCache
-
         client = redis.Redis.from_url(config["redis"]["url"])
         prefix = config["redis"]["prefix"]
-        shared = query_cache = TieredCache(
-            near, RedisCache(client, prefix=f"{prefix}cache:", ttl=30)
-        )
+        tier: Any = RedisCache(client, prefix=f"{prefix}cache:", ttl=30)
+        invalidation: Any = RedisInvalidation(client, prefix=f"{prefix}cache:")
         sessions: Any = RedisSessionStore(client, prefix=f"{prefix}session:")
     else:
+        tier = SQLiteCache(root / "cache.db", ttl=30)
+        invalidation = SQLiteInvalidation(tier)
         sessions = SqlSessionStore(f"sqlite:///{root / 'sessions.db'}")
+    shared: TieredCache[Any] = TieredCache(near, tier, invalidation=invalidation)
+    query_cache = shared
 
     @cached(query_cache)
     def product(number: int) -> Any:
@@ -227,10 +236,9 @@ def _build(root: Path, name: str, built: str) -> tuple[Any, Callable[[], None], 
     def stats() -> dict[str, Any]:
         info = product.cache_info()  # type: ignore[attr-defined]
         tiers = {"query": {"hits": info.hits, "misses": info.misses}}
-        if shared is not None:
-            tiered = shared.stats()
-            tiers["near"] = {"hits": tiered.l1_hits, "misses": tiered.l2_hits + tiered.misses}
-            tiers["shared"] = {"hits": tiered.l2_hits, "misses": tiered.misses}
+        tiered = shared.stats()
+        tiers["near"] = {"hits": tiered.l1_hits, "misses": tiered.l2_hits + tiered.misses}
+        tiers["shared"] = {"hits": tiered.l2_hits, "misses": tiered.misses}
         shards = {}
         for shard, router in routers.items():
             snapshot = router.stats()
@@ -318,6 +326,6 @@ def _build(root: Path, name: str, built: str) -> tuple[Any, Callable[[], None], 
 
     blocks = {"pages": web_cache, "products": product, "mail": emails, "sessions": sessions}
     blocks.update({shard.replace("-", "_"): router for shard, router in routers.items()})
-    if shared is not None:
-        blocks["products_tiers"] = shared
+    blocks["products_tiers"] = shared
+    blocks["products_shared"] = tier
     return app, poll, blocks

@@ -779,14 +779,8 @@ def _verify(
         "cache_hit_ratios": {
             "web (pages and static assets)": round(_ratio(service.stats.values(), "web"), 3),
             "query (the cached function)": round(_ratio(service.stats.values(), "query"), 3),
-            **(
-                {
-                    "query near tier (per process)": round(_ratio(stats, "near"), 3),
-                    "query shared tier (Redis)": round(_ratio(stats, "shared"), 3),
-                }
-                if any("shared" in data for data in stats)
-                else {}
-            ),
+            "query near tier (per process)": round(_ratio(stats, "near"), 3),
+            "query shared tier (all servers)": round(_ratio(stats, "shared"), 3),
             "replica reads / all reads": round(
                 replica_reads / (replica_reads + primary_reads or 1), 3
             ),
