@@ -179,6 +179,28 @@ def _redis_cache_get(settings: Settings) -> tuple[float, float, float]:
 # -- sharding ------------------------------------------------------------------------
 
 
+def _sqlite_cache_get(settings: Settings) -> tuple[float, float, float]:
+    """A hit of a small JSON object among 1,000 with a TTL, on files of one folder."""
+    from scalekit.cache import SQLiteCache
+
+    try:
+        import diskcache
+    except ImportError:
+        raise _not_installed("diskcache") from None
+    value = {"id": 48213, "name": "Ada Lovelace", "roles": ["customer"], "score": 9.5}
+    with tempfile.TemporaryDirectory(prefix="scalekit-bench-") as folder:
+        ours: SQLiteCache[Any] = SQLiteCache(f"{folder}/ours.db", ttl=600)
+        rival = diskcache.Cache(f"{folder}/diskcache")
+        try:
+            ours.set_many({f"k{i}": value for i in range(1000)})
+            for i in range(1000):
+                rival.set(f"k{i}", value, expire=600)
+            return _ratio(lambda: ours.get("k7"), lambda: rival.get("k7"), settings, ops=1)
+        finally:
+            ours.close()
+            rival.close()
+
+
 def _lookup(scheme: str) -> Comparison:
     def compare(settings: Settings) -> tuple[float, float, float]:
         from scalekit import _bench
@@ -377,6 +399,7 @@ BLOCKS: dict[str, list[tuple[str, str, Comparison]]] = {
         ("TTLCache set, evicting / cachetools", "0.22", _cache_pair("TTL", "set with eviction")),
         ("TieredCache l1 hit / LRUCache.get hit", "<= 1.5", _tiered_l1_hit),
         ("RedisCache.get hit / redis-py get", "<= 1.3", _redis_cache_get),
+        ("SQLiteCache.get hit / diskcache", "<= 1.0", _sqlite_cache_get),
     ],
     "sharding": [
         ("HashRing.node_for / uhashring", "0.15", _lookup("HashRing")),
