@@ -348,13 +348,7 @@ def _split(path: str, query: str | None) -> tuple[str, str]:
 
 
 def asgi_scope(
-    method: str = "GET",
-    path: str = "/",
-    headers: Headers | None = None,
-    *,
-    query: str | None = None,
-    host: str = HOST,
-    scheme: str = "http",
+    method: str, path: str, headers: Headers | None, query: str | None, host: str, scheme: str
 ) -> dict[str, Any]:
     """The ASGI HTTP scope of one request, as a server sends it."""
     path, query = _split(path, query)
@@ -376,14 +370,13 @@ def asgi_scope(
 
 
 def wsgi_environ(
-    method: str = "GET",
-    path: str = "/",
-    headers: Headers | None = None,
-    *,
-    query: str | None = None,
+    method: str,
+    path: str,
+    headers: Headers | None,
+    query: str | None,
+    host: str,
+    scheme: str,
     body: bytes = b"",
-    host: str = HOST,
-    scheme: str = "http",
 ) -> dict[str, Any]:
     """The PEP 3333 environ of one request, as a server builds it (a repeated field's
     values joined by ", ")."""
@@ -440,7 +433,7 @@ class AsgiDriver(Driver):
         host: str = HOST,
         scheme: str = "http",
     ) -> Response:
-        scope = asgi_scope(method, path, headers, query=query, host=host, scheme=scheme)
+        scope = asgi_scope(method, path, headers, query, host, scheme)
         sent: list[dict[str, Any]] = []
         done = asyncio.get_running_loop().create_future()
         request_sent = False
@@ -538,9 +531,7 @@ class WsgiDriver(Driver):
         host: str = HOST,
         scheme: str = "http",
     ) -> Response:
-        environ = wsgi_environ(
-            method, path, headers, query=query, body=body, host=host, scheme=scheme
-        )
+        environ = wsgi_environ(method, path, headers, query, host, scheme, body)
         started: list[tuple[str, list[tuple[str, str]]]] = []
 
         def start_response(status: str, response_headers: list[tuple[str, str]],
@@ -745,7 +736,7 @@ async def asgi_request(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    await app(asgi_scope(method, url, list(headers), host=host), receive, send)
+    await app(asgi_scope(method, url, list(headers), None, host, "http"), receive, send)
     start = sent[0]
     body = b"".join(m.get("body", b"") for m in sent[1:] if m["type"] == "http.response.body")
     return Result(start["status"], [(n.decode(), v.decode()) for n, v in start["headers"]], body)
@@ -776,7 +767,7 @@ def wsgi_get(
         started[:] = [status, headers]
         return lambda data: None
 
-    chunks = app(wsgi_environ(method, url, list(headers), host=host), start_response)
+    chunks = app(wsgi_environ(method, url, list(headers), None, host, "http"), start_response)
     try:
         body = b"".join(chunks)
     finally:
