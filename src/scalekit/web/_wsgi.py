@@ -212,8 +212,7 @@ class WSGICacheMiddleware:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = _request(environ)
         passing: list[Iterable[bytes]] = []
-        context = (request, environ, start_response, passing)
-        reply = drive(self.cache.handle(request), self._perform, BaseException, context)
+        reply = self._drive(self.cache.handle(request), request, environ, start_response, passing)
         if reply is None:
             return passing[0] if passing else []
         stored = reply.stored
