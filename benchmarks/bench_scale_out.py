@@ -148,24 +148,10 @@ def test_sharded_get_many(benchmark: Any, three_redis: dict[str, Any], threads: 
 def test_tiered_l1_hit(benchmark: Any, l1_ttl: float | None) -> None:
     """A TieredCache l1 hit against a plain LRUCache hit (target <= 1.5 x); with
     ``l1_ttl`` each hit reads the clock, and so does the LRUCache's (same ``ttl``)."""
-    from scalekit.cache import LRUCache, TieredCache
+    from scalekit._bench_suite import tiered_l1_workloads
 
     benchmark.group = f"TieredCache l1 hit / LRUCache hit (l1_ttl={l1_ttl})"
-    keys = [f"user:{i}:profile" for i in range(1000)]
-    plain = LRUCache(1000, ttl=l1_ttl)
-    near = TieredCache(LRUCache(1000), LRUCache(2000), l1_ttl=l1_ttl)
-    for key in keys:
-        plain[key] = key
-        near.set(key, key)
-    get_plain, get_near = plain.get, near.get
-
-    def ours() -> None:
-        for key in keys:
-            get_near(key)
-
-    def rival() -> None:
-        for key in keys:
-            get_plain(key)
+    ours, rival, near = tiered_l1_workloads(l1_ttl)
 
     kw = {"rounds": 2, "batch": 2} if benchmark.disabled else {"rounds": 30, "batch": 20}
     record(benchmark, ours, rival, **kw)

@@ -19,10 +19,13 @@ tells how often its app rendered: the caches' hits were hits. The issue's
 targets: scalekit >= 2.5 x plain and >= 5 x hishel (medians of the per-round
 ratios).
 
-``test_overhead_per_hit`` times one cached hit in-process: the ASGI app behind
+``test_overhead_per_hit`` times one cached hit in-process: an ASGI app behind
 ``CacheMiddleware`` called directly against a bare ASGI app that sends the same
 stored status, headers and body; the difference is the middleware's cost per
 hit. ``test_hit_in_process_against_hishel`` times the same hit against hishel's.
+Both take their app (a bare ASGI callable with a 23.7 KB JSON page), requests
+and timers from :mod:`scalekit._bench_web`, the pieces of ``scalekit bench``'s
+web rows, so the two measure the same thing.
 
 Full run, by hand (prints a table)::
 
@@ -54,6 +57,7 @@ import pytest
 
 from benchmarks import _web_apps
 from benchmarks.timing import interleaved_ratio
+from scalekit import _bench_web as web
 
 ROOT = Path(__file__).resolve().parent.parent
 PATHS = ("/async", "/sync")
@@ -269,81 +273,17 @@ def test_requests_per_second(
 # -- in-process: the middleware's cost per hit ------------------------------------------
 
 
-def _scope(path: str) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "server": ("127.0.0.1", 8000),
-        "client": ("127.0.0.1", 50000),
-        "root_path": "",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [(b"host", b"127.0.0.1:8000"), (b"accept", b"*/*")],
-    }
-
-
-class _Capture:
-    """An ASGI ``send`` that keeps the last response."""
-
-    def __init__(self) -> None:
-        self.start: dict[str, Any] = {}
-        self.body = b""
-
-    async def __call__(self, message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            self.start = message
-            self.body = b""
-        else:
-            self.body += message.get("body", b"")
-
-
-async def _receive() -> dict[str, Any]:
-    return {"type": "http.request", "body": b"", "more_body": False}
-
-
-def _runner(app: Any, loop: asyncio.AbstractEventLoop, batch: int) -> Any:
-    """A callable making ``batch`` requests for ``/async`` to ``app`` in ``loop``."""
-    scope, sink = _scope("/async"), _Capture()
-
-    async def many() -> None:
-        for _ in range(batch):
-            await app(dict(scope), _receive, sink)
-
-    return lambda: loop.run_until_complete(many())
-
-
-def _warm(app: Any, loop: asyncio.AbstractEventLoop) -> _Capture:
-    """Two requests (the miss that stores, then a hit); the last response."""
-    capture = _Capture()
-    for _ in range(2):
-        loop.run_until_complete(app(_scope("/async"), _receive, capture))
-    return capture
-
-
-def hit_timers(loop: asyncio.AbstractEventLoop, batch: int = 100) -> tuple[Any, Any, _Capture]:
+def hit_timers(
+    loop: asyncio.AbstractEventLoop, batch: int = 100
+) -> tuple[Any, Any, dict[str, str]]:
     """Two callables running ``batch`` requests each in ``loop``: a cached hit
     through ``CacheMiddleware``, and a bare app sending the bytes of that hit; and
-    that hit."""
+    that hit's headers (``scalekit bench``'s pieces: :mod:`scalekit._bench_web`)."""
     from scalekit.web import CacheMiddleware, HttpCache
 
-    cached = CacheMiddleware(_web_apps.base_app(), HttpCache())
-    capture = _warm(cached, loop)
-    start = {
-        "type": "http.response.start",
-        "status": capture.start["status"],
-        "headers": list(capture.start["headers"]),
-    }
-    body = {"type": "http.response.body", "body": capture.body, "more_body": False}
-
-    async def bare(scope: Any, receive: Any, send: Any) -> None:
-        await send(start)
-        await send(body)
-
-    return _runner(cached, loop, batch), _runner(bare, loop, batch), capture
+    cached = CacheMiddleware(web.page_app(), HttpCache())
+    headers, bare = web.capture_hit(cached, loop)
+    return web.runner(cached, loop, batch), web.runner(bare, loop, batch), headers
 
 
 def test_overhead_per_hit(benchmark: Any, request: Any) -> None:
@@ -351,10 +291,8 @@ def test_overhead_per_hit(benchmark: Any, request: Any) -> None:
     batch = 100
     loop = asyncio.new_event_loop()
     request.addfinalizer(loop.close)
-    ours, bare, capture = hit_timers(loop, batch)
-    headers = {k.decode().lower(): v.decode() for k, v in capture.start["headers"]}
+    ours, bare, headers = hit_timers(loop, batch)
     assert headers["cache-status"].startswith("scalekit; hit"), headers
-    assert capture.body == _web_apps.render()
     kw = {"rounds": 2, "batch": 1} if benchmark.disabled else {"rounds": 30, "batch": 1}
     ours_s, bare_s, ratio = benchmark.pedantic(
         interleaved_ratio, args=(ours, bare), kwargs=kw, rounds=1, iterations=1
@@ -381,9 +319,9 @@ def test_hit_in_process_against_hishel(benchmark: Any, tmp_path: Path, request: 
     loop = asyncio.new_event_loop()
     request.addfinalizer(loop.close)
     ours, _, _ = hit_timers(loop, batch)
-    hishel_app = _web_apps.wrap(_web_apps.base_app(), "hishel", str(tmp_path))
-    assert _warm(hishel_app, loop).body == _web_apps.render()
-    theirs = _runner(hishel_app, loop, batch)
+    hishel_app = web.hishel_app(str(tmp_path))
+    web.capture_hit(hishel_app, loop)  # warmed; raises unless it sent the page
+    theirs = web.runner(hishel_app, loop, batch)
     kw = {"rounds": 2, "batch": 1} if benchmark.disabled else {"rounds": 20, "batch": 1}
     ours_s, theirs_s, ratio = benchmark.pedantic(
         interleaved_ratio, args=(ours, theirs), kwargs=kw, rounds=1, iterations=1

@@ -112,12 +112,17 @@ def _cache_pair(policy: str, workload: str) -> Comparison:
     return compare
 
 
-def _tiered_l1_hit(settings: Settings) -> tuple[float, float, float]:
+def tiered_l1_workloads(
+    l1_ttl: float | None = None,
+) -> tuple[Callable[[], None], Callable[[], None], Any]:
+    """Hits of 1,000 keys on a TieredCache's l1 and on a plain LRUCache (both with
+    ``l1_ttl``, so both read the clock or neither), and the TieredCache
+    (``benchmarks/bench_scale_out.py`` times the same)."""
     from scalekit.cache import LRUCache, TieredCache
 
     keys = [f"user:{i}:profile" for i in range(1_000)]
-    plain: LRUCache[str, str] = LRUCache(1_000)
-    near: TieredCache[str] = TieredCache(LRUCache(1_000), LRUCache(2_000))
+    plain: LRUCache[str, str] = LRUCache(1_000, ttl=l1_ttl)
+    near: TieredCache[str] = TieredCache(LRUCache(1_000), LRUCache(2_000), l1_ttl=l1_ttl)
     for key in keys:
         plain[key] = key
         near.set(key, key)
@@ -131,7 +136,12 @@ def _tiered_l1_hit(settings: Settings) -> tuple[float, float, float]:
         for key in keys:
             get_plain(key)
 
-    return _ratio(ours, rival, settings, ops=len(keys), batch=2)
+    return ours, rival, near
+
+
+def _tiered_l1_hit(settings: Settings) -> tuple[float, float, float]:
+    ours, rival, _ = tiered_l1_workloads()
+    return _ratio(ours, rival, settings, ops=1_000, batch=2)
 
 
 @contextmanager

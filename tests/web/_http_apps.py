@@ -7,6 +7,10 @@ the :class:`Request`), then sends requests through ``CacheMiddleware(app, cache)
 both shells: ``request`` (one request), ``many`` (concurrent requests: ``asyncio.gather``
 on ASGI, a thread pool on WSGI) and ``wait_for`` (poll a condition while background work
 runs). The app counts its calls and records the requests it received.
+
+Smaller tests use :class:`Origin` (an app, ASGI and WSGI, answering each path with a
+route) and the one-shot ``asgi_get`` / ``asgi_request`` / ``wsgi_get``, which build
+the same scope and environ as the drivers and return a :class:`Result`.
 """
 
 from __future__ import annotations
@@ -31,16 +35,23 @@ __all__ = [
     "AsgiDriver",
     "Driver",
     "Make",
+    "Origin",
     "Reply",
     "Request",
     "Response",
+    "Result",
     "ScriptedApp",
     "WsgiDriver",
+    "asgi_get",
+    "asgi_request",
+    "asgi_scope",
     "d_fixture",
     "http_date",
     "make_driver",
     "make_fixture",
     "reply",
+    "wsgi_environ",
+    "wsgi_get",
 ]
 
 START = 1_700_000_000
@@ -336,6 +347,70 @@ def _split(path: str, query: str | None) -> tuple[str, str]:
     return path, query
 
 
+def asgi_scope(
+    method: str, path: str, headers: Headers | None, query: str | None, host: str, scheme: str
+) -> dict[str, Any]:
+    """The ASGI HTTP scope of one request, as a server sends it."""
+    path, query = _split(path, query)
+    pairs = [("host", host), *_pairs(headers)]
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": scheme,
+        "path": path,
+        "raw_path": path.encode("latin-1"),
+        "query_string": query.encode("latin-1"),
+        "root_path": "",
+        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs],
+        "server": (host, 443 if scheme == "https" else 80),
+        "client": ("127.0.0.1", 50000),
+    }
+
+
+def wsgi_environ(
+    method: str,
+    path: str,
+    headers: Headers | None,
+    query: str | None,
+    host: str,
+    scheme: str,
+    body: bytes = b"",
+) -> dict[str, Any]:
+    """The PEP 3333 environ of one request, as a server builds it (a repeated field's
+    values joined by ", ")."""
+    path, query = _split(path, query)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "SERVER_NAME": host.partition(":")[0],
+        "SERVER_PORT": "443" if scheme == "https" else "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": host,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scheme,
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": io.StringIO(),
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    if body:
+        environ["CONTENT_LENGTH"] = str(len(body))
+    for name, value in _pairs(headers):
+        key = name.upper().replace("-", "_")
+        if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            environ[key] = value
+        else:
+            key = "HTTP_" + key
+            environ[key] = f"{environ[key]}, {value}" if key in environ else value
+    return environ
+
+
 class AsgiDriver(Driver):
     """Drives ``CacheMiddleware`` on one event loop kept for the whole test.
 
@@ -358,22 +433,7 @@ class AsgiDriver(Driver):
         host: str = HOST,
         scheme: str = "http",
     ) -> Response:
-        path, query = _split(path, query)
-        pairs = [("host", host), *_pairs(headers)]
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": scheme,
-            "path": path,
-            "raw_path": path.encode("latin-1"),
-            "query_string": query.encode("latin-1"),
-            "root_path": "",
-            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs],
-            "server": (host, 443 if scheme == "https" else 80),
-            "client": ("127.0.0.1", 50000),
-        }
+        scope = asgi_scope(method, path, headers, query, host, scheme)
         sent: list[dict[str, Any]] = []
         done = asyncio.get_running_loop().create_future()
         request_sent = False
@@ -471,34 +531,7 @@ class WsgiDriver(Driver):
         host: str = HOST,
         scheme: str = "http",
     ) -> Response:
-        path, query = _split(path, query)
-        environ: dict[str, Any] = {
-            "REQUEST_METHOD": method,
-            "SCRIPT_NAME": "",
-            "PATH_INFO": path,
-            "QUERY_STRING": query,
-            "SERVER_NAME": host.partition(":")[0],
-            "SERVER_PORT": "443" if scheme == "https" else "80",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "REMOTE_ADDR": "127.0.0.1",
-            "HTTP_HOST": host,
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": scheme,
-            "wsgi.input": io.BytesIO(body),
-            "wsgi.errors": io.StringIO(),
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": False,
-            "wsgi.run_once": False,
-        }
-        if body:
-            environ["CONTENT_LENGTH"] = str(len(body))
-        for name, value in _pairs(headers):
-            key = name.upper().replace("-", "_")
-            if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                environ[key] = value
-            else:
-                key = "HTTP_" + key
-                environ[key] = f"{environ[key]}, {value}" if key in environ else value
+        environ = wsgi_environ(method, path, headers, query, host, scheme, body)
         started: list[tuple[str, list[tuple[str, str]]]] = []
 
         def start_response(status: str, response_headers: list[tuple[str, str]],
@@ -601,3 +634,144 @@ def make_fixture(request: pytest.FixtureRequest) -> Iterator[Callable[..., Drive
 def d_fixture(make: Callable[..., Driver]) -> Driver:
     """A driver over HttpCache with the default options."""
     return make()
+
+
+# -- one-shot requests to a routed app ---------------------------------------------
+
+Route = Callable[[dict[str, str]], tuple[int, list[tuple[str, str]], bytes]]
+
+
+class Origin:
+    """An app, ASGI and WSGI, answering each path with a route; counts its calls.
+
+    A route gets the request's fields by lower-case name, with ``:path`` and
+    ``:method``; ``gate`` (ASGI) holds every call until set; a path in ``raise_on``
+    makes the app raise.
+    """
+
+    def __init__(self, routes: dict[str, Route] | None = None) -> None:
+        self.routes = routes or {}
+        self.calls = 0
+        self.seen: list[dict[str, str]] = []
+        self.gate: asyncio.Event | None = None
+        self.raise_on: set[str] = set()
+
+    def route(
+        self,
+        path: str,
+        status: int = 200,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"body",
+    ) -> None:
+        fixed = list(headers)
+        self.routes[path] = lambda request: (status, list(fixed), body)
+
+    def answer(self, request: dict[str, str]) -> tuple[int, list[tuple[str, str]], bytes]:
+        self.calls += 1
+        self.seen.append(request)
+        if request[":path"] in self.raise_on:
+            raise RuntimeError("the app failed")
+        return self.routes[request[":path"]](request)
+
+    async def asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        request = {name.decode(): value.decode() for name, value in scope["headers"]}
+        request[":path"] = scope["path"]
+        request[":method"] = scope["method"]
+        if self.gate is not None:
+            await self.gate.wait()
+        status, headers, body = self.answer(request)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(n.lower().encode(), v.encode()) for n, v in headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def wsgi(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        request = {
+            key[5:].lower().replace("_", "-"): value
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+        }
+        request[":path"] = environ["PATH_INFO"]
+        request[":method"] = environ["REQUEST_METHOD"]
+        status, headers, body = self.answer(request)
+        start_response(f"{status} X", headers)
+        return [body]
+
+
+class Result:
+    """What a one-shot request received: ``headers`` by lower-case name (the last
+    of a repeated field), ``header_list`` as sent."""
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.header_list = headers
+        self.headers = {name.lower(): value for name, value in headers}
+        self.body = body
+
+    @property
+    def cache_status(self) -> str:
+        return self.headers["cache-status"]
+
+    def __repr__(self) -> str:
+        return f"Result({self.status}, {self.header_list}, {self.body!r})"
+
+
+async def asgi_request(
+    app: Any,
+    url: str,
+    headers: Iterable[tuple[str, str]] = (),
+    method: str = "GET",
+    host: str = HOST,
+) -> Result:
+    """One request through the ASGI ``app``, awaited to its end."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(asgi_scope(method, url, list(headers), None, host, "http"), receive, send)
+    start = sent[0]
+    body = b"".join(m.get("body", b"") for m in sent[1:] if m["type"] == "http.response.body")
+    return Result(start["status"], [(n.decode(), v.decode()) for n, v in start["headers"]], body)
+
+
+def asgi_get(
+    app: Any,
+    url: str,
+    headers: Iterable[tuple[str, str]] = (),
+    method: str = "GET",
+    host: str = HOST,
+) -> Result:
+    """:func:`asgi_request` on an event loop of its own."""
+    return asyncio.run(asgi_request(app, url, headers, method, host))
+
+
+def wsgi_get(
+    app: Any,
+    url: str,
+    headers: Iterable[tuple[str, str]] = (),
+    method: str = "GET",
+    host: str = HOST,
+) -> Result:
+    """One request through the WSGI ``app``, its body read and closed."""
+    started: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        started[:] = [status, headers]
+        return lambda data: None
+
+    chunks = app(wsgi_environ(method, url, list(headers), None, host, "http"), start_response)
+    try:
+        body = b"".join(chunks)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    return Result(int(started[0].split()[0]), list(started[1]), body)

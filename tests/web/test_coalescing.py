@@ -11,7 +11,7 @@ from typing import Any
 
 from scalekit.testing import FakeClock
 from scalekit.web import CacheMiddleware, HttpCache, WSGICacheMiddleware
-from tests.web.core_helpers import Origin, asgi_request, wsgi_get
+from tests.web._http_apps import Origin, asgi_request, wsgi_get
 
 START = 1_700_000_000.0
 MAX60 = [("Cache-Control", "max-age=60")]

@@ -11,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from scalekit.testing import FakeClock
 from scalekit.web import HttpCache, WSGICacheMiddleware
-from tests.web.core_helpers import wsgi_get
+from tests.web._http_apps import wsgi_get
 
 PATHS = ["/a", "/b", "/c"]
 TAGS = {"/a": "x", "/b": "x y", "/c": "y"}

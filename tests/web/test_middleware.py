@@ -12,7 +12,7 @@ from scalekit.errors import BackendError
 from scalekit.testing import FakeClock
 from scalekit.web import CacheMiddleware, HttpCache, WSGICacheMiddleware
 from scalekit.web._headers import format_http_date
-from tests.web.core_helpers import Origin, Result, asgi_get, wsgi_get
+from tests.web._http_apps import Origin, Result, asgi_get, wsgi_get
 
 START = 1_700_000_000.0
 

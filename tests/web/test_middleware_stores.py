@@ -13,7 +13,7 @@ from scalekit.cache import LRUCache, RedisCache, RedisInvalidation, TieredCache
 from scalekit.errors import ConfigurationError
 from scalekit.testing import FakeClock
 from scalekit.web import CacheMiddleware, HttpCache, WSGICacheMiddleware
-from tests.web.core_helpers import Origin, asgi_get, asgi_request, wsgi_get
+from tests.web._http_apps import Origin, asgi_get, asgi_request, wsgi_get
 
 START = 1_700_000_000.0
 MAX60 = [("Cache-Control", "max-age=60")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from scalekit.testing import FakeClock
 from scalekit.web import HttpCache, WSGICacheMiddleware
-from tests.web.core_helpers import Origin, wsgi_get
+from tests.web._http_apps import Origin, wsgi_get
 
 START = 1_700_000_000.0
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from scalekit._asgi import ASGIApp, Message, Receive, Scope, Send
+from scalekit._flow import LATER, drive_async
 from scalekit._validate import check_callable, type_name
 from scalekit.errors import ArgumentTypeError
 from scalekit.web._cache import (
@@ -24,6 +26,7 @@ from scalekit.web._cache import (
     Reply,
     Request,
     Response,
+    Step,
     store_step,
     store_step_async,
 )
@@ -219,63 +222,65 @@ class CacheMiddleware:
         self.app = app
         self.cache = cache
         self._tasks: set[asyncio.Task[None]] = set()
+        self._now = None if cache.asynchronous else self._store_now
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request = _request(scope)
-        reply = await self._drive(self.cache.handle(request), request, scope, receive, send)
+        context = (request, scope, receive, send)  # as _drive, without its call: a hit's cost
+        reply = await drive_async(
+            self.cache.handle(request), self._perform, BaseException, context, self._now
+        )
         if reply is not None:
             await _send_reply(send, reply)
 
-    async def _drive(
+    def _drive(
         self, flow: Flow, request: Request, scope: Scope, receive: Receive, send: Send | None
-    ) -> Any:
+    ) -> Awaitable[Any]:
+        """Run ``flow`` with :func:`~scalekit._flow.drive_async`: :meth:`_perform`
+        does its steps, a sync store's calls are made at once by :meth:`_store_now`."""
+        context = (request, scope, receive, send)
+        return drive_async(flow, self._perform, BaseException, context, self._now)
+
+    def _store_now(self, step: Step) -> Any:
+        """Do a store step on a sync store; leave any other step :data:`LATER`."""
+        if step[0] not in STORE_STEPS:
+            return LATER
         cache = self.cache
-        store = cache.store
-        awaited = cache.asynchronous
         try:
-            step = next(flow)
-            while True:
-                name = step[0]
-                if name in STORE_STEPS:
-                    try:
-                        if awaited:
-                            result = await store_step_async(store, step)
-                        else:
-                            result = store_step(store, step)
-                    except Exception as exc:
-                        result = cache.store_failed(exc, step)
-                    except BaseException as exc:
-                        # cancelled while awaiting the store: the flow's cleanups
-                        # (its flight, its lease) must run, or its joiners wait forever
-                        step = flow.throw(exc)
-                        continue
-                    step = flow.send(result)
-                    continue
-                try:
-                    result = None
-                    if name == "call":
-                        result = await self._call(
-                            request, scope, receive, send, step[1], step[2], step[3]
-                        )
-                    elif name == "forward":
-                        await self._forward(scope, receive, send, step[1], step[2])
-                    elif name == "join":
-                        await step[1].wait_async()
-                    elif name == "sleep":
-                        await asyncio.sleep(step[1])
-                    elif name == "refresh":
-                        self._background(step[1], request, scope)
-                    else:  # pragma: no cover - the core yields no other step
-                        raise AssertionError(f"unknown step {name!r}")
-                except BaseException as exc:
-                    step = flow.throw(exc)
-                else:
-                    step = flow.send(result)
-        except StopIteration as stop:
-            return stop.value
+            return store_step(cache.store, step)
+        except Exception as exc:
+            return cache.store_failed(exc, step)
+
+    async def _perform(
+        self, step: Step, request: Request, scope: Scope, receive: Receive, send: Send | None
+    ) -> Any:
+        """Do one step of a flow. A store call that raises an ``Exception`` answers
+        the cache's fallback (``store_failed``); whatever else a step raises, a
+        cancellation too, the driver throws into the flow, so its cleanups (its
+        flight, its lease) run and its joiners never wait forever."""
+        name = step[0]
+        if name in STORE_STEPS:
+            cache = self.cache
+            try:
+                return await store_step_async(cache.store, step)
+            except Exception as exc:
+                return cache.store_failed(exc, step)
+        if name == "call":
+            return await self._call(request, scope, receive, send, step[1], step[2], step[3])
+        if name == "forward":
+            await self._forward(scope, receive, send, step[1], step[2])
+        elif name == "join":
+            await step[1].wait_async()
+        elif name == "sleep":
+            await asyncio.sleep(step[1])
+        elif name == "refresh":
+            self._background(step[1], request, scope)
+        else:  # pragma: no cover - the core yields no other step
+            raise AssertionError(f"unknown step {name!r}")
+        return None
 
     async def _run_steps(self, flow: Flow) -> None:
         """Drive a flow of store steps only (an invalidation)."""

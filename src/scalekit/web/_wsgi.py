@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from scalekit._flow import drive
 from scalekit._validate import check_callable, type_name
 from scalekit.errors import ArgumentTypeError, ConfigurationError
 from scalekit.web._cache import (
@@ -24,6 +25,7 @@ from scalekit.web._cache import (
     HttpCache,
     Request,
     Response,
+    Step,
     store_step,
 )
 from scalekit.web._keys import encoded_path
@@ -129,11 +131,21 @@ def _code(status: str) -> int:
     return int(status.split(None, 1)[0])
 
 
+_status_lines: dict[int, str] = {}
+
+
 def _status_line(status: int) -> str:
-    try:
-        return f"{status} {HTTPStatus(status).phrase}"
-    except ValueError:
-        return f"{status} Unknown"
+    """The WSGI status line of a code, remembered: an ``HTTPStatus`` lookup cost
+    about as much as the rest of a cached hit."""
+    line = _status_lines.get(status)
+    if line is None:
+        try:
+            line = f"{status} {HTTPStatus(status).phrase}"
+        except ValueError:
+            line = f"{status} Unknown"
+        if len(_status_lines) < 1024:
+            _status_lines[status] = line
+    return line
 
 
 def _with_status(headers: list[tuple[str, str]], cache_status: str) -> list[tuple[str, str]]:
@@ -216,46 +228,43 @@ class WSGICacheMiddleware:
         start_response: StartResponse | None,
         passing: list[Iterable[bytes]],
     ) -> Any:
-        cache = self.cache
-        store = cache.store
-        try:
-            step = next(flow)
-            while True:
-                name = step[0]
-                if name in STORE_STEPS:
-                    try:
-                        result = store_step(store, step)
-                    except Exception as exc:
-                        result = cache.store_failed(exc, step)
-                    except BaseException as exc:  # the flow's cleanups run (its flight)
-                        step = flow.throw(exc)
-                        continue
-                    step = flow.send(result)
-                    continue
-                try:
-                    result = None
-                    if name == "call":
-                        assert request is not None
-                        result = self._call(
-                            request, environ, start_response, step[1], step[2], step[3], passing
-                        )
-                    elif name == "forward":
-                        assert start_response is not None
-                        passing.append(self._forward(environ, start_response, step[1], step[2]))
-                    elif name == "join":
-                        step[1].wait()
-                    elif name == "sleep":
-                        threading.Event().wait(step[1])
-                    elif name == "refresh":
-                        self._background(step[1], request, environ)
-                    else:  # pragma: no cover - the core yields no other step
-                        raise AssertionError(f"unknown step {name!r}")
-                except BaseException as exc:
-                    step = flow.throw(exc)
-                else:
-                    step = flow.send(result)
-        except StopIteration as stop:
-            return stop.value
+        """Run ``flow`` with :func:`~scalekit._flow.drive` and :meth:`_perform`."""
+        context = (request, environ, start_response, passing)
+        return drive(flow, self._perform, BaseException, context)
+
+    def _perform(
+        self,
+        step: Step,
+        request: Request | None,
+        environ: WSGIEnvironment,
+        start_response: StartResponse | None,
+        passing: list[Iterable[bytes]],
+    ) -> Any:
+        """Do one step of a flow. A store call that raises an ``Exception`` answers
+        the cache's fallback (``store_failed``); whatever else a step raises, the
+        driver throws into the flow, so its cleanups (its flight) run."""
+        name = step[0]
+        if name in STORE_STEPS:
+            cache = self.cache
+            try:
+                return store_step(cache.store, step)
+            except Exception as exc:
+                return cache.store_failed(exc, step)
+        if name == "call":
+            assert request is not None
+            return self._call(request, environ, start_response, step[1], step[2], step[3], passing)
+        if name == "forward":
+            assert start_response is not None
+            passing.append(self._forward(environ, start_response, step[1], step[2]))
+        elif name == "join":
+            step[1].wait()
+        elif name == "sleep":
+            threading.Event().wait(step[1])
+        elif name == "refresh":
+            self._background(step[1], request, environ)
+        else:  # pragma: no cover - the core yields no other step
+            raise AssertionError(f"unknown step {name!r}")
+        return None
 
     def _call(
         self,
