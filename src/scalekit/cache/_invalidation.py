@@ -10,7 +10,9 @@ Two ways, chosen by ``mode``:
 - ``"pubsub"``: writers publish the keys they change on a channel that every
   listener subscribes to (for servers without tracking, or data kept elsewhere).
 
-``"auto"`` uses tracking where the server has it. Either way, a listener thread
+``"auto"`` uses tracking where the server has it. :meth:`~RedisInvalidation.sync`
+is a barrier: once it returns True, every change made before it was called has
+reached the near caches (read-your-writes across app servers). Either way, a listener thread
 reads the messages and hands the keys to every attached near cache. Messages
 sent while the connection is down are lost, so the near caches are flushed
 whenever it drops and again once it is back, and :attr:`generation` changes, so
@@ -19,6 +21,7 @@ a value read before the change is not kept (see :class:`~scalekit.cache.TieredCa
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -78,6 +81,9 @@ class RedisInvalidation:
         self._client = client
         self._listeners: list[tuple[OnKeys, OnFlush]] = []
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()  # the listener's heartbeats and sync()'s PINGs
+        self._barriers: dict[bytes, threading.Event] = {}
+        self._tokens = itertools.count()
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -126,6 +132,36 @@ class RedisInvalidation:
     def wait_ready(self, timeout: float = 5.0) -> bool:
         """Wait until listening; whether it is."""
         return self._ready.wait(check_seconds(timeout, "timeout", allow_zero=True))
+
+    def sync(self, timeout: float = 1.0) -> bool:
+        """Wait until every change made before this call has been handed to the
+        listeners; whether it was, within ``timeout`` seconds (False while not
+        listening: a near cache keeps nothing then).
+
+        A ``PING`` on the listening connection: Redis queues an invalidation for
+        that connection while it runs the write (before the writer hears back),
+        and answers the ``PING`` after it, so once the listener has read the
+        answer, it has delivered every message before it.
+
+        Runtime complexity: one round trip to Redis.
+        """
+        seconds = check_seconds(timeout, "timeout", allow_zero=True)
+        token = b"scalekit-sync-%d" % next(self._tokens)
+        arrived = threading.Event()
+        with self._lock:
+            self._barriers[token] = arrived
+        try:
+            with self._send_lock:  # the listener clears ready under it before a disconnect
+                if not self._ready.is_set():
+                    return False
+                self._connection.send_command("PING", token)
+            return arrived.wait(seconds)
+        except Exception as exc:  # the listener sees the broken link too, and flushes
+            _log.debug("invalidation sync failed: %s", exc)
+            return False
+        finally:
+            with self._lock:
+                self._barriers.pop(token, None)
 
     def publish(self, keys: Iterable[str]) -> None:
         """Report ``keys`` as changed, in ``"pubsub"`` mode (tracking reports by itself).
@@ -297,7 +333,8 @@ class RedisInvalidation:
                         ),
                     )
             finally:
-                self._ready.clear()
+                with self._send_lock:
+                    self._ready.clear()
                 with self._lock:
                     self._counts["drops"] += 1
                 self._flush()  # messages may have been missed
@@ -308,6 +345,15 @@ class RedisInvalidation:
             if not self._stopping.is_set():
                 self._stopping.wait(self._delay)
 
+    def _reached(self, token: Any) -> None:
+        """A sync() PING came back: every message before it was delivered."""
+        if isinstance(token, str):
+            token = token.encode()
+        with self._lock:
+            arrived = self._barriers.get(token)
+        if arrived is not None:
+            arrived.set()
+
     def _receive(self, connection: Any) -> None:
         wait, heard, pinged = min(0.2, self._heartbeat), time.monotonic(), False
         while not self._stopping.is_set():
@@ -316,12 +362,18 @@ class RedisInvalidation:
                     continue
                 if pinged:
                     raise ConnectionError(f"no reply to PING in {self._heartbeat} s")
-                connection.send_command("PING")  # the reply is a ["pong", ""] message
+                with self._send_lock:
+                    connection.send_command("PING")  # the reply is a ["pong", ""] message
                 heard, pinged = time.monotonic(), True
                 continue
             message = connection.read_response()
             heard, pinged = time.monotonic(), False
-            if not isinstance(message, list) or len(message) < 3:
+            if not isinstance(message, list):
+                continue
+            if len(message) == 2 and message[0] in (b"pong", "pong"):
+                self._reached(message[1])
+                continue
+            if len(message) < 3:
                 continue
             kind = message[0]
             if kind not in (b"message", "message"):

@@ -436,6 +436,31 @@ class TieredCache(Generic[V]):
                 for flight in self._flights.get(key, ()):
                     flight.stale = True
 
+    def sync(self, timeout: float | timedelta = 1.0) -> bool:
+        """Read-your-writes across app servers: once this returns, l1 holds nothing
+        older than the changes any server finished before the call.
+
+        An invalidation reaches the other servers a moment after the write (well
+        under a millisecond on Redis, one poll interval on SQLite), so a request
+        that follows its user's own write to another server can be faster. Call
+        this first in such requests (a cookie set by the write can say which):
+        each channel's ``sync`` is a barrier behind every message sent before it.
+        If a channel cannot say in ``timeout`` seconds (or has no ``sync``), or
+        there is no channel, l1 is flushed instead. Returns whether l1 was kept.
+
+        Runtime complexity: one round trip per channel (O(l1) when flushing).
+        """
+        seconds = check_seconds(timeout, "timeout", allow_zero=True)
+        if not self._channels:
+            self._on_flush()
+            return False
+        for channel in self._channels:
+            sync = getattr(channel, "sync", None)
+            if sync is None or not sync(seconds):
+                self._on_flush()
+                return False
+        return True
+
     def clear_l1(self) -> None:
         """Empty this process's l1 (l2 is untouched)."""
         self._on_flush()
