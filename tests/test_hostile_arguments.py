@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -1490,8 +1491,14 @@ def _web_cases() -> list[Case]:
     ]
 
 
+def value_id(value: Any) -> str:
+    """A test id for ``value``, the same in every process (no object addresses:
+    pytest-xdist's workers must collect the same ids)."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))[:24]
+
+
 PARAMS = [
-    pytest.param(case, value, id=f"{case.id}={value!r:.24}")
+    pytest.param(case, value, id=f"{case.id}={value_id(value)}")
     for case in [*_cases(), *_scale_out_cases(), *_web_cases()]
     for value in case.values
 ]

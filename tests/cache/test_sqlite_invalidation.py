@@ -20,7 +20,7 @@ from scalekit.cache import LRUCache, SQLiteCache, SQLiteInvalidation, TieredCach
 from scalekit.cache._sqlite_invalidation import _Poller
 from scalekit.errors import ArgumentTypeError, ClosedError, ConfigurationError
 from scalekit.testing import FakeClock
-from tests.test_hostile_arguments import BAD_SECONDS, SURROGATE
+from tests.test_hostile_arguments import BAD_SECONDS, SURROGATE, value_id
 
 
 @pytest.fixture
@@ -297,7 +297,7 @@ _CALLS: list[tuple[str, Callable[[SQLiteInvalidation, Any], object], list[Any], 
 @pytest.mark.parametrize(
     ("call", "value", "word"),
     [
-        pytest.param(call, value, word, id=f"SQLiteInvalidation.{name}={value!r:.24}")
+        pytest.param(call, value, word, id=f"SQLiteInvalidation.{name}={value_id(value)}")
         for name, call, values, word in _CALLS
         for value in values
     ],

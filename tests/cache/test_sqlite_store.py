@@ -37,6 +37,7 @@ from tests.test_hostile_arguments import (
     BAD_SECONDS,
     BAD_STORE_KEY,
     SURROGATE,
+    value_id,
 )
 
 
@@ -481,7 +482,7 @@ _CALLS: list[tuple[str, Callable[[SQLiteCache[Any], Any], object], list[Any], st
 @pytest.mark.parametrize(
     ("call", "value", "word"),
     [
-        pytest.param(call, value, word, id=f"SQLiteCache.{name}={value!r:.24}")
+        pytest.param(call, value, word, id=f"SQLiteCache.{name}={value_id(value)}")
         for name, call, values, word in _CALLS
         for value in values
     ],

@@ -332,6 +332,7 @@ def test_a_changed_session_is_saved_under_the_same_id(harness: Harness) -> None:
 @pytest.mark.parametrize(
     "value",
     [new_id(), "not-an-id", "", '"quoted"', new_id() + "x", "é" * 43],
+    ids=["unknown-id", "not-an-id", "empty", "quoted", "id-plus-one", "non-ascii"],
 )
 def test_a_cookie_naming_no_session_gets_a_blank_one_and_is_expired(
     harness: Harness, value: str
