@@ -168,6 +168,26 @@ def test_a_failed_prune_does_not_fail_the_publish(path: str) -> None:
         channel.publish(["later"])  # the writer is usable (no transaction left open)
 
 
+def test_pruning_keeps_up_with_more_than_a_batch_a_second(path: str) -> None:
+    # Before: a prune took at most 1000 rows, at most once a second per process:
+    # publishing faster than that grew the log without bound.
+    clock = FakeClock(1_000_000.0)
+    with SQLiteInvalidation(path, retention=10, timer=clock) as channel:
+        conn = sqlite3.connect(path)
+        with conn:
+            conn.executemany(  # 3500 rows of long ago, as a busy writer leaves them
+                "INSERT INTO scalekit_invalidation (at, prefix, keys) VALUES (?, x'', '[]')",
+                [(clock() - 100,)] * 3500,
+            )
+        for _ in range(4):
+            channel.publish(["k"])
+            clock.advance(0.001)  # four publishes within a few milliseconds
+        left = conn.execute("SELECT count(*) FROM scalekit_invalidation").fetchone()[0]
+        conn.close()
+        assert left == 4
+        assert channel.stats()["pruned"] == 3500
+
+
 # -- tables that are not ours --------------------------------------------------------------
 
 

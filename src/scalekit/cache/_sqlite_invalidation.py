@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -323,7 +324,8 @@ class SQLiteInvalidation:
 
     def _prune(self, now: float) -> int:
         """Delete the oldest log rows older than ``retention`` (at most
-        :data:`_PRUNE_BATCH`) and record the last one deleted; how many. A
+        :data:`_PRUNE_BATCH`; when there were that many, the next publish prunes
+        too, not a second later) and record the last one deleted; how many. A
         failure is logged and rolled back (the next prune takes these rows)."""
         self._pruned_at = now
         conn, cutoff = self._writer, now - self._retention
@@ -338,6 +340,8 @@ class SQLiteInvalidation:
                 conn.execute(self._sql_prune, (upto,))
                 conn.execute(self._sql_mark, (upto,))
             conn.execute("COMMIT")
+            if count == _PRUNE_BATCH:  # more are due: the next publish prunes again, so
+                self._pruned_at = -math.inf  # pruning keeps up with any rate of writes
         except sqlite3.Error as exc:
             try:
                 if conn.in_transaction:
