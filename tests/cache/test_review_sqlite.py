@@ -205,6 +205,32 @@ def test_a_log_table_that_is_not_ours_is_refused(path: str) -> None:
         SQLiteInvalidation(path, table="log")
 
 
+def test_a_foreign_table_with_our_column_names_is_refused(path: str) -> None:
+    # Before: same names, other types and keys passed. The store then failed every
+    # write; the log took rows with no seq (NULL), which no listener ever reads:
+    # every near cache stale for ever, silently.
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE scalekit_cache (key TEXT, value TEXT, expires TEXT)")
+    conn.execute(
+        "CREATE TABLE scalekit_invalidation (seq INTEGER, at REAL, prefix BLOB, keys TEXT)"
+    )
+    conn.execute(  # a primary key, but seqs may be used again once pruned
+        "CREATE TABLE other_log (seq INTEGER PRIMARY KEY, at REAL NOT NULL, "
+        "prefix BLOB NOT NULL, keys TEXT NOT NULL)"
+    )
+    conn.commit()
+    conn.close()
+    with pytest.raises(IncompatibleStore, match="scalekit_cache"):
+        SQLiteCache(path)
+    with pytest.raises(IncompatibleStore, match="scalekit_invalidation"):
+        SQLiteInvalidation(path)
+    with pytest.raises(IncompatibleStore, match="AUTOINCREMENT"):
+        SQLiteInvalidation(path, table="other_log")
+    with SQLiteCache(path, table="mine") as store, SQLiteInvalidation(path, table="log") as log:
+        store.set("k", 1)  # our own tables in the same file are fine
+        log.publish(["k"])
+
+
 @pytest.mark.parametrize("table", ["sqlite_cache", "SQLITE_master", "sqlite_"])
 def test_a_reserved_table_name_is_a_configuration_error(path: str, table: str) -> None:
     # Before: BackendError from SQLite after the file was opened.

@@ -37,6 +37,7 @@ __all__ = [
     "connect",
     "file_id",
     "forks",
+    "table_shape",
     "wrap_error",
 ]
 
@@ -46,6 +47,7 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 _CHUNK = 500  # keys per statement of a batch: under every build's variable limit (999)
 _SWEEP_EVERY = 64  # writes of one store between two sweeps of expired rows
 _SWEEP_BATCH = 256  # rows a sweep deletes at most: 4 a write, more than a write adds
+_SHAPE = [("key", "BLOB", 1), ("value", "BLOB", 0), ("expires", "REAL", 0)]
 
 # Forks seen by this process: a connection must not cross a fork, so a child
 # drops the pool it inherited (without closing it: that is the parent's).
@@ -120,6 +122,14 @@ def file_id(path: str) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return status.st_dev, status.st_ino
+
+
+def table_shape(conn: sqlite3.Connection, table: str) -> list[tuple[str, str, int]]:
+    """``(column, declared type, position in the primary key)`` of each column of
+    ``table``: what tells our table from another of the same name.
+    Runtime complexity: O(columns)."""
+    rows = conn.execute(f'PRAGMA table_info("{table}")').fetchall()
+    return [(row[1], str(row[2]).upper(), row[5]) for row in rows]
 
 
 def wrap_error(exc: sqlite3.Error, path: str, doing: str) -> BackendError:
@@ -250,8 +260,8 @@ class SQLiteCache(Generic[V]):
                 f'CREATE TABLE IF NOT EXISTS "{t}" '
                 "(key BLOB PRIMARY KEY, value BLOB NOT NULL, expires REAL) WITHOUT ROWID"
             )
-            columns = [row[1] for row in conn.execute(f'PRAGMA table_info("{t}")')]
-            if columns == ["key", "value", "expires"]:
+            columns = table_shape(conn, t)
+            if columns == _SHAPE:
                 conn.execute(
                     f'CREATE INDEX IF NOT EXISTS "{t}_expires" ON "{t}" (expires) '
                     "WHERE expires IS NOT NULL"
@@ -259,7 +269,7 @@ class SQLiteCache(Generic[V]):
         except sqlite3.Error as exc:
             conn.close()
             raise wrap_error(exc, self._path, "creating the table") from exc
-        if columns != ["key", "value", "expires"]:
+        if columns != _SHAPE:
             conn.close()
             raise IncompatibleStore(
                 f"the table {t!r} of {self._path!r} is not a SQLiteCache's (columns {columns})",

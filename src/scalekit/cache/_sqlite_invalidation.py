@@ -31,6 +31,7 @@ from scalekit.cache._sqlite import (
     check_table,
     connect,
     forks,
+    table_shape,
     wrap_error,
 )
 from scalekit.errors import (
@@ -49,8 +50,13 @@ OnKeys = Callable[[list[str]], object]
 OnFlush = Callable[[], object]
 
 _PRUNE_BATCH = 1000  # log rows a prune reads and deletes at most
-_LOG_COLUMNS = ["seq", "at", "prefix", "keys"]
-_PRUNED_COLUMNS = ["id", "seq"]
+_LOG_COLUMNS = [
+    ("seq", "INTEGER", 1),
+    ("at", "REAL", 0),
+    ("prefix", "BLOB", 0),
+    ("keys", "TEXT", 0),
+]
+_PRUNED_COLUMNS = [("id", "INTEGER", 1), ("seq", "INTEGER", 0)]
 
 
 class SQLiteInvalidation:
@@ -177,10 +183,14 @@ class SQLiteInvalidation:
                 f'CREATE TABLE IF NOT EXISTS "{pruned}" '
                 "(id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL)"
             )
-            found = {
-                name: [row[1] for row in conn.execute(f'PRAGMA table_info("{name}")')]
-                for name in (log, pruned)
-            }
+            found: dict[str, object] = {name: table_shape(conn, name) for name in (log, pruned)}
+            # without AUTOINCREMENT a seq could be used again once the log is pruned
+            # empty: below every listener's mark, never read
+            sql = conn.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (log,)
+            ).fetchone()
+            if sql is None or "AUTOINCREMENT" not in str(sql[0]).upper():
+                found[log] = f"{found[log]} without AUTOINCREMENT"
             if found[log] == _LOG_COLUMNS and found[pruned] == _PRUNED_COLUMNS:
                 conn.execute(f'INSERT OR IGNORE INTO "{pruned}" (id, seq) VALUES (0, 0)')
             conn.execute("COMMIT")
