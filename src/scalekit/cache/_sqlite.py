@@ -30,7 +30,16 @@ from scalekit.errors import (
     IncompatibleStore,
 )
 
-__all__ = ["SQLiteCache", "check_path", "check_table", "connect", "forks", "wrap_error"]
+__all__ = [
+    "SQLiteCache",
+    "check_path",
+    "check_table",
+    "connect",
+    "file_id",
+    "forks",
+    "table_shape",
+    "wrap_error",
+]
 
 V = TypeVar("V")
 _MISSING: Any = object()
@@ -38,6 +47,7 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 _CHUNK = 500  # keys per statement of a batch: under every build's variable limit (999)
 _SWEEP_EVERY = 64  # writes of one store between two sweeps of expired rows
 _SWEEP_BATCH = 256  # rows a sweep deletes at most: 4 a write, more than a write adds
+_SHAPE = [("key", "BLOB", 1), ("value", "BLOB", 0), ("expires", "REAL", 0)]
 
 # Forks seen by this process: a connection must not cross a fork, so a child
 # drops the pool it inherited (without closing it: that is the parent's).
@@ -77,12 +87,15 @@ def check_path(path: object) -> str:
 
 def check_table(table: object, name: str = "table") -> str:
     """``table`` if it is a plain SQL identifier (letters, digits, ``_``; at most
-    63 characters). Runtime complexity: O(len(table))."""
+    63 characters) that SQLite does not keep for itself (``sqlite_...``).
+    Runtime complexity: O(len(table))."""
     text = check_str(table, name)
     if not _IDENTIFIER.match(text):
         raise ConfigurationError(
             f"{name} must be letters, digits and _ (not first), at most 63, got {text!r}"
         )
+    if text.lower().startswith("sqlite_"):
+        raise ConfigurationError(f"{name} must not start with sqlite_ (SQLite's own), got {text!r}")
     return text
 
 
@@ -99,6 +112,24 @@ def connect(path: str, timeout: float) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def file_id(path: str) -> tuple[int, int] | None:
+    """The device and inode of ``path`` (``None`` when it is missing): another file
+    put under the same name differs. Runtime complexity: O(1), one ``stat``."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def table_shape(conn: sqlite3.Connection, table: str) -> list[tuple[str, str, int]]:
+    """``(column, declared type, position in the primary key)`` of each column of
+    ``table``: what tells our table from another of the same name.
+    Runtime complexity: O(columns)."""
+    rows = conn.execute(f'PRAGMA table_info("{table}")').fetchall()
+    return [(row[1], str(row[2]).upper(), row[5]) for row in rows]
 
 
 def wrap_error(exc: sqlite3.Error, path: str, doing: str) -> BackendError:
@@ -176,8 +207,10 @@ class SQLiteCache(Generic[V]):
         self._timer = check_callable(timer, "timer")
         self._counters = Counters()
         self._idle: list[sqlite3.Connection] = []
-        self._opened: set[sqlite3.Connection] = set()  # idle or in use
-        self._pool_lock = threading.Lock()
+        # every connection idle or in use -> the file it was opened on
+        self._opened: dict[sqlite3.Connection, tuple[int, int] | None] = {}
+        self._file: tuple[int, int] | None = None  # the file under the name, last seen
+        self._pool_lock = threading.Lock()  # the pool, the file, closing
         self._forks = _forks[0]
         self._closed = False
         self._writes = itertools.count(1)
@@ -210,20 +243,25 @@ class SQLiteCache(Generic[V]):
     # -- connections -------------------------------------------------------------------
 
     def _open_schema(self) -> None:
-        """Open the first connection: WAL mode, the table and its index."""
+        """Open the first connection to the file under the name (creating it if
+        missing): WAL mode, the table and its index. Called under the pool lock
+        (or before the object is shared)."""
         t = self._table
         try:
             conn = connect(self._path, self._timeout)
+            found = file_id(self._path)
         except sqlite3.Error as exc:
             raise wrap_error(exc, self._path, "opening the file") from exc
+        except OSError as exc:
+            raise BackendError(f"cannot open {self._path!r}: {exc}", backend="sqlite") from exc
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(
                 f'CREATE TABLE IF NOT EXISTS "{t}" '
                 "(key BLOB PRIMARY KEY, value BLOB NOT NULL, expires REAL) WITHOUT ROWID"
             )
-            columns = [row[1] for row in conn.execute(f'PRAGMA table_info("{t}")')]
-            if columns == ["key", "value", "expires"]:
+            columns = table_shape(conn, t)
+            if columns == _SHAPE:
                 conn.execute(
                     f'CREATE INDEX IF NOT EXISTS "{t}_expires" ON "{t}" (expires) '
                     "WHERE expires IS NOT NULL"
@@ -231,46 +269,74 @@ class SQLiteCache(Generic[V]):
         except sqlite3.Error as exc:
             conn.close()
             raise wrap_error(exc, self._path, "creating the table") from exc
-        if columns != ["key", "value", "expires"]:
+        if columns != _SHAPE:
             conn.close()
             raise IncompatibleStore(
                 f"the table {t!r} of {self._path!r} is not a SQLiteCache's (columns {columns})",
                 backend="sqlite",
             )
-        self._opened.add(conn)
+        self._file = found
+        self._opened[conn] = found
         self._idle.append(conn)
 
     def _take(self) -> sqlite3.Connection:
+        """A connection to the file now under the name: if another file took the
+        name (or it was removed), the pool is dropped and the file opened again,
+        as :class:`SQLiteInvalidation` does, so every store and channel on the
+        name keeps using one file."""
         if self._forks != _forks[0]:
             self._after_fork()
         try:
-            return self._idle.pop()
-        except IndexError:
-            pass
-        if self._closed:
-            raise ClosedError(f"this SQLiteCache on {self._path!r} is closed")
+            found = file_id(self._path)
+        except OSError as exc:
+            self._counters.failed()
+            raise BackendError(f"cannot reach {self._path!r}: {exc}", backend="sqlite") from exc
+        stale: list[sqlite3.Connection] = []
+        with self._pool_lock:
+            if self._closed:
+                raise ClosedError(f"this SQLiteCache on {self._path!r} is closed")
+            if found != self._file:
+                stale, self._idle = self._idle, []
+                for conn in stale:
+                    del self._opened[conn]
+                try:
+                    self._open_schema()
+                except BackendError:
+                    self._counters.failed()
+                    raise
+                finally:
+                    for conn in stale:
+                        conn.close()
+            if self._idle:
+                return self._idle.pop()
+            file = self._file
         try:
             conn = connect(self._path, self._timeout)
         except sqlite3.Error as exc:
             raise self._failed(exc, "opening a connection") from exc
         with self._pool_lock:
-            self._opened.add(conn)
+            self._opened[conn] = file
         return conn
 
     def _give(self, conn: sqlite3.Connection) -> None:
-        if self._closed:
-            with self._pool_lock:
-                self._opened.discard(conn)
-            conn.close()
-        else:
-            self._idle.append(conn)
+        """Put ``conn`` back in the pool, or close it: the store is closed, the
+        file under the name changed, or a failed ``COMMIT`` left a transaction
+        open (which would hold the write lock in the pool)."""
+        with self._pool_lock:
+            if self._opened.get(conn, _MISSING) == self._file and not (
+                self._closed or conn.in_transaction
+            ):
+                self._idle.append(conn)
+                return
+            self._opened.pop(conn, None)
+        conn.close()
 
     def _after_fork(self) -> None:
         with self._pool_lock:
             if self._forks == _forks[0]:
                 return
             _abandoned.extend(self._opened)
-            self._idle, self._opened = [], set()
+            self._idle, self._opened = [], {}
             self._forks = _forks[0]
 
     def _failed(self, exc: sqlite3.Error, doing: str) -> BackendError:
@@ -555,11 +621,13 @@ class SQLiteCache(Generic[V]):
         """Close every connection (one in use closes when its call ends); the
         file stays. Calls after this raise :class:`~scalekit.errors.ClosedError`.
         Runtime complexity: O(connections)."""
-        self._closed = True
+        if self._forks != _forks[0]:
+            self._after_fork()  # the parent's connections are not this process's to close
         with self._pool_lock:
+            self._closed = True
             idle, self._idle = self._idle, []
             for conn in idle:
-                self._opened.discard(conn)
+                self._opened.pop(conn, None)
         for conn in idle:
             conn.close()
 
@@ -592,7 +660,8 @@ class SQLiteCache(Generic[V]):
         assert stats.hits + stats.misses >= 0
         with self._pool_lock:
             assert len(self._idle) == len(set(self._idle))
-            assert self._closed or set(self._idle) <= self._opened
+            assert self._closed or set(self._idle) <= set(self._opened)
+            assert all(self._opened[conn] == self._file for conn in self._idle)
 
     def __repr__(self) -> str:
         return (

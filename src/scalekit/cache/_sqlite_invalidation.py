@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -30,9 +31,16 @@ from scalekit.cache._sqlite import (
     check_table,
     connect,
     forks,
+    table_shape,
     wrap_error,
 )
-from scalekit.errors import ArgumentTypeError, BackendError, ClosedError, ConfigurationError
+from scalekit.errors import (
+    ArgumentTypeError,
+    BackendError,
+    ClosedError,
+    ConfigurationError,
+    IncompatibleStore,
+)
 
 __all__ = ["SQLiteInvalidation"]
 
@@ -42,6 +50,13 @@ OnKeys = Callable[[list[str]], object]
 OnFlush = Callable[[], object]
 
 _PRUNE_BATCH = 1000  # log rows a prune reads and deletes at most
+_LOG_COLUMNS = [
+    ("seq", "INTEGER", 1),
+    ("at", "REAL", 0),
+    ("prefix", "BLOB", 0),
+    ("keys", "TEXT", 0),
+]
+_PRUNED_COLUMNS = [("id", "INTEGER", 1), ("seq", "INTEGER", 0)]
 
 
 class SQLiteInvalidation:
@@ -168,11 +183,28 @@ class SQLiteInvalidation:
                 f'CREATE TABLE IF NOT EXISTS "{pruned}" '
                 "(id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL)"
             )
-            conn.execute(f'INSERT OR IGNORE INTO "{pruned}" (id, seq) VALUES (0, 0)')
+            found: dict[str, object] = {name: table_shape(conn, name) for name in (log, pruned)}
+            # without AUTOINCREMENT a seq could be used again once the log is pruned
+            # empty: below every listener's mark, never read
+            sql = conn.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (log,)
+            ).fetchone()
+            if sql is None or "AUTOINCREMENT" not in str(sql[0]).upper():
+                found[log] = f"{found[log]} without AUTOINCREMENT"
+            if found[log] == _LOG_COLUMNS and found[pruned] == _PRUNED_COLUMNS:
+                conn.execute(f'INSERT OR IGNORE INTO "{pruned}" (id, seq) VALUES (0, 0)')
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             conn.close()
             raise wrap_error(exc, self._path, "creating the invalidation log") from exc
+        for name, columns in ((log, _LOG_COLUMNS), (pruned, _PRUNED_COLUMNS)):
+            if found[name] != columns:
+                conn.close()
+                raise IncompatibleStore(
+                    f"the table {name!r} of {self._path!r} is not a SQLiteInvalidation's "
+                    f"(columns {found[name]}); give another table=",
+                    backend="sqlite",
+                )
         return conn
 
     # -- for near caches -------------------------------------------------------------
@@ -218,8 +250,10 @@ class SQLiteInvalidation:
 
     @property
     def ready(self) -> bool:
-        """Whether the log is being polled now (near caches may keep values)."""
-        return self._ready.is_set()
+        """Whether the log is being polled now (near caches may keep values);
+        never in a child forked from the process that made this object, where no
+        listener thread runs: a near cache there keeps nothing."""
+        return self._ready.is_set() and forks() == self._forks
 
     @property
     def generation(self) -> int:
@@ -228,8 +262,12 @@ class SQLiteInvalidation:
         return self._generation
 
     def wait_ready(self, timeout: float = 5.0) -> bool:
-        """Wait until polling; whether it is. Runtime complexity: O(1)."""
-        return self._ready.wait(check_seconds(timeout, "timeout", allow_zero=True))
+        """Wait until polling; whether it is (never in a forked child, see
+        :attr:`ready`). Runtime complexity: O(1)."""
+        seconds = check_seconds(timeout, "timeout", allow_zero=True)
+        if forks() != self._forks:
+            return False
+        return self._ready.wait(seconds)
 
     def publish(self, keys: Iterable[str]) -> None:
         """Report ``keys`` as changed: one row appended to the log (and, at most
@@ -254,7 +292,6 @@ class SQLiteInvalidation:
             try:
                 self._reopen_if_replaced()
                 self._writer.execute(self._sql_insert, (now, self._prefix, payload))
-                pruned = self._prune(now) if now - self._pruned_at >= self._prune_every() else 0
             except sqlite3.Error as exc:
                 if self._writer.in_transaction:
                     self._writer.execute("ROLLBACK")
@@ -263,6 +300,8 @@ class SQLiteInvalidation:
                 raise BackendError(
                     f"publishing an invalidation to {self._path!r} failed: {exc}", backend="sqlite"
                 ) from exc
+            # the row is written: a prune that fails must not report it as unwritten
+            pruned = self._prune(now) if now - self._pruned_at >= self._prune_every() else 0
         with self._lock:
             self._counts["published"] += 1
             self._counts["pruned"] += pruned
@@ -295,19 +334,37 @@ class SQLiteInvalidation:
 
     def _prune(self, now: float) -> int:
         """Delete the oldest log rows older than ``retention`` (at most
-        :data:`_PRUNE_BATCH`) and record the last one deleted; how many."""
+        :data:`_PRUNE_BATCH`; when there were that many, the next publish prunes
+        too, not a second later) and record the last one deleted; how many. A
+        failure is logged and rolled back (the next prune takes these rows)."""
         self._pruned_at = now
         conn, cutoff = self._writer, now - self._retention
-        conn.execute("BEGIN IMMEDIATE")
-        upto = count = 0
-        for seq, at in conn.execute(self._sql_oldest).fetchall():
-            if at >= cutoff:
-                break
-            upto, count = seq, count + 1
-        if count:
-            conn.execute(self._sql_prune, (upto,))
-            conn.execute(self._sql_mark, (upto,))
-        conn.execute("COMMIT")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            upto = count = 0
+            for seq, at in conn.execute(self._sql_oldest).fetchall():
+                if at >= cutoff:
+                    break
+                upto, count = seq, count + 1
+            if count:
+                conn.execute(self._sql_prune, (upto,))
+                conn.execute(self._sql_mark, (upto,))
+            conn.execute("COMMIT")
+            if count == _PRUNE_BATCH:  # more are due: the next publish prunes again, so
+                self._pruned_at = -math.inf  # pruning keeps up with any rate of writes
+        except sqlite3.Error as exc:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # closing the connection at the next reopen rolls it back
+            _log.warning(
+                "pruning the invalidation log of %r failed: %s",
+                self._path,
+                exc,
+                extra=self._fields(reason="prune failed", error=str(exc)),
+            )
+            return 0
         return count
 
     def stats(self) -> dict[str, int]:
