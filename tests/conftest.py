@@ -9,11 +9,9 @@ Service fixtures connect to Redis and PostgreSQL on this machine. Without the
 server a test is skipped with the reason, unless ``SCALEKIT_REQUIRE_SERVICES=1``,
 where it fails instead, so CI can never go green by skipping.
 
-With pytest-xdist (the README's command: ``-n 2 --dist loadgroup``), each file's
+With pytest-xdist (the README's command: ``-n 2 --dist loadfile``), each file's
 tests run on one worker, and every file that uses this machine's Redis or
-PostgreSQL on one and the same worker: they share databases that tests empty
-(``FLUSHDB``), tables with fixed names, and Redis client tracking, whose
-invalidations and flushes reach every database's listeners.
+PostgreSQL on one and the same worker (:mod:`tests.xdist_groups`).
 """
 
 from __future__ import annotations
@@ -42,42 +40,36 @@ _ci = os.environ.get("SCALEKIT_REQUIRE_SERVICES") == "1"
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if _ci else "default"))
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile``: every file that uses the machine's Redis or PostgreSQL
+    in one unit, on one worker (see :mod:`tests.xdist_groups`)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from tests.xdist_groups import make_scheduler
+
+    return make_scheduler(config, log)
+
+
 _SERVICE_FIXTURES = frozenset(("redis_url", "redis_client", "postgres_dsn"))
-_SERVICE_MARKERS = ("redis", "postgres")
-# files that reach the machine's services without those fixtures
-_SERVICE_FILES = frozenset(
-    (
-        "tests/sessions/test_redis.py",
-        "tests/sharding/test_migration.py",
-        "tests/test_bench_cli.py",
-        "tests/test_doctests.py",
-        "tests/test_doc_snippets.py",
-        "tests/test_examples.py",
-    )
-)
-
-
-def _uses_services(item: pytest.Item) -> bool:
-    return bool(
-        _SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
-        or any(item.get_closest_marker(name) for name in _SERVICE_MARKERS)
-    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``--dist loadgroup``: one group per file, and one for every file that
-    uses the machine's Redis or PostgreSQL (see the module docstring)."""
-    if getattr(config.option, "dist", "no") != "loadgroup":
-        return
+    """Refuse to run a file that uses a service fixture but that
+    :mod:`tests.xdist_groups` would let run beside the other users of the services."""
+    from tests.xdist_groups import uses_services
+
     root = config.rootpath
-    files: dict[str, list[pytest.Item]] = {}
     for item in items:
-        files.setdefault(item.path.relative_to(root).as_posix(), []).append(item)
-    for path, members in files.items():
-        shared = path in _SERVICE_FILES or any(_uses_services(item) for item in members)
-        group = "machine-services" if shared else path
-        for item in members:
-            item.add_marker(pytest.mark.xdist_group(group))
+        uses = _SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())) or any(
+            item.get_closest_marker(name) for name in ("redis", "postgres")
+        )
+        if uses:
+            file = item.path.relative_to(root).as_posix()
+            if not uses_services(root, file):
+                raise pytest.UsageError(
+                    f"{item.nodeid} uses Redis or PostgreSQL, but tests/xdist_groups.py "
+                    "cannot see it in the file's text: name the fixture in the file"
+                )
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,9 @@ every ``interval`` seconds and hands the keys it had not seen to the near caches
 attached. The log is pruned of rows older than ``retention``; a listener that
 fell behind the pruned point, or whose poll fails, flushes its near caches (it
 may have missed keys) and bumps :attr:`~SQLiteInvalidation.generation`, as a
-dropped Redis connection does.
+dropped Redis connection does. :meth:`~SQLiteInvalidation.sync` is a barrier: a
+poll started after the call, delivered before it returns (read-your-writes across
+processes).
 """
 
 from __future__ import annotations
@@ -137,6 +139,9 @@ class SQLiteInvalidation:
         self._listeners: list[tuple[OnKeys, OnFlush]] = []
         self._ready = threading.Event()
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # set by sync() and close(): poll now
+        self._cycles = threading.Condition()  # polls started and delivered, for sync()
+        self._started = self._delivered = 0
         self._thread: threading.Thread | None = None
         self._generation = 0
         self._closed = False
@@ -269,6 +274,23 @@ class SQLiteInvalidation:
             return False
         return self._ready.wait(seconds)
 
+    def sync(self, timeout: float = 1.0) -> bool:
+        """Wait until a poll that started after this call has been delivered, so
+        every change published before the call has reached the listeners; whether
+        it did within ``timeout`` seconds (False while not polling: a near cache
+        keeps nothing then).
+
+        Runtime complexity: one poll of the log, O(r * log(n)) for r new rows.
+        """
+        seconds = check_seconds(timeout, "timeout", allow_zero=True)
+        if not self.ready:
+            return False
+        with self._cycles:
+            wanted = self._started + 1
+        self._wake.set()
+        with self._cycles:
+            return self._cycles.wait_for(lambda: self._delivered >= wanted, seconds)
+
     def publish(self, keys: Iterable[str]) -> None:
         """Report ``keys`` as changed: one row appended to the log (and, at most
         once a second in this process, a bounded prune of rows older than
@@ -380,6 +402,7 @@ class SQLiteInvalidation:
             self._closed = True
             thread = self._thread
         self._stopping.set()
+        self._wake.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(5)
         with self._write_lock:
@@ -457,6 +480,9 @@ class SQLiteInvalidation:
                             extra=self._fields(reason="reconnected", flushed=self._listening()),
                         )
                     self._ready.set()
+                with self._cycles:
+                    self._started += 1
+                    cycle = self._started
                 try:
                     batches, behind = poller.poll()
                 except (sqlite3.Error, OSError, BackendError) as exc:
@@ -493,7 +519,11 @@ class SQLiteInvalidation:
                     )
                 if batches:
                     self._deliver(batches)
-                self._stopping.wait(self._interval)
+                with self._cycles:
+                    self._delivered = cycle
+                    self._cycles.notify_all()
+                self._wake.wait(self._interval)
+                self._wake.clear()
         finally:
             self._ready.clear()
             if poller is not None:
