@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from scalekit.cache import SQLiteCache, SQLiteInvalidation, TieredCache, TTLCache
+from scalekit.cache._sqlite import FILE_CHECK_EVERY
 from scalekit.errors import BackendError, ClosedError, ConfigurationError, IncompatibleStore
 from scalekit.testing import FakeClock
 
@@ -36,9 +37,11 @@ def _until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
 
 
 def _remove(path: str) -> None:
+    """Remove the file, then wait until a store looks at the name again."""
     for name in (path, path + "-wal", path + "-shm"):
         if os.path.exists(name):
             os.remove(name)
+    time.sleep(FILE_CHECK_EVERY * 1.5)
 
 
 # -- a forked child has no listener: its near cache must keep nothing -------------------
@@ -301,8 +304,38 @@ def test_refused_calls_on_a_removed_file_change_nothing(path: str, tmp_path: Pat
         store.set("k", 1)
         os.remove(path)
         os.mkdir(path)  # the name is now a folder: nothing can be opened there
+        time.sleep(FILE_CHECK_EVERY * 1.5)
         with pytest.raises(BackendError):
             store.set("k", 2)
         os.rmdir(path)
         store.set("k", 3)
         assert store.get("k") == 3
+
+
+def test_a_store_looks_at_its_file_at_most_every_few_hundredths_of_a_second(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file-following costs one stat per FILE_CHECK_EVERY, not one per call."""
+    import scalekit.cache._sqlite as module
+
+    looks: list[str] = []
+    real = module.file_id
+
+    def counted(name: str) -> Any:
+        looks.append(name)
+        return real(name)
+
+    monkeypatch.setattr(module, "file_id", counted)
+    with SQLiteCache(path) as store:
+        store.set("k", 1)
+        started = time.monotonic()
+        calls = 0
+        while time.monotonic() - started < FILE_CHECK_EVERY * 0.8:
+            store.get("k")
+            calls += 1
+        assert calls > 20
+        assert len(looks) <= 3  # the constructor's, the first call's, perhaps one more
+        before = len(looks)
+        time.sleep(FILE_CHECK_EVERY * 1.2)
+        store.get("k")
+        assert len(looks) == before + 1  # due again: looked once

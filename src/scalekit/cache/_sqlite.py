@@ -48,6 +48,9 @@ _CHUNK = 500  # keys per statement of a batch: under every build's variable limi
 _SWEEP_EVERY = 64  # writes of one store between two sweeps of expired rows
 _SWEEP_BATCH = 256  # rows a sweep deletes at most: 4 a write, more than a write adds
 _SHAPE = [("key", "BLOB", 1), ("value", "BLOB", 0), ("expires", "REAL", 0)]
+FILE_CHECK_EVERY = 0.05
+"""Seconds between two looks at which file is under the name: a store follows its
+file removed or replaced within this long (calls in between use the old one)."""
 
 # Forks seen by this process: a connection must not cross a fork, so a child
 # drops the pool it inherited (without closing it: that is the parent's).
@@ -211,6 +214,7 @@ class SQLiteCache(Generic[V]):
         self._opened: dict[sqlite3.Connection, tuple[int, int] | None] = {}
         self._file: tuple[int, int] | None = None  # the file under the name, last seen
         self._pool_lock = threading.Lock()  # the pool, the file, closing
+        self._next_check = 0.0  # when to look up the file under the name again
         self._forks = _forks[0]
         self._closed = False
         self._writes = itertools.count(1)
@@ -283,9 +287,20 @@ class SQLiteCache(Generic[V]):
         """A connection to the file now under the name: if another file took the
         name (or it was removed), the pool is dropped and the file opened again,
         as :class:`SQLiteInvalidation` does, so every store and channel on the
-        name keeps using one file."""
+        name keeps using one file. The name is looked up at most every
+        :data:`FILE_CHECK_EVERY` seconds (a ``stat`` costs as much as a sixth of
+        a read)."""
         if self._forks != _forks[0]:
             self._after_fork()
+        now = time.monotonic()
+        if now < self._next_check:
+            with self._pool_lock:
+                if self._closed:
+                    raise ClosedError(f"this SQLiteCache on {self._path!r} is closed")
+                if self._idle:
+                    return self._idle.pop()
+                file = self._file
+            return self._connect(file)
         try:
             found = file_id(self._path)
         except OSError as exc:
@@ -307,9 +322,14 @@ class SQLiteCache(Generic[V]):
                 finally:
                     for conn in stale:
                         conn.close()
+            self._next_check = now + FILE_CHECK_EVERY
             if self._idle:
                 return self._idle.pop()
             file = self._file
+        return self._connect(file)
+
+    def _connect(self, file: tuple[int, int] | None) -> sqlite3.Connection:
+        """A new connection, for the pool of ``file``."""
         try:
             conn = connect(self._path, self._timeout)
         except sqlite3.Error as exc:
