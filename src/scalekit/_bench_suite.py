@@ -434,7 +434,7 @@ BLOCKS: dict[str, list[tuple[str, str, Comparison]]] = {
     ],
     "sessions": [
         ("SessionMiddleware request, memory / Starlette's", "-", _asgi_sessions),
-        ("RedisSessionStore load+save / redis-py GET+SET", "<= 1.3", _redis_session),
+        ("RedisSessionStore load+save / redis-py GET+SET", "1.55", _redis_session),
     ],
 }
 """block -> (what, claim, comparison) in table order."""
