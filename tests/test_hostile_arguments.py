@@ -915,6 +915,7 @@ def _scale_out_cases() -> list[Case]:
         if name == "RedisCache":
             store_cases += [
                 ("get_with_ttl.key", lambda o, v: o.get_with_ttl(v), BAD_STORE_KEY, "key"),
+                *SET_IF_CASES,
                 ("get_many_with_ttl.keys", lambda o, v: o.get_many_with_ttl(v), BAD_KEYS, "key"),
                 ("keys.count", lambda o, v: o.keys(count=v), [*BAD_COUNT, 0], "count"),
                 (
@@ -1489,6 +1490,41 @@ def _web_cases() -> list[Case]:
             [None, 5, LRUCache(10)],
         ),
     ]
+
+
+SET_IF_CASES: list[tuple[str, Any, Any, str]] = [
+    (
+        "set_if.key",
+        lambda o, v: o.set_if(v, 1, guard="g", expected="t"),
+        BAD_STORE_KEY,
+        "key",
+    ),
+    (
+        "set_if.guard",
+        lambda o, v: o.set_if("k", 1, guard=v, expected="t"),
+        BAD_STORE_KEY,
+        "guard",
+    ),
+    (
+        "set_if.expected",
+        lambda o, v: o.set_if("k", 1, guard="g", expected=v),
+        BAD_JSON_VALUE,
+        "expected",
+    ),
+    (
+        "set_if.value",
+        lambda o, v: o.set_if("k", v, guard="g", expected="t"),
+        BAD_JSON_VALUE,
+        "value",
+    ),
+    (
+        "set_if.ttl",
+        lambda o, v: o.set_if("k", 1, guard="g", expected="t", ttl=v),
+        [*BAD_SECONDS, 0],
+        "ttl",
+    ),
+]
+"""Hostile arguments of ``set_if`` (every store with an atomic one)."""
 
 
 def value_id(value: Any) -> str:

@@ -36,6 +36,7 @@ from tests.test_hostile_arguments import (
     BAD_KEYS,
     BAD_SECONDS,
     BAD_STORE_KEY,
+    SET_IF_CASES,
     SURROGATE,
     value_id,
 )
@@ -462,6 +463,7 @@ _CALLS: list[tuple[str, Callable[[SQLiteCache[Any], Any], object], list[Any], st
     ("set_many.items", lambda o, v: o.set_many(v), BAD_ITEMS, "item"),
     ("set_many.ttl", lambda o, v: o.set_many({"k": 1}, ttl=v), BAD_SECONDS, "ttl"),
     ("check_items.items", lambda o, v: o.check_items(v), BAD_ITEMS, "item"),
+    *SET_IF_CASES,
     ("keys.count", lambda o, v: o.keys(count=v), [*BAD_COUNT, 0], "count"),
     ("sweep.limit", lambda o, v: o.sweep(v), [*BAD_COUNT, 0], "limit"),
     ("path", lambda o, v: SQLiteCache(v), BAD_PATH, "path"),

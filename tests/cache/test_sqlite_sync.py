@@ -30,6 +30,7 @@ def test_a_read_after_another_processs_write_is_fresh_after_sync(
     reader, reader_channel = _server(tmp_path / "c.db", interval=5.0)  # polls every 5 s
     try:
         writer.set("k", 1)
+        assert reader.sync()  # the reader polled past this write: its next poll is 5 s away
         assert reader.get("k") == 1  # in the reader's l1
         writer.set("k", 2)
         if synced:

@@ -117,6 +117,26 @@ class RedisCommands(Generic[V]):
     def _wrote_one(self, replies: list[Any]) -> None:
         self.counters.wrote(1)
 
+    def set_if(
+        self, key: str, value: V, guard: str, expected: Any, ttl: float | timedelta | None
+    ) -> Call:
+        seconds = self.codec.ttl(ttl)
+        name, guard_name = self.codec.key(key), self.codec.key(guard, "the guard")
+        data, wanted = (
+            self.codec.dumps(value),
+            self.codec.dumps(expected, "expected (the guard's value)"),
+        )
+        px = b"" if seconds is None else str(_ms(seconds)).encode()
+        command = ("EVAL", _SET_IF, 2, name, guard_name, data, wanted, px)
+
+        def finish(replies: list[Any]) -> bool:
+            stored = bool(replies[0])
+            if stored:
+                self.counters.wrote(1)
+            return stored
+
+        return Call((command,), finish)
+
     def add(self, key: str, value: V, ttl: float | timedelta | None) -> Call:
         seconds = self.codec.ttl(ttl)
         command = self._set(self.codec.key(key), self.codec.dumps(value), seconds, "NX")
@@ -182,6 +202,14 @@ class RedisCommands(Generic[V]):
             self.counters.wrote(len(commands))
 
         return Call(commands, finish)
+
+
+# SET KEYS[1] ARGV[1] (for ARGV[3] ms, if given) only if KEYS[2] holds ARGV[2]
+_SET_IF = """\
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then redis.call('SET', KEYS[1], ARGV[1])
+else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3]) end
+return 1"""
 
 
 def _cluster_slot(name: bytes) -> int:
@@ -354,6 +382,21 @@ class _RedisShell(Generic[V]):
     def cluster(self) -> bool:
         """Whether this store is one node of a Redis Cluster (batches split by slot)."""
         return isinstance(self._commands, ClusterRedisCommands)
+
+    @property
+    def atomic_set_if(self) -> bool:
+        """Whether :meth:`set_if` is one atomic step here: not on a cluster node,
+        where the key and its guard may live in different slots."""
+        return not self.cluster
+
+    def _set_if(
+        self, key: str, value: V, guard: str, expected: Any, ttl: float | timedelta | None
+    ) -> Call:
+        if self.cluster:
+            raise ConfigurationError(
+                "set_if needs its key and guard on one server: not on a Redis Cluster node"
+            )
+        return self._commands.set_if(key, value, guard, expected, ttl)
 
     @property
     def prefix(self) -> str:
@@ -568,6 +611,24 @@ class RedisCache(_RedisShell[V]):
         """Store ``value`` only if ``key`` is absent (``SET NX``); return whether it did."""
         return self._run(self._commands.add(key, value, ttl))  # type: ignore[no-any-return]
 
+    def set_if(
+        self,
+        key: str,
+        value: V,
+        /,
+        *,
+        guard: str,
+        expected: Any,
+        ttl: float | timedelta | None = None,
+    ) -> bool:
+        """Store ``value`` under ``key`` only if ``guard`` holds ``expected``, in one
+        atomic step (a script); return whether it did. What ``cached`` stores a
+        result with, its lease as the guard, so that an invalidation (which drops
+        the lease) is never undone by a call in flight. Not on a cluster node.
+
+        Runtime complexity: one round trip."""
+        return self._run(self._set_if(key, value, guard, expected, ttl))  # type: ignore[no-any-return]
+
     def delete(self, key: str, /) -> bool:
         """Remove ``key``; return whether it was there."""
         return self._run(self._commands.delete(key))  # type: ignore[no-any-return]
@@ -645,6 +706,19 @@ class AsyncRedisCache(_RedisShell[V]):
     async def add(self, key: str, value: V, /, *, ttl: float | timedelta | None = None) -> bool:
         """Store ``value`` only if ``key`` is absent (``SET NX``); return whether it did."""
         return await self._run(self._commands.add(key, value, ttl))  # type: ignore[no-any-return]
+
+    async def set_if(
+        self,
+        key: str,
+        value: V,
+        /,
+        *,
+        guard: str,
+        expected: Any,
+        ttl: float | timedelta | None = None,
+    ) -> bool:
+        """:meth:`RedisCache.set_if`."""
+        return await self._run(self._set_if(key, value, guard, expected, ttl))  # type: ignore[no-any-return]
 
     async def delete(self, key: str, /) -> bool:
         """Remove ``key``; return whether it was there."""

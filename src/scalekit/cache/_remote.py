@@ -189,10 +189,11 @@ class Codec(Generic[V]):
         self.default_ttl = None if ttl is None else check_ttl(ttl)
         self.serializer: Serializer[V] = check_serializer(serializer)
 
-    def key(self, key: object) -> bytes:
-        """The server's name of ``key``. Runtime complexity: O(len(key))."""
+    def key(self, key: object, what: str = "a key") -> bytes:
+        """The server's name of ``key`` (``what`` names it in an error).
+        Runtime complexity: O(len(key))."""
         if type(key) is not str and not isinstance(key, str):
-            raise ArgumentTypeError(f"a key of {self.name} must be a str, got {type_name(key)}")
+            raise ArgumentTypeError(f"{what} of {self.name} must be a str, got {type_name(key)}")
         return self.prefix + key.encode("utf-8", "surrogatepass")
 
     def keys(self, keys: object) -> dict[bytes, str]:
@@ -206,13 +207,13 @@ class Codec(Generic[V]):
         seconds = self.default_ttl if ttl is None else check_ttl(ttl)
         return None if seconds is None or seconds == math.inf else seconds
 
-    def dumps(self, value: V) -> bytes:
+    def dumps(self, value: V, what: str = "this value") -> bytes:
         try:
             data = self.serializer.dumps(value)
         except TypeError as exc:
-            raise ArgumentTypeError(f"{self.name} cannot store this value: {exc}") from None
+            raise ArgumentTypeError(f"{self.name} cannot store {what}: {exc}") from None
         except ValueError as exc:
-            raise ConfigurationError(f"{self.name} cannot store this value: {exc}") from None
+            raise ConfigurationError(f"{self.name} cannot store {what}: {exc}") from None
         if not isinstance(data, bytes):
             raise ArgumentTypeError(
                 f"the serializer of {self.name} returned {type_name(data)}, not bytes"

@@ -153,6 +153,11 @@ class Memo:
         self.ttl = ttl
         self.poll = poll
         self.calls = LocalCalls()
+        # a store that writes a value only while a guard key holds a token, in one
+        # atomic step, closes the window between the lease check and the store
+        self.guarded = bool(getattr(store, "atomic_set_if", False)) and callable(
+            getattr(store, "set_if", None)
+        )
 
     def lease_key(self, key: str) -> str:
         return key + "#lease"
@@ -213,9 +218,12 @@ class Memo:
             value = yield ("call",)
             # An invalidation meanwhile dropped the lease (or it expired and another
             # caller took it): this result may predate the change, so it is not stored.
-            still_ours = (yield ("get", lease_key, _MISSING)) == token
-            if still_ours and not call.stale:
-                yield self._store(key, value)
+            if self.guarded and not call.stale:
+                still_ours = bool((yield ("set_if", key, value, lease_key, token, self.ttl)))
+            else:  # two steps: an invalidation between them is undone (docs/scale-out.md)
+                still_ours = (yield ("get", lease_key, _MISSING)) == token
+                if still_ours and not call.stale:
+                    yield self._store(key, value)
         except BaseException:
             # the function, the store or a cancellation failed this caller: let
             # another caller try now rather than when the lease expires
@@ -245,6 +253,8 @@ def _store_call(store: Any, step: Step) -> Any:
         return store.set(step[1], step[2], ttl=step[3])
     if name == "add":
         return store.add(step[1], step[2], ttl=step[3])
+    if name == "set_if":
+        return store.set_if(step[1], step[2], guard=step[3], expected=step[4], ttl=step[5])
     return getattr(store, name)(*step[1:])
 
 

@@ -228,6 +228,12 @@ class SQLiteCache(Generic[V]):
             f"INSERT INTO {t} (key, value, expires) VALUES (?, ?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires"
         )
+        self._sql_set_if = (
+            f"INSERT INTO {t} (key, value, expires) SELECT ?1, ?2, ?3 WHERE EXISTS "
+            f"(SELECT 1 FROM {t} WHERE key = ?4 AND value = ?5 "
+            "AND (expires IS NULL OR expires > ?6)) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires"
+        )
         self._sql_add = (
             f"INSERT INTO {t} (key, value, expires) VALUES (?1, ?2, ?3) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires "
@@ -570,6 +576,41 @@ class SQLiteCache(Generic[V]):
         if added:
             self._wrote(1)
         return bool(added)
+
+    @property
+    def atomic_set_if(self) -> bool:
+        """:meth:`set_if` is one statement: always atomic."""
+        return True
+
+    def set_if(
+        self,
+        key: str,
+        value: V,
+        /,
+        *,
+        guard: str,
+        expected: Any,
+        ttl: float | timedelta | None = None,
+    ) -> bool:
+        """Store ``value`` under ``key`` only if ``guard`` holds ``expected`` (and
+        has not expired), in one statement; return whether it did. What ``cached``
+        stores a result with, its lease as the guard, so that an invalidation
+        (which drops the lease) is never undone by a call in flight.
+
+        Runtime complexity: O(log(n))."""
+        name, data = self._codec.key(key), self._codec.dumps(value)
+        guard_name = self._codec.key(guard, "the guard")
+        wanted = self._codec.dumps(expected, "expected (the guard's value)")
+        seconds = self._codec.ttl(ttl)
+        now = self._timer()
+        deadline = None if seconds is None else now + seconds
+        arguments = (name, data, deadline, guard_name, wanted, now)
+        stored = self._run(
+            "writing", lambda conn: conn.execute(self._sql_set_if, arguments).rowcount == 1
+        )
+        if stored:
+            self._wrote(1)
+        return bool(stored)
 
     def set_many(self, items: Mapping[str, V], /, *, ttl: float | timedelta | None = None) -> None:
         """Store every item with the same ``ttl``, in one transaction: all or none.

@@ -349,7 +349,15 @@ class TieredCache(Generic[V]):
         if check is not None:
             check(items)
 
-    def _write(self, key: Any, value: Any, ttl: float | None, *, add: bool) -> bool:
+    def _write(
+        self,
+        key: Any,
+        value: Any,
+        ttl: float | None,
+        *,
+        add: bool,
+        guard: tuple[Any, Any] | None = None,
+    ) -> bool:
         self._check_items({check_hashable(key, "key"): value})
         with self._lock:
             self._replay()
@@ -357,7 +365,11 @@ class TieredCache(Generic[V]):
             flight = self._take_off(key)
         try:
             kwargs = {} if ttl is None else {"ttl": ttl}
-            if add:
+            if guard is not None:
+                stored = bool(
+                    self.l2.set_if(key, value, guard=guard[0], expected=guard[1], **kwargs)
+                )
+            elif add:
                 stored = bool(self.l2.add(key, value, **kwargs))
             else:
                 self.l2.set(key, value, **kwargs)
@@ -394,6 +406,29 @@ class TieredCache(Generic[V]):
         """Write ``value`` to l2 only if ``key`` is absent there; whether it did."""
         seconds = None if ttl is None else check_seconds(ttl, "ttl", allow_inf=True)
         return self._write(key, value, seconds, add=True)
+
+    @property
+    def atomic_set_if(self) -> bool:
+        """Whether :meth:`set_if` is atomic: it is l2's."""
+        return bool(getattr(self.l2, "atomic_set_if", False))
+
+    def set_if(
+        self,
+        key: Any,
+        value: Any,
+        /,
+        *,
+        guard: Any,
+        expected: Any,
+        ttl: float | timedelta | None = None,
+    ) -> bool:
+        """Write ``value`` to l2 only if l2's ``guard`` holds ``expected`` (l2's
+        ``set_if``), then keep it in l1; whether it did. Other servers' l1 drop
+        ``key`` when it was written."""
+        if not callable(getattr(self.l2, "set_if", None)):
+            raise ConfigurationError(f"l2 ({type_name(self.l2)}) has no set_if")
+        seconds = None if ttl is None else check_seconds(ttl, "ttl", allow_inf=True)
+        return self._write(key, value, seconds, add=False, guard=(guard, expected))
 
     def set_many(
         self, items: Mapping[Any, Any], /, *, ttl: float | timedelta | None = None

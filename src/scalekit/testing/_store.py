@@ -31,7 +31,7 @@ from scalekit.testing._coroutines import Awaited, drive, expect, raises
 
 __all__ = ["STORE_CHECKS", "check_async_store", "check_store"]
 
-_METHODS = frozenset(("get", "set", "add", "delete", "ttl_of", "get_many", "set_many"))
+_METHODS = frozenset(("get", "set", "add", "delete", "ttl_of", "get_many", "set_many", "set_if"))
 _ABSENT: Any = object()
 
 BAD_TTLS: tuple[Any, ...] = (0, -1, math.nan, -math.inf, 10**400, 1e308, True, "1", [1])
@@ -249,6 +249,34 @@ async def any_value_reads_back(env: _Env, json_only: bool) -> None:
         expect(await store.get(key) == value, f"{value!r} did not read back as itself")
 
 
+async def set_if_only_while_the_guard_holds(env: _Env) -> None:
+    """A store that says its ``set_if`` is atomic (``atomic_set_if``) writes only
+    while the guard holds the expected value, live (a store without it is not
+    checked: ``cached`` does not use it there)."""
+    store = env.store()
+    if not getattr(store, "atomic_set_if", False):
+        return
+    key, guard = env.key("guarded"), env.key("guarded#lease")
+    stored = await store.set_if(key, 1, guard=guard, expected="token")
+    expect(stored is False, "set_if with no guard stored")
+    expect(await store.get(key, _ABSENT) is _ABSENT, "set_if with no guard wrote")
+    await store.add(guard, "token", ttl=5)
+    stored = await store.set_if(key, 2, guard=guard, expected="other")
+    expect(stored is False and await store.get(key, _ABSENT) is _ABSENT, "a wrong guard wrote")
+    stored = await store.set_if(key, 3, guard=guard, expected="token", ttl=100)
+    expect(stored is True, "set_if under its guard did not store")
+    expect(await store.get(key) == 3, "set_if under its guard does not read back")
+    left = await store.ttl_of(key)
+    expect(left is not None and 95 < left <= 100 + env.resolution, f"set_if's ttl: {left}")
+    await store.delete(guard)
+    stored = await store.set_if(key, 4, guard=guard, expected="token")
+    expect(stored is False and await store.get(key) == 3, "set_if wrote after its guard went")
+    await store.set(guard, "token", ttl=0.2)
+    await env.sleep(0.2 + env.resolution + 0.2)
+    stored = await store.set_if(key, 5, guard=guard, expected="token")
+    expect(stored is False and await store.get(key) == 3, "an expired guard let set_if write")
+
+
 _CHECKS: dict[str, Callable[..., Awaitable[None]]] = {
     check.__name__: check
     for check in (
@@ -260,6 +288,7 @@ _CHECKS: dict[str, Callable[..., Awaitable[None]]] = {
         overwrites_reset_the_ttl,
         items_expire,
         many_at_once,
+        set_if_only_while_the_guard_holds,
         bad_arguments_change_nothing,
         bad_values_store_nothing,
         any_value_reads_back,
