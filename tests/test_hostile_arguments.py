@@ -897,21 +897,7 @@ def _scale_out_cases() -> list[Case]:
         ("RedisCache", _redis_store, _redis_state, "redis"),
         ("MemcachedCache", _memcached_store, _memcached_state, "memcached"),
     ):
-        store_cases = [
-            ("get.key", lambda o, v: o.get(v), BAD_STORE_KEY, "key"),
-            ("set.key", lambda o, v: o.set(v, 1), BAD_STORE_KEY, "key"),
-            ("set.ttl", lambda o, v: o.set("k", 1, ttl=v), [*BAD_SECONDS, 0], "ttl"),
-            ("set.value", lambda o, v: o.set("a", v), BAD_JSON_VALUE, "value"),
-            ("add.key", lambda o, v: o.add(v, 1), BAD_STORE_KEY, "key"),
-            ("add.ttl", lambda o, v: o.add("k", 1, ttl=v), [*BAD_SECONDS, 0], "ttl"),
-            ("add.value", lambda o, v: o.add("k", v), BAD_JSON_VALUE, "value"),
-            ("delete.key", lambda o, v: o.delete(v), BAD_STORE_KEY, "key"),
-            ("ttl_of.key", lambda o, v: o.ttl_of(v), BAD_STORE_KEY, "key"),
-            ("get_many.keys", lambda o, v: o.get_many(v), BAD_KEYS, "key"),
-            ("set_many.items", lambda o, v: o.set_many(v), BAD_ITEMS, "item"),
-            ("set_many.ttl", lambda o, v: o.set_many({"k": 1}, ttl=v), BAD_SECONDS, "ttl"),
-            ("check_items.items", lambda o, v: o.check_items(v), BAD_ITEMS, "item"),
-        ]
+        store_cases = list(STORE_CASES)
         if name == "RedisCache":
             store_cases += [
                 ("get_with_ttl.key", lambda o, v: o.get_with_ttl(v), BAD_STORE_KEY, "key"),
@@ -1491,6 +1477,23 @@ def _web_cases() -> list[Case]:
         ),
     ]
 
+
+STORE_CASES: list[tuple[str, Any, Any, str]] = [
+    ("get.key", lambda o, v: o.get(v), BAD_STORE_KEY, "key"),
+    ("set.key", lambda o, v: o.set(v, 1), BAD_STORE_KEY, "key"),
+    ("set.ttl", lambda o, v: o.set("k", 1, ttl=v), [*BAD_SECONDS, 0], "ttl"),
+    ("set.value", lambda o, v: o.set("a", v), BAD_JSON_VALUE, "value"),
+    ("add.key", lambda o, v: o.add(v, 1), BAD_STORE_KEY, "key"),
+    ("add.ttl", lambda o, v: o.add("k", 1, ttl=v), [*BAD_SECONDS, 0], "ttl"),
+    ("add.value", lambda o, v: o.add("k", v), BAD_JSON_VALUE, "value"),
+    ("delete.key", lambda o, v: o.delete(v), BAD_STORE_KEY, "key"),
+    ("ttl_of.key", lambda o, v: o.ttl_of(v), BAD_STORE_KEY, "key"),
+    ("get_many.keys", lambda o, v: o.get_many(v), BAD_KEYS, "key"),
+    ("set_many.items", lambda o, v: o.set_many(v), BAD_ITEMS, "item"),
+    ("set_many.ttl", lambda o, v: o.set_many({"k": 1}, ttl=v), BAD_SECONDS, "ttl"),
+    ("check_items.items", lambda o, v: o.check_items(v), BAD_ITEMS, "item"),
+]
+"""Hostile arguments of the methods every remote `Store` has."""
 
 SET_IF_CASES: list[tuple[str, Any, Any, str]] = [
     (

@@ -31,12 +31,11 @@ from scalekit.protocols import Store
 from scalekit.testing import FakeClock, check_store
 from tests.test_hostile_arguments import (
     BAD_COUNT,
-    BAD_ITEMS,
-    BAD_JSON_VALUE,
     BAD_KEYS,
     BAD_SECONDS,
     BAD_STORE_KEY,
     SET_IF_CASES,
+    STORE_CASES,
     SURROGATE,
     value_id,
 )
@@ -448,21 +447,10 @@ BAD_PATH = [None, 5, b"x.db", "", ":memory:", "file:x.db", "a\x00b", SURROGATE +
 BAD_TABLE = [None, 5, "", "1abc", "a b", 'x"; DROP TABLE y; --', "t" * 64, SURROGATE, []]
 
 _CALLS: list[tuple[str, Callable[[SQLiteCache[Any], Any], object], list[Any], str]] = [
-    ("get.key", lambda o, v: o.get(v), BAD_STORE_KEY, "key"),
+    *STORE_CASES,
+    ("set.key", lambda o, v: o.set(v, 1), [_Unhashable()], "key"),
     ("get_with_ttl.key", lambda o, v: o.get_with_ttl(v), BAD_STORE_KEY, "key"),
-    ("set.key", lambda o, v: o.set(v, 1), [*BAD_STORE_KEY, _Unhashable()], "key"),
-    ("set.ttl", lambda o, v: o.set("k", 1, ttl=v), [*BAD_SECONDS, 0], "ttl"),
-    ("set.value", lambda o, v: o.set("a", v), BAD_JSON_VALUE, "value"),
-    ("add.key", lambda o, v: o.add(v, 1), BAD_STORE_KEY, "key"),
-    ("add.ttl", lambda o, v: o.add("k", 1, ttl=v), [*BAD_SECONDS, 0], "ttl"),
-    ("add.value", lambda o, v: o.add("k", v), BAD_JSON_VALUE, "value"),
-    ("delete.key", lambda o, v: o.delete(v), BAD_STORE_KEY, "key"),
-    ("ttl_of.key", lambda o, v: o.ttl_of(v), BAD_STORE_KEY, "key"),
-    ("get_many.keys", lambda o, v: o.get_many(v), BAD_KEYS, "key"),
     ("get_many_with_ttl.keys", lambda o, v: o.get_many_with_ttl(v), BAD_KEYS, "key"),
-    ("set_many.items", lambda o, v: o.set_many(v), BAD_ITEMS, "item"),
-    ("set_many.ttl", lambda o, v: o.set_many({"k": 1}, ttl=v), BAD_SECONDS, "ttl"),
-    ("check_items.items", lambda o, v: o.check_items(v), BAD_ITEMS, "item"),
     *SET_IF_CASES,
     ("keys.count", lambda o, v: o.keys(count=v), [*BAD_COUNT, 0], "count"),
     ("sweep.limit", lambda o, v: o.sweep(v), [*BAD_COUNT, 0], "limit"),
