@@ -299,14 +299,19 @@ class SQLiteCache(Generic[V]):
         if self._forks != _forks[0]:
             self._after_fork()
         now = time.monotonic()
-        if now < self._next_check:
-            with self._pool_lock:
-                if self._closed:
-                    raise ClosedError(f"this SQLiteCache on {self._path!r} is closed")
-                if self._idle:
-                    return self._idle.pop()
-                file = self._file
-            return self._connect(file)
+        if now >= self._next_check:
+            self._follow_file(now)
+        with self._pool_lock:
+            if self._closed:
+                raise self._closed_error()
+            if self._idle:
+                return self._idle.pop()
+            file = self._file
+        return self._connect(file)
+
+    def _follow_file(self, now: float) -> None:
+        """Look up the file under the name; if it is another one (or none), drop
+        the pool and open the file now there."""
         try:
             found = file_id(self._path)
         except OSError as exc:
@@ -315,7 +320,7 @@ class SQLiteCache(Generic[V]):
         stale: list[sqlite3.Connection] = []
         with self._pool_lock:
             if self._closed:
-                raise ClosedError(f"this SQLiteCache on {self._path!r} is closed")
+                raise self._closed_error()
             if found != self._file:
                 stale, self._idle = self._idle, []
                 for conn in stale:
@@ -329,10 +334,9 @@ class SQLiteCache(Generic[V]):
                     for conn in stale:
                         conn.close()
             self._next_check = now + FILE_CHECK_EVERY
-            if self._idle:
-                return self._idle.pop()
-            file = self._file
-        return self._connect(file)
+
+    def _closed_error(self) -> ClosedError:
+        return ClosedError(f"this SQLiteCache on {self._path!r} is closed")
 
     def _connect(self, file: tuple[int, int] | None) -> sqlite3.Connection:
         """A new connection, for the pool of ``file``."""
